@@ -1,0 +1,25 @@
+# Two commands do all the set-up on a fresh clone:
+#   make main   installs into .venv and runs the main job (prints a results table)
+#   make test   installs into .venv (with the test extra) and runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: main test install clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+main: $(STAMP)
+	$(VENV)/bin/tfcompress demo --output_dir=results/demo --overwrite
+
+test: $(STAMP)
+	TFCOMPRESS_DATA_DIR=$${TFCOMPRESS_DATA_DIR:-$(abspath ../shared/data)} $(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) results

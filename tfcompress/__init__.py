@@ -1,0 +1,45 @@
+"""tfcompress: from a Keras 3 model to a small, fast, verified fully-integer `.tflite`.
+
+Modules follow the pipeline: ``data`` -> ``calibration`` -> ``converter`` ->
+``inspector`` -> ``runtime`` -> ``validation`` -> ``benchmark`` -> ``pipeline``.
+"""
+
+from importlib import metadata as _metadata
+
+from tfcompress import (
+    benchmark,
+    calibration,
+    converter,
+    data,
+    inspector,
+    pipeline,
+    runtime,
+    validation,
+)
+from tfcompress.converter import ConversionError, ConversionResult, convert
+from tfcompress.inspector import InvalidModelError, inspect
+from tfcompress.validation import Thresholds, ValidationReport, validate
+
+try:
+    __version__ = _metadata.version("tfcompress")
+except _metadata.PackageNotFoundError:  # a source tree that was not installed
+    __version__ = "0.0.0+local"
+
+__all__ = [
+    "ConversionError",
+    "ConversionResult",
+    "InvalidModelError",
+    "Thresholds",
+    "ValidationReport",
+    "benchmark",
+    "calibration",
+    "convert",
+    "converter",
+    "data",
+    "inspect",
+    "inspector",
+    "pipeline",
+    "runtime",
+    "validate",
+    "validation",
+]

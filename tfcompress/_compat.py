@@ -1,0 +1,69 @@
+"""Every difference between TensorFlow / Keras / LiteRT releases lives here.
+
+The rest of the package imports these names instead of reaching into private
+modules itself, so a release that moves something needs one edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import keras
+import tensorflow as tf
+
+# The flatbuffer schema ships with the LiteRT runtime; older TF wheels had it too.
+try:
+    from ai_edge_litert import schema_py_generated as tflite_schema
+except ImportError:  # pragma: no cover - only on old ai-edge-litert releases
+    from tensorflow.lite.python import schema_py_generated as tflite_schema
+
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+try:
+    from tensorflow.lite.python.convert_phase import ConverterError
+except ImportError:  # pragma: no cover - moved in some releases
+    ConverterError = RuntimeError
+
+TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
+KERAS_VERSION = tuple(int(p) for p in keras.__version__.split(".")[:2])
+
+if KERAS_VERSION < (3, 0):  # pragma: no cover - guarded by setup.cfg
+    raise ImportError(
+        "tfcompress needs Keras 3 (the default since TensorFlow 2.16). "
+        f"Received: keras=={keras.__version__}. If TF_USE_LEGACY_KERAS=1 is set in "
+        "this process, unset it: tfcompress never uses tf_keras."
+    )
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silences Python-level prints (Keras 3's export prints every signature)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def is_keras_model(obj) -> bool:
+    return isinstance(obj, keras.Model)
+
+
+def is_concrete_function(obj) -> bool:
+    return hasattr(obj, "structured_input_signature") and hasattr(obj, "graph")
+
+
+def is_tf_function(obj) -> bool:
+    return hasattr(obj, "get_concrete_function") and not is_keras_model(obj)
+
+
+__all__ = [
+    "ConverterError",
+    "Interpreter",
+    "KERAS_VERSION",
+    "OpResolverType",
+    "TF_VERSION",
+    "is_concrete_function",
+    "is_keras_model",
+    "is_tf_function",
+    "quiet_stdout",
+    "tflite_schema",
+]

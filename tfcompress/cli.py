@@ -1,0 +1,247 @@
+"""The ``tfcompress`` command: a thin absl layer over the library.
+
+Usage:
+    tfcompress convert MODEL --output=OUT.tflite [--data=CALIB] [--mode=int8] ...
+    tfcompress validate MODEL.tflite --data=DATA [--reference=FLOAT] [thresholds]
+    tfcompress inspect MODEL.tflite [--json]
+    tfcompress demo [--dataset=auto] [--epochs=3] [--output_dir=DIR]
+
+Exit codes:
+    0  success (validate: every threshold met)
+    1  validate: a threshold was not met
+    2  bad input: missing or invalid file, bad data, unknown mode, existing
+       output, a model that cannot be converted; one line on stderr, no
+       traceback, no output file
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+COMMANDS = ("convert", "validate", "inspect", "demo")
+
+flags.DEFINE_string("output", None, "convert: path of the .tflite to write.")
+flags.DEFINE_boolean("overwrite", False, "convert/demo: replace an existing output.")
+flags.DEFINE_enum("mode", "int8", ["int8", "int16x8", "float16", "dynamic", "float32"],
+                  "convert: conversion mode.")
+flags.DEFINE_string("input_type", None, "convert: int8 | uint8 | float32 (int16 in int16x8 mode).")
+flags.DEFINE_string("output_type", None, "convert: like --input_type, for outputs.")
+flags.DEFINE_string("data", None,
+                    "convert: calibration data; validate: evaluation data. An .npz (arrays "
+                    "--x_key and --y_key), an .npy, or a folder of images.")
+flags.DEFINE_string("x_key", "x", "Array name of the inputs in an .npz (x_test, x_train are tried too).")
+flags.DEFINE_string("y_key", "y", "Array name of the labels in an .npz (y_test, y_train are tried too).")
+flags.DEFINE_integer("num_samples", None, "Use at most this many samples (convert: default 500).")
+flags.DEFINE_float("preprocess_scale", None, "Multiply input data by this before use (e.g. 0.00392).")
+flags.DEFINE_float("preprocess_offset", None, "Add this to input data after scaling.")
+flags.DEFINE_list("image_size", None, "HEIGHT,WIDTH to resize images to.")
+flags.DEFINE_string("label_regex", r"_(\d+)\.\w+$",
+                    "validate with an image folder: first group of this pattern in a file name is its label.")
+flags.DEFINE_integer("label_offset", 0, "validate: add this to every label (e.g. 1 for 1001-class models).")
+flags.DEFINE_string("reference", None, "validate: the float model (.tflite, .keras, .h5, SavedModel).")
+flags.DEFINE_float("min_accuracy", None, "validate: fail below this top-1 accuracy (0..1).")
+flags.DEFINE_float("min_float_agreement", None, "validate: fail below this agreement with float.")
+flags.DEFINE_float("min_xnnpack_agreement", None, "validate: fail below this XNNPACK-vs-reference agreement.")
+flags.DEFINE_float("max_error_steps_p99", None, "validate: fail above this p99 output error in steps.")
+flags.DEFINE_boolean("require_fully_integer", False, "validate: fail unless every tensor is integer.")
+flags.DEFINE_float("max_size_ratio", None, "validate: fail above this size over the float file.")
+flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
+flags.DEFINE_boolean("json", False, "inspect/validate: print JSON instead of text.")
+flags.DEFINE_string("json_out", None, "validate: also write the report as JSON here.")
+flags.DEFINE_string("dataset", "auto", "demo: auto | digits | mnist | fashion_mnist | cifar10.")
+flags.DEFINE_integer("epochs", 3, "demo: training epochs.")
+flags.DEFINE_string("output_dir", None, "demo: write models and reports here.")
+flags.DEFINE_boolean("progress", True, "Show progress bars.")
+
+
+class UsageError(ValueError):
+    """A command line that cannot be run."""
+
+
+def _load_data(path: str, *, want_labels: bool, image_size=None, input_shape=None):
+    """(x, y) from an .npz/.npy file or an image folder."""
+    import os
+
+    import numpy as np
+
+    from tfcompress import data
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such data file or folder. Received: --data={path!r}.")
+    if os.path.isdir(path):
+        size = image_size or (tuple(input_shape[1:3]) if input_shape is not None else None)
+        if size is None or None in size:
+            raise UsageError("Pass --image_size=HEIGHT,WIDTH for an image folder.")
+        channels = input_shape[3] if input_shape is not None and len(input_shape) == 4 else 3
+        x, y, _ = data.load_image_folder(path, size=size, channels=channels,
+                                         label_regex=FLAGS.label_regex if want_labels else None)
+        return x, y
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False), None
+    if not path.endswith(".npz"):
+        raise UsageError(f"--data must be an .npz or .npy file or an image folder. Received: {path!r}.")
+    with np.load(path, allow_pickle=False) as f:
+        keys = list(f.keys())
+        x_key = next((k for k in (FLAGS.x_key, "x_test", "x_train", "x") if k in keys), None)
+        if x_key is None:
+            raise UsageError(f"No input array in {path!r}: it holds {keys}; set --x_key.")
+        y_key = next((k for k in (FLAGS.y_key, x_key.replace("x", "y", 1)) if k in keys), None)
+        return f[x_key], (f[y_key] if y_key is not None else None)
+
+
+def _preprocess(x):
+    if FLAGS.preprocess_scale is None and FLAGS.preprocess_offset is None:
+        return x
+    x = x.astype("float32")
+    if FLAGS.preprocess_scale is not None:
+        x = x * FLAGS.preprocess_scale
+    if FLAGS.preprocess_offset is not None:
+        x = x + FLAGS.preprocess_offset
+    return x
+
+
+def _image_size():
+    if FLAGS.image_size is None:
+        return None
+    try:
+        h, w = (int(v) for v in FLAGS.image_size)
+    except ValueError:
+        raise UsageError(f"--image_size must be HEIGHT,WIDTH. Received: {FLAGS.image_size}.") from None
+    return h, w
+
+
+def cmd_convert(args: List[str]) -> int:
+    from tfcompress.converter import convert
+
+    if len(args) != 1:
+        raise UsageError("convert takes one model path: tfcompress convert MODEL --output=OUT.tflite")
+    if not FLAGS.output:
+        raise UsageError("convert needs --output=OUT.tflite")
+    import os
+
+    if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
+        raise FileExistsError(f"Refusing to overwrite {FLAGS.output!r}; pass --overwrite.")
+    data = None
+    if FLAGS.data is not None:
+        if os.path.isdir(FLAGS.data):
+            data = FLAGS.data  # the converter decodes and resizes to the model's input
+        else:
+            data, _ = _load_data(FLAGS.data, want_labels=False)
+    preprocess = None
+    if FLAGS.preprocess_scale is not None or FLAGS.preprocess_offset is not None:
+        preprocess = _preprocess
+    result = convert(
+        args[0], representative_data=data, mode=FLAGS.mode, input_type=FLAGS.input_type,
+        output_type=FLAGS.output_type, num_calibration_samples=FLAGS.num_samples or 500,
+        preprocess=preprocess, image_size=_image_size(), progress=FLAGS.progress,
+    )
+    result.save(FLAGS.output, overwrite=FLAGS.overwrite)
+    print(result.summary())
+    print(f"wrote {FLAGS.output} ({result.size_bytes} bytes)")
+    return 0
+
+
+def cmd_validate(args: List[str]) -> int:
+    from tfcompress import inspector
+    from tfcompress.validation import Thresholds, validate
+
+    if len(args) != 1:
+        raise UsageError("validate takes one .tflite: tfcompress validate MODEL.tflite --data=DATA")
+    if not FLAGS.data:
+        raise UsageError("validate needs --data (an .npz with x/y arrays, an .npy, or an image folder)")
+    report = inspector.inspect(args[0])
+    shape = report.inputs[0].shape if report.inputs else None
+    x, y = _load_data(FLAGS.data, want_labels=True, image_size=_image_size(), input_shape=shape)
+    x = _preprocess(x)
+    if FLAGS.num_samples:
+        x = x[:FLAGS.num_samples]
+        y = y[:FLAGS.num_samples] if y is not None else None
+    if y is not None:
+        y = y.reshape(-1) + FLAGS.label_offset
+    thresholds = Thresholds(
+        min_accuracy=FLAGS.min_accuracy, min_float_agreement=FLAGS.min_float_agreement,
+        min_xnnpack_agreement=FLAGS.min_xnnpack_agreement,
+        max_error_steps_p99=FLAGS.max_error_steps_p99,
+        require_fully_integer=FLAGS.require_fully_integer, max_size_ratio=FLAGS.max_size_ratio,
+    )
+    result = validate(args[0], x, y=y, reference=FLAGS.reference, thresholds=thresholds,
+                      num_threads=FLAGS.num_threads, progress=FLAGS.progress and not FLAGS.json)
+    if FLAGS.json_out:
+        result.save(FLAGS.json_out, overwrite=FLAGS.overwrite)
+    if FLAGS.json:
+        from tfcompress.validation import _json_default
+
+        print(json.dumps(result.to_dict(), indent=2, default=_json_default))
+    else:
+        print(result.summary())
+    return 0 if result.passed else 1
+
+
+def cmd_inspect(args: List[str]) -> int:
+    from tfcompress import inspector
+
+    if len(args) != 1:
+        raise UsageError("inspect takes one .tflite: tfcompress inspect MODEL.tflite")
+    report = inspector.inspect(args[0])
+    if FLAGS.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+        from tfcompress import runtime
+
+        print(runtime.delegation(args[0]).describe())
+    return 0
+
+
+def cmd_demo(args: List[str]) -> int:
+    from tfcompress.pipeline import run_quickstart
+
+    if args:
+        raise UsageError(f"demo takes no positional arguments. Received: {args}")
+    result = run_quickstart(dataset=FLAGS.dataset, epochs=FLAGS.epochs,
+                            output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite,
+                            verbose=1 if FLAGS.progress else 0)
+    print()
+    print(result.validation.summary())
+    print()
+    print(f"Results ({result.dataset}, from {result.source}):")
+    print(result.table())
+    if result.output_dir:
+        print(f"Models and reports written to {result.output_dir}")
+    return 0
+
+
+_HANDLERS = {"convert": cmd_convert, "validate": cmd_validate, "inspect": cmd_inspect,
+             "demo": cmd_demo}
+
+
+def main(argv: List[str]) -> int:
+    """Dispatches ``argv[1]`` to its command and maps errors to exit codes."""
+    from tfcompress.converter import ConversionError
+    from tfcompress.inspector import InvalidModelError
+
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        got = argv[1] if len(argv) > 1 else "nothing"
+        print(f"error: expected a command ({' | '.join(COMMANDS)}); received {got}. "
+              "See --helpfull.", file=sys.stderr)
+        return 2
+    try:
+        return _HANDLERS[argv[1]](argv[2:])
+    except (UsageError, InvalidModelError, ConversionError, ValueError, TypeError,
+            FileNotFoundError, FileExistsError, IsADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry point."""
+    app.run(lambda a: sys.exit(main(a)), argv=argv)
+
+
+if __name__ == "__main__":
+    run()

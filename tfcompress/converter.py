@@ -1,0 +1,413 @@
+"""Keras 3 / SavedModel / tf.function to `.tflite`, fully-integer by default.
+
+:func:`convert` wraps ``tf.lite.TFLiteConverter`` with what it lacks: one
+entry point for every model source, representative data checked against the
+input signature before calibration, a progress bar, errors that name the op
+and the layer that could not be quantized, a post-conversion check that the
+file really is fully integer, and a frozen result that saves atomically.
+
+Example:
+    >>> import numpy as np, keras
+    >>> from tfcompress import convert
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> result = convert(model, representative_data=np.random.rand(8, 4), progress=False)
+    >>> result.report.inputs[0].dtype, result.report.op_histogram
+    ('int8', {'FULLY_CONNECTED': 1})
+    >>> convert(model, mode="int4")
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown conversion mode. Received: mode='int4'. Allowed: 'int8', 'int16x8', 'float16', 'dynamic', 'float32'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tfcompress import _compat, calibration, inspector
+from tfcompress._io import atomic_write_bytes
+
+MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
+_CALIBRATED = ("int8", "int16x8")
+_IO_TYPES = {
+    "int8": ("int8", "uint8", "float32"),
+    "int16x8": ("int16", "float32"),
+}
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+class ConversionError(ValueError):
+    """The model could not be converted in the requested mode."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionResult:
+    """A converted model and what is known about it.
+
+    Attributes:
+        model_bytes: the `.tflite` flatbuffer.
+        report: :class:`tfcompress.inspector.ModelReport` of those bytes (size,
+            op histogram, input/output quantization parameters, ...).
+        mode: the conversion mode used.
+        num_calibration_samples: samples used to calibrate (0 if none).
+        seconds: wall time of the conversion, calibration included.
+    """
+
+    model_bytes: bytes
+    report: inspector.ModelReport
+    mode: str
+    num_calibration_samples: int
+    seconds: float
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.model_bytes)
+
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Writes the `.tflite` atomically; refuses to replace a file unless asked."""
+        return atomic_write_bytes(path, self.model_bytes, overwrite=overwrite)
+
+    def summary(self) -> str:
+        return (f"mode: {self.mode}, calibration samples: {self.num_calibration_samples}, "
+                f"conversion: {self.seconds:.1f} s\n" + self.report.summary())
+
+
+@dataclasses.dataclass
+class _Source:
+    """A model resolved to something TFLiteConverter can take."""
+
+    make_converter: Callable[[], object]
+    specs: List[calibration.InputSpec]
+    keras_model: Optional[object] = None
+    by_name: bool = False
+
+
+def convert(
+    model,
+    *,
+    representative_data=None,
+    mode: str = "int8",
+    input_type: Optional[str] = None,
+    output_type: Optional[str] = None,
+    num_calibration_samples: int = 500,
+    preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    image_size: Optional[Tuple[int, int]] = None,
+    batch_size: Optional[int] = 1,
+    signature_key: Optional[str] = None,
+    progress: bool = True,
+) -> ConversionResult:
+    """Converts a model to TFLite.
+
+    Args:
+        model: an in-memory Keras 3 model; a path to a ``.keras`` or ``.h5``
+            file; a SavedModel directory (from ``tf.saved_model.save``,
+            ``model.export`` or tf_keras); a ``tf.function`` with an
+            ``input_signature``; or a concrete function.
+        representative_data: calibration data, required by ``int8`` and
+            ``int16x8`` (see :mod:`tfcompress.calibration` for the forms).
+        mode: ``"int8"`` (full integer, every op from the int8 builtin set),
+            ``"int16x8"`` (int16 activations, int8 weights), ``"float16"``,
+            ``"dynamic"`` (int8 weights, float activations) or ``"float32"``.
+        input_type: dtype of the model's inputs: ``"int8"`` (default),
+            ``"uint8"`` or ``"float32"`` in int8 mode; ``"int16"`` (default) or
+            ``"float32"`` in int16x8 mode. Float modes keep float32.
+        output_type: same choices as ``input_type``, for the outputs.
+        num_calibration_samples: how many samples of ``representative_data``
+            to calibrate on.
+        preprocess: applied to each calibration sample (e.g. ``lambda x: x /
+            255``), after image decoding.
+        image_size: ``(height, width)`` to resize images to, when calibrating
+            from an image directory on a model without a fixed input size.
+        batch_size: fixes the batch axis of Keras models (default 1, which lets
+            the converter fold shape computations away and keeps XNNPACK
+            partitions whole); None keeps it dynamic.
+        signature_key: the SavedModel signature to convert (default
+            ``serving_default``).
+        progress: show a progress bar during calibration.
+
+    Returns:
+        A :class:`ConversionResult`.
+
+    Raises:
+        ValueError: unknown mode or I/O type; calibration data missing, empty
+            or of the wrong shape; a path that is not a model.
+        TypeError: calibration data of a dtype the model cannot take; a model
+            object of an unsupported type.
+        FileNotFoundError: a model or data path that does not exist.
+        ConversionError: the converter failed; the message names the op and
+            the layer it came from when it can.
+    """
+    if mode not in MODES:
+        raise ValueError(
+            f"Unknown conversion mode. Received: mode={mode!r}. Allowed: "
+            + ", ".join(repr(m) for m in MODES) + "."
+        )
+    input_type = _io_type("input_type", input_type, mode)
+    output_type = _io_type("output_type", output_type, mode)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive integer or None. Received: batch_size={batch_size!r}")
+
+    source = _resolve(model, batch_size=batch_size, signature_key=signature_key)
+    samples: list = []
+    if mode in _CALIBRATED:
+        samples = calibration.prepare_samples(
+            representative_data, source.specs, num_samples=num_calibration_samples,
+            preprocess=preprocess, image_size=image_size,
+        )
+
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    converter = source.make_converter()
+    if mode != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode in _CALIBRATED:
+        names = [s.name for s in source.specs] if source.by_name else None
+        converter.representative_dataset = calibration.representative_dataset(
+            samples, input_names=names, progress=progress)
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if mode == "int8"
+            else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+        converter.inference_input_type = tf.as_dtype(input_type)
+        converter.inference_output_type = tf.as_dtype(output_type)
+    try:
+        with _compat.quiet_stdout():
+            model_bytes = converter.convert()
+    except _compat.ConverterError as e:
+        raise ConversionError(_explain(str(e), mode, source.keras_model)) from None
+    seconds = time.perf_counter() - start
+    report = inspector.inspect(model_bytes)
+    if mode == "int8":
+        _check_fully_integer(report, allow_io=(input_type, output_type), keras_model=source.keras_model)
+    return ConversionResult(model_bytes, report, mode, len(samples), seconds)
+
+
+def _io_type(arg: str, value: Optional[str], mode: str) -> str:
+    allowed = _IO_TYPES.get(mode, ("float32",))
+    if value is None:
+        return allowed[0]
+    if value not in allowed:
+        raise ValueError(
+            f"`{arg}` must be one of {list(allowed)} in mode {mode!r}. Received: {arg}={value!r}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _resolve(model, *, batch_size, signature_key) -> _Source:
+    import tensorflow as tf
+
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"No such model file or directory. Received: {str(path)!r}.")
+        if path.is_dir():
+            if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
+                raise ValueError(
+                    f"{str(path)!r} is a directory but not a SavedModel (no saved_model.pb). "
+                    "Expected a .keras or .h5 file or a SavedModel directory."
+                )
+            return _saved_model_source(str(path), signature_key)
+        if path.suffix.lower() in _KERAS_SUFFIXES:
+            return _keras_source(_load_keras(path), batch_size)
+        if path.suffix.lower() == ".tflite":
+            raise ValueError(
+                f"{str(path)!r} is already a .tflite model; convert the Keras model or "
+                "SavedModel it came from."
+            )
+        raise ValueError(
+            f"Not a model file. Received: {str(path)!r}. Expected a .keras or .h5 file or "
+            "a SavedModel directory."
+        )
+    if _compat.is_keras_model(model):
+        return _keras_source(model, batch_size)
+    if _compat.is_concrete_function(model):
+        return _function_source(model)
+    if _compat.is_tf_function(model):
+        try:
+            concrete = model.get_concrete_function()
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                "A tf.function needs an input_signature to be converted "
+                "(@tf.function(input_signature=[tf.TensorSpec(...)])), or pass "
+                f"fn.get_concrete_function(spec). Received an error: {e}"
+            ) from None
+        return _function_source(concrete)
+    if isinstance(model, tf.Module) and hasattr(model, "signatures"):
+        raise TypeError(
+            "Pass the SavedModel's directory path, not the object from tf.saved_model.load."
+        )
+    raise TypeError(
+        "Unsupported model. Expected a Keras 3 model, a path to a .keras/.h5 file or a "
+        "SavedModel directory, a tf.function with an input_signature, or a concrete "
+        f"function. Received: {type(model).__name__}."
+    )
+
+
+def _load_keras(path: Path):
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"Could not load {str(path)!r} as a Keras model: {e}") from None
+
+
+def _spec_dtype(dtype) -> np.dtype:
+    import tensorflow as tf
+
+    return np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
+
+
+def _keras_source(model, batch_size) -> _Source:
+    import keras
+    import tensorflow as tf
+
+    try:
+        inputs = list(model.inputs)
+    except (AttributeError, ValueError):
+        inputs = []
+    if not inputs:
+        raise ValueError(
+            f"The Keras model {model.name!r} ({type(model).__name__}) has no defined inputs. "
+            "Build it first: give a Sequential an Input layer, or call the model once on data."
+        )
+    specs = [
+        calibration.InputSpec(t.name, tuple(t.shape), _spec_dtype(t.dtype)) for t in inputs
+    ]
+    target = model
+    if batch_size is not None and all(s.shape[0] in (None, batch_size) for s in specs):
+        fixed = [keras.Input(batch_shape=(batch_size,) + tuple(s.shape[1:]), dtype=s.dtype.name,
+                             name=s.name) for s in specs]
+        try:
+            target = keras.Model(fixed, model(fixed[0] if len(fixed) == 1 else fixed),
+                                 name=model.name)
+            specs = [dataclasses.replace(s, shape=(batch_size,) + tuple(s.shape[1:])) for s in specs]
+        except (ValueError, TypeError):
+            target = model  # a model that rejects a fixed batch keeps its own signature
+    # The exported signature sorts inputs by name, so calibration feeds them by name.
+    return _Source(lambda: tf.lite.TFLiteConverter.from_keras_model(target), specs, model,
+                   by_name=True)
+
+
+def _saved_model_source(path: str, signature_key: Optional[str]) -> _Source:
+    import tensorflow as tf
+
+    key = signature_key or "serving_default"
+    loaded = tf.saved_model.load(path)
+    if key not in loaded.signatures:
+        raise ValueError(
+            f"The SavedModel {path!r} has no signature {key!r}. Available: "
+            f"{sorted(loaded.signatures)}."
+        )
+    _, kwargs = loaded.signatures[key].structured_input_signature
+    specs = [
+        calibration.InputSpec(name, tuple(spec.shape.as_list()), _spec_dtype(spec.dtype))
+        for name, spec in kwargs.items()
+    ]
+    return _Source(
+        lambda: tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=[key]),
+        specs, None, by_name=True,
+    )
+
+
+def _function_source(concrete) -> _Source:
+    import tensorflow as tf
+
+    specs = [
+        calibration.InputSpec(t.name.split(":")[0], tuple(t.shape.as_list()), _spec_dtype(t.dtype))
+        for t in concrete.inputs if t.dtype != tf.resource
+    ]
+    return _Source(lambda: tf.lite.TFLiteConverter.from_concrete_functions([concrete]), specs)
+
+
+# --------------------------------------------------------------------------- errors
+
+_OP_RE = re.compile(r"'(tfl?\.\w+)' op")
+_LOC_RE = re.compile(r'fused\["\w+:", "([^"@]+)')
+
+
+def _explain(message: str, mode: str, keras_model) -> str:
+    """Turns converter output into: which op, from which layer, in which mode."""
+    ops = list(dict.fromkeys(_OP_RE.findall(message)))
+    locations = list(dict.fromkeys(
+        loc for loc in _LOC_RE.findall(message) if not loc.startswith("StatefulPartitionedCall")
+    ))
+    layers = _layers_for(locations, keras_model)
+    if not ops:
+        head = message.strip().splitlines()[0] if message.strip() else "unknown converter error"
+        return f"Conversion to {mode!r} failed: {head}"
+    parts = [f"Conversion to {mode!r} failed: op {', '.join(ops)} has no TFLite builtin kernel"
+             + (" in the int8 op set" if mode == "int8" else "")]
+    if layers:
+        parts.append("it comes from layer " + ", ".join(layers))
+    elif locations:
+        parts.append("at " + ", ".join(locations))
+    parts.append(
+        "Replace the layer by one built from supported ops, keep it out of the model, or "
+        "use mode='dynamic' or 'float32' if a float model is acceptable"
+    )
+    return "; ".join(parts) + "."
+
+
+def _layers_for(locations: Sequence[str], keras_model) -> List[str]:
+    if keras_model is None:
+        return []
+    by_name = {layer.name: layer for layer in _all_layers(keras_model)}
+    found = []
+    for loc in locations:
+        for part in loc.split("/"):
+            candidates = [part, re.sub(r"_\d+$", "", part)]
+            for c in candidates:
+                if c in by_name and c != keras_model.name:
+                    found.append(f"{c!r} ({type(by_name[c]).__name__})")
+                    break
+            else:
+                continue
+            break
+    return list(dict.fromkeys(found))
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _check_fully_integer(report: inspector.ModelReport, *, allow_io, keras_model) -> None:
+    bad = report.non_integer_tensors(allow_io=allow_io)
+    if not bad:
+        return
+    consumers = {}
+    for op in report.ops:
+        for t in op.inputs + op.outputs:
+            consumers.setdefault(t, op)
+    lines = []
+    for t in bad[:5]:
+        op = consumers.get(t.index)
+        where = f"op #{op.index} {op.op} (layer {op.layer!r})" if op else "no op"
+        lines.append(f"tensor {t.name!r} is {t.dtype} at {where}")
+    names = [layer.name for layer in _all_layers(keras_model)] if keras_model is not None else []
+    hint = ""
+    if names and bad:
+        op = consumers.get(bad[0].index)
+        close = difflib.get_close_matches(op.layer, names, n=1) if op else []
+        if close:
+            hint = f" The first comes from Keras layer {close[0]!r}."
+    raise ConversionError(
+        "The converted model is not fully integer: " + "; ".join(lines)
+        + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "") + "." + hint
+    )

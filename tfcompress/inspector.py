@@ -1,0 +1,406 @@
+"""Reads a `.tflite` file without the interpreter.
+
+The flatbuffer is parsed and checked in pure Python before any interpreter sees
+it, so a truncated, corrupted or non-TFLite file becomes one
+:class:`InvalidModelError` instead of a crash of the whole process.
+
+Example:
+    >>> from tfcompress import inspector
+    >>> inspector.inspect(b"not a model")
+    Traceback (most recent call last):
+    ...
+    tfcompress.inspector.InvalidModelError: Not a TFLite flatbuffer: too short (11 bytes; a TFLite file has at least 16). Received: <11 bytes>.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import struct
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from tfcompress._compat import tflite_schema as _fb
+
+ModelSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
+
+
+class InvalidModelError(ValueError):
+    """The bytes given are not a well-formed TFLite model."""
+
+
+def _enum_names(enum_cls) -> Dict[int, str]:
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+_OP_NAMES = _enum_names(_fb.BuiltinOperator)
+_TYPE_NAMES = {k: v.lower() for k, v in _enum_names(_fb.TensorType).items()}
+_NUMPY_TYPES = {
+    "float32": np.float32, "float16": np.float16, "float64": np.float64,
+    "int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16,
+    "int32": np.int32, "uint32": np.uint32, "int64": np.int64, "uint64": np.uint64,
+    "bool": np.bool_, "complex64": np.complex64, "complex128": np.complex128,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization of a tensor: ``real = scale * (q - zero_point)``."""
+
+    scale: Tuple[float, ...]
+    zero_point: Tuple[int, ...]
+    axis: int = 0
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.scale) > 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the main subgraph."""
+
+    index: int
+    name: str
+    dtype: str
+    shape: Tuple[int, ...]
+    quantization: Optional[QuantParams]
+    is_constant: bool
+    nbytes: int
+    zero_fraction: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpInfo:
+    """One operator of the main subgraph, with the layer it most likely came from."""
+
+    index: int
+    op: str
+    inputs: Tuple[int, ...]
+    outputs: Tuple[int, ...]
+    layer: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReport:
+    """What :func:`inspect` found in a `.tflite` file."""
+
+    size_bytes: int
+    num_subgraphs: int
+    ops: Tuple[OpInfo, ...]
+    tensors: Tuple[TensorInfo, ...]
+    inputs: Tuple[TensorInfo, ...]
+    outputs: Tuple[TensorInfo, ...]
+
+    @property
+    def op_histogram(self) -> Dict[str, int]:
+        return dict(collections.Counter(op.op for op in self.ops).most_common())
+
+    @property
+    def weight_bytes_per_layer(self) -> Dict[str, int]:
+        """Bytes of constant tensors, attributed to the first op that reads them."""
+        seen, out = set(), collections.OrderedDict()
+        for op in self.ops:
+            for i in op.inputs:
+                if i < 0 or i in seen or not self.tensors[i].is_constant:
+                    continue
+                seen.add(i)
+                out[op.layer] = out.get(op.layer, 0) + self.tensors[i].nbytes
+        return dict(out)
+
+    @property
+    def weight_tensors(self) -> Tuple[TensorInfo, ...]:
+        """Constant tensors with at least two dimensions (kernels, not biases or shapes)."""
+        return tuple(t for t in self.tensors if t.is_constant and len(t.shape) >= 2)
+
+    @property
+    def zero_weight_fraction(self) -> float:
+        """Share of weight elements that are exactly zero (after dequantization)."""
+        total = zeros = 0
+        for t in self.weight_tensors:
+            n = int(np.prod(t.shape))
+            total += n
+            zeros += round((t.zero_fraction or 0.0) * n)
+        return zeros / total if total else 0.0
+
+    def non_integer_tensors(self, *, allow_io: Sequence[str] = ()) -> Tuple[TensorInfo, ...]:
+        """Tensors that break a fully-integer model.
+
+        Activations must be int8 (or a dtype listed in ``allow_io`` for the model's
+        own inputs and outputs), biases int32, weights int8, shape constants int32.
+        """
+        io = {t.index for t in self.inputs + self.outputs}
+        bad = []
+        for t in self.tensors:
+            if t.is_constant:
+                ok = t.dtype in ("int8", "int32", "int64") or (t.dtype == "int16" and t.quantization)
+            elif t.index in io:
+                ok = t.dtype == "int8" or t.dtype in allow_io
+            else:
+                ok = t.dtype == "int8" or (t.dtype == "int32" and t.quantization is None
+                                           and _is_index_tensor(self, t.index))
+            if not ok:
+                bad.append(t)
+        return tuple(bad)
+
+    def to_dict(self) -> dict:
+        return {
+            "size_bytes": self.size_bytes,
+            "num_subgraphs": self.num_subgraphs,
+            "op_histogram": self.op_histogram,
+            "inputs": [dataclasses.asdict(t) for t in self.inputs],
+            "outputs": [dataclasses.asdict(t) for t in self.outputs],
+            "weight_bytes_per_layer": self.weight_bytes_per_layer,
+            "zero_weight_fraction": self.zero_weight_fraction,
+            "tensors": [dataclasses.asdict(t) for t in self.tensors],
+            "ops": [dataclasses.asdict(o) for o in self.ops],
+        }
+
+    def summary(self) -> str:
+        """A plain-text summary for terminals and logs."""
+        lines = [f"size: {self.size_bytes} bytes, {len(self.ops)} ops, {len(self.tensors)} tensors"]
+        lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in self.op_histogram.items()))
+        for kind, ts in (("input", self.inputs), ("output", self.outputs)):
+            for t in ts:
+                lines.append(f"{kind}: {t.name} {t.dtype}{list(t.shape)} {_fmt_quant(t.quantization)}")
+        lines.append(f"zero weights: {100 * self.zero_weight_fraction:.1f}%")
+        lines.append("weight bytes per layer:")
+        for layer, n in self.weight_bytes_per_layer.items():
+            lines.append(f"  {layer:<40} {n:>10}")
+        return "\n".join(lines)
+
+
+def _fmt_quant(q: Optional[QuantParams]) -> str:
+    if q is None:
+        return "(not quantized)"
+    if q.per_channel:
+        return f"(per-channel axis {q.axis}, {len(q.scale)} scales)"
+    return f"(scale={q.scale[0]:.6g}, zero_point={q.zero_point[0]})"
+
+
+def _is_index_tensor(report: ModelReport, index: int) -> bool:
+    # int32 activations are legitimate when they are shapes or indices (SHAPE,
+    # ARG_MAX outputs, ...), never when they carry values into a math op.
+    producers = [op.op for op in report.ops if index in op.outputs]
+    return bool(producers) and producers[0] in {"SHAPE", "ARG_MAX", "ARG_MIN", "CAST", "RANGE", "SIZE"}
+
+
+def read_model(model: ModelSource) -> bytes:
+    """Returns the bytes of a `.tflite` given as bytes or a path.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        IsADirectoryError: the path is a directory.
+        TypeError: ``model`` is neither bytes nor a path.
+    """
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model)
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"No such TFLite file. Received: path={str(path)!r}.")
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"Expected a .tflite file, got a directory. Received: path={str(path)!r}."
+            )
+        return path.read_bytes()
+    raise TypeError(
+        "Expected the .tflite model as bytes or a path. "
+        f"Received: model of type {type(model).__name__}."
+    )
+
+
+def _describe(model: ModelSource, buf: bytes) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return f"path={str(model)!r}"
+    return f"<{len(buf)} bytes>"
+
+
+def _parse(buf: bytes):
+    # The generated reader raises plain Python exceptions on out-of-range
+    # offsets (struct.unpack_from / np.frombuffer bounds checks); it never
+    # touches memory outside `buf`.
+    model = _fb.Model.GetRootAs(buf, 0)
+    return _fb.ModelT.InitFromObj(model)
+
+
+def verify(model: ModelSource):
+    """Checks a `.tflite` flatbuffer and returns its parsed object tree.
+
+    Every table is unpacked with bounds checks, then every index (tensor,
+    buffer, opcode, subgraph input/output) is checked to be in range and every
+    constant buffer to hold exactly the bytes its shape and dtype need.
+
+    Raises:
+        InvalidModelError: with what is wrong, for any malformed input.
+    """
+    buf = read_model(model)
+    what = _describe(model, buf)
+    if len(buf) < 16:
+        raise InvalidModelError(
+            f"Not a TFLite flatbuffer: too short ({len(buf)} bytes; a TFLite file has at "
+            f"least 16). Received: {what}."
+        )
+    if buf[4:8] != b"TFL3":
+        raise InvalidModelError(
+            "Not a TFLite flatbuffer: the file identifier is "
+            f"{bytes(buf[4:8])!r}, expected b'TFL3'. Received: {what}."
+        )
+    try:
+        tree = _parse(buf)
+    except (struct.error, ValueError, IndexError, TypeError, OverflowError, UnicodeDecodeError) as e:
+        raise InvalidModelError(
+            f"Corrupted or truncated TFLite file ({len(buf)} bytes): the flatbuffer "
+            f"could not be read ({type(e).__name__}: {e}). Received: {what}."
+        ) from None
+    problems = list(_semantic_problems(tree, len(buf)))
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise InvalidModelError(
+            f"Corrupted or truncated TFLite file ({len(buf)} bytes): {shown}. Received: {what}."
+        )
+    return tree
+
+
+def _semantic_problems(tree, size: int):
+    if tree.version != 3:
+        yield f"schema version {tree.version}, expected 3"
+    subgraphs = tree.subgraphs or []
+    buffers = tree.buffers or []
+    codes = tree.operatorCodes or []
+    if not subgraphs:
+        yield "no subgraph"
+    for b_i, b in enumerate(buffers):
+        if b.offset and b.offset > 1 and b.offset + b.size > size:
+            yield f"buffer {b_i} points past the end of the file"
+    for s_i, sg in enumerate(subgraphs):
+        tensors = sg.tensors or []
+        n = len(tensors)
+        for t_i, t in enumerate(tensors):
+            if t.buffer >= len(buffers) and t.buffer != 0:
+                yield f"subgraph {s_i} tensor {t_i} names buffer {t.buffer} of {len(buffers)}"
+                continue
+            data = buffers[t.buffer].data if t.buffer < len(buffers) else None
+            expected = _expected_nbytes(t)
+            if data is not None and len(data) and expected is not None and len(data) != expected:
+                yield (f"subgraph {s_i} tensor {t_i} ({_name(t)}) holds {len(data)} bytes, "
+                       f"its shape and dtype need {expected}")
+        for which in ("inputs", "outputs"):
+            for i in getattr(sg, which) if getattr(sg, which) is not None else []:
+                if not 0 <= i < n:
+                    yield f"subgraph {s_i} {which[:-1]} tensor {i} out of range (0..{n - 1})"
+        for o_i, op in enumerate(sg.operators or []):
+            if not 0 <= op.opcodeIndex < len(codes):
+                yield f"subgraph {s_i} op {o_i} has opcode {op.opcodeIndex} of {len(codes)}"
+            ins = op.inputs if op.inputs is not None else []
+            outs = op.outputs if op.outputs is not None else []
+            for i in list(ins) + list(outs):
+                if not -1 <= i < n:
+                    yield f"subgraph {s_i} op {o_i} uses tensor {i} out of range (0..{n - 1})"
+
+
+def _expected_nbytes(t) -> Optional[int]:
+    dtype = _TYPE_NAMES.get(t.type)
+    if t.sparsity is not None or dtype is None:
+        return None
+    shape = list(t.shape) if t.shape is not None else []
+    if any(d < 0 for d in shape):
+        return None
+    count = int(np.prod(shape)) if shape else 1
+    if dtype == "int4":
+        return (count + 1) // 2
+    np_type = _NUMPY_TYPES.get(dtype)
+    return None if np_type is None else count * np.dtype(np_type).itemsize
+
+
+def _name(t) -> str:
+    return t.name.decode("utf-8", "replace") if isinstance(t.name, bytes) else str(t.name or "")
+
+
+def op_name(code) -> str:
+    """The builtin op name (``CONV_2D``) or the custom op's own name."""
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == _fb.BuiltinOperator.CUSTOM:
+        custom = code.customCode
+        return custom.decode("utf-8", "replace") if isinstance(custom, bytes) else str(custom)
+    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def layer_name(tensor_name: str) -> str:
+    """Best guess of the Keras layer behind a TFLite tensor name.
+
+    Example:
+        >>> layer_name("functional_1/conv2d_1/BiasAdd;functional_1/conv2d_1/convolution")
+        'conv2d_1'
+        >>> layer_name("model/activation_3/Relu")
+        'activation_3'
+        >>> layer_name("StatefulPartitionedCall:0")
+        'StatefulPartitionedCall:0'
+    """
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    if len(parts) >= 3:
+        return "/".join(parts[1:-1])
+    if len(parts) == 2:
+        return parts[0]
+    return first
+
+
+def _tensor_info(index: int, t, buffers) -> TensorInfo:
+    dtype = _TYPE_NAMES.get(t.type, f"type_{t.type}")
+    shape = tuple(int(d) for d in (t.shape if t.shape is not None else []))
+    q = t.quantization
+    quant = None
+    if q is not None and q.scale is not None and len(q.scale):
+        zps = q.zeroPoint if q.zeroPoint is not None else [0] * len(q.scale)
+        quant = QuantParams(
+            scale=tuple(float(s) for s in q.scale),
+            zero_point=tuple(int(z) for z in zps),
+            axis=int(q.quantizedDimension),
+        )
+    data = buffers[t.buffer].data if 0 < t.buffer < len(buffers) else None
+    is_constant = data is not None and len(data) > 0
+    nbytes = len(data) if is_constant else 0
+    zero_fraction = None
+    np_type = _NUMPY_TYPES.get(dtype)
+    if is_constant and np_type is not None and t.sparsity is None:
+        values = np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype=np_type)
+        if values.size:
+            zero = 0
+            if quant is not None and len(set(quant.zero_point)) == 1:
+                zero = quant.zero_point[0]
+            zero_fraction = float(np.mean(values == zero))
+    return TensorInfo(index, _name(t), dtype, shape, quant, is_constant, nbytes, zero_fraction)
+
+
+def inspect(model: ModelSource) -> ModelReport:
+    """Reports ops, tensors, quantization and weights of a `.tflite` model.
+
+    Args:
+        model: the model as bytes or a path to a `.tflite` file.
+
+    Returns:
+        A :class:`ModelReport` of the main (first) subgraph.
+
+    Raises:
+        InvalidModelError: the bytes are not a well-formed TFLite model.
+        FileNotFoundError: the path does not exist.
+    """
+    buf = read_model(model)
+    tree = verify(buf)
+    sg = tree.subgraphs[0]
+    buffers = tree.buffers or []
+    tensors = tuple(_tensor_info(i, t, buffers) for i, t in enumerate(sg.tensors or []))
+    codes = tree.operatorCodes or []
+    ops = []
+    for i, op in enumerate(sg.operators or []):
+        outs = tuple(int(x) for x in (op.outputs if op.outputs is not None else []))
+        ins = tuple(int(x) for x in (op.inputs if op.inputs is not None else []))
+        layer = layer_name(tensors[outs[0]].name) if outs and outs[0] >= 0 else f"op_{i}"
+        ops.append(OpInfo(i, op_name(codes[op.opcodeIndex]), ins, outs, layer))
+    inputs = tuple(tensors[i] for i in (sg.inputs if sg.inputs is not None else []))
+    outputs = tuple(tensors[i] for i in (sg.outputs if sg.outputs is not None else []))
+    return ModelReport(len(buf), len(tree.subgraphs), tuple(ops), tensors, inputs, outputs)

@@ -1,0 +1,347 @@
+"""Checks that a `.tflite` file behaves like the model it came from.
+
+:func:`validate` runs the file twice in the LiteRT interpreter, with XNNPACK
+(what users get by default) and with the builtin reference kernels, and
+compares both with each other, with the labels and with a float reference.
+Disagreement between the two kernel paths is reported, never hidden: int8
+XNNPACK and the reference kernels round differently, and on a few percent of
+inputs that flips the top-1 class.
+
+Example:
+    >>> from tfcompress.validation import Thresholds
+    >>> Thresholds(min_accuracy=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: `min_accuracy` must be in [0, 1]. Received: min_accuracy=1.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tfcompress import inspector, runtime
+from tfcompress._io import atomic_write_bytes
+
+_FRACTIONS = ("min_accuracy", "min_float_agreement", "min_xnnpack_agreement")
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Pass/fail limits; None switches a check off.
+
+    Attributes:
+        min_accuracy: lowest top-1 accuracy on either kernel path (0..1).
+        min_float_agreement: lowest top-1 agreement with the float reference.
+        min_xnnpack_agreement: lowest top-1 agreement between XNNPACK and the
+            reference kernels.
+        max_error_steps_p99: highest 99th percentile of the output error
+            against the float reference, in output quantization steps.
+        require_fully_integer: fail when any tensor is not integer.
+        max_size_ratio: highest size of the file over the float `.tflite`.
+    """
+
+    min_accuracy: Optional[float] = None
+    min_float_agreement: Optional[float] = None
+    min_xnnpack_agreement: Optional[float] = None
+    max_error_steps_p99: Optional[float] = None
+    require_fully_integer: bool = False
+    max_size_ratio: Optional[float] = None
+
+    def __post_init__(self):
+        for name in _FRACTIONS:
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
+        for name in ("max_error_steps_p99", "max_size_ratio"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"`{name}` must be non-negative. Received: {name}={value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PathResult:
+    """Results of one kernel path (XNNPACK or reference)."""
+
+    accuracy: Optional[float]
+    top5_accuracy: Optional[float]
+    float_agreement: Optional[float]
+    error_steps: Optional[Dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerError:
+    """Quantization error of one op output against the float model."""
+
+    tensor: str
+    layer: str
+    op: str
+    scale: float
+    rmse: float
+    rmse_over_scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationReport:
+    """Everything :func:`validate` measured, plus the verdict."""
+
+    num_samples: int
+    size_bytes: int
+    float_size_bytes: Optional[int]
+    xnnpack: PathResult
+    reference: PathResult
+    xnnpack_vs_reference_top1_agreement: float
+    xnnpack_vs_reference_within_2_steps: Optional[float]
+    delegation: runtime.DelegationReport
+    fully_integer: bool
+    non_integer_tensors: Tuple[str, ...]
+    per_layer: Tuple[LayerError, ...]
+    failures: Tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def size_ratio(self) -> Optional[float]:
+        return self.size_bytes / self.float_size_bytes if self.float_size_bytes else None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["passed"] = self.passed
+        d["size_ratio"] = self.size_ratio
+        d["delegation"]["description"] = self.delegation.describe()
+        return d
+
+    def save(self, path, *, overwrite: bool = False):
+        """Writes the report as JSON, atomically."""
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        return atomic_write_bytes(path, text.encode(), overwrite=overwrite)
+
+    def summary(self) -> str:
+        rows = [("samples", str(self.num_samples)), ("size", f"{self.size_bytes} bytes")]
+        if self.size_ratio is not None:
+            rows.append(("size / float", f"{self.size_ratio:.3f}"))
+        for label, r in (("XNNPACK", self.xnnpack), ("reference kernels", self.reference)):
+            if r.accuracy is not None:
+                rows.append((f"accuracy ({label})", f"{100 * r.accuracy:.2f}%"
+                             + (f" (top-5 {100 * r.top5_accuracy:.2f}%)" if r.top5_accuracy is not None else "")))
+            if r.float_agreement is not None:
+                rows.append((f"top-1 agreement with float ({label})", f"{100 * r.float_agreement:.2f}%"))
+            if r.error_steps is not None:
+                e = r.error_steps
+                rows.append((f"output error vs float, steps ({label})",
+                             f"mean {e['mean']:.2f}, p99 {e['p99']:.2f}, max {e['max']:.2f}, "
+                             f"<=2 steps {100 * e['within_2']:.1f}%"))
+        rows.append(("XNNPACK vs reference top-1 agreement",
+                     f"{100 * self.xnnpack_vs_reference_top1_agreement:.2f}%"))
+        if self.xnnpack_vs_reference_within_2_steps is not None:
+            rows.append(("XNNPACK vs reference outputs within 2 steps",
+                         f"{100 * self.xnnpack_vs_reference_within_2_steps:.2f}%"))
+        rows.append(("XNNPACK delegation", self.delegation.describe()))
+        rows.append(("fully integer", "yes" if self.fully_integer else
+                     "no: " + ", ".join(self.non_integer_tensors[:3])))
+        width = max(len(k) for k, _ in rows)
+        lines = [f"{k:<{width}}  {v}" for k, v in rows]
+        if self.per_layer:
+            lines.append("per-layer quantization error (RMSE / scale, worst 5):")
+            worst = sorted(self.per_layer, key=lambda e: -e.rmse_over_scale)[:5]
+            lines += [f"  {e.op:<18} {e.layer:<40} {e.rmse_over_scale:.3f}" for e in worst]
+        lines.append("PASSED" if self.passed else "FAILED: " + "; ".join(self.failures))
+        return "\n".join(lines)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def validate(
+    model: inspector.ModelSource,
+    x,
+    *,
+    y: Optional[np.ndarray] = None,
+    reference=None,
+    thresholds: Optional[Thresholds] = None,
+    num_threads: int = 1,
+    per_layer: bool = True,
+    per_layer_samples: int = 32,
+    allow_io: Sequence[str] = ("uint8", "float32"),
+    progress: bool = True,
+) -> ValidationReport:
+    """Runs a `.tflite` on both kernel paths and compares it with what it should be.
+
+    Args:
+        model: the `.tflite` to check (bytes or path).
+        x: input samples (sample axis first): real values, quantized with the
+            model's input parameters, or integer data of the input's own dtype,
+            fed as is. A dict keyed by input name for multi-input models.
+        y: integer labels, for accuracy.
+        reference: the float model: a `.tflite` (bytes or path), a Keras
+            model, a ``.keras``/``.h5`` path or a SavedModel directory (the
+            last three are converted to a float32 `.tflite` first).
+        thresholds: limits that turn the report into pass/fail.
+        num_threads: interpreter threads.
+        per_layer: compute per-layer quantization error (needs ``reference``).
+        per_layer_samples: samples used for the per-layer error.
+        allow_io: dtypes accepted at the model's inputs/outputs when checking
+            that the model is fully integer.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`ValidationReport`.
+    """
+    thresholds = thresholds or Thresholds()
+    buf = inspector.read_model(model)
+    report = inspector.inspect(buf)
+    float_buf = _float_reference(reference)
+
+    label = "Running {} ({})".format
+    out_x = runtime.predict(runtime.make_interpreter(buf, xnnpack=True, num_threads=num_threads), x,
+                            progress=label("XNNPACK", "int8 model") if progress else None)
+    out_r = runtime.predict(runtime.make_interpreter(buf, xnnpack=False, num_threads=num_threads), x,
+                            progress=label("reference kernels", "int8 model") if progress else None)
+    out_f = None
+    if float_buf is not None:
+        out_f = runtime.predict(runtime.make_interpreter(float_buf, xnnpack=True, num_threads=num_threads),
+                                x, progress=label("XNNPACK", "float reference") if progress else None)
+
+    step = runtime.output_step(report)
+    top_x, top_r = runtime.top1(out_x), runtime.top1(out_r)
+    top_f = runtime.top1(out_f) if out_f is not None else None
+    labels = None if y is None else np.asarray(y).reshape(-1)
+
+    def path_result(out, top):
+        return PathResult(
+            accuracy=None if labels is None else float(np.mean(top == labels)),
+            top5_accuracy=None if labels is None else _top_k(out[0], labels, 5),
+            float_agreement=None if top_f is None else float(np.mean(top == top_f)),
+            error_steps=None if out_f is None or not step else _error_stats(out[0], out_f[0], step),
+        )
+
+    bad = report.non_integer_tensors(allow_io=allow_io)
+    layers: Tuple[LayerError, ...] = ()
+    if per_layer and float_buf is not None:
+        layers = per_layer_error(buf, float_buf, _head(x, per_layer_samples))
+    result = ValidationReport(
+        num_samples=len(top_x),
+        size_bytes=len(buf),
+        float_size_bytes=len(float_buf) if float_buf is not None else None,
+        xnnpack=path_result(out_x, top_x),
+        reference=path_result(out_r, top_r),
+        xnnpack_vs_reference_top1_agreement=float(np.mean(top_x == top_r)),
+        xnnpack_vs_reference_within_2_steps=(
+            float(np.mean(np.abs(out_x[0] - out_r[0]) <= 2.0 * step * (1 + 1e-6))) if step else None),
+        delegation=runtime.delegation(buf, num_threads=num_threads),
+        fully_integer=not bad,
+        non_integer_tensors=tuple(f"{t.name} ({t.dtype})" for t in bad),
+        per_layer=layers,
+        failures=(),
+    )
+    return dataclasses.replace(result, failures=tuple(_failures(result, thresholds)))
+
+
+def _head(x, n):
+    if isinstance(x, dict):
+        return {k: v[:n] for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [v[:n] for v in x]
+    return x[:n]
+
+
+def _top_k(out: np.ndarray, labels: np.ndarray, k: int) -> Optional[float]:
+    scores = out.reshape(len(out), -1)
+    if scores.shape[1] <= k:
+        return None
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(best == labels[:, None], axis=1)))
+
+
+def _error_stats(out: np.ndarray, ref: np.ndarray, step: float) -> Dict[str, float]:
+    err = np.abs(out.astype(np.float64) - ref.astype(np.float64)) / step
+    return {
+        "mean": float(err.mean()),
+        "p99": float(np.percentile(err, 99)),
+        "max": float(err.max()),
+        "within_1": float(np.mean(err <= 1.0 + 1e-6)),
+        "within_2": float(np.mean(err <= 2.0 + 1e-6)),
+    }
+
+
+def _float_reference(reference) -> Optional[bytes]:
+    if reference is None:
+        return None
+    if isinstance(reference, (bytes, bytearray, memoryview)):
+        return bytes(reference)
+    if isinstance(reference, str) and reference.endswith(".tflite") or (
+        hasattr(reference, "suffix") and str(reference).endswith(".tflite")
+    ):
+        return inspector.read_model(reference)
+    from tfcompress.converter import convert
+
+    return convert(reference, mode="float32", progress=False).model_bytes
+
+
+def per_layer_error(model: bytes, float_model: bytes, x) -> Tuple[LayerError, ...]:
+    """RMSE of every quantized op output against the float model, in units of its scale.
+
+    Tensors are matched by name between the two files (both from the same
+    converter, as ``convert(..., mode="float32")`` and the quantized
+    conversion produce). The error accumulates along the graph, so a jump
+    from one layer to the next marks the layer that loses accuracy.
+    """
+    q_report = inspector.inspect(model)
+    q_out = runtime.intermediate_outputs(model, x)
+    f_out = runtime.intermediate_outputs(float_model, x)
+    errors = []
+    for op in q_report.ops:
+        for t in op.outputs:
+            info = q_report.tensors[t]
+            q = info.quantization
+            if q is None or q.per_channel or info.name not in f_out or info.name not in q_out:
+                continue
+            a, b = q_out[info.name], f_out[info.name]
+            if a.shape != b.shape:
+                continue
+            rmse = float(np.sqrt(np.mean((a.astype(np.float64) - b) ** 2)))
+            errors.append(LayerError(info.name, op.layer, op.op, q.scale[0], rmse, rmse / q.scale[0]))
+    return tuple(errors)
+
+
+def _failures(r: ValidationReport, t: Thresholds):
+    paths = (("XNNPACK", r.xnnpack), ("reference kernels", r.reference))
+    if t.min_accuracy is not None:
+        for name, p in paths:
+            if p.accuracy is None:
+                yield "min_accuracy set but no labels given"
+                break
+            if p.accuracy < t.min_accuracy:
+                yield f"accuracy on {name} {p.accuracy:.4f} < {t.min_accuracy}"
+    if t.min_float_agreement is not None:
+        for name, p in paths:
+            if p.float_agreement is None:
+                yield "min_float_agreement set but no reference given"
+                break
+            if p.float_agreement < t.min_float_agreement:
+                yield f"agreement with float on {name} {p.float_agreement:.4f} < {t.min_float_agreement}"
+    if t.min_xnnpack_agreement is not None and r.xnnpack_vs_reference_top1_agreement < t.min_xnnpack_agreement:
+        yield (f"XNNPACK vs reference agreement {r.xnnpack_vs_reference_top1_agreement:.4f} "
+               f"< {t.min_xnnpack_agreement}")
+    if t.max_error_steps_p99 is not None:
+        for name, p in paths:
+            if p.error_steps is None:
+                yield "max_error_steps_p99 set but no reference (or no quantized output) given"
+                break
+            if p.error_steps["p99"] > t.max_error_steps_p99:
+                yield f"p99 output error on {name} {p.error_steps['p99']:.2f} steps > {t.max_error_steps_p99}"
+    if t.require_fully_integer and not r.fully_integer:
+        yield f"not fully integer: {', '.join(r.non_integer_tensors[:3])}"
+    if t.max_size_ratio is not None:
+        if r.size_ratio is None:
+            yield "max_size_ratio set but no reference given"
+        elif r.size_ratio > t.max_size_ratio:
+            yield f"size ratio {r.size_ratio:.3f} > {t.max_size_ratio}"
