@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import keras
 import tensorflow as tf
@@ -38,8 +39,14 @@ if KERAS_VERSION < (3, 0):  # pragma: no cover - guarded by setup.cfg
 
 @contextlib.contextmanager
 def quiet_stdout():
-    """Silences Python-level prints (Keras 3's export prints every signature)."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    """Silences the converter's Python-level chatter.
+
+    Keras 3's export prints every signature, and TF's calibrator warns about its
+    own use of the deprecated tf.lite.Interpreter; neither helps our users.
+    """
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         yield
 
 

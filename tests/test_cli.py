@@ -1,0 +1,98 @@
+"""The CLI: documented exit codes, one-line errors, no tracebacks, no partial files."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+from tfcompress import cli
+
+
+def run_cli(argv):
+    flags.FLAGS.unparse_flags()
+    rest = flags.FLAGS(["tfcompress"] + argv)
+    return cli.main(rest)
+
+
+@pytest.fixture()
+def calib(tmp_path, cifar):
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=cifar["x_train"][:100])
+    return path
+
+
+def test_convert_inspect_validate_round_trip(tmp_path, resnet8_h5, calib, cifar, capsys):
+    out = tmp_path / "r8.tflite"
+    assert run_cli(["convert", str(resnet8_h5), f"--output={out}", f"--data={calib}",
+                    "--noprogress"]) == 0
+    assert out.exists()
+    assert run_cli(["inspect", str(out)]) == 0
+    assert "XNNPACK took" in capsys.readouterr().out
+    test = tmp_path / "test.npz"
+    np.savez(test, x_test=cifar["x_test"][:100], y_test=cifar["y_test"][:100])
+    assert run_cli(["validate", str(out), f"--data={test}", "--min_accuracy=0.5",
+                    "--require_fully_integer", "--noprogress"]) == 0
+    assert run_cli(["validate", str(out), f"--data={test}", "--min_accuracy=0.99",
+                    "--noprogress"]) == 1
+
+
+def test_validate_coral_on_image_folder(models_dir, data_dir, capsys):
+    assert run_cli(["validate", str(models_dir / "coral_mobilenet_v2_1.0_224_quant.tflite"),
+                    f"--data={data_dir / 'samples' / 'imagenet_foolbox'}", "--label_offset=1",
+                    "--noprogress", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"top5_accuracy": 1.0' in out
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_model", "truncated", "wrong_shape", "wrong_dtype",
+                                  "empty", "unknown_mode", "existing_output", "no_command"])
+def test_bad_input_exits_2_with_one_line(case, tmp_path, resnet8_h5, models_dir, calib, capsys):
+    out = tmp_path / "out.tflite"
+    tflite = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
+    if case == "missing":
+        argv = ["inspect", str(tmp_path / "nope.tflite")]
+    elif case == "not_a_model":
+        junk = tmp_path / "junk.tflite"
+        junk.write_bytes(b"hello world, not a model at all")
+        argv = ["inspect", str(junk)]
+    elif case == "truncated":
+        cut = tmp_path / "cut.tflite"
+        cut.write_bytes(tflite.read_bytes()[:5000])
+        argv = ["validate", str(cut), f"--data={calib}"]
+    elif case in ("wrong_shape", "wrong_dtype", "empty"):
+        data = {"wrong_shape": np.zeros((4, 28, 28, 1)), "wrong_dtype": np.full((4, 32, 32, 3), "a"),
+                "empty": np.zeros((0, 32, 32, 3))}[case]
+        path = tmp_path / "bad.npy"
+        np.save(path, data)
+        argv = ["convert", str(resnet8_h5), f"--output={out}", f"--data={path}"]
+    elif case == "unknown_mode":
+        argv = ["convert", str(resnet8_h5), f"--output={out}", "--mode=int4"]
+    elif case == "existing_output":
+        out.write_bytes(b"keep me")
+        argv = ["convert", str(resnet8_h5), f"--output={out}", f"--data={calib}"]
+    else:
+        argv = ["frobnicate"]
+    if case == "unknown_mode":  # absl rejects enum values while parsing flags
+        with pytest.raises(flags.IllegalFlagValueError, match="int4"):
+            run_cli(argv)
+        return
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert "Traceback" not in err[0]
+    if case == "existing_output":
+        assert out.read_bytes() == b"keep me"
+    elif case != "no_command":
+        assert not out.exists()
+
+
+def test_console_entry_point_exit_codes(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tfcompress.cli", "convert", "x.keras",
+                           "--mode=int4"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tfcompress.cli", "inspect",
+                           str(tmp_path / "missing.tflite")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "No such TFLite file" in proc.stderr

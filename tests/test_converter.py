@@ -1,0 +1,213 @@
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tfcompress import converter, inspector, runtime
+from tfcompress.converter import ConversionError, convert
+
+
+def _plain_int8(model, x):
+    """A plain TFLiteConverter full-integer run, as a user would write it."""
+    import tensorflow as tf
+
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([x[i:i + 1].astype("float32")] for i in range(len(x)))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = tf.int8
+    c.inference_output_type = tf.int8
+    with contextlib.redirect_stdout(io.StringIO()):
+        return c.convert()
+
+
+def _accuracy(model_bytes, x, y, xnnpack=False):
+    out = runtime.predict(runtime.make_interpreter(model_bytes, xnnpack=xnnpack), x)
+    return float(np.mean(runtime.top1(out) == y))
+
+
+def test_resnet8_int8_is_fully_integer_small_and_as_accurate_as_plain(resnet8_h5, cifar):
+    import keras
+
+    calib = cifar["x_train"][:500]
+    result = convert(resnet8_h5, representative_data=calib, progress=False)
+    report = result.report
+    assert not report.non_integer_tensors()
+    assert all(t.dtype == "int32" for op in report.ops if op.op in ("CONV_2D", "FULLY_CONNECTED")
+               for t in [report.tensors[op.inputs[2]]])
+    float_result = convert(resnet8_h5, mode="float32", progress=False)
+    assert result.size_bytes <= 0.31 * float_result.size_bytes
+    x, y = cifar["x_test"][:300].astype("float32"), cifar["y_test"][:300]
+    plain = _plain_int8(keras.models.load_model(resnet8_h5, compile=False), calib)
+    assert _accuracy(result.model_bytes, x, y) >= _accuracy(plain, x, y)
+    assert result.num_calibration_samples == 500
+
+
+def test_fixed_batch_folds_shape_ops_away(tiny_cnn):
+    x = np.random.default_rng(0).random((20, 12, 12, 3))
+    fixed = convert(tiny_cnn, representative_data=x, progress=False).report
+    dynamic = convert(tiny_cnn, representative_data=x, batch_size=None, progress=False).report
+    assert fixed.inputs[0].shape == (1, 12, 12, 3)
+    assert "SHAPE" not in fixed.op_histogram
+    assert len(fixed.ops) <= len(dynamic.ops)
+
+
+def test_keras_and_tflite_agree_within_two_output_steps(tiny_dense):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    result = convert(tiny_dense, representative_data=x, progress=False)
+    step = runtime.output_step(result.report)
+    tfl = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=False), x)[0]
+    ref = tiny_dense.predict(x, verbose=0)
+    # PTQ rounds weights and two activations: a few steps at most, nearly always <= 2.
+    assert np.mean(np.abs(tfl - ref) <= 2 * step + 1e-6) >= 0.99
+
+
+@pytest.mark.parametrize("mode,act,weight", [("int16x8", "int16", "int8"), ("float16", "float32", "float16"),
+                                             ("dynamic", "float32", "int8"), ("float32", "float32", "float32")])
+def test_modes_give_their_dtypes(mode, act, weight):
+    import keras
+
+    # Dynamic-range mode leaves kernels under 1024 elements in float: use a wide layer.
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64), keras.layers.Dense(3)])
+    x = np.random.default_rng(0).normal(size=(32, 64))
+    result = convert(model, representative_data=x, mode=mode, progress=False)
+    assert result.report.inputs[0].dtype == act
+    big_kernels = [t for t in result.report.weight_tensors if np.prod(t.shape) >= 4096]
+    assert big_kernels and all(t.dtype == weight for t in big_kernels)
+
+
+def test_uint8_input_output(tiny_dense):
+    x = np.random.default_rng(0).normal(size=(32, 6))
+    result = convert(tiny_dense, representative_data=x, input_type="uint8", output_type="uint8",
+                     progress=False)
+    assert result.report.inputs[0].dtype == "uint8" and result.report.outputs[0].dtype == "uint8"
+
+
+def test_multi_input_calibrates_each_input_by_name():
+    import keras
+
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([a * 10.0, b]))
+    model = keras.Model([a, b], out)
+    rng = np.random.default_rng(0)
+    xa, xb = rng.random((64, 4)).astype("float32"), rng.random((64, 3)).astype("float32")
+    result = convert(model, representative_data={"a": xa, "b": xb}, progress=False)
+    scales = {runtime.input_name({"name": t.name}): t.quantization.scale[0] for t in result.report.inputs}
+    assert scales["a"] == pytest.approx(1 / 255, rel=0.05)  # a in [0, 1]
+    step = runtime.output_step(result.report)
+    tfl = runtime.predict(runtime.make_interpreter(result.model_bytes), {"a": xa, "b": xb})[0]
+    assert np.mean(np.abs(tfl - model.predict([xa, xb], verbose=0)) <= 3 * step) >= 0.95
+
+
+def test_keras_file_savedmodel_and_functions_convert(tmp_path, tiny_dense):
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).normal(size=(16, 6))
+    path = tmp_path / "m.keras"
+    tiny_dense.save(path)
+    assert convert(path, representative_data=x, progress=False).report.inputs[0].dtype == "int8"
+
+    tiny_dense.export(str(tmp_path / "sm"), verbose=False)
+    assert convert(tmp_path / "sm", representative_data=x, progress=False).report.op_histogram == {
+        "FULLY_CONNECTED": 2}
+
+    w = tf.Variable(np.ones((6, 2), np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="inp")])
+    def fn(inp):
+        return tf.nn.relu(tf.matmul(inp, w))
+
+    for source in (fn, fn.get_concrete_function()):
+        report = convert(source, representative_data=x, progress=False).report
+        assert report.op_histogram == {"FULLY_CONNECTED": 1}
+        assert not report.non_integer_tensors()
+
+
+def test_tf_keras_savedmodel_converts(tmp_path):
+    pytest.importorskip("tf_keras")
+    script = textwrap.dedent(f"""
+        import tf_keras as k
+        m = k.Sequential([k.layers.Input((5,)), k.layers.Dense(3, activation='relu')])
+        m.save({str(tmp_path / 'legacy')!r}, save_format='tf')
+    """)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
+    x = np.random.default_rng(0).normal(size=(16, 5))
+    report = convert(tmp_path / "legacy", representative_data=x, progress=False).report
+    assert not report.non_integer_tensors() and report.inputs[0].shape[-1] == 5
+
+
+def test_unquantizable_op_is_named_with_its_layer():
+    import keras
+    import tensorflow as tf
+
+    inp = keras.Input((8,))
+    x = keras.layers.Dense(8)(inp)
+    x = keras.layers.Lambda(tf.math.erf, name="my_erf")(x)
+    model = keras.Model(inp, keras.layers.Dense(2)(x))
+    with pytest.raises(ConversionError, match=r"tf\.Erf.*'my_erf' \(Lambda\)"):
+        convert(model, representative_data=np.zeros((4, 8)), progress=False)
+
+
+@pytest.mark.parametrize("data,error,match", [
+    (np.zeros((8, 7)), ValueError, r"shape \(8, 7\).*expects \(1, 6\)"),
+    (np.array([["a"] * 6]), TypeError, "dtype <U1"),
+    (np.zeros((0, 6)), ValueError, "empty"),
+    (None, ValueError, "required"),
+    ((x for x in []), ValueError, "empty"),
+])
+def test_bad_calibration_data(tiny_dense, data, error, match):
+    with pytest.raises(error, match=match):
+        convert(tiny_dense, representative_data=data, progress=False)
+
+
+def test_bad_model_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No such model"):
+        convert(tmp_path / "nope.keras")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="Could not load"):
+        convert(junk, mode="float32")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hi")
+    with pytest.raises(ValueError, match="Not a model file"):
+        convert(txt, mode="float32")
+    with pytest.raises(ValueError, match="not a SavedModel"):
+        convert(tmp_path, mode="float32")
+    with pytest.raises(TypeError, match="Unsupported model"):
+        convert(42, mode="float32")
+
+
+def test_unknown_mode_and_io_type(tiny_dense):
+    with pytest.raises(ValueError, match="Received: mode='int4'"):
+        convert(tiny_dense, mode="int4")
+    with pytest.raises(ValueError, match="input_type='int16'"):
+        convert(tiny_dense, input_type="int16", representative_data=np.zeros((2, 6)))
+
+
+def test_save_is_atomic_and_refuses_to_overwrite(tmp_path, tiny_dense):
+    result = convert(tiny_dense, mode="float32", progress=False)
+    path = result.save(tmp_path / "m.tflite")
+    assert path.read_bytes() == result.model_bytes
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        result.save(path)
+    result.save(path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+    with pytest.raises(FileNotFoundError):
+        result.save(tmp_path / "missing_dir" / "m.tflite")
+
+
+def test_result_is_frozen(tiny_dense):
+    import dataclasses
+
+    result = convert(tiny_dense, mode="float32", progress=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.mode = "int8"
+    assert isinstance(result.report, inspector.ModelReport)
+    assert converter.MODES == ("int8", "int16x8", "float16", "dynamic", "float32")

@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+
+from tfcompress import runtime
+from tfcompress.validation import Thresholds, validate
+
+
+@pytest.fixture(scope="module")
+def published(models_dir, cifar):
+    return validate(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
+                    cifar["x_test"].astype("float32"), y=cifar["y_test"],
+                    reference=models_dir / "mlperf_tiny_resnet8_cifar10_float.tflite", progress=False)
+
+
+def test_published_resnet8_numbers_on_both_kernel_paths(published):
+    assert published.num_samples == 1000
+    assert published.xnnpack.accuracy == pytest.approx(0.878, abs=0.002)
+    assert 0.85 < published.reference.accuracy < 0.90
+    # The two kernel paths disagree on some images: reported, not hidden.
+    assert published.xnnpack_vs_reference_top1_agreement < 1.0
+    assert published.xnnpack_vs_reference_within_2_steps < 0.99
+    assert published.fully_integer
+    assert published.size_ratio == pytest.approx(98496 / 318144)
+
+
+def test_xnnpack_leaves_average_pool_in_the_middle(published):
+    d = published.delegation
+    assert d.num_partitions == 2
+    assert [op for _, op, _ in d.left] == ["AVERAGE_POOL_2D", "SOFTMAX"]
+    assert "AVERAGE_POOL_2D" in d.describe()
+
+
+def test_per_layer_error_lists_every_quantized_layer(published):
+    ops = [e.op for e in published.per_layer]
+    assert ops.count("CONV_2D") == 9 and "FULLY_CONNECTED" in ops
+    assert all(e.rmse_over_scale >= 0 for e in published.per_layer)
+
+
+def test_thresholds_turn_into_pass_and_fail(models_dir, cifar):
+    x, y = cifar["x_test"][:100].astype("float32"), cifar["y_test"][:100]
+    model = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
+    ok = validate(model, x, y=y, thresholds=Thresholds(min_accuracy=0.5, require_fully_integer=True),
+                  per_layer=False, progress=False)
+    assert ok.passed
+    bad = validate(model, x, y=y, thresholds=Thresholds(min_accuracy=0.99), per_layer=False,
+                   progress=False)
+    assert not bad.passed and "accuracy on XNNPACK" in bad.failures[0]
+
+
+def test_report_saves_as_json(tmp_path, published):
+    path = published.save(tmp_path / "r.json")
+    loaded = json.loads(path.read_text())
+    assert loaded["passed"] is True and loaded["delegation"]["num_ops"] == 16
+    with pytest.raises(FileExistsError):
+        published.save(path)
+
+
+def test_coral_mobilenet_top5_on_sample_images(models_dir, data_dir):
+    from tfcompress.data import load_image_folder
+
+    x, y, _ = load_image_folder(data_dir / "samples" / "imagenet_foolbox", size=(224, 224),
+                                label_regex=r"_(\d+)\.\w+$")
+    report = validate(models_dir / "coral_mobilenet_v2_1.0_224_quant.tflite", x, y=y + 1,
+                      per_layer=False, progress=False)
+    assert report.xnnpack.top5_accuracy == 1.0 and report.reference.top5_accuracy == 1.0
+    assert report.xnnpack.accuracy >= 0.85
+    assert not report.fully_integer  # a legacy uint8 model, said so
+
+
+@pytest.mark.parametrize("kwargs", [{"min_accuracy": 1.5}, {"min_xnnpack_agreement": -0.1},
+                                    {"max_size_ratio": -1}])
+def test_bad_thresholds(kwargs):
+    with pytest.raises(ValueError, match="Received"):
+        Thresholds(**kwargs)
+
+
+def test_predict_maps_inputs_by_name(tiny_dense):
+    from tfcompress import convert
+
+    result = convert(tiny_dense, mode="float32", progress=False)
+    interpreter = runtime.make_interpreter(result.model_bytes)
+    x = np.ones((3, 6), np.float32)
+    by_name = runtime.predict(interpreter, {"features": x})[0]
+    np.testing.assert_allclose(by_name, runtime.predict(interpreter, x)[0])
+    with pytest.raises(ValueError, match="No data for model input 'features'"):
+        runtime.predict(interpreter, {"other": x})
