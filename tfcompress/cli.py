@@ -4,7 +4,7 @@ Usage:
     tfcompress convert MODEL --output=OUT.tflite [--data=CALIB] [--mode=int8] ...
     tfcompress validate MODEL.tflite --data=DATA [--reference=FLOAT] [thresholds]
     tfcompress inspect MODEL.tflite [--json]
-    tfcompress demo [--dataset=auto] [--epochs=3] [--output_dir=DIR]
+    tfcompress demo [--dataset=auto] [--epochs=20] [--output_dir=DIR]
 
 Exit codes:
     0  success (validate: every threshold met)
@@ -54,7 +54,7 @@ flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
 flags.DEFINE_boolean("json", False, "inspect/validate: print JSON instead of text.")
 flags.DEFINE_string("json_out", None, "validate: also write the report as JSON here.")
 flags.DEFINE_string("dataset", "auto", "demo: auto | digits | mnist | fashion_mnist | cifar10.")
-flags.DEFINE_integer("epochs", 3, "demo: training epochs.")
+flags.DEFINE_integer("epochs", 20, "demo: training epochs.")
 flags.DEFINE_string("output_dir", None, "demo: write models and reports here.")
 flags.DEFINE_boolean("progress", True, "Show progress bars.")
 
