@@ -42,10 +42,10 @@ def quiet_stdout():
     """Silences the converter's Python-level chatter.
 
     Keras 3's export prints every signature, and TF's calibrator warns about its
-    own use of the deprecated tf.lite.Interpreter; neither helps our users.
+    own use of the deprecated TF interpreter; neither helps our users.
     """
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*Interpreter is deprecated.*")
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         yield
 
