@@ -1,7 +1,8 @@
 """tfcompress: from a Keras 3 model to a small, fast, verified fully-integer `.tflite`.
 
-Modules follow the pipeline: ``data`` -> ``calibration`` -> ``converter`` ->
-``inspector`` -> ``runtime`` -> ``validation`` -> ``benchmark`` -> ``pipeline``.
+Modules follow the pipeline: ``data`` -> training-time compression (``schedules``,
+``pruning``, ``channel_pruning``) -> ``calibration`` -> ``converter`` -> ``inspector``
+-> ``runtime`` -> ``validation`` -> ``benchmark`` -> ``pipeline``.
 """
 
 from importlib import metadata as _metadata
@@ -9,11 +10,14 @@ from importlib import metadata as _metadata
 from tfcompress import (
     benchmark,
     calibration,
+    channel_pruning,
     converter,
     data,
     inspector,
     pipeline,
+    pruning,
     runtime,
+    schedules,
     validation,
 )
 from tfcompress.converter import ConversionError, ConversionResult, convert
@@ -33,13 +37,16 @@ __all__ = [
     "ValidationReport",
     "benchmark",
     "calibration",
+    "channel_pruning",
     "convert",
     "converter",
     "data",
     "inspect",
     "inspector",
     "pipeline",
+    "pruning",
     "runtime",
+    "schedules",
     "validate",
     "validation",
 ]

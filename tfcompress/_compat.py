@@ -50,6 +50,31 @@ def quiet_stdout():
         yield
 
 
+def assign_variables(variables, values) -> None:
+    """Assigns ``values`` to Keras ``variables`` from any tf.distribute context.
+
+    Inside a replica function of a multi-device strategy a mirrored variable cannot
+    be assigned directly; the assignment goes through ``merge_call`` so that every
+    replica's copy receives the value computed on that replica (all replicas compute
+    the same masks from the same mirrored weights).
+    """
+    variables, values = list(variables), list(values)
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        for var, value in zip(variables, values):
+            var.assign(value)
+        return
+
+    def merge_fn(strategy, *per_replica):
+        for var, value in zip(variables, per_replica):
+            # Keras 3 keeps the backend's tf.Variable in `_value`; the strategy
+            # must update that (mirrored) object, not the Keras shell.
+            target = getattr(var, "_value", var)
+            strategy.extended.update(target, lambda v, x: v.assign(x), args=(value,))
+
+    ctx.merge_call(merge_fn, args=tuple(values))
+
+
 def is_keras_model(obj) -> bool:
     return isinstance(obj, keras.Model)
 
@@ -63,6 +88,7 @@ def is_tf_function(obj) -> bool:
 
 
 __all__ = [
+    "assign_variables",
     "ConverterError",
     "Interpreter",
     "KERAS_VERSION",

@@ -404,3 +404,45 @@ def inspect(model: ModelSource) -> ModelReport:
     inputs = tuple(tensors[i] for i in (sg.inputs if sg.inputs is not None else []))
     outputs = tuple(tensors[i] for i in (sg.outputs if sg.outputs is not None else []))
     return ModelReport(len(buf), len(tree.subgraphs), tuple(ops), tensors, inputs, outputs)
+
+
+def constant_values(model: ModelSource) -> Dict[int, np.ndarray]:
+    """The stored values of every dense constant tensor, by tensor index.
+
+    Values are returned as stored (int8 weights stay int8; dequantize with the
+    tensor's :class:`QuantParams` if needed). Sparse-encoded tensors are skipped.
+
+    Args:
+        model: the model as bytes or a path to a `.tflite` file.
+
+    Returns:
+        ``{tensor_index: array shaped like the tensor}`` for the main subgraph.
+    """
+    tree = verify(read_model(model))
+    buffers = tree.buffers or []
+    out = {}
+    for i, t in enumerate(tree.subgraphs[0].tensors or []):
+        data = buffers[t.buffer].data if 0 < t.buffer < len(buffers) else None
+        np_type = _NUMPY_TYPES.get(_TYPE_NAMES.get(t.type, ""))
+        if data is None or not len(data) or np_type is None or t.sparsity is not None:
+            continue
+        shape = tuple(int(d) for d in (t.shape if t.shape is not None else []))
+        values = np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype=np_type)
+        if values.size == int(np.prod(shape)):
+            out[i] = values.reshape(shape)
+    return out
+
+
+def gzip_size(model: ModelSource, *, level: int = 9) -> int:
+    """Bytes of the model after gzip, the size that matters for a download.
+
+    Zeros from unstructured pruning do not shrink a `.tflite` file; they only make
+    it compress better, which is what this measures.
+
+    >>> gzip_size(bytes(10_000)) < 100
+    True
+    """
+    import gzip
+
+    buf = model if isinstance(model, (bytes, bytearray, memoryview)) else read_model(model)
+    return len(gzip.compress(bytes(buf), compresslevel=level, mtime=0))

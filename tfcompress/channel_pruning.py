@@ -1,0 +1,553 @@
+"""Channel (filter) pruning that really shrinks the graph.
+
+Unstructured zeros make an int8 `.tflite` smaller after gzip but not faster:
+XNNPACK's sparse kernels are float-only. Removing whole channels makes every
+following op smaller, so the int8 model runs faster.
+
+How it works:
+
+1. :func:`prune_channels` traces the Functional graph and works out which output
+   channels must be removed together. Channels joined by an ``Add`` (a residual
+   connection) form one class; ``Concatenate`` lays classes side by side; channel-wise
+   layers (BatchNorm, activations, pooling, depthwise convolutions, padding...) pass
+   them through; a channel that reaches a model output, a ``Reshape`` or a layer this
+   module does not understand is fixed and never pruned. It then inserts a
+   :class:`ChannelMask` in front of every layer that mixes channels (Dense, Conv,
+   SeparableConv...), so a pruned channel is exactly zero wherever it is read.
+2. During ``fit``, :class:`~tfcompress.pruning.UpdatePruningStep` advances the step
+   and, on each pruning turn of the schedule, ranks the channel classes of each group
+   by the L1 or L2 norm of their filters (summed over the layers that produce them)
+   and masks the weakest ones. Channels once pruned stay pruned.
+3. :func:`~tfcompress.pruning.strip_pruning` (or :func:`remove_channels`) builds a new,
+   smaller model: the pruned filters and biases, the matching BatchNorm entries and
+   depthwise filters, and the matching input channels of the next layers are removed.
+   Because a pruned channel was already zero at every reader, the smaller model
+   computes exactly what the masked one did.
+
+Example:
+    >>> import keras, numpy as np
+    >>> from tfcompress.pruning import ConstantSparsity, UpdatePruningStep, strip_pruning
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    >>> x = keras.layers.GlobalAveragePooling2D()(x)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    >>> pruned = prune_channels(model, pruning_schedule=ConstantSparsity(0.5, frequency=1))
+    >>> pruned.compile("sgd", "mse")
+    >>> _ = pruned.fit(np.ones((2, 8, 8, 3)), np.ones((2, 2)), verbose=0,
+    ...                callbacks=[UpdatePruningStep()])
+    >>> small = strip_pruning(pruned)
+    >>> small.layers[1].filters, tuple(small.layers[-1].kernel.shape)
+    (4, (4, 2))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcompress import pruning
+
+__all__ = [
+    "ChannelMask",
+    "ChannelPlan",
+    "analyze",
+    "has_channel_masks",
+    "prune_channels",
+    "remove_channels",
+]
+
+_CRITERIA = ("l1", "l2")
+
+# Layers that mix channels: they produce fresh channels and read a mask on their input.
+_PRODUCERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+              keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+              keras.layers.Conv3DTranspose, keras.layers.SeparableConv1D,
+              keras.layers.SeparableConv2D)
+# Layers that act on each channel separately.
+_CHANNELWISE = (
+    keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.LeakyReLU,
+    keras.layers.ELU, keras.layers.Dropout, keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D, keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout, keras.layers.MaxPooling1D, keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D, keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D, keras.layers.GlobalAveragePooling3D,
+    keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D, keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
+    keras.layers.ZeroPadding3D, keras.layers.Cropping1D, keras.layers.Cropping2D,
+    keras.layers.Cropping3D, keras.layers.UpSampling1D, keras.layers.UpSampling2D,
+    keras.layers.UpSampling3D, keras.layers.Identity, keras.layers.ActivityRegularization,
+    keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+)
+_ELEMENTWISE_MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
+                      keras.layers.Average, keras.layers.Maximum, keras.layers.Minimum)
+_NOT_CHANNELWISE_ACTIVATIONS = ("softmax", "log_softmax")
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class ChannelMask(keras.layers.Layer):
+    """Multiplies the last axis by a 0/1 mask; the mask is set by the pruning callback.
+
+    Args:
+        pruning_schedule: the schedule of the channel sparsity (fraction of channels).
+        **kwargs: Keras layer arguments.
+    """
+
+    def __init__(self, pruning_schedule=None, **kwargs):
+        super().__init__(**kwargs)
+        self.pruning_schedule = pruning._deserialize_schedule(pruning_schedule)
+
+    def build(self, input_shape):
+        self.mask = self.add_weight(name="mask", shape=(int(input_shape[-1]),),
+                                    initializer="ones", trainable=False)
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), dtype="int64", trainable=False,
+            initializer=keras.initializers.Constant(-1))
+
+    def call(self, inputs, training=None):
+        if training is True:
+            check = tf.debugging.assert_greater_equal(
+                tf.convert_to_tensor(self.pruning_step), tf.constant(0, tf.int64),
+                message=pruning._MISSING_CALLBACK)
+            with tf.control_dependencies([check]):
+                return inputs * tf.cast(self.mask, inputs.dtype)
+        return inputs * tf.cast(self.mask, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def apply_masks(self) -> None:
+        """Nothing to do: the mask acts on activations, not on weights."""
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["pruning_schedule"] = keras.saving.serialize_keras_object(self.pruning_schedule)
+        return config
+
+
+def has_channel_masks(model) -> bool:
+    """Whether ``model`` contains :class:`ChannelMask` layers."""
+    return any(isinstance(layer, ChannelMask)
+               for layer in model._flatten_layers(include_self=False, recursive=True))
+
+
+# ---------------------------------------------------------------------------
+# Graph analysis.
+# ---------------------------------------------------------------------------
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: List[int] = []
+
+    def new(self, n: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return np.arange(start, start + n)
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+@dataclasses.dataclass
+class ChannelPlan:
+    """What :func:`analyze` found: channel classes, their producers and the groups.
+
+    Attributes:
+        layouts: per tensor id, the class of each position of its last axis.
+        producers: per class, the ``(layer name, output channel)`` that write it.
+        fixed: classes that must not be pruned.
+        groups: lists of prunable classes ranked together (one per set of layers
+            that share channels, e.g. a residual stream).
+        in_layout / out_layout: per layer name, the layouts of its input and output.
+    """
+
+    layouts: Dict[int, np.ndarray]
+    producers: Dict[int, List[Tuple[str, int]]]
+    fixed: set
+    groups: List[List[int]]
+    in_layout: Dict[str, np.ndarray]
+    out_layout: Dict[str, np.ndarray]
+    masked_tensors: List[int]
+
+    def describe(self) -> str:
+        lines = []
+        for g in self.groups:
+            layers = sorted({name for c in g for name, _ in self.producers[c]})
+            lines.append(f"{len(g)} channels shared by {', '.join(layers)}")
+        return "\n".join(lines)
+
+
+def _functional(model):
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError("Build the Sequential model (give it a keras.Input) before "
+                             "channel pruning.")
+        inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+        x = inputs
+        for layer in model.layers:
+            x = layer(x)
+        return keras.Model(inputs, x, name=model.name)
+    if type(model).__name__ != "Functional" and not hasattr(model, "_nodes_by_depth"):
+        raise ValueError(
+            "Channel pruning needs a Sequential or Functional model. Received a subclassed "
+            f"model of class {type(model).__name__}; build it with the Functional API.")
+    return model
+
+
+def _kind(layer, shared: bool, rank: int) -> str:
+    if shared or isinstance(layer, keras.Model):
+        return "barrier"
+    if isinstance(layer, keras.layers.InputLayer):
+        return "input"
+    if isinstance(layer, _PRODUCERS):
+        groups = getattr(layer, "groups", 1)
+        mult = getattr(layer, "depth_multiplier", 1)
+        return "producer" if groups == 1 and mult == 1 else "barrier"
+    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+        return "channelwise" if layer.depth_multiplier == 1 else "barrier"
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return "channelwise" if layer.axis in (-1, rank - 1) else "barrier"
+    if isinstance(layer, (ChannelMask,) + _CHANNELWISE):
+        return "channelwise"
+    if isinstance(layer, keras.layers.Activation):
+        name = getattr(layer.activation, "__name__", "")
+        return "barrier" if name in _NOT_CHANNELWISE_ACTIVATIONS else "channelwise"
+    if isinstance(layer, _ELEMENTWISE_MERGE):
+        return "merge"
+    if isinstance(layer, keras.layers.Concatenate):
+        return "concat"
+    if isinstance(layer, keras.layers.Flatten):
+        return "flatten"
+    return "barrier"
+
+
+def analyze(model) -> ChannelPlan:
+    """Finds which channels of a Functional model can be removed, and with which others.
+
+    Args:
+        model: a Sequential or Functional Keras model (its own layers; nested models
+            are treated as opaque).
+
+    Returns:
+        A :class:`ChannelPlan`.
+    """
+    model = _functional(model)
+    uf = _UnionFind()
+    fixed_nodes: List[int] = []
+    producer_nodes: Dict[int, Tuple[str, int]] = {}
+    layouts: Dict[int, np.ndarray] = {}
+    in_layout, out_layout = {}, {}
+    readers: List[int] = []  # tensor ids read by producers (they get a mask)
+    counts: Dict[int, int] = {}
+    for depth in model._nodes_by_depth:
+        for node in model._nodes_by_depth[depth]:
+            counts[id(node.operation)] = counts.get(id(node.operation), 0) + 1
+
+    def fresh(tensor, *, fixed: bool) -> np.ndarray:
+        nodes = uf.new(int(tensor.shape[-1]) if tensor.shape else 1)
+        if fixed:
+            fixed_nodes.extend(nodes.tolist())
+        return nodes
+
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            layer = node.operation
+            ins = [t for t in node.input_tensors]
+            outs = list(node.output_tensors)
+            kind = _kind(layer, counts[id(layer)] > 1, len(ins[0].shape) if ins else 0)
+            in_lays = [layouts[id(t)] for t in ins]
+            if kind == "input":
+                layouts[id(outs[0])] = fresh(outs[0], fixed=True)
+                continue
+            if kind == "channelwise" and len(ins) == 1 and len(outs) == 1:
+                out = in_lays[0]
+            elif kind == "merge" and len({len(lay) for lay in in_lays}) == 1:
+                for lay in in_lays[1:]:
+                    for a, b in zip(in_lays[0], lay):
+                        uf.union(int(a), int(b))
+                out = in_lays[0]
+            elif kind == "concat" and layer.axis in (-1, len(outs[0].shape) - 1):
+                out = np.concatenate(in_lays)
+            elif (kind == "flatten" and len(ins[0].shape) >= 2
+                  and all(d is not None for d in ins[0].shape[1:])):
+                out = np.tile(in_lays[0], int(np.prod(ins[0].shape[1:-1])))
+            elif kind == "producer" and len(ins) == 1:
+                readers.append(id(ins[0]))
+                out = fresh(outs[0], fixed=False)
+                for c, n in enumerate(out.tolist()):
+                    producer_nodes[n] = (layer.name, c)
+            else:  # barrier: everything it reads is fixed, what it writes is opaque
+                for lay in in_lays:
+                    fixed_nodes.extend(lay.tolist())
+                for t in outs:
+                    layouts[id(t)] = fresh(t, fixed=True)
+                continue
+            layouts[id(outs[0])] = out
+            in_layout[layer.name] = in_lays[0] if in_lays else None
+            out_layout[layer.name] = out
+    for t in model.outputs:
+        fixed_nodes.extend(layouts[id(t)].tolist())
+
+    find = np.vectorize(uf.find, otypes=[int]) if uf.parent else None
+    layouts = {k: find(v) if len(v) else v for k, v in layouts.items()}
+    in_layout = {k: find(v) if v is not None and len(v) else v for k, v in in_layout.items()}
+    out_layout = {k: find(v) if len(v) else v for k, v in out_layout.items()}
+    fixed = {uf.find(n) for n in fixed_nodes}
+    producers: Dict[int, List[Tuple[str, int]]] = {}
+    for n, who in producer_nodes.items():
+        producers.setdefault(uf.find(n), []).append(who)
+    # Classes written by the same layer are ranked together: union them by layer.
+    by_layer = _UnionFind()
+    ids = {c: i for i, c in enumerate(producers)}
+    by_layer.new(len(ids))
+    first_class_of_layer: Dict[str, int] = {}
+    for c, who in producers.items():
+        for name, _ in who:
+            if name in first_class_of_layer:
+                by_layer.union(ids[c], ids[first_class_of_layer[name]])
+            else:
+                first_class_of_layer[name] = c
+    groups: Dict[int, List[int]] = {}
+    for c in producers:
+        if c not in fixed:
+            groups.setdefault(by_layer.find(ids[c]), []).append(c)
+    masked = [t for t in dict.fromkeys(readers)
+              if any(c not in fixed and c in producers for c in layouts[t].tolist())]
+    return ChannelPlan(layouts, producers, fixed, [sorted(g) for g in groups.values()],
+                       in_layout, out_layout, masked)
+
+
+# ---------------------------------------------------------------------------
+# Importance and mask updates.
+# ---------------------------------------------------------------------------
+
+
+def _output_kernel(layer) -> np.ndarray:
+    """The kernel of a producer with output channels on the last axis."""
+    if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+        return layer.pointwise_kernel.numpy()
+    kernel = layer.kernel.numpy()
+    if isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                          keras.layers.Conv3DTranspose)):
+        kernel = np.swapaxes(kernel, -1, -2)
+    return kernel
+
+
+def filter_norms(layer, criterion: str) -> np.ndarray:
+    """L1 or L2 norm of every output filter of a producer layer."""
+    k = _output_kernel(layer).reshape(-1, _output_kernel(layer).shape[-1])
+    return np.abs(k).sum(axis=0) if criterion == "l1" else np.sqrt((k ** 2).sum(axis=0))
+
+
+class ChannelController:
+    """Ranks channel classes and sets every :class:`ChannelMask` on pruning turns.
+
+    Created by :class:`~tfcompress.pruning.UpdatePruningStep` at the start of training.
+    """
+
+    def __init__(self, model, criterion: Optional[str] = None):
+        self.model = model
+        self.plan = analyze(model)
+        layers = model._flatten_layers(include_self=False, recursive=True)
+        self.masks = [layer for layer in layers if isinstance(layer, ChannelMask)]
+        self.criterion = criterion or getattr(model, "_tfcompress_criterion", "l2")
+        self.layer_by_name = {layer.name: layer for layer in layers}
+        self.mask_layouts = [self.plan.in_layout[m.name] for m in self.masks]
+
+    def pruned_classes(self) -> set:
+        pruned = set()
+        for m, lay in zip(self.masks, self.mask_layouts):
+            pruned.update(lay[m.mask.numpy() == 0].tolist())
+        return pruned
+
+    def maybe_update(self) -> None:
+        if not self.masks:
+            return
+        first = self.masks[0]
+        should, sparsity = first.pruning_schedule(first.pruning_step.numpy())
+        if bool(should):
+            self.update(float(sparsity))
+
+    def update(self, sparsity: float) -> None:
+        """Masks the ``sparsity`` fraction of weakest classes in every group."""
+        norms = {}
+        for name in {n for who in self.plan.producers.values() for n, _ in who}:
+            norms[name] = filter_norms(self.layer_by_name[name], self.criterion)
+        already = self.pruned_classes()
+        pruned = set()
+        for group in self.plan.groups:
+            score = np.array([-1.0 if c in already else
+                              sum(norms[n][ch] for n, ch in self.plan.producers[c])
+                              for c in group])
+            n_prune = min(int(np.floor(sparsity * len(group))), len(group) - 1)
+            order = np.argsort(score, kind="stable")
+            pruned.update(group[i] for i in order[:n_prune])
+        for m, lay in zip(self.masks, self.mask_layouts):
+            m.mask.assign(np.array([0.0 if c in pruned else 1.0 for c in lay.tolist()],
+                                   np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Model transforms.
+# ---------------------------------------------------------------------------
+
+
+def _copy(layer):
+    return type(layer).from_config(layer.get_config())
+
+
+def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2"):
+    """Prepares a model for gradual channel pruning.
+
+    Returns a copy of ``model`` with a :class:`ChannelMask` before every layer that
+    reads prunable channels. Train it with
+    :class:`~tfcompress.pruning.UpdatePruningStep`; the schedule's sparsity is the
+    fraction of channels removed in each group. Then call
+    :func:`~tfcompress.pruning.strip_pruning` to get the smaller model.
+
+    Args:
+        model: a Sequential or Functional model.
+        pruning_schedule: a schedule (default: 50% at step 0, recomputed every 100).
+        criterion: ``"l1"`` or ``"l2"``: the filter norm that ranks channels.
+
+    Returns:
+        A new Functional model (weights copied).
+
+    Raises:
+        ValueError: bad criterion, a subclassed model, or nothing to prune.
+    """
+    if criterion not in _CRITERIA:
+        raise ValueError(f"`criterion` must be one of {_CRITERIA}. Received: criterion={criterion!r}")
+    schedule = pruning._deserialize_schedule(pruning_schedule)
+    model = _functional(model)
+    plan = analyze(model)
+    if not plan.groups:
+        raise ValueError(
+            f"Model {model.name!r} has no channel that can be removed: every channel "
+            "reaches a model output or a layer that is not understood (supported: "
+            f"{', '.join(c.__name__ for c in _PRODUCERS)} as producers).")
+    masked_ids = set(plan.masked_tensors)
+    originals = {}
+    pending = []
+
+    def clone_function(layer):
+        new = _copy(layer)
+        originals[layer.name] = layer
+        if layer.weights:
+            pending.append((new, layer.get_weights()))
+        return new
+
+    # The clone's call_function sees new tensors; map them back through the input
+    # tensors of the original node, which have the same position in the call.
+    nodes = {n.operation.name: n for d in model._nodes_by_depth.values() for n in d}
+    cache: Dict[int, object] = {}
+
+    def call_function(layer, *args, **kwargs):
+        node = nodes.get(layer.name)
+        if node is not None and len(node.input_tensors) == 1 and \
+                id(node.input_tensors[0]) in masked_ids and args:
+            x = args[0]
+            if id(x) not in cache:
+                source = node.input_tensors[0]._keras_history.operation.name
+                cache[id(x)] = ChannelMask(schedule, name=f"channel_mask_{source}")(x)
+            args = (cache[id(x)],) + args[1:]
+        return layer(*args, **kwargs)
+
+    clone = keras.models.clone_model(model, clone_function=clone_function,
+                                     call_function=call_function)
+    for new, weights in pending:
+        new.set_weights(weights)
+    clone._tfcompress_criterion = criterion
+    return clone
+
+
+def _slice_layer_weights(layer, in_keep, out_keep) -> List[np.ndarray]:
+    out = []
+    for w in layer.weights:
+        name, v = w.path.split("/")[-1], w.numpy()
+        if isinstance(layer, _PRODUCERS):
+            transpose = isinstance(layer, (keras.layers.Conv1DTranspose,
+                                           keras.layers.Conv2DTranspose,
+                                           keras.layers.Conv3DTranspose))
+            if name == "bias":
+                v = v[out_keep]
+            elif name == "depthwise_kernel":
+                v = v[..., in_keep, :]
+            elif name in ("kernel", "pointwise_kernel"):
+                if transpose:
+                    v = v[..., out_keep, :][..., in_keep]
+                elif isinstance(layer, keras.layers.Dense):
+                    v = v[in_keep][:, out_keep] if v.ndim == 2 else v
+                else:
+                    v = v[..., in_keep, :][..., out_keep]
+        elif isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+            v = v[..., in_keep, :] if name == "kernel" else v[in_keep]
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            v = v[in_keep]
+        out.append(v)
+    return out
+
+
+def remove_channels(model):
+    """Builds the smaller model: pruned channels removed, masks dropped.
+
+    Exact: the result computes what the masked model computes (the pruned channels
+    were zero wherever they were read).
+
+    Args:
+        model: a model prepared by :func:`prune_channels` (and trained).
+
+    Returns:
+        A new Functional model without :class:`ChannelMask` layers.
+    """
+    model = _functional(model)
+    plan = analyze(model)
+    pruned = ChannelController.__new__(ChannelController)
+    layers = model._flatten_layers(include_self=False, recursive=False)
+    pruned.masks = [layer for layer in layers if isinstance(layer, ChannelMask)]
+    pruned.mask_layouts = [plan.in_layout[m.name] for m in pruned.masks]
+    gone = pruned.pruned_classes() - plan.fixed
+    keep = {name: np.array([c not in gone for c in lay.tolist()])
+            for name, lay in plan.out_layout.items() if lay is not None}
+    keep_in = {name: np.array([c not in gone for c in lay.tolist()])
+               for name, lay in plan.in_layout.items() if lay is not None}
+    pending = []
+
+    def clone_function(layer):
+        config = layer.get_config()
+        if isinstance(layer, _PRODUCERS) and layer.name in keep:
+            key = "units" if isinstance(layer, keras.layers.Dense) else "filters"
+            config[key] = int(keep[layer.name].sum())
+        new = type(layer).from_config(config)
+        if layer.weights and not isinstance(layer, ChannelMask):
+            in_keep = keep_in.get(layer.name)
+            out_keep = keep.get(layer.name)
+            if in_keep is None:
+                pending.append((new, layer.get_weights()))
+            else:
+                pending.append((new, _slice_layer_weights(layer, in_keep, out_keep)))
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        if isinstance(layer, ChannelMask):
+            return args[0]
+        return layer(*args, **kwargs)
+
+    clone = keras.models.clone_model(model, clone_function=clone_function,
+                                     call_function=call_function)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return clone

@@ -1,0 +1,730 @@
+"""Magnitude pruning on Keras 3 with tfmot's names.
+
+A tfmot user switches by changing the import::
+
+    from tfcompress.pruning import prune_low_magnitude, strip_pruning, UpdatePruningStep
+
+How it works: :class:`PruneLowMagnitude` wraps a layer and keeps, as weights saved
+with the model, one mask per prunable weight and the pruning step. At every training
+call it asks its schedule ``(should_prune, sparsity) = schedule(step)``; on a pruning
+turn it recomputes the masks from the weight magnitudes (unstructured, in blocks, or
+N:M), and it multiplies the weights by their masks before the wrapped layer runs.
+:class:`UpdatePruningStep` advances the step once per batch. Without that callback the
+step stays at -1 and training stops with an error that says so (tfmot's behaviour:
+a wrapper that counted its own calls would miscount under ``tf.distribute`` and when
+a layer is called twice per step).
+
+:func:`strip_pruning` returns a plain Keras model with the zeros in place, and also
+performs the surgery of channel pruning (:mod:`tfcompress.channel_pruning`).
+
+Example:
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
+    ...                           keras.layers.Dense(2)])
+    >>> pruned = prune_low_magnitude(
+    ...     model, pruning_schedule=ConstantSparsity(0.75, begin_step=0, frequency=1))
+    >>> pruned.compile("sgd", "mse")
+    >>> _ = pruned.fit(np.ones((4, 8)), np.ones((4, 2)), epochs=1, verbose=0,
+    ...                callbacks=[UpdatePruningStep()])
+    >>> stripped = strip_pruning(pruned)
+    >>> [round(r.sparsity, 2) for r in sparsity_report(stripped).layers]
+    [0.75, 0.75]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcompress import _compat, inspector
+from tfcompress.schedules import (AutomatedGradualPruning, ConstantSparsity, PolynomialDecay,
+                                  PruningSchedule)
+
+__all__ = [
+    "AutomatedGradualPruning",
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "PruneLowMagnitude",
+    "PruningSchedule",
+    "PruningSummaries",
+    "SparsityReport",
+    "UpdatePruningStep",
+    "block_mask",
+    "check_sparsity_m_by_n",
+    "magnitude_mask",
+    "m_by_n_mask",
+    "prunable_weights",
+    "prune_low_magnitude",
+    "sparsity_report",
+    "strip_pruning",
+]
+
+# ---------------------------------------------------------------------------
+# Pure mask math.
+# ---------------------------------------------------------------------------
+
+
+def magnitude_mask(weight, sparsity):
+    """Mask that zeroes the ``round(size * sparsity)`` smallest-magnitude entries.
+
+    The count is exact even when magnitudes tie (the mask comes from ``top_k``
+    indices, not from a threshold).
+
+    >>> w = np.array([[0.1, -3.0], [2.0, 0.0]], np.float32)
+    >>> magnitude_mask(w, 0.5).numpy()
+    array([[0., 1.],
+           [1., 0.]], dtype=float32)
+    """
+    weight = tf.convert_to_tensor(weight)
+    flat = tf.reshape(tf.abs(weight), [-1])
+    n = tf.size(flat)
+    n_zero = tf.cast(tf.round(tf.cast(n, tf.float32) * tf.cast(sparsity, tf.float32)), tf.int32)
+    k = tf.maximum(n - n_zero, 1)
+    _, idx = tf.math.top_k(flat, k=k, sorted=False)
+    mask = tf.scatter_nd(idx[:, None], tf.ones_like(idx, tf.float32), [n])
+    return tf.cast(tf.reshape(mask, tf.shape(weight)), weight.dtype)
+
+
+def _as_matrix_shape(shape: Sequence[int]) -> Tuple[int, int]:
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return rows, int(shape[-1])
+
+
+def block_mask(weight, sparsity, *, block_size: Tuple[int, int], pooling: str = "AVG"):
+    """Mask that zeroes whole ``block_size`` blocks with the smallest pooled magnitude.
+
+    A weight of rank > 2 is viewed as a matrix ``(prod(shape[:-1]), shape[-1])``
+    (for a Conv2D kernel: ``(kh * kw * in, out)``). Each dimension of ``block_size``
+    must divide the matching matrix dimension.
+
+    >>> w = np.array([[1, 1, 0.1, 0.1], [1, 1, 0.1, 0.1]], np.float32)
+    >>> block_mask(w, 0.5, block_size=(2, 2)).numpy()
+    array([[1., 1., 0., 0.],
+           [1., 1., 0., 0.]], dtype=float32)
+    """
+    weight = tf.convert_to_tensor(weight)
+    rows, cols = _as_matrix_shape(weight.shape)
+    bh, bw = block_size
+    mat = tf.reshape(tf.abs(weight), [rows // bh, bh, cols // bw, bw])
+    pooled = (tf.reduce_max if pooling == "MAX" else tf.reduce_mean)(mat, axis=[1, 3])
+    small = magnitude_mask(pooled, sparsity)
+    full = tf.repeat(tf.repeat(small, bh, axis=0), bw, axis=1)
+    return tf.reshape(full, tf.shape(weight))
+
+
+def m_by_n_mask(weight, *, n: int, m: int):
+    """N:M mask: in each group of ``m`` consecutive input channels keep the ``n`` largest.
+
+    The groups run along the input-channel axis of a Keras kernel (axis -2), which
+    is the innermost axis of TFLite's weight layout (OHWI for convolutions,
+    ``(out, in)`` for fully connected), the layout that 2:4 kernels read.
+
+    >>> w = np.array([[4.0], [-1.0], [3.0], [0.5]], np.float32)  # Dense(4 -> 1)
+    >>> m_by_n_mask(w, n=2, m=4).numpy().ravel().tolist()
+    [1.0, 0.0, 1.0, 0.0]
+    """
+    weight = tf.convert_to_tensor(weight)
+    rank = len(weight.shape)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    moved = tf.transpose(tf.abs(weight), perm)
+    groups = tf.reshape(moved, [-1, m])
+    _, idx = tf.math.top_k(groups, k=n, sorted=False)
+    mask = tf.reduce_sum(tf.one_hot(idx, m, dtype=weight.dtype), axis=1)
+    return tf.transpose(tf.reshape(mask, tf.shape(moved)), perm)
+
+
+# ---------------------------------------------------------------------------
+# Which weights of which layers are pruned.
+# ---------------------------------------------------------------------------
+
+_PRUNABLE_NAMES = ("kernel", "recurrent_kernel", "embeddings", "depthwise_kernel",
+                   "pointwise_kernel")
+_SUPPORTED = (
+    keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv1D, keras.layers.Conv2D,
+    keras.layers.Conv3D, keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose, keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D, keras.layers.SeparableConv2D, keras.layers.Embedding,
+    keras.layers.SimpleRNN, keras.layers.LSTM, keras.layers.GRU,
+    keras.layers.MultiHeadAttention, keras.layers.Bidirectional, keras.layers.TimeDistributed,
+)
+# Layers whose input channels sit on kernel axis -2, so that N:M groups are meaningful.
+_M_BY_N_SUPPORTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
+                     keras.layers.Conv3D)
+SUPPORTED_LAYERS = tuple(c.__name__ for c in _SUPPORTED) + (
+    "any layer with a `get_prunable_weights()` method",)
+
+
+def _is_supported(layer) -> bool:
+    if hasattr(layer, "get_prunable_weights"):
+        return True
+    if isinstance(layer, (keras.layers.Bidirectional, keras.layers.TimeDistributed)):
+        inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None)
+        return inner is not None and _is_supported(inner)
+    return isinstance(layer, _SUPPORTED)
+
+
+def _unsupported_error(layer) -> ValueError:
+    return ValueError(
+        f"Layer {layer.name!r} of class {type(layer).__name__} cannot be pruned. "
+        f"Supported: {', '.join(SUPPORTED_LAYERS)}. To prune a custom layer, give it a "
+        "`get_prunable_weights()` method that returns the weights to prune."
+    )
+
+
+def prunable_weights(layer) -> List:
+    """The weights of a built ``layer`` that pruning masks.
+
+    Kernels, recurrent kernels, embeddings and depthwise/pointwise kernels; never
+    biases or normalization parameters. A layer may declare its own list with a
+    ``get_prunable_weights()`` method (tfmot's ``PrunableLayer`` contract).
+
+    Raises:
+        ValueError: the layer is not supported (the message lists what is).
+    """
+    if hasattr(layer, "get_prunable_weights"):
+        return list(layer.get_prunable_weights())
+    if not _is_supported(layer):
+        raise _unsupported_error(layer)
+    return [w for w in layer.trainable_weights if w.path.split("/")[-1] in _PRUNABLE_NAMES]
+
+
+# Built-in layers that hold weights but nothing worth pruning; a model-level
+# `prune_low_magnitude` leaves them alone instead of rejecting the model.
+_LEAVE_ALONE = (
+    keras.layers.BatchNormalization, keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization, keras.layers.PReLU, keras.layers.Normalization,
+)
+
+
+# ---------------------------------------------------------------------------
+# The wrapper.
+# ---------------------------------------------------------------------------
+
+_BLOCK_POOLING = ("AVG", "MAX")
+_MISSING_CALLBACK = (
+    "Pruning step is -1: PruneLowMagnitude needs the UpdatePruningStep callback during "
+    "training. Add `callbacks=[tfcompress.pruning.UpdatePruningStep()]` to `fit`, or call "
+    "its on_train_batch_begin() in a custom training loop."
+)
+
+
+def _check_options(block_size, block_pooling_type, sparsity_m_by_n):
+    if (not isinstance(block_size, (tuple, list)) or len(block_size) != 2
+            or not all(isinstance(b, int) and b >= 1 for b in block_size)):
+        raise ValueError(
+            f"`block_size` must be two positive ints. Received: block_size={block_size!r}")
+    if block_pooling_type not in _BLOCK_POOLING:
+        raise ValueError(f"`block_pooling_type` must be one of {_BLOCK_POOLING}. "
+                         f"Received: block_pooling_type={block_pooling_type!r}")
+    if sparsity_m_by_n is not None:
+        ok = (isinstance(sparsity_m_by_n, (tuple, list)) and len(sparsity_m_by_n) == 2
+              and all(isinstance(v, int) for v in sparsity_m_by_n)
+              and 0 < sparsity_m_by_n[0] < sparsity_m_by_n[1])
+        if not ok:
+            raise ValueError("`sparsity_m_by_n` must be (n, m) with 0 < n < m, e.g. (2, 4). "
+                             f"Received: sparsity_m_by_n={sparsity_m_by_n!r}")
+        if tuple(block_size) != (1, 1):
+            raise ValueError("`sparsity_m_by_n` and `block_size` cannot be combined. "
+                             f"Received: block_size={block_size!r}, "
+                             f"sparsity_m_by_n={sparsity_m_by_n!r}")
+
+
+def _deserialize_schedule(schedule):
+    if schedule is None:
+        return ConstantSparsity(0.5, begin_step=0, end_step=-1, frequency=100)
+    if isinstance(schedule, dict):
+        return keras.saving.deserialize_keras_object(schedule)
+    if not callable(schedule):
+        raise TypeError("`pruning_schedule` must be a schedule: an object with "
+                        "`__call__(step) -> (should_prune, sparsity)`. "
+                        f"Received: pruning_schedule={schedule!r}")
+    return schedule
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Wraps a layer so that its prunable weights are masked by magnitude.
+
+    Args:
+        layer: the layer to prune (see :data:`SUPPORTED_LAYERS`).
+        pruning_schedule: a schedule; default ``ConstantSparsity(0.5, 0, -1, 100)``.
+        block_size: prune whole ``(rows, cols)`` blocks of the weight viewed as a matrix.
+        block_pooling_type: ``"AVG"`` or ``"MAX"``: how a block's magnitude is pooled.
+        sparsity_m_by_n: ``(n, m)`` to keep ``n`` of every ``m`` input channels
+            (2:4 is ``(2, 4)``). The schedule then only decides when masks update.
+        **kwargs: Keras layer arguments (``name``...).
+
+    Raises:
+        ValueError: the layer is not supported, or an option is invalid.
+    """
+
+    def __init__(self, layer, pruning_schedule=None, block_size=(1, 1),
+                 block_pooling_type="AVG", sparsity_m_by_n=None, **kwargs):
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(f"PruneLowMagnitude wraps a Keras layer. Received: {layer!r}")
+        if not _is_supported(layer):
+            raise _unsupported_error(layer)
+        _check_options(block_size, block_pooling_type, sparsity_m_by_n)
+        if sparsity_m_by_n is not None and not (
+                isinstance(layer, _M_BY_N_SUPPORTED) or hasattr(layer, "get_prunable_weights")):
+            raise ValueError(
+                f"`sparsity_m_by_n` needs input channels on kernel axis -2; layer "
+                f"{layer.name!r} of class {type(layer).__name__} does not have them. "
+                f"Supported: {', '.join(c.__name__ for c in _M_BY_N_SUPPORTED)}.")
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.pruning_schedule = _deserialize_schedule(pruning_schedule)
+        self.block_size = tuple(block_size)
+        self.block_pooling_type = block_pooling_type
+        self.sparsity_m_by_n = tuple(sparsity_m_by_n) if sparsity_m_by_n else None
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            try:
+                self.layer.build(input_shape)
+            except TypeError as e:
+                raise ValueError(
+                    f"Could not build {type(self.layer).__name__} {self.layer.name!r} from "
+                    f"one input shape ({input_shape}). Build the layer (for example by "
+                    "calling it on its inputs) before wrapping it.") from e
+        self._weights_to_prune = prunable_weights(self.layer)
+        if not self._weights_to_prune:
+            raise _unsupported_error(self.layer)
+        self.masks = []
+        for w in self._weights_to_prune:
+            self._check_weight(w)
+            self.masks.append(self.add_weight(
+                name=re.sub(r"\W", "_", w.path.split("/", 1)[-1]) + "_mask", shape=w.shape,
+                initializer="ones", trainable=False, dtype=w.dtype))
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), dtype="int64", trainable=False,
+            initializer=keras.initializers.Constant(-1))
+        self.built = True
+
+    def _check_weight(self, w):
+        shape = tuple(w.shape)
+        rows, cols = _as_matrix_shape(shape)
+        if self.block_size != (1, 1) and (rows % self.block_size[0] or cols % self.block_size[1]):
+            raise ValueError(
+                f"`block_size` {self.block_size} does not divide weight {w.path!r} of layer "
+                f"{self.layer.name!r} seen as a {rows}x{cols} matrix (shape {shape}). "
+                f"Received: block_size={self.block_size}")
+        if self.sparsity_m_by_n and (len(shape) < 2 or shape[-2] % self.sparsity_m_by_n[1]):
+            raise ValueError(
+                f"`sparsity_m_by_n` {self.sparsity_m_by_n} needs the input channels of "
+                f"weight {w.path!r} (axis -2 of shape {shape}) to be a multiple of "
+                f"{self.sparsity_m_by_n[1]}.")
+
+    def _new_mask(self, weight, sparsity):
+        if self.sparsity_m_by_n:
+            n, m = self.sparsity_m_by_n
+            return m_by_n_mask(weight, n=n, m=m)
+        if self.block_size != (1, 1):
+            return block_mask(weight, sparsity, block_size=self.block_size,
+                              pooling=self.block_pooling_type)
+        return magnitude_mask(weight, sparsity)
+
+    def _prune(self):
+        step = tf.convert_to_tensor(self.pruning_step)
+        check = tf.debugging.assert_greater_equal(step, tf.constant(0, tf.int64),
+                                                  message=_MISSING_CALLBACK)
+        with tf.control_dependencies([check]):
+            should, sparsity = self.pruning_schedule(step)
+            weights = [tf.convert_to_tensor(w) for w in self._weights_to_prune]
+            masks = tf.cond(
+                tf.cast(should, tf.bool),
+                lambda: [self._new_mask(w, sparsity) for w in weights],
+                lambda: [tf.identity(m) for m in self.masks])
+        masks = masks if isinstance(masks, (list, tuple)) else [masks]
+        _compat.assign_variables(self.masks + self._weights_to_prune,
+                                 list(masks) + [w * m for w, m in zip(weights, masks)])
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        if training is True:
+            self._prune()
+        return self.layer(inputs, *args, training=training, **kwargs)
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
+
+    def apply_masks(self) -> None:
+        """Multiplies the weights by their masks now (eagerly)."""
+        for w, m in zip(self._weights_to_prune, self.masks):
+            w.assign(w * m)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({
+            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+            "block_size": list(self.block_size),
+            "block_pooling_type": self.block_pooling_type,
+            "sparsity_m_by_n": list(self.sparsity_m_by_n) if self.sparsity_m_by_n else None,
+        })
+        return config
+
+
+# ---------------------------------------------------------------------------
+# Model-level API.
+# ---------------------------------------------------------------------------
+
+
+def _clone_replacing(model, replace):
+    """Clones a Sequential/Functional model (nested ones too) layer by layer.
+
+    ``replace(layer)`` returns ``(new_layer, weights)``; ``weights`` (a list of arrays
+    or None) are set once the clone is built, so the clone never shares variables
+    with ``model``.
+    """
+    if not isinstance(model, (keras.Sequential, keras.Model)) or not (
+            isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
+            or type(model).__name__ == "Functional"):
+        raise ValueError(
+            f"Expected a Sequential or Functional model. Received a subclassed model of "
+            f"class {type(model).__name__}: wrap its layers inside `__init__` instead "
+            "(`self.dense = prune_low_magnitude(keras.layers.Dense(10))`).")
+    pending = []
+
+    def clone_function(layer):
+        new, weights = replace(layer)
+        pending.append((new, weights))
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    for new, weights in pending:
+        if weights is not None:
+            new.set_weights(weights)
+    return clone
+
+
+def _is_functional_or_sequential(obj) -> bool:
+    return isinstance(obj, keras.Sequential) or type(obj).__name__ == "Functional"
+
+
+def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
+                        block_pooling_type="AVG", sparsity_m_by_n=None, **kwargs):
+    """Wraps a layer, a list of layers or a whole model for magnitude pruning.
+
+    Same name and arguments as tfmot's function. A Sequential or Functional model
+    (nested models included) is cloned with every supported layer wrapped; its
+    weights are copied, so training the result does not change ``target``. Layers
+    without prunable weights (pooling, normalization, activations...) stay as they
+    are. A subclassed model cannot be cloned: wrap its layers in ``__init__``.
+
+    Args:
+        target: a layer, a list of layers, or a Sequential / Functional model.
+        pruning_schedule: a schedule (see :mod:`tfcompress.schedules`).
+        block_size, block_pooling_type, sparsity_m_by_n: see :class:`PruneLowMagnitude`.
+        **kwargs: passed to :class:`PruneLowMagnitude` (single layer only).
+
+    Returns:
+        The wrapped layer, list of layers, or a new model.
+
+    Raises:
+        ValueError: a layer with weights is not supported, or an option is invalid.
+    """
+    _check_options(block_size, block_pooling_type, sparsity_m_by_n)
+    options = dict(pruning_schedule=_deserialize_schedule(pruning_schedule),
+                   block_size=block_size, block_pooling_type=block_pooling_type,
+                   sparsity_m_by_n=sparsity_m_by_n)
+    if isinstance(target, (list, tuple)):
+        return [prune_low_magnitude(t, **options) for t in target]
+    if isinstance(target, keras.Model):
+        if not _is_functional_or_sequential(target):
+            _clone_replacing(target, None)  # raises the subclassed-model error
+
+        def replace(layer):
+            config_copy = type(layer).from_config(layer.get_config())
+            weights = layer.get_weights() if layer.weights else None
+            if isinstance(layer, PruneLowMagnitude) or not layer.weights:
+                return config_copy, weights
+            if _is_supported(layer) and not isinstance(layer, _LEAVE_ALONE):
+                if sparsity_m_by_n and not isinstance(layer, _M_BY_N_SUPPORTED):
+                    return config_copy, weights
+                if not config_copy.built and hasattr(layer, "_build_shapes_dict"):
+                    config_copy.build(**layer._build_shapes_dict)
+                config_copy.set_weights(weights)
+                return PruneLowMagnitude(config_copy, **options), None
+            if isinstance(layer, _LEAVE_ALONE) or type(layer).__module__.startswith("keras."):
+                return config_copy, weights
+            raise _unsupported_error(layer)
+
+        return _clone_replacing(target, replace)
+    if isinstance(target, keras.layers.Layer):
+        return PruneLowMagnitude(target, **options, **kwargs)
+    raise TypeError("`target` must be a Keras layer, a list of layers or a Keras model. "
+                    f"Received: {type(target).__name__}")
+
+
+def _masked_weights(wrapper: PruneLowMagnitude) -> List[np.ndarray]:
+    masked = {id(w): (w, m) for w, m in zip(wrapper._weights_to_prune, wrapper.masks)}
+    out = []
+    for w in wrapper.layer.weights:
+        if id(w) in masked:
+            var, mask = masked[id(w)]
+            out.append(np.asarray(var.numpy() * mask.numpy()))
+        else:
+            out.append(w.numpy())
+    return out
+
+
+def strip_pruning(model):
+    """Returns a plain Keras model with the pruned zeros in place.
+
+    Every :class:`PruneLowMagnitude` wrapper becomes its layer with masked weights;
+    if the model was prepared by :func:`tfcompress.channel_pruning.prune_channels`,
+    its pruned channels are then removed for real (a smaller graph).
+
+    Args:
+        model: a model (or a single wrapper layer) returned by the pruning API.
+
+    Returns:
+        A new model (or layer) that shares no variables with ``model``.
+    """
+    if isinstance(model, PruneLowMagnitude):
+        layer = type(model.layer).from_config(model.layer.get_config())
+        if hasattr(model.layer, "_build_shapes_dict"):
+            layer.build(**model.layer._build_shapes_dict)
+        layer.set_weights(_masked_weights(model))
+        return layer
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"strip_pruning expects a Keras model. Received: {type(model).__name__}")
+
+    def replace(layer):
+        if isinstance(layer, PruneLowMagnitude):
+            new = type(layer.layer).from_config(layer.layer.get_config())
+            return new, _masked_weights(layer)
+        return type(layer).from_config(layer.get_config()), (
+            layer.get_weights() if layer.weights else None)
+
+    stripped = _clone_replacing(model, replace)
+    from tfcompress import channel_pruning  # imports this module; import lazily
+
+    if channel_pruning.has_channel_masks(stripped):
+        stripped = channel_pruning.remove_channels(stripped)
+    return stripped
+
+
+def _pruning_layers(model) -> List[keras.layers.Layer]:
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if hasattr(layer, "pruning_step") and hasattr(layer, "apply_masks")]
+
+
+# ---------------------------------------------------------------------------
+# Callbacks.
+# ---------------------------------------------------------------------------
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Advances the pruning step of every pruning layer once per training batch.
+
+    Also re-applies the masks before validation, at the end of each epoch and at the
+    end of training, so that evaluated and saved weights hold exact zeros.
+    Channel-pruning masks (:mod:`tfcompress.channel_pruning`) are updated here too.
+    """
+
+    def on_train_begin(self, logs=None):
+        self._layers = _pruning_layers(self.model)
+        if not self._layers:
+            raise ValueError(
+                "UpdatePruningStep found no pruning layer in the model. Wrap the model "
+                "with prune_low_magnitude() or prune_channels() first.")
+        self._channel = None
+        from tfcompress import channel_pruning
+
+        if channel_pruning.has_channel_masks(self.model):
+            self._channel = channel_pruning.ChannelController(self.model)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for layer in self._layers:
+            layer.pruning_step.assign_add(1)
+        if self._channel is not None:
+            self._channel.maybe_update()
+
+    def _apply(self):
+        for layer in getattr(self, "_layers", None) or _pruning_layers(self.model):
+            layer.apply_masks()
+
+    def on_test_begin(self, logs=None):
+        self._apply()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._apply()
+
+    def on_train_end(self, logs=None):
+        self._apply()
+
+
+class PruningSummaries(keras.callbacks.Callback):
+    """Writes per-layer sparsity and the pruning step as TensorBoard scalars.
+
+    Args:
+        log_dir: folder for the event files.
+        update_freq: ``"epoch"`` or a number of batches between writes.
+    """
+
+    def __init__(self, log_dir: str, *, update_freq="epoch"):
+        super().__init__()
+        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
+            raise ValueError("`update_freq` must be 'epoch' or a positive int. "
+                             f"Received: update_freq={update_freq!r}")
+        self.log_dir = str(log_dir)
+        self.update_freq = update_freq
+        self._writer = None
+
+    def _write(self, step: int) -> None:
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        report = sparsity_report(self.model)
+        layers = _pruning_layers(self.model)
+        with self._writer.as_default():
+            for row in report.layers:
+                tf.summary.scalar(f"sparsity/{row.layer}/{row.weight}", row.sparsity, step=step)
+            tf.summary.scalar("sparsity/total", report.total_sparsity, step=step)
+            if layers:
+                tf.summary.scalar("pruning_step", int(layers[0].pruning_step.numpy()), step=step)
+        self._writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update_freq != "epoch" and (batch + 1) % self.update_freq == 0:
+            layers = _pruning_layers(self.model)
+            self._write(int(layers[0].pruning_step.numpy()) if layers else batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write(epoch)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+# ---------------------------------------------------------------------------
+# Reports.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSparsity:
+    """Zeros in one prunable weight."""
+
+    layer: str
+    weight: str
+    shape: Tuple[int, ...]
+    zeros: int
+    size: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.size if self.size else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityReport:
+    """Per-weight and total sparsity of a model's prunable weights."""
+
+    layers: Tuple[WeightSparsity, ...]
+
+    @property
+    def total_sparsity(self) -> float:
+        size = sum(r.size for r in self.layers)
+        return sum(r.zeros for r in self.layers) / size if size else 0.0
+
+    def to_dict(self) -> dict:
+        return {"total_sparsity": self.total_sparsity,
+                "layers": [dict(dataclasses.asdict(r), sparsity=r.sparsity) for r in self.layers]}
+
+    def summary(self) -> str:
+        lines = ["| layer | weight | shape | sparsity |", "|---|---|---|---|"]
+        lines += [f"| {r.layer} | {r.weight} | {'x'.join(map(str, r.shape))} | "
+                  f"{100 * r.sparsity:.1f}% |" for r in self.layers]
+        lines.append(f"| total | | | {100 * self.total_sparsity:.1f}% |")
+        return "\n".join(lines)
+
+
+def _relative_path(weight, layer_name: str) -> str:
+    parts = weight.path.split("/")
+    if layer_name in parts:
+        parts = parts[len(parts) - parts[::-1].index(layer_name):]
+    return "/".join(parts)
+
+
+def sparsity_report(model) -> SparsityReport:
+    """Counts exact zeros in every prunable weight of ``model`` (wrapped or stripped).
+
+    For a wrapped model the masks are applied to the count, so the report shows the
+    sparsity that :func:`strip_pruning` will produce.
+    """
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    wrapped = {id(layer.layer) for layer in layers if isinstance(layer, PruneLowMagnitude)}
+    rows = []
+    for layer in layers:
+        if isinstance(layer, PruneLowMagnitude):
+            pairs = [(w, w.numpy() * m.numpy()) for w, m in zip(layer._weights_to_prune,
+                                                                  layer.masks)]
+            name = layer.layer.name
+        elif (id(layer) not in wrapped and layer.weights and not isinstance(layer, keras.Model)
+              and _is_supported(layer)):
+            pairs = [(w, w.numpy()) for w in prunable_weights(layer)]
+            name = layer.name
+        else:
+            continue
+        rows += [WeightSparsity(name, _relative_path(w, name), tuple(w.shape),
+                                int(np.sum(v == 0)), int(v.size)) for w, v in pairs]
+    return SparsityReport(tuple(rows))
+
+
+@dataclasses.dataclass(frozen=True)
+class MByNCheck:
+    """Whether each weight of a `.tflite` keeps an N:M pattern."""
+
+    n: int
+    m: int
+    tensors: Tuple[Tuple[str, Tuple[int, ...], bool], ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when at least one weight was checked and every checked one keeps N:M."""
+        return bool(self.tensors) and all(kept for _, _, kept in self.tensors)
+
+
+def check_sparsity_m_by_n(model, *, n: int = 2, m: int = 4,
+                          ops: Sequence[str] = ("FULLY_CONNECTED", "CONV_2D")) -> MByNCheck:
+    """Checks that the weights of a `.tflite` keep at most ``n`` non-zeros in every ``m``.
+
+    Groups run along the innermost axis of each weight (input channels in TFLite's
+    layout). Weights whose innermost size is not a multiple of ``m`` are skipped.
+
+    Args:
+        model: `.tflite` bytes or path.
+        n, m: the pattern (2:4 by default).
+        ops: the op types whose weight input (input 1) is checked.
+
+    Returns:
+        An :class:`MByNCheck`; ``.ok`` is the verdict.
+    """
+    report = inspector.inspect(model)
+    values = inspector.constant_values(model)
+    rows = []
+    for op in report.ops:
+        if op.op not in ops or len(op.inputs) < 2 or op.inputs[1] not in values:
+            continue
+        info = report.tensors[op.inputs[1]]
+        w = values[op.inputs[1]]
+        if w.ndim < 2 or w.shape[-1] % m:
+            continue
+        zero = info.quantization.zero_point[0] if info.quantization else 0
+        nonzero = (w.reshape(-1, m) != zero).sum(axis=1)
+        rows.append((info.name, tuple(w.shape), bool(np.all(nonzero <= n))))
+    return MByNCheck(n, m, tuple(rows))
+
+
+def summary_sizes(model_bytes: bytes) -> Dict[str, int]:
+    """``{"bytes": raw size, "gzip_bytes": gzip size}`` of a `.tflite`."""
+    return {"bytes": len(model_bytes), "gzip_bytes": inspector.gzip_size(model_bytes)}
