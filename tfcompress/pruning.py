@@ -259,6 +259,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             (2:4 is ``(2, 4)``). The schedule then only decides when masks update.
         **kwargs: Keras layer arguments (``name``...).
 
+    Masks update only in calls with ``training=True``. Keras passes that flag down
+    from ``fit`` through Sequential and Functional models; a subclassed model's
+    ``call`` must accept a ``training`` argument for Keras to pass it on.
+
     Raises:
         ValueError: the layer is not supported, or an option is invalid.
     """
@@ -353,6 +357,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return self.layer.compute_output_shape(input_shape, *args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
 
     def apply_masks(self) -> None:
         """Multiplies the weights by their masks now (eagerly)."""
@@ -530,6 +538,13 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs=None):
+        unbuilt = [layer.name for layer in self.model._flatten_layers(include_self=False)
+                   if isinstance(layer, PruneLowMagnitude) and not layer.built]
+        if unbuilt:
+            raise RuntimeError(
+                f"Pruning layers {unbuilt} are not built yet, so their pruning step cannot "
+                "be advanced. Build the model before `fit` (call it once on a batch, or "
+                "`model.build(input_shape)`); subclassed models need this.")
         self._layers = _pruning_layers(self.model)
         if not self._layers:
             raise ValueError(
@@ -583,12 +598,17 @@ class PruningSummaries(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         report = sparsity_report(self.model)
         layers = _pruning_layers(self.model)
+        # tf.summary.write with the "scalars" plugin tag: what tf.summary.scalar
+        # writes, without needing the tensorboard package installed.
+        meta = tf.compat.v1.SummaryMetadata(
+            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
+        values = {f"sparsity/{r.layer}/{r.weight}": r.sparsity for r in report.layers}
+        values["sparsity/total"] = report.total_sparsity
+        if layers:
+            values["pruning_step"] = float(layers[0].pruning_step.numpy())
         with self._writer.as_default():
-            for row in report.layers:
-                tf.summary.scalar(f"sparsity/{row.layer}/{row.weight}", row.sparsity, step=step)
-            tf.summary.scalar("sparsity/total", report.total_sparsity, step=step)
-            if layers:
-                tf.summary.scalar("pruning_step", int(layers[0].pruning_step.numpy()), step=step)
+            for tag, value in values.items():
+                tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=meta)
         self._writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):
