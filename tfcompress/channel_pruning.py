@@ -207,7 +207,12 @@ def _functional(model):
     return model
 
 
+def _unwrap(layer):
+    return layer.layer if isinstance(layer, pruning.PruneLowMagnitude) else layer
+
+
 def _kind(layer, shared: bool, rank: int) -> str:
+    layer = _unwrap(layer)
     if shared or isinstance(layer, keras.Model):
         return "barrier"
     if isinstance(layer, keras.layers.InputLayer):
@@ -385,7 +390,7 @@ class ChannelController:
         """Masks the ``sparsity`` fraction of weakest classes in every group."""
         norms = {}
         for name in {n for who in self.plan.producers.values() for n, _ in who}:
-            norms[name] = filter_norms(self.layer_by_name[name], self.criterion)
+            norms[name] = filter_norms(_unwrap(self.layer_by_name[name]), self.criterion)
         already = self.pruned_classes()
         pruned = set()
         for group in self.plan.groups:

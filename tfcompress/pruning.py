@@ -450,7 +450,7 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
         def replace(layer):
             config_copy = type(layer).from_config(layer.get_config())
             weights = layer.get_weights() if layer.weights else None
-            if isinstance(layer, PruneLowMagnitude) or not layer.weights:
+            if hasattr(layer, "apply_masks") or not layer.weights:  # already a pruning layer
                 return config_copy, weights
             if _is_supported(layer) and not isinstance(layer, _LEAVE_ALONE):
                 if sparsity_m_by_n and not isinstance(layer, _M_BY_N_SUPPORTED):
