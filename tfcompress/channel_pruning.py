@@ -16,8 +16,9 @@ How it works:
    SeparableConv...), so a pruned channel is exactly zero wherever it is read.
 2. During ``fit``, :class:`~tfcompress.pruning.UpdatePruningStep` advances the step
    and, on each pruning turn of the schedule, ranks the channel classes of each group
-   by the L1 or L2 norm of their filters (summed over the layers that produce them)
-   and masks the weakest ones. Channels once pruned stay pruned.
+   by the L1 or L2 norm of their filters (summed over the layers that produce them;
+   scaled by the following BatchNorm, as folding would) and masks the weakest ones.
+   Channels once pruned stay pruned.
 3. :func:`~tfcompress.pruning.strip_pruning` (or :func:`remove_channels`) builds a new,
    smaller model: the pruned filters and biases, the matching BatchNorm entries and
    depthwise filters, and the matching input channels of the next layers are removed.
@@ -181,6 +182,7 @@ class ChannelPlan:
     in_layout: Dict[str, np.ndarray]
     out_layout: Dict[str, np.ndarray]
     masked_tensors: List[int]
+    batchnorm_after: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
         lines = []
@@ -257,9 +259,13 @@ def analyze(model) -> ChannelPlan:
     in_layout, out_layout = {}, {}
     readers: List[int] = []  # tensor ids read by producers (they get a mask)
     counts: Dict[int, int] = {}
+    readers_of: Dict[int, list] = {}
     for depth in model._nodes_by_depth:
         for node in model._nodes_by_depth[depth]:
             counts[id(node.operation)] = counts.get(id(node.operation), 0) + 1
+            for t in node.input_tensors:
+                readers_of.setdefault(id(t), []).append(node.operation)
+    batchnorm_after = {}
 
     def fresh(tensor, *, fixed: bool) -> np.ndarray:
         nodes = uf.new(int(tensor.shape[-1]) if tensor.shape else 1)
@@ -291,6 +297,11 @@ def analyze(model) -> ChannelPlan:
                 out = np.tile(in_lays[0], int(np.prod(ins[0].shape[1:-1])))
             elif kind == "producer" and len(ins) == 1:
                 readers.append(id(ins[0]))
+                after = readers_of.get(id(outs[0]), [])
+                if (len(after) == 1 and isinstance(after[0], keras.layers.BatchNormalization)
+                        and getattr(_unwrap(layer), "activation", None) in (
+                            None, keras.activations.linear)):
+                    batchnorm_after[layer.name] = after[0].name
                 out = fresh(outs[0], fixed=False)
                 for c, n in enumerate(out.tolist()):
                     producer_nodes[n] = (layer.name, c)
@@ -332,7 +343,7 @@ def analyze(model) -> ChannelPlan:
     masked = [t for t in dict.fromkeys(readers)
               if any(c not in fixed and c in producers for c in layouts[t].tolist())]
     return ChannelPlan(layouts, producers, fixed, [sorted(g) for g in groups.values()],
-                       in_layout, out_layout, masked)
+                       in_layout, out_layout, masked, batchnorm_after)
 
 
 # ---------------------------------------------------------------------------
@@ -351,9 +362,19 @@ def _output_kernel(layer) -> np.ndarray:
     return kernel
 
 
-def filter_norms(layer, criterion: str) -> np.ndarray:
-    """L1 or L2 norm of every output filter of a producer layer."""
-    k = _output_kernel(layer).reshape(-1, _output_kernel(layer).shape[-1])
+def filter_norms(layer, criterion: str, batchnorm=None) -> np.ndarray:
+    """L1 or L2 norm of every output filter of a producer layer.
+
+    When a BatchNormalization reads the layer's output directly, the filters are
+    first scaled as folding would scale them (``gamma / sqrt(moving_variance + eps)``):
+    BatchNorm undoes the kernel's own scale, so the raw norm says little about what
+    a channel contributes.
+    """
+    kernel = _output_kernel(layer)
+    k = kernel.reshape(-1, kernel.shape[-1])
+    if batchnorm is not None:
+        gamma = batchnorm.gamma.numpy() if batchnorm.scale else 1.0
+        k = k * (gamma / np.sqrt(batchnorm.moving_variance.numpy() + batchnorm.epsilon))
     return np.abs(k).sum(axis=0) if criterion == "l1" else np.sqrt((k ** 2).sum(axis=0))
 
 
@@ -390,14 +411,16 @@ class ChannelController:
         """Masks the ``sparsity`` fraction of weakest classes in every group."""
         norms = {}
         for name in {n for who in self.plan.producers.values() for n, _ in who}:
-            norms[name] = filter_norms(_unwrap(self.layer_by_name[name]), self.criterion)
+            bn = self.plan.batchnorm_after.get(name)
+            norms[name] = filter_norms(_unwrap(self.layer_by_name[name]), self.criterion,
+                                       self.layer_by_name[bn] if bn else None)
         already = self.pruned_classes()
         pruned = set()
         for group in self.plan.groups:
             score = np.array([-1.0 if c in already else
                               sum(norms[n][ch] for n, ch in self.plan.producers[c])
                               for c in group])
-            n_prune = min(int(np.floor(sparsity * len(group))), len(group) - 1)
+            n_prune = min(int(round(sparsity * len(group))), len(group) - 1)
             order = np.argsort(score, kind="stable")
             pruned.update(group[i] for i in order[:n_prune])
         for m, lay in zip(self.masks, self.mask_layouts):

@@ -1,0 +1,84 @@
+"""Helpers shared by the benchmark scripts in tools/ (not part of the package)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("TFCOMPRESS_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def int8_accuracy(model_bytes: bytes, x, y, *, xnnpack: bool = True) -> float:
+    from tfcompress import runtime
+
+    out = runtime.predict(runtime.make_interpreter(model_bytes, xnnpack=xnnpack), x)
+    return float(np.mean(runtime.top1(out) == np.asarray(y).ravel()))
+
+
+def keras_accuracy(model, x, y, batch_size: int = 256) -> float:
+    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, -1) == np.asarray(y).ravel()))
+
+
+def step_timer():
+    """A Keras callback (Keras 3 or tf_keras) that records the wall time of each batch."""
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter() - self._t)
+
+        def median_ms(self, skip: int = 10) -> float:
+            return 1e3 * float(np.median(self.times[skip:] or self.times))
+
+    return StepTimer()
+
+
+def run_isolated(script: str, args: dict, *, legacy_keras: bool, timeout: int = 3600) -> dict:
+    """Runs ``script`` in a fresh Python with ``args`` as JSON in ``sys.argv[1]``.
+
+    The script's last stdout line must be JSON. ``legacy_keras`` sets
+    TF_USE_LEGACY_KERAS=1 for tfmot baselines, which need tf_keras.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if legacy_keras:
+        env["TF_USE_LEGACY_KERAS"] = "1"
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True,
+                         text=True,
+                         timeout=timeout, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"isolated run failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_results(out: Path, results: dict, table_lines: Iterable[str]) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float))
+    out.with_suffix(".md").write_text("\n".join(table_lines) + "\n")
+    print("\n".join(table_lines))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence]) -> list:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
