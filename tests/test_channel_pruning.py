@@ -160,3 +160,17 @@ def test_sequential_models_are_accepted():
     pruned.fit(rng.rand(4, 8, 8, 3), rng.rand(4, 2), verbose=0, callbacks=[UpdatePruningStep()])
     small = strip_pruning(pruned)
     assert small.layers[1].filters == 3
+
+
+def test_importance_is_measured_on_batchnorm_folded_filters():
+    model = _residual_model()
+    plan = analyze(model)
+    assert plan.batchnorm_after["stem"] == "stem_bn"
+    conv, bn = model.get_layer("stem"), model.get_layer("stem_bn")
+    bn.gamma.assign(np.linspace(0.1, 2.0, 8).astype("float32"))
+    bn.moving_variance.assign(np.full(8, 4.0, "float32"))
+    kernel = conv.kernel.numpy().reshape(-1, 8)
+    expected = np.sqrt(((kernel * bn.gamma.numpy() / np.sqrt(4.0 + bn.epsilon)) ** 2).sum(0))
+    np.testing.assert_allclose(channel_pruning.filter_norms(conv, "l2", bn), expected, rtol=1e-5)
+    np.testing.assert_allclose(channel_pruning.filter_norms(conv, "l1"), np.abs(kernel).sum(0),
+                               rtol=1e-5)

@@ -1,7 +1,7 @@
 """tfcompress: from a Keras 3 model to a small, fast, verified fully-integer `.tflite`.
 
 Modules follow the pipeline: ``data`` -> training-time compression (``schedules``,
-``pruning``, ``channel_pruning``) -> ``calibration`` -> ``converter`` -> ``inspector``
+``pruning``, ``channel_pruning``, ``quantization``) -> ``calibration`` -> ``converter`` -> ``inspector``
 -> ``runtime`` -> ``validation`` -> ``benchmark`` -> ``pipeline``.
 """
 
@@ -16,6 +16,7 @@ from tfcompress import (
     inspector,
     pipeline,
     pruning,
+    quantization,
     runtime,
     schedules,
     validation,
@@ -45,6 +46,7 @@ __all__ = [
     "inspector",
     "pipeline",
     "pruning",
+    "quantization",
     "runtime",
     "schedules",
     "validate",

@@ -50,6 +50,12 @@ def quiet_stdout():
         yield
 
 
+def in_multi_replica_context() -> bool:
+    """True inside the replica function of a strategy with more than one replica."""
+    ctx = tf.distribute.get_replica_context()
+    return ctx is not None and ctx.num_replicas_in_sync > 1
+
+
 def assign_variables(variables, values) -> None:
     """Assigns ``values`` to Keras ``variables`` from any tf.distribute context.
 
@@ -60,7 +66,7 @@ def assign_variables(variables, values) -> None:
     """
     variables, values = list(variables), list(values)
     ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
+    if not in_multi_replica_context():
         for var, value in zip(variables, values):
             var.assign(value)
         return
@@ -89,6 +95,7 @@ def is_tf_function(obj) -> bool:
 
 __all__ = [
     "assign_variables",
+    "in_multi_replica_context",
     "ConverterError",
     "Interpreter",
     "KERAS_VERSION",

@@ -111,7 +111,9 @@ def convert(
             ``model.export`` or tf_keras); a ``tf.function`` with an
             ``input_signature``; or a concrete function.
         representative_data: calibration data, required by ``int8`` and
-            ``int16x8`` (see :mod:`tfcompress.calibration` for the forms).
+            ``int16x8`` (see :mod:`tfcompress.calibration` for the forms), except
+            for a quantization-aware model from :mod:`tfcompress.quantization`,
+            whose fake-quant ranges are used instead.
         mode: ``"int8"`` (full integer, every op from the int8 builtin set),
             ``"int16x8"`` (int16 activations, int8 weights), ``"float16"``,
             ``"dynamic"`` (int8 weights, float activations) or ``"float32"``.
@@ -156,7 +158,9 @@ def convert(
 
     source = _resolve(model, batch_size=batch_size, signature_key=signature_key)
     samples: list = []
-    if mode in _CALIBRATED:
+    # A QAT model carries its own ranges (fake-quant ops): no calibration needed.
+    qat = representative_data is None and source.keras_model is not None and _is_qat(source.keras_model)
+    if mode in _CALIBRATED and not qat:
         samples = calibration.prepare_samples(
             representative_data, source.specs, num_samples=num_calibration_samples,
             preprocess=preprocess, image_size=image_size,
@@ -171,13 +175,18 @@ def convert(
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if mode in _CALIBRATED:
-        names = [s.name for s in source.specs] if source.by_name else None
-        converter.representative_dataset = calibration.representative_dataset(
-            samples, input_names=names, progress=progress)
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if mode == "int8"
-            else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
+        if not qat:
+            names = [s.name for s in source.specs] if source.by_name else None
+            converter.representative_dataset = calibration.representative_dataset(
+                samples, input_names=names, progress=progress)
+        # For a QAT graph the converter takes the fake-quant ranges; requesting the
+        # int8-only op set there makes it demand a representative dataset, so the
+        # post-check below is what guarantees a fully-integer file.
+        if not (qat and mode == "int8"):
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if mode == "int8"
+                else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
         converter.inference_input_type = tf.as_dtype(input_type)
         converter.inference_output_type = tf.as_dtype(output_type)
     try:
@@ -190,6 +199,12 @@ def convert(
     if mode == "int8":
         _check_fully_integer(report, allow_io=(input_type, output_type), keras_model=source.keras_model)
     return ConversionResult(model_bytes, report, mode, len(samples), seconds)
+
+
+def _is_qat(model) -> bool:
+    from tfcompress import quantization  # imports keras layers; keep converter import light
+
+    return quantization.is_quantized(model)
 
 
 def _io_type(arg: str, value: Optional[str], mode: str) -> str:

@@ -341,14 +341,28 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                                                   message=_MISSING_CALLBACK)
         with tf.control_dependencies([check]):
             should, sparsity = self.pruning_schedule(step)
+            should = tf.cast(should, tf.bool)
+        if _compat.in_multi_replica_context():
+            # A merge_call may not sit inside tf.cond: select the masks in the cond,
+            # assign them outside it.
             weights = [tf.convert_to_tensor(w) for w in self._weights_to_prune]
-            masks = tf.cond(
-                tf.cast(should, tf.bool),
-                lambda: [self._new_mask(w, sparsity) for w in weights],
-                lambda: [tf.identity(m) for m in self.masks])
-        masks = masks if isinstance(masks, (list, tuple)) else [masks]
-        _compat.assign_variables(self.masks + self._weights_to_prune,
-                                 list(masks) + [w * m for w, m in zip(weights, masks)])
+            masks = tf.cond(should, lambda: [self._new_mask(w, sparsity) for w in weights],
+                            lambda: [tf.identity(m) for m in self.masks])
+            masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+            _compat.assign_variables(self.masks + self._weights_to_prune,
+                                     masks + [w * m for w, m in zip(weights, masks)])
+            return
+
+        def update():
+            for w, m in zip(self._weights_to_prune, self.masks):
+                m.assign(self._new_mask(tf.convert_to_tensor(w), sparsity))
+            return tf.constant(True)
+
+        # Masks are rewritten only on pruning turns; the weights are masked every step
+        # (the optimizer moved the pruned entries away from zero since the last one).
+        tf.cond(should, update, lambda: tf.constant(False))
+        for w, m in zip(self._weights_to_prune, self.masks):
+            w.assign(w * m)
 
     def call(self, inputs, *args, training=None, **kwargs):
         if training is True:
