@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import pruning
+from tfcompress import _graph, pruning
 
 __all__ = [
     "ChannelMask",
@@ -193,20 +193,7 @@ class ChannelPlan:
 
 
 def _functional(model):
-    if isinstance(model, keras.Sequential):
-        if not model.built or not model.inputs:
-            raise ValueError("Build the Sequential model (give it a keras.Input) before "
-                             "channel pruning.")
-        inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
-        x = inputs
-        for layer in model.layers:
-            x = layer(x)
-        return keras.Model(inputs, x, name=model.name)
-    if type(model).__name__ != "Functional" and not hasattr(model, "_nodes_by_depth"):
-        raise ValueError(
-            "Channel pruning needs a Sequential or Functional model. Received a subclassed "
-            f"model of class {type(model).__name__}; build it with the Functional API.")
-    return model
+    return _graph.functional(model, purpose="channel pruning")
 
 
 def _unwrap(layer):

@@ -41,6 +41,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tfcompress import _graph
+
 __all__ = [
     "FakeQuant",
     "FreezeBatchNormStatistics",
@@ -346,6 +348,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
+    def compute_output_spec(self, *args, **kwargs):
+        if self.quantize_config is None:
+            return super().compute_output_spec(*args, **kwargs)
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
@@ -386,6 +394,10 @@ class QuantizeAnnotate(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
+    def compute_output_spec(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config["quantize_config"] = (keras.saving.serialize_keras_object(self.quantize_config)
@@ -408,9 +420,7 @@ def quantize_annotate_layer(to_annotate, quantize_config=None):
 
 def quantize_annotate_model(to_annotate):
     """Marks every layer of a Sequential / Functional model (tfmot's name)."""
-    from tfcompress import channel_pruning
-
-    model = channel_pruning._functional(to_annotate)
+    model = _graph.functional(to_annotate, purpose="quantization", inline=True)
 
     def clone_function(layer):
         new = type(layer).from_config(layer.get_config())
@@ -510,9 +520,7 @@ def quantize_apply(model, scheme: str = "default_8bit"):
         raise ValueError(f"Unknown quantization scheme. Received: scheme={scheme!r}. "
                          f"Allowed: {', '.join(repr(s) for s in SCHEMES)}.")
     bits = SCHEMES[scheme]
-    from tfcompress import channel_pruning
-
-    model = channel_pruning._functional(model)
+    model = _graph.functional(model, purpose="quantization", inline=True)
     nodes = [n for d in sorted(model._nodes_by_depth, reverse=True)
              for n in model._nodes_by_depth[d]]
     readers: Dict[int, list] = {}

@@ -1,0 +1,219 @@
+import keras
+import numpy as np
+import pytest
+
+import tfcompress as tc
+from tfcompress import inspector, quantization, runtime
+from tfcompress.pruning import ConstantSparsity, UpdatePruningStep, prune_low_magnitude, strip_pruning
+from tfcompress.quantization import (FakeQuant, FreezeBatchNormStatistics, FreezeQuantizerRanges,
+                                     QuantizeWrapper, quantize_annotate_layer, quantize_apply,
+                                     quantize_model)
+
+L = keras.layers
+
+
+def _cnn(*, softmax=True, seed=0):
+    """Conv+BN+ReLU, DepthwiseConv+BN+ReLU6, residual Add, whole-input pooling, Dense."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    y = L.DepthwiseConv2D(3, padding="same")(x)
+    y = L.ReLU(6.0)(L.BatchNormalization()(y))
+    y = L.Conv2D(8, 1)(y)
+    x = L.ReLU()(L.Add()([x, y]))
+    x = L.MaxPooling2D()(x)
+    x = L.Flatten()(L.AveragePooling2D(6)(x))
+    return keras.Model(inputs, L.Dense(5, activation="softmax" if softmax else None)(x))
+
+
+def _data(n=64, seed=0):
+    rng = np.random.RandomState(seed)
+    return rng.rand(n, 12, 12, 3).astype("float32") * 4 - 1, rng.randint(0, 5, n)
+
+
+def _train(model, x, y, epochs=2, callbacks=()):
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=["accuracy"])
+    model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=list(callbacks))
+    return model
+
+
+def _fit_logits(model, x, y, epochs=2, callbacks=()):
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=list(callbacks))
+    return model
+
+
+def test_qat_model_converts_without_calibration_to_a_fully_int8_single_partition():
+    x, y = _data()
+    qat = _train(quantize_model(_cnn()), x, y)
+    result = tc.convert(qat, progress=False)
+    report = result.report
+    assert result.num_calibration_samples == 0
+    assert not report.non_integer_tensors()
+    for t in report.tensors:
+        if t.is_constant and len(t.shape) >= 2:
+            assert t.dtype == "int8", t
+        elif t.is_constant and len(t.shape) == 1 and t.quantization and "bias" not in t.name.lower():
+            assert t.dtype in ("int32", "int8"), t
+        elif not t.is_constant:
+            assert t.dtype == "int8", t
+    assert "AVERAGE_POOL_2D" not in report.op_histogram and report.op_histogram["MEAN"] == 1
+    delegation = runtime.delegation(result.model_bytes)
+    assert delegation.num_partitions == 1
+    assert [op for _, op, _ in delegation.left] == ["SOFTMAX"]
+
+
+def test_transform_folds_batchnorm_and_does_not_quantize_between_conv_and_relu():
+    qat = quantize_model(_cnn())
+    report = qat.quantize_report
+    assert len(report.folded_batchnorms) == 2
+    assert all(bn.startswith("batch_normalization") for _, bn in report.folded_batchnorms)
+    assert not any(isinstance(layer, L.BatchNormalization) for layer in qat.layers)
+    assert report.rewrites and "GlobalAveragePooling2D(keepdims=True)" in report.rewrites[0]
+    kinds = [type(layer).__name__ for layer in qat.layers]
+    for i, kind in enumerate(kinds):
+        if kind == "QuantizeWrapper" and kinds[i + 1] == "ReLU":
+            assert kinds[i + 2] == "FakeQuant"  # after the ReLU, never between
+    softmax_quantizer = qat.layers[-1]
+    assert isinstance(softmax_quantizer, FakeQuant) and softmax_quantizer.fixed_range == (
+        0.0, 255.0 / 256.0)
+
+
+def test_keras_qat_model_and_int8_tflite_agree_within_two_steps_on_logits():
+    x, y = _data(96)
+    qat = _fit_logits(quantize_model(_cnn(softmax=False)), x, y,
+                      callbacks=[FreezeBatchNormStatistics(0)])
+    int8 = tc.convert(qat, progress=False).model_bytes
+    step = runtime.output_step(inspector.inspect(int8))
+    keras_out = qat.predict(x, verbose=0)
+    for xnnpack in (False, True):
+        out = runtime.predict(runtime.make_interpreter(int8, xnnpack=xnnpack), x)[0]
+        diff = np.abs(out - keras_out) / step
+        assert np.mean(diff <= 2.0 + 1e-3) >= 0.99, (xnnpack, np.percentile(diff, [50, 99, 100]))
+        assert np.mean(out.argmax(-1) == keras_out.argmax(-1)) >= 0.97
+
+
+def test_qat_model_saves_and_loads_with_plain_load_model(tmp_path):
+    x, y = _data()
+    qat = _train(quantize_model(_cnn()), x, y, epochs=1)
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+    assert tc.convert(loaded, progress=False).model_bytes == tc.convert(qat, progress=False).model_bytes
+
+
+def test_sequential_and_nested_models_are_quantized():
+    seq = keras.Sequential([keras.Input((6, 6, 2)), L.Conv2D(4, 3, activation="relu"),
+                            L.Flatten(), L.Dense(3)])
+    inner = keras.Sequential([keras.Input((6, 6, 2)), L.Conv2D(4, 3), L.ReLU()], name="inner")
+    inputs = keras.Input((6, 6, 2))
+    nested = keras.Model(inputs, L.Dense(3)(L.Flatten()(inner(inputs))))
+    rng = np.random.RandomState(0)
+    x = rng.rand(32, 6, 6, 2).astype("float32")
+    for model in (seq, nested):
+        qat = _fit_logits(quantize_model(model), x, rng.randint(0, 3, 32), epochs=1)
+        assert sum(isinstance(layer, QuantizeWrapper) for layer in qat.layers) == 2
+        assert not tc.convert(qat, progress=False).report.non_integer_tensors()
+
+
+def test_subclassed_model_error_says_how_to_make_it_functional():
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="subclassed model of class Net. Rebuild it with the "
+                                         "Functional API"):
+        quantize_model(Net())
+
+
+def test_unsupported_layer_is_named_with_class_position_and_supported_list():
+    inputs = keras.Input((5, 4))
+    model = keras.Model(inputs, L.Dense(2)(L.LSTM(3, name="rnn")(inputs)))
+    with pytest.raises(ValueError, match=r"'rnn' \(class LSTM, position 1\) cannot be quantized\. "
+                                         r"Supported: Dense, Conv1D"):
+        quantize_model(model)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: quantize_model(_cnn(), scheme="default_8bits"), "scheme='default_8bits'"),
+    (lambda: FakeQuant(num_bits=4), "num_bits=4"),
+    (lambda: FakeQuant(decay=1.5), "decay=1.5"),
+    (lambda: FreezeQuantizerRanges(-1), "after_steps=-1"),
+])
+def test_bad_arguments_are_clear_value_errors(make, message):
+    with pytest.raises(ValueError, match="Received: " + message.replace(".", r"\.")):
+        make()
+
+
+def test_selective_quantization_lists_layers_left_in_float():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    x = quantize_annotate_layer(L.Dense(4, activation="relu", name="q"))(inputs)
+    model = keras.Model(inputs, L.Dense(2, name="kept_float")(x))
+    qat = quantize_apply(model)
+    assert qat.quantize_report.quantized == ("q",)
+    assert qat.quantize_report.left_in_float == ("kept_float",)
+
+
+def test_custom_layer_with_quantize_config():
+    @keras.saving.register_keras_serializable(package="tests")
+    class Scale(L.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1],), name="w")
+
+        def call(self, x):
+            return x * self.w
+
+    @keras.saving.register_keras_serializable(package="tests")
+    class ScaleConfig(quantization.QuantizeConfig):
+        def get_weights_to_quantize(self, layer):
+            return [layer.w]
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, quantize_annotate_layer(Scale(), ScaleConfig())(inputs))
+    qat = quantize_apply(model)
+    qat.predict(np.ones((2, 4), "float32"), verbose=0)
+    w = qat.layers[2].layer.w.numpy()
+    step = np.abs(w).max() / 127
+    np.testing.assert_allclose(w / step, np.round(w / step), atol=1e-3)
+
+
+def test_pruned_model_keeps_its_zeros_through_qat_and_conversion():
+    x, y = _data()
+    pruned = prune_low_magnitude(_cnn(softmax=False),
+                                 pruning_schedule=ConstantSparsity(0.6, 0, frequency=1))
+    _fit_logits(pruned, x, y, epochs=1, callbacks=[UpdatePruningStep()])
+    qat = _fit_logits(quantize_model(strip_pruning(pruned)), x, y, epochs=2)
+    wrappers = [layer for layer in qat.layers if isinstance(layer, QuantizeWrapper)]
+    for w in wrappers:
+        if w.layer.kernel.shape[-2] > 1:
+            kernel = (w.layer.kernel * w.sparsity_mask).numpy()
+            assert np.mean(kernel == 0) == pytest.approx(0.6, abs=0.02), w.name
+    int8 = tc.convert(qat, progress=False).model_bytes
+    assert inspector.inspect(int8).zero_weight_fraction > 0.5
+
+
+def test_freeze_callbacks_stop_ranges_and_batchnorm_statistics():
+    x, y = _data()
+    qat = _fit_logits(quantize_model(_cnn(softmax=False)), x, y, epochs=1)
+    quantizer = next(layer for layer in qat.layers if isinstance(layer, FakeQuant))
+    wrapper = next(layer for layer in qat.layers
+                   if isinstance(layer, QuantizeWrapper) and layer.batchnorm is not None)
+    before = (quantizer.min_value.numpy(), quantizer.max_value.numpy(),
+              wrapper.batchnorm.moving_mean.numpy().copy())
+    _fit_logits(qat, x * 3, y, epochs=1,
+                callbacks=[FreezeQuantizerRanges(0), FreezeBatchNormStatistics(0)])
+    assert (quantizer.min_value.numpy(), quantizer.max_value.numpy()) == before[:2]
+    np.testing.assert_array_equal(wrapper.batchnorm.moving_mean.numpy(), before[2])
+
+
+def test_first_batch_sets_the_range_of_raw_pixel_inputs():
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(L.Conv2D(2, 2)(inputs))))
+    qat = _fit_logits(quantize_model(model), np.full((8, 4, 4, 1), 255.0, "float32"),
+                      np.zeros(8), epochs=1)
+    first = qat.layers[1]
+    assert first.max_value.numpy() == pytest.approx(255.0, rel=0.01)
