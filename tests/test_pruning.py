@@ -360,3 +360,16 @@ def test_mirrored_strategy_reaches_the_same_sparsity_as_one_device():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["mirrored"] == result["single"]
     assert all(s == pytest.approx(0.7, abs=0.02) for s in result["single"])
+
+
+def test_transforms_of_a_compiled_model_with_a_custom_loss_return_uncompiled_models():
+    def my_loss(y_true, y_pred):  # not registered: Keras could not rebuild it
+        return keras.ops.mean((y_true - y_pred) ** 2)
+
+    model = _model_with(LAYERS["Dense"][0], (8,))
+    model.compile("adam", my_loss)
+    pruned = prune_low_magnitude(model)
+    assert not pruned.compiled and model.compiled
+    _fit(pruned, *_data((8,)))
+    pruned.compile("adam", my_loss)
+    assert not strip_pruning(pruned).compiled

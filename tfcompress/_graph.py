@@ -41,7 +41,7 @@ def functional(model, *, purpose: str, inline: bool = False):
             "model = keras.Model(inputs, outputs)`, then copy the weights with "
             "`model.set_weights(subclassed.get_weights())`.")
     if inline and any(_is_graph_model(layer) for layer in model.layers):
-        model = keras.models.clone_model(model, clone_function=lambda layer: layer,
+        model = clone_model(model, clone_function=lambda layer: layer,
                                          call_function=_inline_call)
     return model
 
@@ -53,3 +53,21 @@ def _inline_call(layer, *args, **kwargs):
                                             operation_fn=lambda op: op)
         return outputs
     return layer(*args, **kwargs)
+
+
+def clone_model(model, **kwargs):
+    """``keras.models.clone_model`` that returns an uncompiled model.
+
+    Keras copies the compile configuration into a clone, which fails for a custom
+    loss that is not registered; our transforms return uncompiled models, as tfmot's
+    do, and the user compiles them.
+    """
+    models = [m for m in [model] + list(model._flatten_layers(include_self=False))
+              if isinstance(m, keras.Model) and getattr(m, "compiled", False)]
+    for m in models:
+        m.compiled = False
+    try:
+        return keras.models.clone_model(model, **kwargs)
+    finally:
+        for m in models:
+            m.compiled = True

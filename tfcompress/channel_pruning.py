@@ -481,7 +481,7 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2"):
             args = (cache[id(x)],) + args[1:]
         return layer(*args, **kwargs)
 
-    clone = keras.models.clone_model(model, clone_function=clone_function,
+    clone = _graph.clone_model(model, clone_function=clone_function,
                                      call_function=call_function)
     for new, weights in pending:
         new.set_weights(weights)
@@ -561,7 +561,7 @@ def remove_channels(model):
             return args[0]
         return layer(*args, **kwargs)
 
-    clone = keras.models.clone_model(model, clone_function=clone_function,
+    clone = _graph.clone_model(model, clone_function=clone_function,
                                      call_function=call_function)
     for new, weights in pending:
         new.set_weights(weights)

@@ -41,7 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _compat, inspector
+from tfcompress import _compat, _graph, inspector
 from tfcompress.schedules import (AutomatedGradualPruning, ConstantSparsity, PolynomialDecay,
                                   PruningSchedule)
 
@@ -418,7 +418,7 @@ def _clone_replacing(model, replace):
         pending.append((new, weights))
         return new
 
-    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    clone = _graph.clone_model(model, clone_function=clone_function, recursive=True)
     for new, weights in pending:
         if weights is not None:
             new.set_weights(weights)

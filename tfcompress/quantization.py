@@ -428,7 +428,7 @@ def quantize_annotate_model(to_annotate):
         return new if isinstance(new, QuantizeAnnotate) else QuantizeAnnotate(new)
 
     pending: list = []
-    clone = keras.models.clone_model(model, clone_function=clone_function)
+    clone = _graph.clone_model(model, clone_function=clone_function)
     for new, weights in pending:
         if weights:
             new.set_weights(weights)
@@ -660,7 +660,7 @@ def quantize_apply(model, scheme: str = "default_8bit"):
                             name=f"quant_out_{_short(target)}")(out)
         return out
 
-    clone = keras.models.clone_model(model, clone_function=clone_function,
+    clone = _graph.clone_model(model, clone_function=clone_function,
                                      call_function=call_function)
     for new, weights in pending:
         new.set_weights(weights)
