@@ -217,3 +217,33 @@ def test_first_batch_sets_the_range_of_raw_pixel_inputs():
                       np.zeros(8), epochs=1)
     first = qat.layers[1]
     assert first.max_value.numpy() == pytest.approx(255.0, rel=0.01)
+
+
+@pytest.mark.parametrize("estimator", ["minmax", "moving_average", "percentile", "mse"])
+def test_estimators_return_ranges_that_contain_zero_and_clip_outliers(estimator):
+    rng = np.random.RandomState(0)
+    batches = [np.abs(rng.randn(1000)) for _ in range(4)] + [np.array([50.0])]
+    lo, hi = quantization.estimate_range(batches, estimator)
+    assert lo == 0.0 and hi > 1.0
+    if estimator in ("percentile", "mse"):
+        assert hi < 50.0  # the lone outlier is clipped
+    if estimator == "minmax":
+        assert hi == 50.0
+
+
+def test_unknown_estimator_is_named():
+    with pytest.raises(ValueError, match="estimator='max'"):
+        quantization.estimate_range([np.ones(3)], "max")
+
+
+def test_post_training_quantization_through_the_qat_path_matches_float(resnet8_h5, cifar):
+    model = keras.models.load_model(resnet8_h5, compile=False)
+    x = cifar["x_test"][:200].astype("float32")
+    ptq = quantization.post_training_quantize(model, cifar["x_train"][:200].astype("float32"),
+                                              progress=False)
+    int8 = tc.convert(ptq, progress=False)
+    assert not int8.report.non_integer_tensors() and int8.num_calibration_samples == 0
+    out = runtime.predict(runtime.make_interpreter(int8.model_bytes), x)[0]
+    agree = np.mean(out.argmax(-1) == model.predict(x, verbose=0).argmax(-1))
+    assert agree >= 0.95, agree
+    assert runtime.delegation(int8.model_bytes).num_partitions == 1

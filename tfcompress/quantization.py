@@ -58,6 +58,9 @@ __all__ = [
     "quantize_annotate_model",
     "quantize_apply",
     "quantize_model",
+    "calibrate",
+    "estimate_range",
+    "post_training_quantize",
 ]
 
 
@@ -150,6 +153,12 @@ class FakeQuant(keras.layers.Layer):
         if self.fixed_range is not None:
             return self._quantize(inputs, *self.fixed_range)
         lo, hi = self.min_value, self.max_value
+        if not training:
+            if getattr(self, "_observed", None) is not None and tf.executing_eagerly():
+                self._observed.append(_sample(np.asarray(inputs)))
+            # While `calibrate` measures ranges the network runs in float.
+            return ops.where(ops.greater(self.calibrating, 0.5), inputs,
+                             self._quantize(inputs, lo, hi))
         if training:
             batch_lo = ops.minimum(ops.min(inputs), 0.0)
             batch_hi = ops.maximum(ops.max(inputs), 0.0)
@@ -737,3 +746,155 @@ class FreezeQuantizerRanges(_FreezeAfter):
     def _variables(self):
         return [layer.frozen for layer in self.model._flatten_layers(include_self=False)
                 if isinstance(layer, FakeQuant) and layer.fixed_range is None]
+
+
+# ---------------------------------------------------------------------------
+# Post-training quantization: QAT with zero training steps.
+# ---------------------------------------------------------------------------
+
+ESTIMATORS = ("minmax", "moving_average", "percentile", "mse")
+
+
+def _quantization_mse(values: np.ndarray, lo: float, hi: float, levels: int) -> float:
+    scale = (hi - lo) / (levels - 1)
+    zero = np.round(-lo / scale)
+    q = (np.clip(np.round(values / scale) + zero, 0, levels - 1) - zero) * scale
+    return float(np.mean((q - values) ** 2))
+
+
+def _sample(values: np.ndarray, limit: int = 50_000) -> np.ndarray:
+    """At most ``limit`` values of a batch, always including its extremes."""
+    values = values.ravel()
+    if values.size <= limit:
+        return values.copy()
+    keep = np.random.RandomState(values.size % 9973).choice(values.size, limit, replace=False)
+    return np.concatenate([values[keep], [values.min(), values.max()]])
+
+
+def estimate_range(batches, estimator: str = "minmax", *, percentile: float = 99.99,
+                   decay: float = 0.9, num_bits: int = 8) -> Tuple[float, float]:
+    """The ``(min, max)`` an activation quantizer should use, from observed batches.
+
+    Args:
+        batches: a list of arrays, one per calibration batch.
+        estimator: ``"minmax"`` (the extremes seen), ``"moving_average"`` (of each
+            batch's extremes), ``"percentile"`` (clip the tails) or ``"mse"`` (the
+            clipping that minimizes the quantization error of the observed values).
+        percentile: the upper percentile kept by ``"percentile"``.
+        decay: the decay of ``"moving_average"``.
+        num_bits: bit width the range is for.
+
+    Returns:
+        ``(min, max)``, always containing zero.
+
+    >>> v = [np.array([0.0, 1.0, 2.0, 100.0])]
+    >>> estimate_range(v, "minmax")
+    (0.0, 100.0)
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"Unknown range estimator. Received: estimator={estimator!r}. "
+                         f"Allowed: {', '.join(repr(e) for e in ESTIMATORS)}.")
+    batches = [np.asarray(b, np.float32).ravel() for b in batches if np.size(b)]
+    if not batches:
+        raise ValueError("`batches` is empty: no activation values were observed.")
+    if estimator == "moving_average":
+        lo, hi = float(batches[0].min()), float(batches[0].max())
+        for b in batches[1:]:
+            lo = decay * lo + (1 - decay) * float(b.min())
+            hi = decay * hi + (1 - decay) * float(b.max())
+    else:
+        values = np.concatenate(batches)
+        lo, hi = float(values.min()), float(values.max())
+        if estimator == "percentile":
+            lo = float(np.percentile(values, 100 - percentile)) if lo < 0 else lo
+            hi = float(np.percentile(values, percentile))
+        elif estimator == "mse":
+            if values.size > 200_000:
+                values = np.random.RandomState(0).choice(values, 200_000, replace=False)
+            levels = 2 ** num_bits
+            best = (np.inf, lo, hi)
+            for c in np.linspace(0.05, 1.0, 96):
+                a, b = min(lo * c, 0.0), max(hi * c, 0.0)
+                if b - a <= 0:
+                    continue
+                err = _quantization_mse(values, a, b, levels)
+                if err < best[0]:
+                    best = (err, a, b)
+            lo, hi = best[1], best[2]
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = 500,
+              batch_size: int = 32, percentile: float = 99.99, progress: bool = True):
+    """Sets every learned activation range of a QAT model from representative data.
+
+    The network runs in float (fake-quant layers pass values through) while the
+    ranges are measured, as post-training calibration does; folded BatchNorms use
+    their moving statistics. Afterwards the model is a calibrated int8 model that
+    converts without representative data, or a good start for QAT.
+
+    Args:
+        model: a model from :func:`quantize_model` / :func:`quantize_apply`.
+        data: an array of inputs (or a list of arrays for several inputs).
+        estimator: see :func:`estimate_range`.
+        num_samples: how many samples of ``data`` to use.
+        batch_size: samples per forward pass.
+        percentile: for ``estimator="percentile"``.
+        progress: show a progress bar.
+
+    Returns:
+        ``model``, calibrated in place.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"Unknown range estimator. Received: estimator={estimator!r}. "
+                         f"Allowed: {', '.join(repr(e) for e in ESTIMATORS)}.")
+    quantizers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                  if isinstance(layer, FakeQuant) and layer.fixed_range is None]
+    if not quantizers:
+        raise ValueError("The model has no activation quantizer to calibrate; pass a model "
+                         "from quantize_model() or quantize_apply().")
+    inputs = data if isinstance(data, (list, tuple)) else [data]
+    n = min(num_samples, len(inputs[0]))
+    bar = keras.utils.Progbar(n, unit_name="sample") if progress else None
+    for q in quantizers:
+        q.calibrating.assign(1.0)
+        q._observed = []
+    try:
+        for start in range(0, n, batch_size):
+            batch = [np.asarray(x[start:min(n, start + batch_size)], np.float32) for x in inputs]
+            structured = isinstance(model.input, (list, tuple))
+            model(batch if structured else batch[0], training=False)  # eager: layers record
+            if bar is not None:
+                bar.update(min(n, start + batch_size))
+        observed = [q._observed for q in quantizers]
+    finally:
+        for q in quantizers:
+            q.calibrating.assign(0.0)
+            q._observed = None
+    for q, batches in zip(quantizers, observed):
+        lo, hi = estimate_range(batches, estimator, percentile=percentile, num_bits=q.num_bits)
+        q.min_value.assign(lo)
+        q.max_value.assign(hi)
+        q.initialized.assign(1.0)
+    return model
+
+
+def post_training_quantize(model, representative_data, *, estimator: str = "percentile",
+                           num_samples: int = 500, scheme: str = "default_8bit",
+                           progress: bool = True):
+    """Post-training quantization through the QAT path: wrap, calibrate, done.
+
+    Returns a calibrated QAT model; ``tfcompress.convert(result)`` writes the int8
+    file without further calibration.
+
+    Args:
+        model: a Sequential or Functional Keras model.
+        representative_data: an array of real inputs.
+        estimator: range estimator (see :func:`estimate_range`).
+        num_samples: calibration samples.
+        scheme: ``"default_8bit"`` or ``"int16x8"``.
+        progress: show a progress bar.
+    """
+    qat = quantize_model(model, scheme=scheme)
+    return calibrate(qat, representative_data, estimator=estimator, num_samples=num_samples,
+                     progress=progress)
