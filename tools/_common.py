@@ -82,3 +82,36 @@ def table(header: Sequence[str], rows: Iterable[Sequence]) -> list:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
+
+
+# One architecture, executed in both processes (Keras 3 here, tf_keras for tfmot).
+ARCH = '''
+def build(keras):
+    L = keras.layers
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        L.Conv2D(16, 3, activation="relu"), L.MaxPooling2D(),
+        L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(),
+        L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10)])
+
+def compile_model(keras, model, lr):
+    model.compile(keras.optimizers.Adam(lr),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+'''
+
+
+def arch():
+    scope: dict = {}
+    exec(ARCH, scope)  # noqa: S102 - our own constant source, shared with the tfmot process
+    return scope["build"], scope["compile_model"]
+
+
+def load_images(name: str):
+    from tfcompress import data
+
+    ds = data.load_dataset(name, data_dir=data_dir(), fallback=False)
+    return (ds.x_train.astype("float32") / 255.0, ds.y_train.astype("int64"),
+            ds.x_test.astype("float32") / 255.0, ds.y_test.astype("int64"))
+
+

@@ -39,23 +39,7 @@ flags.DEFINE_float("temperature", 4.0, "Distillation temperature for the ResNet-
 flags.DEFINE_integer("resnet_epochs", 30, "Fine-tuning epochs of the channel-pruned ResNet-8.")
 FLAGS = flags.FLAGS
 
-# One architecture, executed in both processes (Keras 3 here, tf_keras for tfmot).
-ARCH = '''
-def build(keras):
-    L = keras.layers
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        L.Conv2D(16, 3, activation="relu"), L.MaxPooling2D(),
-        L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(),
-        L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10)])
-
-def compile_model(keras, model, lr):
-    model.compile(keras.optimizers.Adam(lr),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-'''
-
-TFMOT_SCRIPT = ARCH + '''
+TFMOT_SCRIPT = _common.ARCH + '''
 import json, sys, time
 import numpy as np
 import tensorflow as tf
@@ -96,20 +80,6 @@ print(json.dumps({
 '''
 
 
-def _arch():
-    scope: dict = {}
-    exec(ARCH, scope)  # noqa: S102 - our own constant source, shared with the tfmot process
-    return scope["build"], scope["compile_model"]
-
-
-def _load(name: str):
-    from tfcompress import data
-
-    ds = data.load_dataset(name, data_dir=_common.data_dir(), fallback=False)
-    return (ds.x_train.astype("float32") / 255.0, ds.y_train.astype("int64"),
-            ds.x_test.astype("float32") / 255.0, ds.y_test.astype("int64"))
-
-
 def _schedule(steps_per_epoch: int, epochs: int, final: float) -> dict:
     # Reach the final sparsity after two thirds of the fine-tuning; recompute masks
     # every 100 steps (tfmot's tutorial settings).
@@ -128,8 +98,8 @@ def unstructured(name: str, *, with_tfmot: bool) -> dict:
 
     from tfcompress import inspector, pruning
 
-    build, compile_model = _arch()
-    x, y, xt, yt = _load(name)
+    build, compile_model = _common.arch()
+    x, y, xt, yt = _common.load_images(name)
     base_epochs, prune_epochs = (1, 1) if FLAGS.quick else (4, 3)
     batch_size, lr = 128, 1e-3
     keras.utils.set_random_seed(FLAGS.seed)
@@ -200,7 +170,7 @@ def _tfmot_run(x, y, xt, yt, weights, sched, epochs, batch_size, lr) -> dict:
             "out_weights": str(tmp / "tfmot_weights.npz"), "seed": FLAGS.seed,
             "schedule": sched, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         }, legacy_keras=True)
-        build, _ = _arch()
+        build, _ = _common.arch()
         model = build(keras)
         model.set_weights(list(np.load(tmp / "tfmot_weights.npz").values()))
     out["int8_accuracy"] = _common.int8_accuracy(_int8(model, x), xt, yt)
@@ -212,8 +182,8 @@ def two_four() -> dict:
 
     from tfcompress import pruning
 
-    build, compile_model = _arch()
-    x, y, xt, yt = _load("mnist")
+    build, compile_model = _common.arch()
+    x, y, xt, yt = _common.load_images("mnist")
     keras.utils.set_random_seed(FLAGS.seed)
     base = build(keras)
     compile_model(keras, base, 1e-3)
