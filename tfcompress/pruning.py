@@ -564,6 +564,14 @@ class UpdatePruningStep(keras.callbacks.Callback):
             raise ValueError(
                 "UpdatePruningStep found no pruning layer in the model. Wrap the model "
                 "with prune_low_magnitude() or prune_channels() first.")
+        steps = [layer.pruning_step for layer in self._layers]
+
+        @tf.function
+        def advance():  # one call per batch instead of one eager op per layer
+            for step in steps:
+                step.assign_add(1)
+
+        self._advance = advance
         self._channel = None
         from tfcompress import channel_pruning
 
@@ -571,8 +579,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
             self._channel = channel_pruning.ChannelController(self.model)
 
     def on_train_batch_begin(self, batch, logs=None):
-        for layer in self._layers:
-            layer.pruning_step.assign_add(1)
+        self._advance()
         if self._channel is not None:
             self._channel.maybe_update()
 

@@ -59,6 +59,7 @@ __all__ = [
     "quantize_apply",
     "quantize_model",
     "calibrate",
+    "correct_bias",
     "estimate_range",
     "post_training_quantize",
 ]
@@ -201,6 +202,15 @@ SUPPORTED_LAYERS = (
 )
 
 
+def _deserialize(obj):
+    """A Keras object from its config (as ``from_config`` receives it), else ``obj``."""
+    return keras.saving.deserialize_keras_object(obj) if isinstance(obj, dict) else obj
+
+
+def _serialize(obj):
+    return keras.saving.serialize_keras_object(obj) if obj is not None else None
+
+
 def _activation_name(layer) -> str:
     act = getattr(layer, "activation", None)
     return getattr(act, "__name__", "linear") if act is not None else "linear"
@@ -244,12 +254,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def __init__(self, layer, batchnorm=None, weight_bits: int = 8, activation_bits: int = 8,
                  quantize_config=None, **kwargs):
-        if isinstance(layer, dict):
-            layer = keras.saving.deserialize_keras_object(layer)
-        if isinstance(batchnorm, dict):
-            batchnorm = keras.saving.deserialize_keras_object(batchnorm)
-        if isinstance(quantize_config, dict):
-            quantize_config = keras.saving.deserialize_keras_object(quantize_config)
+        layer, batchnorm, quantize_config = map(_deserialize, (layer, batchnorm, quantize_config))
         kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
         if quantize_config is None and not isinstance(layer, _WEIGHTED):
@@ -350,6 +355,11 @@ class QuantizeWrapper(keras.layers.Wrapper):
         y = self._op(inputs, self._quantize_kernel(kernel))
         if bias is not None:
             y = y + bias
+        if getattr(self, "_bias_shift", None) is not None and tf.executing_eagerly():
+            # correct_bias(): how far weight rounding moves each output channel.
+            exact = self._op(inputs, kernel) + (0.0 if bias is None else bias)
+            axes = tuple(range(len(y.shape) - 1))
+            self._bias_shift.append(np.asarray(ops.mean(y - exact, axis=axes)))
         if self.pre_activation is not None:
             y = self.pre_activation(y, training=training)
         return layer.activation(y) if layer.activation is not None else y
@@ -365,12 +375,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(
-            batchnorm=keras.saving.serialize_keras_object(self.batchnorm)
-            if self.batchnorm is not None else None,
-            weight_bits=self.weight_bits, activation_bits=self.activation_bits,
-            quantize_config=keras.saving.serialize_keras_object(self.quantize_config)
-            if self.quantize_config is not None else None)
+        config.update(batchnorm=_serialize(self.batchnorm), weight_bits=self.weight_bits,
+                      activation_bits=self.activation_bits,
+                      quantize_config=_serialize(self.quantize_config))
         return config
 
 
@@ -384,10 +391,7 @@ class QuantizeAnnotate(keras.layers.Wrapper):
     """Marks a layer for :func:`quantize_apply`; computes exactly what the layer does."""
 
     def __init__(self, layer, quantize_config=None, **kwargs):
-        if isinstance(layer, dict):
-            layer = keras.saving.deserialize_keras_object(layer)
-        if isinstance(quantize_config, dict):
-            quantize_config = keras.saving.deserialize_keras_object(quantize_config)
+        layer, quantize_config = map(_deserialize, (layer, quantize_config))
         kwargs.setdefault("name", f"annotate_{layer.name}")
         super().__init__(layer, **kwargs)
         self.quantize_config = quantize_config
@@ -409,8 +413,7 @@ class QuantizeAnnotate(keras.layers.Wrapper):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config["quantize_config"] = (keras.saving.serialize_keras_object(self.quantize_config)
-                                     if self.quantize_config is not None else None)
+        config["quantize_config"] = _serialize(self.quantize_config)
         return config
 
 
@@ -879,9 +882,55 @@ def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = 500,
     return model
 
 
+def correct_bias(model, data, *, num_samples: int = 500, batch_size: int = 32) -> Dict[str, float]:
+    """Removes the mean output shift that weight rounding causes (bias correction).
+
+    For every quantized Dense / Conv / DepthwiseConv the outputs with rounded and with
+    exact weights are compared on ``data`` (activations in float, as during
+    calibration); the mean difference per output channel is subtracted from the bias
+    (from the folded BatchNorm's beta when there is one). Layers with neither a bias
+    nor a BatchNorm are left as they are.
+
+    Returns:
+        ``{layer name: mean absolute correction}`` for the layers corrected.
+    """
+    wrappers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                if isinstance(layer, QuantizeWrapper) and layer.quantize_config is None]
+    quantizers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                  if isinstance(layer, FakeQuant)]
+    inputs = data if isinstance(data, (list, tuple)) else [data]
+    n = min(num_samples, len(inputs[0]))
+    for layer in wrappers:
+        layer._bias_shift = []
+    for q in quantizers:
+        q.calibrating.assign(1.0)
+    try:
+        structured = isinstance(model.input, (list, tuple))
+        for start in range(0, n, batch_size):
+            batch = [np.asarray(x[start:min(n, start + batch_size)], np.float32) for x in inputs]
+            model(batch if structured else batch[0], training=False)
+        shifts = {layer.name: np.mean(layer._bias_shift, axis=0) for layer in wrappers}
+    finally:
+        for layer in wrappers:
+            layer._bias_shift = None
+        for q in quantizers:
+            q.calibrating.assign(0.0)
+    corrected = {}
+    for layer in wrappers:
+        delta = shifts[layer.name]
+        if layer.batchnorm is not None and layer.batchnorm.center:
+            layer.batchnorm.beta.assign(layer.batchnorm.beta - delta)
+        elif layer.layer.use_bias:
+            layer.layer.bias.assign(layer.layer.bias - delta)
+        else:
+            continue
+        corrected[layer.layer.name] = float(np.mean(np.abs(delta)))
+    return corrected
+
+
 def post_training_quantize(model, representative_data, *, estimator: str = "percentile",
                            num_samples: int = 500, scheme: str = "default_8bit",
-                           progress: bool = True):
+                           bias_correction: bool = False, progress: bool = True):
     """Post-training quantization through the QAT path: wrap, calibrate, done.
 
     Returns a calibrated QAT model; ``tfcompress.convert(result)`` writes the int8
@@ -893,8 +942,11 @@ def post_training_quantize(model, representative_data, *, estimator: str = "perc
         estimator: range estimator (see :func:`estimate_range`).
         num_samples: calibration samples.
         scheme: ``"default_8bit"`` or ``"int16x8"``.
+        bias_correction: also run :func:`correct_bias` on the same data.
         progress: show a progress bar.
     """
     qat = quantize_model(model, scheme=scheme)
+    if bias_correction:
+        correct_bias(qat, representative_data, num_samples=num_samples)
     return calibrate(qat, representative_data, estimator=estimator, num_samples=num_samples,
                      progress=progress)

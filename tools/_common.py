@@ -115,3 +115,59 @@ def load_images(name: str):
             ds.x_test.astype("float32") / 255.0, ds.y_test.astype("int64"))
 
 
+
+
+# The start of every tfmot baseline script: tf_keras, the data, the shared architecture
+# with the starting weights, and a step timer. Run it with run_isolated(legacy_keras=True).
+TFMOT_PREAMBLE = ARCH + '''
+import json, sys, time, contextlib, io
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
+keras = tf.keras
+assert keras.Model.__module__.startswith("tf_keras"), keras.Model.__module__
+a = json.loads(sys.argv[1])
+d = np.load(a["data"])
+keras.utils.set_random_seed(a["seed"])
+base = build(keras)
+base.set_weights(list(np.load(a["weights"]).values()))
+
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__(); self.times = []
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.perf_counter()
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._t)
+'''
+
+
+def augment(x, rng):
+    """Random horizontal flip and a random shift of up to 4 pixels (reflect padding)."""
+    flip = rng.rand(len(x)) < 0.5
+    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    dy, dx = rng.randint(0, 9, 2)
+    return padded[:, dy:dy + x.shape[1], dx:dx + x.shape[2]]
+
+
+def distillation_loss(temperature: float, alpha: float):
+    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
+
+    ``y_true`` packs the one-hot labels and the teacher's softmax; both networks end
+    in a softmax, so ``log p / T`` stands in for ``logits / T``.
+    """
+    import keras
+    from keras import ops
+
+    def loss(y_true, y_pred):
+        labels, teacher = y_true[:, :10], y_true[:, 10:]
+        log_student = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        hard = -ops.sum(labels * log_student, axis=-1)
+        t = ops.softmax(ops.log(ops.clip(teacher, 1e-7, 1.0)) / temperature)
+        s = ops.log_softmax(log_student / temperature)
+        soft = ops.sum(t * (ops.log(ops.clip(t, 1e-7, 1.0)) - s), axis=-1)
+        return alpha * hard + (1 - alpha) * temperature ** 2 * soft
+
+    return loss

@@ -37,32 +37,13 @@ flags.DEFINE_integer("seed", 0, "Random seed shared by our run and the tfmot run
 flags.DEFINE_integer("runs", 300, "Timed rounds per model for latency.")
 flags.DEFINE_float("temperature", 4.0, "Distillation temperature for the ResNet-8 fine-tuning.")
 flags.DEFINE_integer("resnet_epochs", 30, "Fine-tuning epochs of the channel-pruned ResNet-8.")
+flags.DEFINE_bool("mixup", True, "Distil on mixup blends of the training images too.")
 FLAGS = flags.FLAGS
 
-TFMOT_SCRIPT = _common.ARCH + '''
-import json, sys, time
-import numpy as np
-import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-import tf_keras
-keras = tf.keras
-assert keras.Model.__module__.startswith("tf_keras"), keras.Model.__module__
-a = json.loads(sys.argv[1])
-d = np.load(a["data"])
-keras.utils.set_random_seed(a["seed"])
-base = build(keras)
-base.set_weights(list(np.load(a["weights"]).values()))
+TFMOT_SCRIPT = _common.TFMOT_PREAMBLE + '''
 schedule = tfmot.sparsity.keras.PolynomialDecay(**a["schedule"])
 pruned = tfmot.sparsity.keras.prune_low_magnitude(base, pruning_schedule=schedule)
 compile_model(keras, pruned, a["lr"])
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__(); self.times = []
-    def on_train_batch_begin(self, batch, logs=None):
-        self._t = time.perf_counter()
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
 
 timer = StepTimer()
 pruned.fit(d["x_train"], d["y_train"], batch_size=a["batch_size"], epochs=a["epochs"],
@@ -211,35 +192,6 @@ def two_four() -> dict:
             "int8_2_4": _common.int8_accuracy(int8, xt, yt)}
 
 
-def _augment(x, rng):
-    flip = rng.rand(len(x)) < 0.5
-    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
-    dy, dx = rng.randint(0, 9, 2)
-    return padded[:, dy:dy + 32, dx:dx + 32]
-
-
-def _distillation_loss(temperature: float, alpha: float):
-    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
-
-    ``y_true`` packs the one-hot labels and the teacher's softmax; both networks end
-    in a softmax, so ``log p / T`` stands in for ``logits / T``.
-    """
-    import keras
-    from keras import ops
-
-    def loss(y_true, y_pred):
-        labels, teacher = y_true[:, :10], y_true[:, 10:]
-        log_student = ops.log(ops.clip(y_pred, 1e-7, 1.0))
-        hard = -ops.sum(labels * log_student, axis=-1)
-        t = ops.softmax(ops.log(ops.clip(teacher, 1e-7, 1.0)) / temperature)
-        s = ops.log_softmax(log_student / temperature)
-        soft = ops.sum(t * (ops.log(ops.clip(t, 1e-7, 1.0)) - s), axis=-1)
-        return alpha * hard + (1 - alpha) * temperature ** 2 * soft
-
-    return loss
-
-
 def resnet8() -> dict:
     import keras
 
@@ -262,13 +214,17 @@ def resnet8() -> dict:
                                        end_step=frequency * 2 * prune_epochs)
     model = channel_pruning.prune_channels(original, pruning_schedule=schedule, criterion="l2")
     lr = keras.optimizers.schedules.CosineDecay(5e-4, decay_steps=steps * epochs, alpha=0.02)
-    model.compile(keras.optimizers.Adam(lr), loss=_distillation_loss(FLAGS.temperature, 0.1))
+    alpha = 0.0 if FLAGS.mixup else 0.1
+    model.compile(keras.optimizers.Adam(lr), loss=_common.distillation_loss(FLAGS.temperature, alpha))
     rng = np.random.RandomState(FLAGS.seed)
     callback = pruning.UpdatePruningStep()
     t0 = time.perf_counter()
     onehot = np.eye(10, dtype="float32")[y]
     for _ in range(epochs):
-        xa = _augment(x, rng)
+        xa = _common.augment(x, rng)
+        if FLAGS.mixup:  # blends carry no single label: the teacher's answer is the target
+            lam = rng.beta(0.4, 0.4, size=(len(xa), 1, 1, 1)).astype("float32")
+            xa = lam * xa + (1 - lam) * xa[rng.permutation(len(xa))]
         # Hinton distillation from the unpruned network on the same augmented images.
         teacher = original.predict(xa, batch_size=256, verbose=0)
         model.fit(xa, np.concatenate([onehot, teacher], -1), batch_size=batch_size, epochs=1,
@@ -284,7 +240,8 @@ def resnet8() -> dict:
         lat[threads] = {k: v.p50_ms for k, v in stats.items()}
     r = {
         "epochs": epochs, "prune_epochs": prune_epochs, "train_seconds": train_s,
-        "distillation": {"temperature": FLAGS.temperature, "alpha_hard": 0.1},
+        "distillation": {"temperature": FLAGS.temperature, "alpha_hard": alpha,
+                         "mixup": FLAGS.mixup},
         "params_unpruned": original.count_params(), "params_pruned": small.count_params(),
         "filters": {l.name: l.filters for l in small.layers if hasattr(l, "filters")},
         "float_unpruned": _common.keras_accuracy(original, xt, yt),

@@ -38,32 +38,14 @@ flags.DEFINE_string("out", "results/quantization.json", "JSON output; a .md tabl
 flags.DEFINE_bool("quick", False, "Fewer epochs (a smoke run, not the reported numbers).")
 flags.DEFINE_list("parts", ["ptq", "qat", "equivalence", "delegation", "fashion"], "What to measure.")
 flags.DEFINE_integer("seed", 0, "Random seed shared by our run and the tfmot run.")
+flags.DEFINE_float("qat_lr", 2e-5, "Peak learning rate of the ResNet-8 QAT fine-tuning.")
 FLAGS = flags.FLAGS
 
 SUBSETS = ((0, 500), (500, 1000), (2000, 2500))
 
-TFMOT_QAT_SCRIPT = _common.ARCH + '''
-import json, sys, time, contextlib, io
-import numpy as np
-import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-keras = tf.keras
-assert keras.Model.__module__.startswith("tf_keras"), keras.Model.__module__
-a = json.loads(sys.argv[1])
-d = np.load(a["data"])
-keras.utils.set_random_seed(a["seed"])
-base = build(keras)
-base.set_weights(list(np.load(a["weights"]).values()))
+TFMOT_QAT_SCRIPT = _common.TFMOT_PREAMBLE + '''
 qat = tfmot.quantization.keras.quantize_model(base)
 compile_model(keras, qat, a["lr"])
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__(); self.times = []
-    def on_train_batch_begin(self, batch, logs=None):
-        self._t = time.perf_counter()
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
 
 timer = StepTimer()
 qat.fit(d["x_train"], d["y_train"], batch_size=a["batch_size"], epochs=a["epochs"], verbose=0,
@@ -129,14 +111,6 @@ def ptq() -> dict:
                                          for r in rows)}
 
 
-def _augment(x, rng):
-    flip = rng.rand(len(x)) < 0.5
-    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
-    dy, dx = rng.randint(0, 9, 2)
-    return padded[:, dy:dy + 32, dx:dx + 32]
-
-
 def qat() -> dict:
     import keras
 
@@ -152,13 +126,19 @@ def qat() -> dict:
     # statistics: 4000 images give noisy batch statistics.
     qmodel = quantization.post_training_quantize(model, x[:500], progress=False)
     start_acc = _common.int8_accuracy(tc.convert(qmodel, progress=False).model_bytes, xt, yt)
+    # The target is the float network's answer (distillation at T=1), not the label:
+    # QAT should make the int8 model behave like the float one, and 4000 labelled
+    # images are too few to improve on the float model itself.
     qmodel.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-                       2e-5, decay_steps=epochs * 125)),
-                   keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+                       FLAGS.qat_lr, decay_steps=epochs * 125)),
+                   loss=_common.distillation_loss(1.0, 0.0))
+    onehot = np.eye(10, dtype="float32")[y]
     rng = np.random.RandomState(FLAGS.seed)
     t0 = time.perf_counter()
     for _ in range(epochs):
-        qmodel.fit(_augment(x, rng), y, batch_size=32, epochs=1, verbose=0,
+        xa = _common.augment(x, rng)
+        target = np.concatenate([onehot, model.predict(xa, batch_size=256, verbose=0)], -1)
+        qmodel.fit(xa, target, batch_size=32, epochs=1, verbose=0,
                    callbacks=[quantization.FreezeBatchNormStatistics(0)])
     int8 = tc.convert(qmodel, progress=False).model_bytes
     return {"epochs": epochs, "train_seconds": time.perf_counter() - t0,
