@@ -268,3 +268,31 @@ def test_bias_correction_removes_the_mean_shift_of_weight_rounding():
         return np.abs((ptq.predict(x, verbose=0) - reference).mean(axis=0)).mean()
 
     assert bias_error(True) < 0.5 * bias_error(False)
+
+
+def test_cross_layer_equalization_keeps_the_function_and_equalizes_ranges():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, use_bias=False, name="a")(inputs)
+    x = L.ReLU()(L.BatchNormalization(name="bn")(x))
+    x = L.Conv2D(5, 1, name="b")(x)
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(x)))
+    bn = model.get_layer("bn")
+    bn.gamma.assign(np.array([0.1, 5.0, 1.0, 0.01, 2.0, 1.0], "float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 6).astype("float32"))
+    x = np.random.RandomState(0).rand(16, 8, 8, 3).astype("float32")
+    qat = quantize_model(model)
+    for layer in qat.layers:
+        if isinstance(layer, FakeQuant):
+            layer.calibrating.assign(1.0)
+    wrappers = {w.layer.name: w for w in qat.layers if isinstance(w, QuantizeWrapper)}
+    # Compare float functions: weights unquantized too.
+    before = model.predict(x, verbose=0)
+    pairs = quantization.equalize(qat)
+    assert ("a", "b") in pairs
+    r_a = quantization._output_channel_ranges(wrappers["a"])
+    r_b = quantization._input_channel_ranges(wrappers["b"])
+    np.testing.assert_allclose(r_a, r_b, rtol=1e-5)
+    float_model = keras.Model(qat.inputs, qat.outputs)
+    after = float_model.predict(x, verbose=0)
+    assert np.abs(after - before).max() < 0.05 * np.abs(before).max()

@@ -60,6 +60,7 @@ __all__ = [
     "quantize_model",
     "calibrate",
     "correct_bias",
+    "equalize",
     "estimate_range",
     "post_training_quantize",
 ]
@@ -161,8 +162,10 @@ class FakeQuant(keras.layers.Layer):
             return ops.where(ops.greater(self.calibrating, 0.5), inputs,
                              self._quantize(inputs, lo, hi))
         if training:
-            batch_lo = ops.minimum(ops.min(inputs), 0.0)
-            batch_hi = ops.maximum(ops.max(inputs), 0.0)
+            # The range is a statistic, not a function to differentiate: without
+            # stop_gradient the backward pass scatters into every argmin/argmax.
+            batch_lo = ops.stop_gradient(ops.minimum(ops.min(inputs), 0.0))
+            batch_hi = ops.stop_gradient(ops.maximum(ops.max(inputs), 0.0))
             first = ops.equal(self.initialized, 0.0)
             new_lo = ops.where(first, batch_lo, lo * self.decay + batch_lo * (1 - self.decay))
             new_hi = ops.where(first, batch_hi, hi * self.decay + batch_hi * (1 - self.decay))
@@ -928,9 +931,102 @@ def correct_bias(model, data, *, num_samples: int = 500, batch_size: int = 32) -
     return corrected
 
 
+def _folded_output_scale(wrapper) -> np.ndarray:
+    """Per output channel, the factor folding applies (gamma / sqrt(var + eps)), or 1."""
+    bn = wrapper.batchnorm
+    if bn is None:
+        return 1.0
+    gamma = bn.gamma.numpy() if bn.scale else 1.0
+    return gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+
+
+def _output_channel_ranges(wrapper) -> np.ndarray:
+    kernel = wrapper.layer.kernel.numpy()
+    if isinstance(wrapper.layer, _DEPTHWISE):
+        kernel = kernel.reshape(kernel.shape[:-2] + (-1,))
+    folded = kernel * _folded_output_scale(wrapper)
+    return np.abs(folded).reshape(-1, folded.shape[-1]).max(axis=0)
+
+
+def _input_channel_ranges(wrapper) -> np.ndarray:
+    kernel = np.abs(wrapper.layer.kernel.numpy())
+    return np.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1).max(axis=1)
+
+
+def equalize(model) -> List[Tuple[str, str]]:
+    """Cross-layer equalization (Nagel et al. 2019) of a QAT model, before calibration.
+
+    For each pair ``A -> ReLU -> B`` of quantized layers where B is A's only reader,
+    output channel ``i`` of A is divided by ``s_i`` and input channel ``i`` of B is
+    multiplied by it, with ``s_i = sqrt(r_A[i] / r_B[i])``, so that both weights
+    have the same per-channel range. ReLU commutes with a positive scale, so the
+    float function is unchanged; per-tensor and per-channel quantization lose less.
+    (ReLU6 does not commute with scaling; such pairs are left alone.)
+
+    Returns:
+        The ``(A, B)`` layer names that were equalized.
+    """
+    nodes = [n for d in sorted(model._nodes_by_depth, reverse=True)
+             for n in model._nodes_by_depth[d]]
+    readers: Dict[int, list] = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            readers.setdefault(id(t), []).append(node)
+    pairs = []
+    for node in nodes:
+        a = node.operation
+        if not isinstance(a, QuantizeWrapper) or a.quantize_config is not None:
+            continue
+        if _activation_name(a.layer) not in ("linear", "relu") or a.pre_activation is not None:
+            continue
+        relu_seen = _activation_name(a.layer) == "relu"
+        tensor, b = node.output_tensors[0], None
+        while True:
+            after = readers.get(id(tensor), [])
+            if len(after) != 1:
+                break
+            op = after[0].operation
+            if isinstance(op, FakeQuant) or (
+                    _is_fusable_activation(op) and not getattr(op, "max_value", None)
+                    and _activation_name(op) != "relu6"):
+                relu_seen = relu_seen or not isinstance(op, FakeQuant)
+                tensor = after[0].output_tensors[0]
+                continue
+            if isinstance(op, QuantizeWrapper) and op.quantize_config is None:
+                b = op
+            break
+        if b is None or (not relu_seen and _activation_name(a.layer) != "linear"):
+            continue
+        r_a, r_b = _output_channel_ranges(a), _input_channel_ranges(b)
+        if r_a.shape != r_b.shape:
+            continue
+        s = np.where((r_a > 0) & (r_b > 0), np.sqrt(r_a / np.maximum(r_b, 1e-12)), 1.0)
+        s = s.astype("float32")
+        if a.batchnorm is not None:
+            bn = a.batchnorm
+            if not bn.scale:
+                continue
+            bn.gamma.assign(bn.gamma.numpy() / s)
+            if bn.center:
+                bn.beta.assign(bn.beta.numpy() / s)
+        else:
+            kernel = a.layer.kernel.numpy()
+            shape = kernel.shape
+            if isinstance(a.layer, _DEPTHWISE):
+                kernel = kernel.reshape(shape[:-2] + (-1,))
+            a.layer.kernel.assign((kernel / s).reshape(shape))
+            if a.layer.use_bias:
+                a.layer.bias.assign(a.layer.bias.numpy() / s)
+        kb = b.layer.kernel.numpy()
+        b.layer.kernel.assign(np.moveaxis(np.moveaxis(kb, -2, -1) * s, -1, -2))
+        pairs.append((a.layer.name, b.layer.name))
+    return pairs
+
+
 def post_training_quantize(model, representative_data, *, estimator: str = "percentile",
                            num_samples: int = 500, scheme: str = "default_8bit",
-                           bias_correction: bool = False, progress: bool = True):
+                           equalization: bool = False, bias_correction: bool = False,
+                           progress: bool = True):
     """Post-training quantization through the QAT path: wrap, calibrate, done.
 
     Returns a calibrated QAT model; ``tfcompress.convert(result)`` writes the int8
@@ -942,10 +1038,13 @@ def post_training_quantize(model, representative_data, *, estimator: str = "perc
         estimator: range estimator (see :func:`estimate_range`).
         num_samples: calibration samples.
         scheme: ``"default_8bit"`` or ``"int16x8"``.
+        equalization: run :func:`equalize` first (cross-layer equalization).
         bias_correction: also run :func:`correct_bias` on the same data.
         progress: show a progress bar.
     """
     qat = quantize_model(model, scheme=scheme)
+    if equalization:
+        equalize(qat)
     if bias_correction:
         correct_bias(qat, representative_data, num_samples=num_samples)
     return calibrate(qat, representative_data, estimator=estimator, num_samples=num_samples,
