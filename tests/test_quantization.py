@@ -296,3 +296,24 @@ def test_cross_layer_equalization_keeps_the_function_and_equalizes_ranges():
     float_model = keras.Model(qat.inputs, qat.outputs)
     after = float_model.predict(x, verbose=0)
     assert np.abs(after - before).max() < 0.05 * np.abs(before).max()
+
+
+def test_concatenate_inputs_share_the_output_range_as_in_tflite():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    b = L.Conv2D(6, 3, padding="same")(inputs)
+    x = L.Conv2D(5, 1)(L.Concatenate(name="cat")([a, b]))
+    model = keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(x)))
+    x = np.random.RandomState(0).rand(64, 8, 8, 3).astype("float32") * 3
+    qat = quantization.post_training_quantize(model, x, progress=False)
+    kinds = [type(layer).__name__ for layer in qat.layers]
+    cat = kinds.index("Concatenate")
+    assert kinds[cat - 2:cat + 2] == ["QuantizeWrapper", "QuantizeWrapper", "Concatenate",
+                                      "FakeQuant"]
+    result = tc.convert(qat, progress=False)
+    report = result.report
+    op = next(op for op in report.ops if op.op == "CONCATENATION")
+    scales = {report.tensors[t].quantization.scale for t in op.inputs + op.outputs}
+    assert len(scales) == 1
+    assert runtime.delegation(result.model_bytes).fully_delegated

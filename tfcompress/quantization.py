@@ -10,8 +10,9 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
 * BatchNorm that follows a Conv / DepthwiseConv / Dense is folded into it, so training
   sees the folded, quantized weights the converter will write;
 * no fake-quant between a layer and a ReLU / ReLU6 that TFLite fuses into it; Add
-  and GlobalAveragePooling get their own output range; pooling, reshape, flatten,
-  padding and dropout keep their input's range; a softmax output has TFLite's fixed
+  and GlobalAveragePooling get their own output range; the inputs of a Concatenate
+  share its output range (as TFLite requires); pooling, reshape, flatten, padding and
+  dropout keep their input's range; a softmax output has TFLite's fixed
   range (scale 1/256, zero point -128);
 * an ``AveragePooling2D`` that covers its whole input becomes
   ``GlobalAveragePooling2D(keepdims=True)`` (the same numbers), because XNNPACK runs
@@ -573,6 +574,13 @@ def quantize_apply(model, scheme: str = "default_8bit"):
                 "a Conv / DepthwiseConv / Dense with a linear activation, so it cannot be folded. "
                 f"Supported: {', '.join(SUPPORTED_LAYERS)}.")
 
+    def only_concatenated(node) -> bool:
+        # TFLite gives a concatenation's inputs the output's scale; quantizing the
+        # output alone computes exactly that (quantize(concat(a, b)) with one range).
+        after = readers.get(id(node.output_tensors[0]), [])
+        return len(after) == 1 and annotated(after[0]) and isinstance(
+            inner(after[0]), keras.layers.Concatenate)
+
     # Where activation quantizers go: after each tensor that is an int8 tensor in TFLite.
     def output_kind(layer, node) -> Optional[str]:
         """None (keeps its input's range), "learned" or "softmax"."""
@@ -583,6 +591,8 @@ def quantize_apply(model, scheme: str = "default_8bit"):
             return None  # the BN's output is quantized instead
         if _is_softmax(base) or _activation_name(base) == "softmax":
             return "softmax"
+        if only_concatenated(node):
+            return None
         if isinstance(base, _PASSTHROUGH):
             if _whole_input_average_pool(base, node.input_tensors[0].shape):
                 return "learned"  # becomes MEAN, which has its own range
@@ -667,7 +677,8 @@ def quantize_apply(model, scheme: str = "default_8bit"):
         kind, target = kinds.get(name), name
         bn_name = next((b for b, p in fold.items() if p == name), None)
         if bn_name is not None:
-            kind, target = ("learned" if not fused_after(bn_name) else None), bn_name
+            shared = fused_after(bn_name) or only_concatenated(by_name[bn_name])
+            kind, target = (None if shared else "learned"), bn_name
         if kind == "learned":
             out = FakeQuant(bits.activation_bits, name=f"quant_out_{_short(target)}")(out)
         elif kind == "softmax":
