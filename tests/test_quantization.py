@@ -317,3 +317,25 @@ def test_concatenate_inputs_share_the_output_range_as_in_tflite():
     scales = {report.tensors[t].quantization.scale for t in op.inputs + op.outputs}
     assert len(scales) == 1
     assert runtime.delegation(result.model_bytes).fully_delegated
+
+
+def test_strip_quantization_gives_the_folded_float_model():
+    x, y = _data()
+    qat = quantization.post_training_quantize(_cnn(softmax=False), x, progress=False)
+    stripped = quantization.strip_quantization(qat)
+    assert not quantization.is_quantized(stripped)
+    assert not any(isinstance(layer, L.BatchNormalization) for layer in stripped.layers)
+    float_out = _cnn(softmax=False).predict(x, verbose=0)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), float_out, rtol=1e-4, atol=1e-4)
+
+
+def test_int16x8_scheme_converts_through_the_stripped_model():
+    x, y = _data()
+    qat = _fit_logits(quantize_model(_cnn(softmax=False), scheme="int16x8"), x, y, epochs=1)
+    assert {layer.num_bits for layer in qat.layers if isinstance(layer, FakeQuant)} == {16}
+    result = tc.convert(qat, mode="int16x8", representative_data=x, progress=False)
+    activations = {t.dtype for t in result.report.tensors if not t.is_constant}
+    assert activations == {"int16"}
+    out = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=False), x)[0]
+    ref = quantization.strip_quantization(qat).predict(x, verbose=0)
+    assert np.mean(out.argmax(-1) == ref.argmax(-1)) >= 0.95

@@ -160,6 +160,14 @@ def convert(
     samples: list = []
     # A QAT model carries its own ranges (fake-quant ops): no calibration needed.
     qat = representative_data is None and source.keras_model is not None and _is_qat(source.keras_model)
+    if mode == "int16x8" and source.keras_model is not None and _is_qat(source.keras_model):
+        # TFLite cannot take int16 ranges from fake-quant ops (it writes int32 biases that
+        # its int16 kernels reject): calibrate the float model the QAT model stands for.
+        from tfcompress import quantization
+
+        source = _resolve(quantization.strip_quantization(source.keras_model),
+                          batch_size=batch_size, signature_key=signature_key)
+        qat = False
     if mode in _CALIBRATED and not qat:
         samples = calibration.prepare_samples(
             representative_data, source.specs, num_samples=num_calibration_samples,

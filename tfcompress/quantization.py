@@ -59,6 +59,7 @@ __all__ = [
     "quantize_annotate_model",
     "quantize_apply",
     "quantize_model",
+    "strip_quantization",
     "calibrate",
     "correct_bias",
     "equalize",
@@ -718,6 +719,49 @@ def quantize_model(to_quantize, scheme: str = "default_8bit"):
         raise ValueError(f"Unknown quantization scheme. Received: scheme={scheme!r}. "
                          f"Allowed: {', '.join(repr(s) for s in SCHEMES)}.")
     return quantize_apply(quantize_annotate_model(to_quantize), scheme=scheme)
+
+
+def strip_quantization(model):
+    """The float model a QAT model stands for: BatchNorm folded, no fake-quant.
+
+    Each :class:`QuantizeWrapper` becomes its layer with the folded (unrounded)
+    weights and a bias; :class:`FakeQuant` layers disappear. Useful to convert the
+    trained weights in another mode (``convert(..., mode="int16x8")`` calibrates the
+    stripped model) or to inspect them in float.
+    """
+    model = _graph.functional(model, purpose="stripping quantization")
+    pending = []
+
+    def clone_function(layer):
+        if not isinstance(layer, QuantizeWrapper) or layer.quantize_config is not None:
+            base = layer.layer if isinstance(layer, QuantizeWrapper) else layer
+            new = type(base).from_config(base.get_config())
+            if base.weights and not isinstance(base, FakeQuant):  # FakeQuant is dropped
+                pending.append((new, base.get_weights()))
+            return new
+        config = layer.layer.get_config()
+        config["use_bias"] = True
+        new = type(layer.layer).from_config(config)
+        kernel = layer.layer.kernel * layer.sparsity_mask
+        bias = layer.layer.bias if layer.layer.use_bias else None
+        if layer.batchnorm is not None:
+            kernel, bias = layer._fold(None, kernel, bias, training=False)
+        if bias is None:
+            shape = tuple(kernel.shape)
+            channels = shape[-2] * shape[-1] if isinstance(layer.layer, _DEPTHWISE) else shape[-1]
+            bias = np.zeros(channels, "float32")
+        pending.append((new, [np.asarray(kernel), np.asarray(bias)]))
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        if isinstance(layer, FakeQuant):
+            return args[0]
+        return layer(*args, **kwargs)
+
+    clone = _graph.clone_model(model, clone_function=clone_function, call_function=call_function)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return clone
 
 
 def is_quantized(model) -> bool:
