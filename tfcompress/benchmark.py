@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class LatencyStats:
     mean_ms: float
     init_ms: float
     size_bytes: int
+    samples_ms: Tuple[float, ...] = dataclasses.field(default=(), repr=False)
 
 
 def _random_inputs(interpreter, seed: int = 0) -> List[np.ndarray]:
@@ -99,6 +100,24 @@ def measure_latency(
         out[name] = LatencyStats(
             name, xnnpack, num_threads, runs,
             float(np.percentile(t, 50)), float(np.percentile(t, 90)), float(np.percentile(t, 99)),
-            float(t.mean()), init_ms[name], sizes[name],
+            float(t.mean()), init_ms[name], sizes[name], tuple(float(v) for v in t),
         )
     return out
+
+
+def paired_ratio(a: LatencyStats, b: LatencyStats) -> float:
+    """Median over rounds of ``a``'s time divided by ``b``'s time in the same round.
+
+    :func:`measure_latency` interleaves the models, so each round's pair saw the same
+    machine state; the median of the paired ratios resists load that comes and goes
+    far better than the ratio of the two medians does.
+
+    >>> x = LatencyStats("a", True, 1, 3, 0, 0, 0, 0, 0, 0, (1.0, 2.0, 10.0))
+    >>> y = LatencyStats("b", True, 1, 3, 0, 0, 0, 0, 0, 0, (2.0, 4.0, 20.0))
+    >>> paired_ratio(x, y)
+    0.5
+    """
+    if len(a.samples_ms) != len(b.samples_ms) or not a.samples_ms:
+        raise ValueError("Both stats must come from the same measure_latency call. Received: "
+                         f"{len(a.samples_ms)} and {len(b.samples_ms)} samples")
+    return float(np.median(np.asarray(a.samples_ms) / np.asarray(b.samples_ms)))

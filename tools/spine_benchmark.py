@@ -112,6 +112,11 @@ def main(argv):
             latency["int8 (tfcompress)"].p50_ms / latency["float (tfcompress, batch 1)"].p50_ms,
         "latency_int8_over_float_published":
             latency["int8 (tfcompress)"].p50_ms / latency["float (published)"].p50_ms,
+        # Median of per-round ratios: robust to load that comes and goes during the run.
+        "latency_int8_over_float_tfcompress_paired": benchmark.paired_ratio(
+            latency["int8 (tfcompress)"], latency["float (tfcompress, batch 1)"]),
+        "latency_int8_over_float_published_paired": benchmark.paired_ratio(
+            latency["int8 (tfcompress)"], latency["float (published)"]),
         "convert_time_ours_over_plain": float(np.median(
             [r["ours_convert_s"] / r["plain_convert_s"] for r in results["subsets"]])),
     }
