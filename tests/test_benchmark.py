@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from tfcompress.benchmark import measure_latency
@@ -19,3 +20,18 @@ def test_bad_arguments():
         measure_latency({})
     with pytest.raises(ValueError, match="runs=0"):
         measure_latency({"m": b"x"}, runs=0)
+
+
+def test_pinned_measurement_restores_the_process_affinity(tiny_dense):
+    import os
+
+    import tfcompress as tc
+    from tfcompress import benchmark
+
+    model = tc.convert(tiny_dense, representative_data=np.random.rand(8, 6).astype("float32"),
+                       progress=False).model_bytes
+    before = os.sched_getaffinity(0)
+    stats = benchmark.measure_latency({"a": model, "b": model}, runs=20, cpus=[0])
+    assert os.sched_getaffinity(0) == before
+    assert len(stats["a"].samples_ms) == 20
+    assert 0.0 < benchmark.paired_ratio(stats["a"], stats["b"]) < 10.0

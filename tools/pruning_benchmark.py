@@ -236,7 +236,8 @@ def resnet8() -> dict:
     lat = {}
     for threads in (1, 2):
         stats = benchmark.measure_latency({"unpruned": base_int8, "pruned": small_int8},
-                                          runs=FLAGS.runs, num_threads=threads)
+                                          runs=FLAGS.runs, num_threads=threads,
+                                          cpus=[1] if threads == 1 else None)
         lat[threads] = {k: v.p50_ms for k, v in stats.items()}
     r = {
         "epochs": epochs, "prune_epochs": prune_epochs, "train_seconds": train_s,

@@ -28,7 +28,8 @@ import numpy as np
 from absl import app, flags
 
 flags.DEFINE_string("out", "results/spine.json", "JSON output; a .md table is written beside it.")
-flags.DEFINE_integer("runs", 200, "Timed rounds per model for latency.")
+flags.DEFINE_integer("runs", 1000, "Timed rounds per model for latency.")
+flags.DEFINE_integer("pin_cpu", 1, "Core to pin the latency measurement to; -1 to not pin.")
 FLAGS = flags.FLAGS
 
 SUBSETS = ((0, 500), (500, 1000), (2000, 2500))
@@ -101,7 +102,7 @@ def main(argv):
         "int8 (tfcompress)": ours0.model_bytes,
         "int8 (plain converter)": plain0,
         "int8 (published)": published_int8,
-    }, runs=FLAGS.runs, num_threads=1)
+    }, runs=FLAGS.runs, num_threads=1, cpus=[FLAGS.pin_cpu] if FLAGS.pin_cpu >= 0 else None)
     results["latency_1_thread"] = {k: v.p50_ms for k, v in latency.items()}
     results["size"] = {"float_tfcompress": len(float_ours), "float_published": len(published_float),
                        "int8_tfcompress": ours0.size_bytes}
