@@ -1,7 +1,7 @@
 """tfcompress: from a Keras 3 model to a small, fast, verified fully-integer `.tflite`.
 
 Modules follow the pipeline: ``data`` -> training-time compression (``schedules``,
-``pruning``, ``channel_pruning``, ``quantization``) -> ``calibration`` -> ``converter`` -> ``inspector``
+``lowrank``, ``pruning``, ``channel_pruning``, ``quantization``) -> ``calibration`` -> ``converter`` -> ``inspector``
 -> ``runtime`` -> ``validation`` -> ``benchmark`` -> ``pipeline``.
 """
 
@@ -14,6 +14,7 @@ from tfcompress import (
     converter,
     data,
     inspector,
+    lowrank,
     pipeline,
     pruning,
     quantization,
@@ -44,6 +45,7 @@ __all__ = [
     "data",
     "inspect",
     "inspector",
+    "lowrank",
     "pipeline",
     "pruning",
     "quantization",

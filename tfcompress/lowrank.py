@@ -1,0 +1,299 @@
+"""Low-rank factorization: fewer parameters and fewer MACs, as ordinary Keras layers.
+
+A Dense kernel ``W (m x n)`` becomes two Dense layers ``m -> r -> n`` (``W ~= U V``,
+with the singular values split evenly between ``U`` and ``V``). A Conv2D kernel
+``(kh, kw, cin, cout)`` is factored in one of two ways:
+
+* ``"channel"``: a ``(kh, kw)`` convolution to ``r`` channels, then a 1x1 to ``cout``;
+* ``"spatial"``: a ``(kh, 1)`` convolution to ``r`` channels, then a ``(1, kw)`` one
+  (the SVD of the kernel seen as a ``(kh * cin) x (kw * cout)`` matrix).
+
+The first layer of a pair has no bias and no activation; the second keeps the
+original bias and activation, so at full rank the pair computes what the layer did.
+The result is a plain Functional model: it fine-tunes, saves, loads and converts.
+
+The rank of each layer comes from a retained-energy threshold (the share of the
+squared singular values kept) or from a target parameter ratio; :func:`sensitivity`
+reports the output error of each layer at several ratios so that the choice can be
+made per layer.
+
+Example:
+    >>> import keras, numpy as np
+    >>> inputs = keras.Input((64,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Dense(64)(inputs)))
+    >>> small = factorize(model, ratio=0.25)
+    >>> [l.units for l in small.layers[1:]]
+    [8, 64, 2, 10]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+
+from tfcompress import _graph
+
+__all__ = [
+    "FactorPlan",
+    "count_macs",
+    "factorize",
+    "rank_for_energy",
+    "rank_for_ratio",
+    "sensitivity",
+    "svd_factors",
+]
+
+METHODS = ("auto", "channel", "spatial")
+
+
+def svd_factors(matrix: np.ndarray, rank: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(A, B)`` with ``A @ B`` the best rank-``rank`` approximation of ``matrix``.
+
+    >>> m = np.arange(6, dtype="float32").reshape(2, 3)
+    >>> a, b = svd_factors(m, 2)
+    >>> bool(np.allclose(a @ b, m, atol=1e-5))
+    True
+    """
+    u, s, vt = np.linalg.svd(np.asarray(matrix, np.float64), full_matrices=False)
+    root = np.sqrt(s[:rank])
+    return (u[:, :rank] * root).astype(np.float32), (root[:, None] * vt[:rank]).astype(np.float32)
+
+
+def rank_for_energy(singular_values: np.ndarray, energy: float) -> int:
+    """The smallest rank that keeps ``energy`` of the sum of squared singular values.
+
+    >>> rank_for_energy(np.array([3.0, 1.0, 0.1]), 0.85)
+    1
+    >>> rank_for_energy(np.array([3.0, 1.0, 0.1]), 0.9)
+    2
+    """
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f"`energy` must be in (0, 1]. Received: energy={energy!r}")
+    power = np.cumsum(np.asarray(singular_values, np.float64) ** 2)
+    return int(np.searchsorted(power / power[-1], energy - 1e-12) + 1)
+
+
+def rank_for_ratio(rows: int, cols: int, ratio: float) -> int:
+    """The largest rank whose two factors hold at most ``ratio`` of ``rows * cols``.
+
+    >>> rank_for_ratio(784, 512, 1 / 3)
+    103
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"`ratio` must be in (0, 1). Received: ratio={ratio!r}")
+    return max(1, int(np.floor(ratio * rows * cols / (rows + cols))))
+
+
+@dataclasses.dataclass(frozen=True)
+class FactorPlan:
+    """How one layer is factored."""
+
+    layer: str
+    method: str
+    rank: int
+    params_before: int
+    params_after: int
+
+
+def _matrix(layer, method: str) -> np.ndarray:
+    k = layer.kernel.numpy()
+    if isinstance(layer, keras.layers.Dense):
+        return k
+    kh, kw, cin, cout = k.shape
+    if method == "channel":
+        return k.reshape(kh * kw * cin, cout)
+    return k.transpose(0, 2, 1, 3).reshape(kh * cin, kw * cout)  # rows (h, c), cols (w, o)
+
+
+def _factorable(layer) -> bool:
+    if isinstance(layer, keras.layers.Dense):
+        return len(layer.kernel.shape) == 2
+    return (type(layer) is keras.layers.Conv2D and layer.groups == 1
+            and layer.data_format == "channels_last")
+
+
+def _choose_method(layer, method: str) -> str:
+    if isinstance(layer, keras.layers.Dense):
+        return "dense"
+    if method != "auto":
+        return method
+    kh, kw = layer.kernel_size
+    return "spatial" if kh > 1 and kw > 1 else "channel"
+
+
+def _plan(layer, *, method, energy, ratio) -> Optional[FactorPlan]:
+    kind = _choose_method(layer, method)
+    if kind == "spatial" and (layer.kernel_size[0] == 1 or layer.kernel_size[1] == 1):
+        return None
+    m = _matrix(layer, "channel" if kind == "dense" else kind)
+    rows, cols = m.shape
+    if energy is not None:
+        rank = rank_for_energy(np.linalg.svd(m, compute_uv=False), energy)
+    else:
+        rank = rank_for_ratio(rows, cols, ratio)
+    before = int(layer.kernel.numpy().size)
+    after = rank * (rows + cols)
+    if after >= before:
+        return None  # factoring would not save anything
+    return FactorPlan(layer.name, kind, rank, before, after)
+
+
+def _make_pair(layer, plan: FactorPlan):
+    """Two new layers (unbuilt) and their weights."""
+    config = layer.get_config()
+    bias = [layer.bias.numpy()] if layer.use_bias else []
+    m = _matrix(layer, "channel" if plan.method == "dense" else plan.method)
+    a, b = svd_factors(m, plan.rank)
+    name = layer.name
+    if plan.method == "dense":
+        first = keras.layers.Dense(plan.rank, use_bias=False, name=f"{name}_u")
+        second = keras.layers.Dense.from_config(dict(config, name=f"{name}_v"))
+        return first, [a], second, [b] + bias
+    kh, kw, cin, cout = layer.kernel.shape
+    sh, sw = layer.strides
+    dh, dw = layer.dilation_rate
+    if plan.method == "channel":
+        first = keras.layers.Conv2D(plan.rank, (kh, kw), strides=layer.strides,
+                                    padding=layer.padding, dilation_rate=layer.dilation_rate,
+                                    use_bias=False, name=f"{name}_u")
+        second = keras.layers.Conv2D.from_config(dict(
+            config, name=f"{name}_v", kernel_size=(1, 1), strides=(1, 1), padding="valid",
+            dilation_rate=(1, 1)))
+        return first, [a.reshape(kh, kw, cin, plan.rank)], second, [
+            b.reshape(1, 1, plan.rank, cout)] + bias
+    first = keras.layers.Conv2D(plan.rank, (kh, 1), strides=(sh, 1), padding=layer.padding,
+                                dilation_rate=(dh, 1), use_bias=False, name=f"{name}_u")
+    second = keras.layers.Conv2D.from_config(dict(
+        config, name=f"{name}_v", kernel_size=(1, kw), strides=(1, sw), dilation_rate=(1, dw)))
+    k1 = a.reshape(kh, cin, plan.rank)[:, None]              # (kh, 1, cin, r)
+    k2 = b.reshape(plan.rank, kw, cout).transpose(1, 0, 2)[None]  # (1, kw, r, cout)
+    return first, [k1], second, [k2] + bias
+
+
+def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] = None,
+              layers: Optional[Sequence[str]] = None, method: str = "auto",
+              ranks: Optional[Dict[str, int]] = None):
+    """Replaces Dense / Conv2D layers by low-rank pairs.
+
+    Args:
+        model: a Sequential or Functional model.
+        energy: keep this share of each kernel's squared singular values.
+        ratio: keep at most this share of each kernel's parameters.
+        layers: names of the layers to factor (default: every Dense and Conv2D where
+            factoring saves parameters).
+        method: for Conv2D: ``"channel"``, ``"spatial"`` or ``"auto"`` (spatial for
+            k x k kernels, channel otherwise).
+        ranks: explicit ``{layer name: rank}``, overriding ``energy`` / ``ratio``.
+
+    Returns:
+        A new Functional model; ``.factor_plans`` lists what was done.
+
+    Raises:
+        ValueError: neither or both of ``energy`` and ``ratio``; an unknown method or
+            layer name; a named layer that cannot be factored.
+    """
+    if (energy is None) == (ratio is None) and not ranks:
+        raise ValueError("Pass exactly one of `energy` and `ratio` (or `ranks`). "
+                         f"Received: energy={energy!r}, ratio={ratio!r}")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+    model = _graph.functional(model, purpose="low-rank factorization", inline=True)
+    by_name = {layer.name: layer for layer in model.layers}
+    if layers is not None:
+        unknown = [n for n in layers if n not in by_name]
+        if unknown:
+            raise ValueError(f"No layer named {unknown} in the model. Received: layers={list(layers)}")
+        bad = [f"{n} ({type(by_name[n]).__name__})" for n in layers if not _factorable(by_name[n])]
+        if bad:
+            raise ValueError(f"Layers {bad} cannot be factored. Supported: Dense (2-D kernel), "
+                             "Conv2D (groups=1, channels_last).")
+    candidates = layers if layers is not None else [
+        layer.name for layer in model.layers if _factorable(layer)]
+    plans: Dict[str, FactorPlan] = {}
+    for name in candidates:
+        layer = by_name[name]
+        if ranks and name in ranks:
+            kind = _choose_method(layer, method)
+            rows, cols = _matrix(layer, "channel" if kind == "dense" else kind).shape
+            rank = min(ranks[name], rows, cols)
+            plans[name] = FactorPlan(name, kind, rank, int(layer.kernel.numpy().size),
+                                     rank * (rows + cols))
+            continue
+        if energy is None and ratio is None:
+            continue
+        plan = _plan(layer, method=method, energy=energy, ratio=ratio)
+        if plan is not None:
+            plans[name] = plan
+    pending = []
+
+    def clone_function(layer):
+        new = type(layer).from_config(layer.get_config())
+        if layer.weights and layer.name not in plans:
+            pending.append((new, layer.get_weights()))
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        plan = plans.get(layer.name)
+        if plan is None:
+            return layer(*args, **kwargs)
+        first, w1, second, w2 = _make_pair(by_name[layer.name], plan)
+        out = second(first(*args, **kwargs))
+        pending.extend([(first, w1), (second, w2)])
+        return out
+
+    clone = _graph.clone_model(model, clone_function=clone_function, call_function=call_function)
+    for new, weights in pending:
+        new.set_weights(weights)
+    clone.factor_plans = tuple(plans.values())
+    return clone
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates of one inference of the Dense and convolution layers."""
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not getattr(layer, "built", False) or not hasattr(layer, "kernel"):
+            continue
+        try:
+            out_shape = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        kernel = layer.kernel.shape
+        positions = int(np.prod([d for d in out_shape[1:-1]])) if len(out_shape) > 2 else 1
+        total += positions * int(np.prod(kernel))  # depthwise kernels too: (kh, kw, in, mult)
+    return total
+
+
+def sensitivity(model, x, *, ratios: Sequence[float] = (0.1, 0.25, 0.5),
+                method: str = "auto") -> Dict[str, Dict[float, float]]:
+    """Output error when one layer at a time is factored at each ratio.
+
+    Args:
+        model: a Sequential or Functional model.
+        x: a batch of inputs.
+        ratios: parameter ratios to try.
+        method: as in :func:`factorize`.
+
+    Returns:
+        ``{layer: {ratio: relative RMS error of the model output}}`` (NaN where
+        factoring at that ratio would not save parameters).
+    """
+    reference = np.asarray(model.predict(x, verbose=0))
+    scale = float(np.sqrt(np.mean(reference ** 2))) or 1.0
+    report: Dict[str, Dict[float, float]] = {}
+    functional = _graph.functional(model, purpose="low-rank sensitivity", inline=True)
+    for layer in functional.layers:
+        if not _factorable(layer):
+            continue
+        report[layer.name] = {}
+        for r in ratios:
+            small = factorize(functional, ratio=r, layers=[layer.name], method=method)
+            if not small.factor_plans:
+                report[layer.name][r] = float("nan")
+                continue
+            out = np.asarray(small.predict(x, verbose=0))
+            report[layer.name][r] = float(np.sqrt(np.mean((out - reference) ** 2)) / scale)
+    return report
