@@ -129,6 +129,8 @@ def unstructured(name: str, *, with_tfmot: bool) -> dict:
         r["accuracy_minus_tfmot_pp"] = 100 * (r["float_pruned"] - r["tfmot"]["accuracy"])
         r["int8_accuracy_minus_tfmot_pp"] = 100 * (r["int8_pruned"] - r["tfmot"]["int8_accuracy"])
         r["step_time_over_tfmot"] = r["step_ms"] / r["tfmot"]["step_ms"]
+        if "int8_gzip" in r["tfmot"]:
+            r["tfmot"]["gzip_ratio"] = r["tfmot"]["int8_gzip"] / r["int8_gzip_unpruned"]
     return r
 
 
@@ -154,7 +156,13 @@ def _tfmot_run(x, y, xt, yt, weights, sched, epochs, batch_size, lr) -> dict:
         build, _ = _common.arch()
         model = build(keras)
         model.set_weights(list(np.load(tmp / "tfmot_weights.npz").values()))
-    out["int8_accuracy"] = _common.int8_accuracy(_int8(model, x), xt, yt)
+    tfmot_int8 = _int8(model, x)
+    out["int8_accuracy"] = _common.int8_accuracy(tfmot_int8, xt, yt)
+    # The same converter on tfmot's pruned weights: is the gzip ratio a property of
+    # our pruning or of DEFLATE on 80%-sparse int8 weights?
+    from tfcompress import inspector
+
+    out["int8_gzip"] = inspector.gzip_size(tfmot_int8)
     return out
 
 
@@ -295,6 +303,8 @@ def main(argv):
                              f"{pct(r['tfmot']['int8_accuracy'])}"))
                 rows.append((f"{key}: ours - tfmot (float, int8)",
                              f"{r['accuracy_minus_tfmot_pp']:+.2f} pp, {r['int8_accuracy_minus_tfmot_pp']:+.2f} pp"))
+                rows.append((f"{key}: tfmot's pruned int8 gzip ratio (same converter)",
+                             f"{r['tfmot'].get('gzip_ratio', float('nan')):.3f}x"))
                 rows.append((f"{key}: step ms (ours / tfmot)",
                              f"{r['step_ms']:.2f} / {r['tfmot']['step_ms']:.2f} = {r['step_time_over_tfmot']:.3f}x"))
             elif "tfmot" in r:
