@@ -255,6 +255,8 @@ def test_pruned_int8_file_is_sparse_and_gzips_small(data_dir):
     sparse = convert(stripped, representative_data=x[:64], progress=False).model_bytes
     assert inspector.inspect(sparse).zero_weight_fraction > 0.75
     assert inspector.gzip_size(sparse) < 0.5 * inspector.gzip_size(dense)
+    sizes = pruning.tflite_sizes(sparse)
+    assert sizes["bytes"] == len(sparse) and sizes["gzip_bytes"] == inspector.gzip_size(sparse)
 
 
 def test_mid_pruning_keras_file_loads_with_plain_load_model_and_continues(tmp_path):

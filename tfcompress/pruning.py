@@ -62,6 +62,7 @@ __all__ = [
     "prune_low_magnitude",
     "sparsity_report",
     "strip_pruning",
+    "tflite_sizes",
 ]
 
 # ---------------------------------------------------------------------------
@@ -766,6 +767,11 @@ def check_sparsity_m_by_n(model, *, n: int = 2, m: int = 4,
     return MByNCheck(n, m, tuple(rows))
 
 
-def summary_sizes(model_bytes: bytes) -> Dict[str, int]:
-    """``{"bytes": raw size, "gzip_bytes": gzip size}`` of a `.tflite`."""
-    return {"bytes": len(model_bytes), "gzip_bytes": inspector.gzip_size(model_bytes)}
+def tflite_sizes(model) -> Dict[str, int]:
+    """``{"bytes": raw size, "gzip_bytes": gzip size}`` of a `.tflite` (bytes or path).
+
+    >>> tflite_sizes(bytes(1000))["bytes"]
+    1000
+    """
+    buf = inspector.read_model(model) if not isinstance(model, (bytes, bytearray)) else model
+    return {"bytes": len(buf), "gzip_bytes": inspector.gzip_size(buf)}
