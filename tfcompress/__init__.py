@@ -1,7 +1,7 @@
 """tfcompress: from a Keras 3 model to a small, fast, verified fully-integer `.tflite`.
 
 Modules follow the pipeline: ``data`` -> training-time compression (``schedules``,
-``lowrank``, ``pruning``, ``channel_pruning``, ``quantization``) -> ``calibration`` -> ``converter`` -> ``inspector``
+``distillation``, ``lowrank``, ``pruning``, ``channel_pruning``, ``quantization``) -> ``calibration`` -> ``converter`` -> ``inspector``
 -> ``runtime`` -> ``validation`` -> ``benchmark`` -> ``pipeline``.
 """
 
@@ -13,6 +13,7 @@ from tfcompress import (
     channel_pruning,
     converter,
     data,
+    distillation,
     inspector,
     lowrank,
     pipeline,
@@ -43,6 +44,7 @@ __all__ = [
     "convert",
     "converter",
     "data",
+    "distillation",
     "inspect",
     "inspector",
     "lowrank",
