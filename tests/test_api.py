@@ -6,7 +6,7 @@ def test_public_names_are_pinned():
         "ConversionError", "ConversionResult", "InvalidModelError", "Thresholds",
         "ValidationReport", "benchmark", "calibration", "convert", "converter", "data",
         "inspect", "inspector", "pipeline", "runtime", "validate", "validation",
-        "channel_pruning", "distillation", "lowrank", "pruning", "quantization", "schedules",
+        "channel_pruning", "distillation", "lowrank", "post_training", "pruning", "quantization", "schedules",
     ])
     for name in tfcompress.__all__:
         assert hasattr(tfcompress, name)

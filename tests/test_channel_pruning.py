@@ -1,9 +1,8 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tfcompress import channel_pruning, convert, inspector
+from tfcompress import channel_pruning, convert
 from tfcompress.channel_pruning import ChannelMask, analyze, prune_channels
 from tfcompress.pruning import (ConstantSparsity, PolynomialDecay, UpdatePruningStep,
                                 prune_low_magnitude, sparsity_report, strip_pruning)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tc
-from tfcompress import lowrank, runtime
+from tfcompress import lowrank
 
 L = keras.layers
 

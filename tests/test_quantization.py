@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tc
-from tfcompress import inspector, quantization, runtime
+from tfcompress import inspector, post_training, quantization, runtime
 from tfcompress.pruning import ConstantSparsity, UpdatePruningStep, prune_low_magnitude, strip_pruning
 from tfcompress.quantization import (FakeQuant, FreezeBatchNormStatistics, FreezeQuantizerRanges,
                                      QuantizeWrapper, quantize_annotate_layer, quantize_apply,
@@ -223,7 +223,7 @@ def test_first_batch_sets_the_range_of_raw_pixel_inputs():
 def test_estimators_return_ranges_that_contain_zero_and_clip_outliers(estimator):
     rng = np.random.RandomState(0)
     batches = [np.abs(rng.randn(50_000)) for _ in range(4)] + [np.array([50.0])]
-    lo, hi = quantization.estimate_range(batches, estimator)
+    lo, hi = post_training.estimate_range(batches, estimator)
     assert lo == 0.0 and hi > 1.0
     if estimator in ("percentile", "mse"):
         assert hi < 50.0  # the lone outlier is clipped
@@ -233,13 +233,13 @@ def test_estimators_return_ranges_that_contain_zero_and_clip_outliers(estimator)
 
 def test_unknown_estimator_is_named():
     with pytest.raises(ValueError, match="estimator='max'"):
-        quantization.estimate_range([np.ones(3)], "max")
+        post_training.estimate_range([np.ones(3)], "max")
 
 
 def test_post_training_quantization_through_the_qat_path_matches_float(resnet8_h5, cifar):
     model = keras.models.load_model(resnet8_h5, compile=False)
     x = cifar["x_test"][:200].astype("float32")
-    ptq = quantization.post_training_quantize(model, cifar["x_train"][:200].astype("float32"),
+    ptq = post_training.post_training_quantize(model, cifar["x_train"][:200].astype("float32"),
                                               progress=False)
     int8 = tc.convert(ptq, progress=False)
     assert not int8.report.non_integer_tensors() and int8.num_calibration_samples == 0
@@ -259,7 +259,7 @@ def test_bias_correction_removes_the_mean_shift_of_weight_rounding():
     reference = model.predict(x, verbose=0)
 
     def bias_error(bias_correction):
-        ptq = quantization.post_training_quantize(model, x, bias_correction=bias_correction,
+        ptq = post_training.post_training_quantize(model, x, bias_correction=bias_correction,
                                                   progress=False)
         # Compare with weight rounding only: activations pass through unquantized.
         for layer in ptq.layers:
@@ -288,10 +288,10 @@ def test_cross_layer_equalization_keeps_the_function_and_equalizes_ranges():
     wrappers = {w.layer.name: w for w in qat.layers if isinstance(w, QuantizeWrapper)}
     # Compare float functions: weights unquantized too.
     before = model.predict(x, verbose=0)
-    pairs = quantization.equalize(qat)
+    pairs = post_training.equalize(qat)
     assert ("a", "b") in pairs
-    r_a = quantization._output_channel_ranges(wrappers["a"])
-    r_b = quantization._input_channel_ranges(wrappers["b"])
+    r_a = post_training._output_channel_ranges(wrappers["a"])
+    r_b = post_training._input_channel_ranges(wrappers["b"])
     np.testing.assert_allclose(r_a, r_b, rtol=1e-5)
     float_model = keras.Model(qat.inputs, qat.outputs)
     after = float_model.predict(x, verbose=0)
@@ -306,7 +306,7 @@ def test_concatenate_inputs_share_the_output_range_as_in_tflite():
     x = L.Conv2D(5, 1)(L.Concatenate(name="cat")([a, b]))
     model = keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(x)))
     x = np.random.RandomState(0).rand(64, 8, 8, 3).astype("float32") * 3
-    qat = quantization.post_training_quantize(model, x, progress=False)
+    qat = post_training.post_training_quantize(model, x, progress=False)
     kinds = [type(layer).__name__ for layer in qat.layers]
     cat = kinds.index("Concatenate")
     assert kinds[cat - 2:cat + 2] == ["QuantizeWrapper", "QuantizeWrapper", "Concatenate",
@@ -321,7 +321,7 @@ def test_concatenate_inputs_share_the_output_range_as_in_tflite():
 
 def test_strip_quantization_gives_the_folded_float_model():
     x, y = _data()
-    qat = quantization.post_training_quantize(_cnn(softmax=False), x, progress=False)
+    qat = post_training.post_training_quantize(_cnn(softmax=False), x, progress=False)
     stripped = quantization.strip_quantization(qat)
     assert not quantization.is_quantized(stripped)
     assert not any(isinstance(layer, L.BatchNormalization) for layer in stripped.layers)

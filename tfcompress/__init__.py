@@ -1,7 +1,7 @@
 """tfcompress: from a Keras 3 model to a small, fast, verified fully-integer `.tflite`.
 
 Modules follow the pipeline: ``data`` -> training-time compression (``schedules``,
-``distillation``, ``lowrank``, ``pruning``, ``channel_pruning``, ``quantization``) -> ``calibration`` -> ``converter`` -> ``inspector``
+``distillation``, ``lowrank``, ``pruning``, ``channel_pruning``, ``quantization``, ``post_training``) -> ``calibration`` -> ``converter`` -> ``inspector``
 -> ``runtime`` -> ``validation`` -> ``benchmark`` -> ``pipeline``.
 """
 
@@ -17,6 +17,7 @@ from tfcompress import (
     inspector,
     lowrank,
     pipeline,
+    post_training,
     pruning,
     quantization,
     runtime,
@@ -49,6 +50,7 @@ __all__ = [
     "inspector",
     "lowrank",
     "pipeline",
+    "post_training",
     "pruning",
     "quantization",
     "runtime",

@@ -158,7 +158,6 @@ def distillation_loss(temperature: float, alpha: float):
     ``y_true`` packs the one-hot labels and the teacher's softmax; both networks end
     in a softmax, so ``log p / T`` stands in for ``logits / T``.
     """
-    import keras
     from keras import ops
 
     def loss(y_true, y_pred):

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -89,7 +89,7 @@ def _plain_ptq(model, calib) -> bytes:
 
 def ptq() -> dict:
     import tfcompress as tc
-    from tfcompress import quantization
+    from tfcompress import post_training
 
     cifar, model = _cifar()
     xt, yt = cifar.x_test.astype("float32"), cifar.y_test
@@ -99,7 +99,7 @@ def ptq() -> dict:
         row = {"subset": f"{start}-{stop - 1}",
                "plain": _common.int8_accuracy(_plain_ptq(model, calib), xt, yt)}
         for estimator in ("percentile", "minmax", "mse"):
-            qmodel = quantization.post_training_quantize(model, calib, estimator=estimator,
+            qmodel = post_training.post_training_quantize(model, calib, estimator=estimator,
                                                          progress=False)
             int8 = tc.convert(qmodel, progress=False).model_bytes
             row[estimator] = _common.int8_accuracy(int8, xt, yt)
@@ -115,7 +115,7 @@ def qat() -> dict:
     import keras
 
     import tfcompress as tc
-    from tfcompress import quantization
+    from tfcompress import post_training, quantization
 
     cifar, model = _cifar()
     # 3500 images to train on, 500 held out to pick the epoch; the test images are
@@ -127,7 +127,7 @@ def qat() -> dict:
     keras.utils.set_random_seed(FLAGS.seed)
     # Start from calibrated ranges (QAT from a PTQ start), fine-tune with frozen BN
     # statistics: a few thousand images give noisy batch statistics.
-    qmodel = quantization.post_training_quantize(model, x[:500], progress=False)
+    qmodel = post_training.post_training_quantize(model, x[:500], progress=False)
     start_acc = _common.int8_accuracy(tc.convert(qmodel, progress=False).model_bytes, xt, yt)
     # The target is the float network's answer (distillation at T=1), not the label:
     # QAT should make the int8 model behave like the float one.
@@ -172,11 +172,11 @@ def _logits_model(model):
 
 def equivalence() -> dict:
     import tfcompress as tc
-    from tfcompress import inspector, quantization, runtime
+    from tfcompress import inspector, post_training, runtime
 
     cifar, model = _cifar()
     logits = _logits_model(model)
-    qmodel = quantization.post_training_quantize(logits, cifar.x_train[:500].astype("float32"),
+    qmodel = post_training.post_training_quantize(logits, cifar.x_train[:500].astype("float32"),
                                                  progress=False)
     int8 = tc.convert(qmodel, progress=False).model_bytes
     step = runtime.output_step(inspector.inspect(int8))
@@ -204,7 +204,7 @@ def delegation() -> dict:
     import keras
 
     import tfcompress as tc
-    from tfcompress import quantization, runtime
+    from tfcompress import post_training, runtime
 
     cifar, resnet = _cifar()
     build, _ = _common.arch()
@@ -218,7 +218,7 @@ def delegation() -> dict:
              "mobilenetv2_0.35_96": (mobilenet, rng.rand(64, 96, 96, 3).astype("float32") * 2 - 1)}
     out = {}
     for name, (model, calib) in cases.items():
-        qmodel = quantization.post_training_quantize(model, calib, progress=False)
+        qmodel = post_training.post_training_quantize(model, calib, progress=False)
         result = tc.convert(qmodel, progress=False)
         d = runtime.delegation(result.model_bytes)
         out[name] = {
