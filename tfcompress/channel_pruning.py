@@ -365,6 +365,14 @@ def filter_norms(layer, criterion: str, batchnorm=None) -> np.ndarray:
     return np.abs(k).sum(axis=0) if criterion == "l1" else np.sqrt((k ** 2).sum(axis=0))
 
 
+def _masked_classes(masks, layouts) -> set:
+    """Classes set to zero by any of ``masks`` (each read through its input layout)."""
+    pruned = set()
+    for m, lay in zip(masks, layouts):
+        pruned.update(lay[m.mask.numpy() == 0].tolist())
+    return pruned
+
+
 class ChannelController:
     """Ranks channel classes and sets every :class:`ChannelMask` on pruning turns.
 
@@ -381,10 +389,7 @@ class ChannelController:
         self.mask_layouts = [self.plan.in_layout[m.name] for m in self.masks]
 
     def pruned_classes(self) -> set:
-        pruned = set()
-        for m, lay in zip(self.masks, self.mask_layouts):
-            pruned.update(lay[m.mask.numpy() == 0].tolist())
-        return pruned
+        return _masked_classes(self.masks, self.mask_layouts)
 
     def maybe_update(self) -> None:
         if not self.masks:
@@ -530,11 +535,8 @@ def remove_channels(model):
     """
     model = _functional(model)
     plan = analyze(model)
-    pruned = ChannelController.__new__(ChannelController)
-    layers = model._flatten_layers(include_self=False, recursive=False)
-    pruned.masks = [layer for layer in layers if isinstance(layer, ChannelMask)]
-    pruned.mask_layouts = [plan.in_layout[m.name] for m in pruned.masks]
-    gone = pruned.pruned_classes() - plan.fixed
+    masks = [layer for layer in model.layers if isinstance(layer, ChannelMask)]
+    gone = _masked_classes(masks, [plan.in_layout[m.name] for m in masks]) - plan.fixed
     keep = {name: np.array([c not in gone for c in lay.tolist()])
             for name, lay in plan.out_layout.items() if lay is not None}
     keep_in = {name: np.array([c not in gone for c in lay.tolist()])

@@ -405,9 +405,7 @@ def _clone_replacing(model, replace):
     or None) are set once the clone is built, so the clone never shares variables
     with ``model``.
     """
-    if not isinstance(model, (keras.Sequential, keras.Model)) or not (
-            isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
-            or type(model).__name__ == "Functional"):
+    if not _graph._is_graph_model(model):
         raise ValueError(
             f"Expected a Sequential or Functional model. Received a subclassed model of "
             f"class {type(model).__name__}: wrap its layers inside `__init__` instead "
@@ -424,10 +422,6 @@ def _clone_replacing(model, replace):
         if weights is not None:
             new.set_weights(weights)
     return clone
-
-
-def _is_functional_or_sequential(obj) -> bool:
-    return isinstance(obj, keras.Sequential) or type(obj).__name__ == "Functional"
 
 
 def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
@@ -459,9 +453,6 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
     if isinstance(target, (list, tuple)):
         return [prune_low_magnitude(t, **options) for t in target]
     if isinstance(target, keras.Model):
-        if not _is_functional_or_sequential(target):
-            _clone_replacing(target, None)  # raises the subclassed-model error
-
         def replace(layer):
             config_copy = type(layer).from_config(layer.get_config())
             weights = layer.get_weights() if layer.weights else None

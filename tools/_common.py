@@ -26,6 +26,24 @@ def int8_accuracy(model_bytes: bytes, x, y, *, xnnpack: bool = True) -> float:
     return float(np.mean(runtime.top1(out) == np.asarray(y).ravel()))
 
 
+def plain_int8(model, calib) -> bytes:
+    """The baseline: a plain TFLiteConverter full-integer run, as a user would write it."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([calib[i:i + 1].astype("float32")]
+                                        for i in range(len(calib)))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = tf.int8
+    c.inference_output_type = tf.int8
+    with contextlib.redirect_stdout(io.StringIO()):
+        return c.convert()
+
+
 def keras_accuracy(model, x, y, batch_size: int = 256) -> float:
     logits = model.predict(x, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(logits, -1) == np.asarray(y).ravel()))

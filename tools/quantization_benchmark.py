@@ -21,8 +21,6 @@ Usage:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 import tempfile
 import time
@@ -74,19 +72,6 @@ def _cifar():
     return cifar, model
 
 
-def _plain_ptq(model, calib) -> bytes:
-    import tensorflow as tf
-
-    c = tf.lite.TFLiteConverter.from_keras_model(model)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = tf.int8
-    c.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()):
-        return c.convert()
-
-
 def ptq() -> dict:
     import tfcompress as tc
     from tfcompress import post_training
@@ -97,7 +82,7 @@ def ptq() -> dict:
     for start, stop in SUBSETS:
         calib = cifar.x_train[start:stop].astype("float32")
         row = {"subset": f"{start}-{stop - 1}",
-               "plain": _common.int8_accuracy(_plain_ptq(model, calib), xt, yt)}
+               "plain": _common.int8_accuracy(_common.plain_int8(model, calib), xt, yt)}
         for estimator in ("percentile", "minmax", "mse"):
             qmodel = post_training.post_training_quantize(model, calib, estimator=estimator,
                                                          progress=False)

@@ -17,15 +17,17 @@ Usage:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 flags.DEFINE_string("out", "results/spine.json", "JSON output; a .md table is written beside it.")
 flags.DEFINE_integer("runs", 1000, "Timed rounds per model for latency.")
@@ -33,26 +35,6 @@ flags.DEFINE_integer("pin_cpu", 1, "Core to pin the latency measurement to; -1 t
 FLAGS = flags.FLAGS
 
 SUBSETS = ((0, 500), (500, 1000), (2000, 2500))
-
-
-def plain_convert(model, calib):
-    import tensorflow as tf
-
-    c = tf.lite.TFLiteConverter.from_keras_model(model)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([calib[i:i + 1].astype("float32")] for i in range(len(calib)))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = tf.int8
-    c.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()):
-        return c.convert()
-
-
-def accuracy(model_bytes, x, y, xnnpack):
-    from tfcompress import runtime
-
-    out = runtime.predict(runtime.make_interpreter(model_bytes, xnnpack=xnnpack), x)
-    return float(np.mean(runtime.top1(out) == y))
 
 
 def main(argv):
@@ -72,17 +54,17 @@ def main(argv):
     for start, stop in SUBSETS:
         calib = cifar.x_train[start:stop]
         t0 = time.perf_counter()
-        plain = plain_convert(model, calib)
+        plain = _common.plain_int8(model, calib)
         plain_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         ours = tc.convert(model, representative_data=calib, progress=False)
         ours_s = time.perf_counter() - t0
         row = {
             "subset": f"{start}-{stop - 1}",
-            "plain_acc_xnnpack": accuracy(plain, x_test, y_test, True),
-            "plain_acc_reference": accuracy(plain, x_test, y_test, False),
-            "ours_acc_xnnpack": accuracy(ours.model_bytes, x_test, y_test, True),
-            "ours_acc_reference": accuracy(ours.model_bytes, x_test, y_test, False),
+            "plain_acc_xnnpack": _common.int8_accuracy(plain, x_test, y_test, xnnpack=True),
+            "plain_acc_reference": _common.int8_accuracy(plain, x_test, y_test, xnnpack=False),
+            "ours_acc_xnnpack": _common.int8_accuracy(ours.model_bytes, x_test, y_test, xnnpack=True),
+            "ours_acc_reference": _common.int8_accuracy(ours.model_bytes, x_test, y_test, xnnpack=False),
             "plain_convert_s": plain_s,
             "ours_convert_s": ours_s,
             "ours_size": ours.size_bytes,
