@@ -96,3 +96,31 @@ def test_console_entry_point_exit_codes(tmp_path):
                            str(tmp_path / "missing.tflite")], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "No such TFLite file" in proc.stderr
+
+
+def test_benchmark_command_writes_every_format(models_dir, tmp_path, capsys):
+    f = models_dir / "mlperf_tiny_resnet8_cifar10_float.tflite"
+    q = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
+    out = tmp_path / "bench"
+    assert run_cli(["benchmark", str(f), str(q), "--runs=10", "--warmup=1", "--kernels=xnnpack",
+                    "--threads=1", "--nomemory", "--noprogress", f"--output_dir={out}"]) == 0
+    text = capsys.readouterr().out
+    assert "mlperf_tiny_resnet8_cifar10_int8 | xnnpack | 1 |" in text
+    assert sorted(p.name for p in out.iterdir()) == [
+        "benchmark.csv", "benchmark.json", "benchmark.md", "benchmark.png"]
+    # A second run refuses to overwrite, before timing anything.
+    assert run_cli(["benchmark", str(q), f"--output_dir={out}", "--noprogress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "one or more .tflite"),
+    (["missing.tflite"], "No such model file"),
+    (["{q}", "--threads=one"], "--threads takes comma-separated integers"),
+    (["{q}", "--kernels=gpu"], "Unknown kernels"),
+])
+def test_benchmark_command_errors(argv, message, models_dir, capsys):
+    q = str(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite")
+    assert run_cli(["benchmark"] + [a.format(q=q) for a in argv] + ["--noprogress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -4,6 +4,9 @@ Usage:
     tfcompress convert MODEL --output=OUT.tflite [--data=CALIB] [--mode=int8] ...
     tfcompress validate MODEL.tflite --data=DATA [--reference=FLOAT] [thresholds]
     tfcompress inspect MODEL.tflite [--json]
+    tfcompress benchmark MODEL.tflite [MODEL2.tflite ...] [--kernels=xnnpack,reference]
+        [--threads=1,2] [--runs=100] [--warmup=10] [--cpus=1] [--json_out=F] [--csv_out=F]
+        [--plot_out=F.png] [--output_dir=DIR]
     tfcompress demo [--dataset=auto] [--epochs=20] [--output_dir=DIR]
 
 Exit codes:
@@ -23,7 +26,7 @@ from typing import List, Optional
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-COMMANDS = ("convert", "validate", "inspect", "demo")
+COMMANDS = ("convert", "validate", "inspect", "benchmark", "demo")
 
 flags.DEFINE_string("output", None, "convert: path of the .tflite to write.")
 flags.DEFINE_boolean("overwrite", False, "convert/demo: replace an existing output.")
@@ -52,11 +55,23 @@ flags.DEFINE_boolean("require_fully_integer", False, "validate: fail unless ever
 flags.DEFINE_float("max_size_ratio", None, "validate: fail above this size over the float file.")
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
 flags.DEFINE_boolean("json", False, "inspect/validate: print JSON instead of text.")
-flags.DEFINE_string("json_out", None, "validate: also write the report as JSON here.")
+flags.DEFINE_string("json_out", None, "validate/benchmark: also write the report as JSON here.")
 flags.DEFINE_string("dataset", "auto", "demo: auto | digits | mnist | fashion_mnist | cifar10.")
 flags.DEFINE_integer("epochs", 20, "demo: training epochs.")
-flags.DEFINE_string("output_dir", None, "demo: write models and reports here.")
+flags.DEFINE_string("output_dir", None,
+                    "demo: write models and reports here; benchmark: write benchmark.json, "
+                    ".csv, .md and .png here.")
 flags.DEFINE_boolean("progress", True, "Show progress bars.")
+flags.DEFINE_list("kernels", ["xnnpack", "reference"],
+                  "benchmark: kernel paths, any of xnnpack (LiteRT's default delegate) and "
+                  "reference (builtin kernels).")
+flags.DEFINE_list("threads", None, "benchmark: thread counts, e.g. 1,2 (default --num_threads).")
+flags.DEFINE_integer("runs", 100, "benchmark: timed invocations per model and configuration.")
+flags.DEFINE_integer("warmup", 10, "benchmark: untimed invocations before timing.")
+flags.DEFINE_list("cpus", None, "benchmark: pin to these cores while timing (Linux), e.g. 1.")
+flags.DEFINE_boolean("memory", True, "benchmark: measure peak resident memory per model.")
+flags.DEFINE_string("csv_out", None, "benchmark: also write the rows as CSV here.")
+flags.DEFINE_string("plot_out", None, "benchmark: also write a PNG bar chart here.")
 
 
 class UsageError(ValueError):
@@ -198,6 +213,64 @@ def cmd_inspect(args: List[str]) -> int:
     return 0
 
 
+def _int_list(name: str, values) -> list:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise UsageError(f"--{name} takes comma-separated integers. Received: {values}.") from None
+
+
+def cmd_benchmark(args: List[str]) -> int:
+    import os
+    from pathlib import Path
+
+    from tfcompress.benchmark import benchmark_models
+
+    if not args:
+        raise UsageError("benchmark takes one or more .tflite paths: "
+                         "tfcompress benchmark A.tflite [B.tflite ...]")
+    models = {}
+    for path in args:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No such model file. Received: {path!r}.")
+        name, n = Path(path).stem, 2
+        while name in models:
+            name, n = f"{Path(path).stem}_{n}", n + 1
+        models[name] = path
+    outputs = {"json": FLAGS.json_out, "csv": FLAGS.csv_out, "png": FLAGS.plot_out}
+    if FLAGS.output_dir:
+        Path(FLAGS.output_dir).mkdir(parents=True, exist_ok=True)
+        for ext in ("json", "csv", "png", "md"):
+            outputs[ext] = outputs.get(ext) or os.path.join(FLAGS.output_dir, f"benchmark.{ext}")
+    for path in filter(None, outputs.values()):
+        if os.path.exists(path) and not FLAGS.overwrite:
+            raise FileExistsError(f"Refusing to overwrite {path!r}; pass --overwrite.")
+    threads = _int_list("threads", FLAGS.threads) if FLAGS.threads else [FLAGS.num_threads]
+    cpus = _int_list("cpus", FLAGS.cpus) if FLAGS.cpus else None
+    report = benchmark_models(models, kernels=FLAGS.kernels, num_threads=threads,
+                              warmup=FLAGS.warmup, runs=FLAGS.runs, cpus=cpus,
+                              memory=FLAGS.memory, progress=FLAGS.progress and not FLAGS.json)
+    if FLAGS.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.table())
+    if outputs["json"]:
+        report.save_json(outputs["json"], overwrite=FLAGS.overwrite)
+    if outputs["csv"]:
+        report.save_csv(outputs["csv"], overwrite=FLAGS.overwrite)
+    if outputs["png"]:
+        report.plot(outputs["png"], overwrite=FLAGS.overwrite)
+    if outputs.get("md"):
+        from tfcompress import _io
+
+        _io.atomic_write_bytes(outputs["md"], (report.table() + "\n").encode(),
+                               overwrite=FLAGS.overwrite)
+    written = [p for p in outputs.values() if p]
+    if written and not FLAGS.json:
+        print("wrote " + ", ".join(written))
+    return 0
+
+
 def cmd_demo(args: List[str]) -> int:
     from tfcompress.pipeline import run_quickstart
 
@@ -217,7 +290,7 @@ def cmd_demo(args: List[str]) -> int:
 
 
 _HANDLERS = {"convert": cmd_convert, "validate": cmd_validate, "inspect": cmd_inspect,
-             "demo": cmd_demo}
+             "benchmark": cmd_benchmark, "demo": cmd_demo}
 
 
 def main(argv: List[str]) -> int:
