@@ -7,6 +7,8 @@ def test_public_names_are_pinned():
         "ValidationReport", "benchmark", "calibration", "convert", "converter", "data",
         "inspect", "inspector", "pipeline", "runtime", "validate", "validation",
         "channel_pruning", "distillation", "lowrank", "post_training", "pruning", "quantization", "schedules",
+        "CompressionResult", "Recipe", "SearchResult", "android", "compress", "compression",
+        "recipe", "recipe_search", "report", "search",
     ])
     for name in tfcompress.__all__:
         assert hasattr(tfcompress, name)

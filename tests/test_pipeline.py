@@ -1,15 +1,11 @@
-import json
-
-from tfcompress.pipeline import run_quickstart
+from tfcompress.pipeline import DEMO_RECIPE, run_demo
 
 
-def test_quickstart_on_digits_writes_models_and_table(tmp_path):
-    result = run_quickstart(dataset="digits", epochs=2, output_dir=str(tmp_path), verbose=0)
-    assert {p.name for p in tmp_path.iterdir()} == {"float.tflite", "int8.tflite", "validation.json",
-                                                    "results.json"}
-    float_row, int8_row, _ = result.rows
-    assert int8_row["size_bytes"] < 0.5 * float_row["size_bytes"]
-    assert int8_row["accuracy"] >= float_row["accuracy"] - 0.03
-    assert result.validation.fully_integer
-    assert "| int8 .tflite (XNNPACK) |" in result.table()
-    assert json.loads((tmp_path / "results.json").read_text())["dataset"] == "digits"
+def test_demo_on_digits_runs_the_whole_pipeline(tmp_path):
+    demo = run_demo(dataset="digits", epochs=3, output_dir=str(tmp_path / "demo"), verbose=0)
+    r = demo.result
+    assert demo.dataset == "digits" and r.recipe.name == DEMO_RECIPE["name"]
+    assert [s["stage"] for s in r.stages] == ["original", "prune", "quantize"]
+    assert r.validation.fully_integer and r.size_ratio < 0.3
+    assert "| int8 .tflite |" in r.table()
+    assert (tmp_path / "demo" / "report.md").exists()

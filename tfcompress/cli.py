@@ -7,7 +7,11 @@ Usage:
     tfcompress benchmark MODEL.tflite [MODEL2.tflite ...] [--kernels=xnnpack,reference]
         [--threads=1,2] [--runs=100] [--warmup=10] [--cpus=1] [--json_out=F] [--csv_out=F]
         [--plot_out=F.png] [--output_dir=DIR]
-    tfcompress demo [--dataset=auto] [--epochs=20] [--output_dir=DIR]
+    tfcompress compress MODEL --output_dir=DIR [--recipe=RECIPE.yaml] [--data=DATA.npz |
+        --dataset=NAME] [--batch_size=32] [--learning_rate=1e-4] [--noresume]
+    tfcompress search MODEL --output_dir=DIR [--budget=0.01] [--objective=size|latency]
+        [--data=DATA.npz | --dataset=NAME] [--search_epochs=3]
+    tfcompress demo [--dataset=auto] [--epochs=20] [--recipe=RECIPE] [--output_dir=DIR]
 
 Exit codes:
     0  success (validate: every threshold met)
@@ -26,7 +30,7 @@ from typing import List, Optional
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-COMMANDS = ("convert", "validate", "inspect", "benchmark", "demo")
+COMMANDS = ("convert", "validate", "inspect", "benchmark", "compress", "search", "demo")
 
 flags.DEFINE_string("output", None, "convert: path of the .tflite to write.")
 flags.DEFINE_boolean("overwrite", False, "convert/demo: replace an existing output.")
@@ -56,7 +60,16 @@ flags.DEFINE_float("max_size_ratio", None, "validate: fail above this size over 
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
 flags.DEFINE_boolean("json", False, "inspect/validate: print JSON instead of text.")
 flags.DEFINE_string("json_out", None, "validate/benchmark: also write the report as JSON here.")
-flags.DEFINE_string("dataset", "auto", "demo: auto | digits | mnist | fashion_mnist | cifar10.")
+flags.DEFINE_string("dataset", "auto",
+                    "demo/compress/search: auto | digits | mnist | fashion_mnist | cifar10 "
+                    "(compress/search: used when --data is not given).")
+flags.DEFINE_string("recipe", None, "compress/demo: a recipe file (.json, .yaml, .yml).")
+flags.DEFINE_integer("batch_size", 32, "compress/search: training batch size.")
+flags.DEFINE_float("learning_rate", 1e-4, "compress/search: fine-tuning learning rate.")
+flags.DEFINE_boolean("resume", True, "compress: continue an interrupted run of the same recipe.")
+flags.DEFINE_float("budget", 0.01, "search: largest top-1 drop allowed (fraction, 0.01 = 1 pp).")
+flags.DEFINE_enum("objective", "size", ["size", "latency"], "search: what to minimise.")
+flags.DEFINE_integer("search_epochs", 3, "search: fine-tuning epochs per training step.")
 flags.DEFINE_integer("epochs", 20, "demo: training epochs.")
 flags.DEFINE_string("output_dir", None,
                     "demo: write models and reports here; benchmark: write benchmark.json, "
@@ -271,26 +284,109 @@ def cmd_benchmark(args: List[str]) -> int:
     return 0
 
 
+def _training_data(model_input_shape=None):
+    """(x_train, y_train, x_test, y_test) from --data (an .npz) or --dataset."""
+    import numpy as np
+
+    from tfcompress import data
+
+    if FLAGS.data:
+        if not FLAGS.data.endswith(".npz"):
+            raise UsageError("--data for compress/search is an .npz with x_train, y_train, "
+                             f"x_test and y_test. Received: {FLAGS.data!r}.")
+        import os
+
+        if not os.path.isfile(FLAGS.data):
+            raise FileNotFoundError(f"No such data file. Received: --data={FLAGS.data!r}.")
+        with np.load(FLAGS.data, allow_pickle=False) as f:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.keys())
+            if missing:
+                raise UsageError(f"{FLAGS.data!r} lacks arrays {sorted(missing)}; it holds "
+                                 f"{sorted(f.keys())}.")
+            return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    ds = data.load_dataset("mnist" if FLAGS.dataset == "auto" else FLAGS.dataset, download=False)
+    return ds.x_train, ds.y_train, ds.x_test, ds.y_test
+
+
+def _load_keras(path: str):
+    import os
+
+    import keras
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such model. Received: {path!r}.")
+    if not path.endswith((".keras", ".h5")):
+        raise UsageError(f"compress/search take a .keras or .h5 Keras model. Received: {path!r}.")
+    return keras.models.load_model(path, compile=False)
+
+
+def _output_dir_or_fail():
+    import os
+
+    if not FLAGS.output_dir:
+        raise UsageError("Pass --output_dir=DIR.")
+    if os.path.exists(FLAGS.output_dir) and not FLAGS.overwrite:
+        raise FileExistsError(f"Refusing to overwrite {FLAGS.output_dir!r}; pass --overwrite.")
+    return FLAGS.output_dir
+
+
+def cmd_compress(args: List[str]) -> int:
+    from tfcompress.compression import compress
+
+    if len(args) != 1:
+        raise UsageError("compress takes one Keras model: tfcompress compress MODEL.keras "
+                         "--output_dir=DIR [--recipe=R.yaml]")
+    out = _output_dir_or_fail()
+    model = _load_keras(args[0])
+    result = compress(model, _training_data(), recipe=FLAGS.recipe, output_dir=out,
+                      overwrite=FLAGS.overwrite, resume=FLAGS.resume,
+                      batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+                      verbose=1 if FLAGS.progress else 0)
+    print(result.table())
+    print(f"Report: {out}/report.md")
+    return 0 if result.validation is None or result.validation.passed else 1
+
+
+def cmd_search(args: List[str]) -> int:
+    from tfcompress.recipe_search import search
+
+    if len(args) != 1:
+        raise UsageError("search takes one Keras model: tfcompress search MODEL.keras "
+                         "--output_dir=DIR [--budget=0.01] [--objective=size]")
+    out = _output_dir_or_fail()
+    model = _load_keras(args[0])
+    found = search(model, _training_data(), budget=FLAGS.budget, objective=FLAGS.objective,
+                   epochs=FLAGS.search_epochs, batch_size=FLAGS.batch_size,
+                   learning_rate=FLAGS.learning_rate, output_dir=out, overwrite=FLAGS.overwrite,
+                   verbose=1 if FLAGS.progress else 0)
+    print(found.table())
+    print(f"Report: {out}/report.md")
+    return 0 if found.chosen is not None else 1
+
+
 def cmd_demo(args: List[str]) -> int:
-    from tfcompress.pipeline import run_quickstart
+    from tfcompress.pipeline import run_demo
 
     if args:
         raise UsageError(f"demo takes no positional arguments. Received: {args}")
-    result = run_quickstart(dataset=FLAGS.dataset, epochs=FLAGS.epochs,
-                            output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite,
-                            verbose=1 if FLAGS.progress else 0)
+    demo = run_demo(dataset=FLAGS.dataset, epochs=FLAGS.epochs, recipe=FLAGS.recipe,
+                    output_dir=FLAGS.output_dir, overwrite=FLAGS.overwrite,
+                    verbose=1 if FLAGS.progress else 0)
+    result = demo.result
     print()
-    print(result.validation.summary())
-    print()
-    print(f"Results ({result.dataset}, from {result.source}):")
+    if result.validation is not None:
+        print(result.validation.summary())
+        print()
+    print(f"Results ({demo.dataset}, from {demo.source}; recipe: {result.recipe.name}):")
     print(result.table())
     if result.output_dir:
-        print(f"Models and reports written to {result.output_dir}")
+        print(f"Models written to {result.output_dir}; report: {result.output_dir}/report.md")
     return 0
 
 
 _HANDLERS = {"convert": cmd_convert, "validate": cmd_validate, "inspect": cmd_inspect,
-             "benchmark": cmd_benchmark, "demo": cmd_demo}
+             "benchmark": cmd_benchmark, "compress": cmd_compress, "search": cmd_search,
+             "demo": cmd_demo}
 
 
 def main(argv: List[str]) -> int:

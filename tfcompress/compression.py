@@ -32,12 +32,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+import keras
 import numpy as np
+from keras import ops
 
 from tfcompress import _io, benchmark, data as data_lib, validation
 from tfcompress.converter import convert
+from tfcompress.distillation import soft_target_loss
 from tfcompress.recipe import Recipe, as_recipe
 
 STATE_FILE = "state.json"
@@ -149,7 +152,6 @@ class CompressionResult:
 
 
 def _from_logits(model) -> bool:
-    import keras
 
     last = model.layers[-1]
     if isinstance(last, keras.layers.Softmax):
@@ -159,31 +161,42 @@ def _from_logits(model) -> bool:
 
 def _count_params(model) -> int:
     """Parameters of the layers' kernels and biases, not of quantizers or masks."""
-    import keras
-
     return int(sum(int(np.prod(w.shape)) for w in model.trainable_weights
                    if isinstance(w, keras.Variable)))
 
 
+@keras.saving.register_keras_serializable(package="tfcompress")
+class LabelAndTeacherLoss(keras.losses.Loss):
+    """``alpha * CE(label) + (1 - alpha) * T^2 KL(teacher_T || student_T)``.
+
+    ``y_true`` packs the integer label in column 0 and the original model's output
+    in the other columns, so that distillation is a plain ``fit`` on ``(x, packed)``
+    and the teacher runs once per run, not at every step.
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.1, from_logits: bool = True,
+                 name: str = "label_and_teacher", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature, self.alpha, self.from_logits = temperature, alpha, from_logits
+
+    def call(self, y_true, y_pred):
+        labels, teacher = ops.cast(y_true[:, 0], "int32"), y_true[:, 1:]
+        hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred,
+                                                            from_logits=self.from_logits)
+        soft = soft_target_loss(teacher, y_pred, temperature=self.temperature,
+                                from_logits=self.from_logits)
+        return self.alpha * hard + (1 - self.alpha) * soft
+
+    def get_config(self):
+        return dict(super().get_config(), temperature=self.temperature, alpha=self.alpha,
+                    from_logits=self.from_logits)
+
+
 def _loss(recipe: Recipe, from_logits: bool):
-    import keras
-    from keras import ops
-
-    from tfcompress.distillation import soft_target_loss
-
     if recipe.distill is None:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-    t, alpha = recipe.distill.temperature, recipe.distill.alpha
-
-    def distillation_loss(y_true, y_pred):
-        # y_true packs the label (column 0) and the original model's output.
-        labels, teacher = ops.cast(y_true[:, 0], "int32"), y_true[:, 1:]
-        hard = ops.mean(keras.losses.sparse_categorical_crossentropy(
-            labels, y_pred, from_logits=from_logits))
-        soft = soft_target_loss(teacher, y_pred, temperature=t, from_logits=from_logits)
-        return alpha * hard + (1 - alpha) * soft
-
-    return distillation_loss
+    return LabelAndTeacherLoss(temperature=recipe.distill.temperature,
+                               alpha=recipe.distill.alpha, from_logits=from_logits)
 
 
 class _Run:
@@ -212,8 +225,6 @@ class _Run:
 
     def fit(self, model, epochs: int, extra_callbacks=()) -> float:
         """Compiles and trains ``model``; returns the median step time in ms."""
-        import keras
-
         if epochs == 0:
             return float("nan")
         times: List[float] = []
@@ -371,8 +382,6 @@ def compress(
     Returns:
         A :class:`CompressionResult`.
     """
-    import keras
-
     recipe = as_recipe(recipe)
     data = CompressionData.from_any(data)
     fit_kwargs = dict(fit_kwargs or {})

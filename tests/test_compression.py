@@ -1,0 +1,126 @@
+"""compress(): steps, files, distillation, refusal to overwrite, and resume after a kill."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress as tc
+from tfcompress import data, pipeline
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    ds = data.load_dataset("digits")
+    keras.utils.set_random_seed(0)
+    model = pipeline.small_cnn(ds.input_shape, ds.num_classes)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ds.x_train.astype("float32"), ds.y_train, epochs=4, verbose=0)
+    return model, ds
+
+
+RECIPE = {"prune": {"kind": "channels", "sparsity": 0.25, "epochs": 1},
+          "distill": {"temperature": 2.0, "alpha": 0.5}, "quantize": {"epochs": 1},
+          "benchmark": {"runs": 20}}
+
+
+def test_pipeline_writes_every_result_and_shrinks_the_model(digits_model, tmp_path):
+    model, ds = digits_model
+    out = tmp_path / "out"
+    before = [w.copy() for w in model.get_weights()]
+    r = tc.compress(model, ds, recipe=RECIPE, output_dir=out, verbose=0, learning_rate=5e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # untouched
+    assert [s["stage"] for s in r.stages] == ["original", "prune", "quantize"]
+    assert r.stages[1]["params"] < 0.7 * r.stages[0]["params"]
+    assert r.validation.fully_integer and r.validation.passed
+    assert r.size_ratio < 0.3 and 0 < r.latency["ratio"] < 1.5
+    assert r.validation.xnnpack.accuracy > r.stages[0]["accuracy"] - 0.15
+    names = {p.name for p in out.iterdir()}
+    assert {"model_int8.tflite", "original_float.tflite", "model.keras", "validation.json",
+            "recipe.json", "result.json", "report.md", "stages.png", "params.png"} <= names
+    assert not (tmp_path / "out.partial").exists() and "steps" not in names
+    assert (out / "model_int8.tflite").read_bytes() == r.tflite
+    assert json.loads((out / "result.json").read_text())["int8_tflite_bytes"] == len(r.tflite)
+    report = (out / "report.md").read_text()
+    assert "## What each step bought" in report and "![accuracy after each stage]" in report
+    loaded = keras.models.load_model(out / "model.keras")  # plain load_model
+    x = ds.x_test[:8].astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), r.model.predict(x, verbose=0),
+                               atol=1e-5)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        tc.compress(model, ds, recipe=RECIPE, output_dir=out, verbose=0)
+
+
+def test_resume_after_a_kill_ends_with_the_same_files(digits_model, tmp_path):
+    model, ds = digits_model
+    recipe = {"prune": {"kind": "unstructured", "sparsity": 0.5, "epochs": 1},
+              "quantize": {"epochs": 1}, "benchmark": None}
+    clean = tc.compress(model, ds, recipe=recipe, output_dir=tmp_path / "a", verbose=0)
+
+    class Kill(keras.callbacks.Callback):
+        fits = 0
+
+        def on_train_begin(self, logs=None):
+            Kill.fits += 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            if Kill.fits == 2 and batch == 5:  # in the middle of the QAT step
+                raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        tc.compress(model, ds, recipe=recipe, output_dir=tmp_path / "b", verbose=0,
+                    callbacks=[Kill()])
+    partial = tmp_path / "b.partial"
+    state = json.loads((partial / "state.json").read_text())
+    assert [c["step"] for c in state["completed"]] == ["prune"]
+    assert not (tmp_path / "b").exists()
+    resumed = tc.compress(model, ds, recipe=recipe, output_dir=tmp_path / "b", verbose=0)
+    assert resumed.stages[1] == state["completed"][0]["metrics"]  # not retrained
+    assert (tmp_path / "b" / "model_int8.tflite").read_bytes() == \
+        (tmp_path / "a" / "model_int8.tflite").read_bytes()
+    assert resumed.tflite == clean.tflite
+
+
+def test_a_different_recipe_does_not_resume_someone_elses_run(digits_model, tmp_path):
+    model, ds = digits_model
+    (tmp_path / "o.partial").mkdir()
+    (tmp_path / "o.partial" / "state.json").write_text(json.dumps(
+        {"fingerprint": "0123", "completed": []}))
+    with pytest.raises(ValueError, match="resume=False"):
+        tc.compress(model, ds, recipe={"benchmark": None}, output_dir=tmp_path / "o", verbose=0)
+    r = tc.compress(model, ds, recipe={"quantize": {"method": "ptq"}, "benchmark": None},
+                    output_dir=tmp_path / "o", verbose=0, resume=False)
+    assert [s["stage"] for s in r.stages] == ["original", "quantize"]
+
+
+def test_in_memory_run_with_lowrank_and_ptq_only(digits_model):
+    model, ds = digits_model
+    r = tc.compress(model, ds, recipe={"lowrank": {"ratio": 0.5, "epochs": 0},
+                                       "quantize": {"method": "ptq"}, "validate": None,
+                                       "benchmark": None}, verbose=0)
+    assert r.output_dir is None and r.validation is None and r.latency is None
+    assert r.stages[1]["factored_layers"] >= 1
+    assert "| int8 .tflite |" in r.table()
+
+
+def test_bad_arguments(digits_model, tmp_path):
+    model, ds = digits_model
+    with pytest.raises(TypeError, match="x_train, y_train, x_test, y_test"):
+        tc.compress(model, ds.x_train)
+    with pytest.raises(ValueError, match="equal length"):
+        tc.compress(model, (ds.x_train, ds.y_train[:3], ds.x_test, ds.y_test))
+    with pytest.raises(ValueError, match="epochs come from the recipe"):
+        tc.compress(model, ds, fit_kwargs={"epochs": 3})
+
+
+def test_under_a_distribution_strategy(digits_model):
+    import tensorflow as tf
+
+    model, ds = digits_model
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    r = tc.compress(model, ds, recipe={"prune": {"kind": "unstructured", "sparsity": 0.5,
+                                                 "epochs": 1}, "quantize": {"epochs": 1},
+                                       "validate": None, "benchmark": None},
+                    strategy=strategy, verbose=0)
+    assert r.stages[1]["sparsity"] == pytest.approx(0.5, abs=0.05)

@@ -1,0 +1,48 @@
+"""search(): trials, budget, Pareto fronts, choice, report files."""
+
+import json
+
+import keras
+import pytest
+
+import tfcompress as tc
+from tfcompress import data, pipeline
+from tfcompress.recipe import Prune, Quantize, Recipe
+
+
+def test_search_chooses_within_budget_and_writes_report(tmp_path):
+    ds = data.load_dataset("digits")
+    keras.utils.set_random_seed(0)
+    model = pipeline.small_cnn(ds.input_shape, ds.num_classes)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ds.x_train.astype("float32"), ds.y_train, epochs=4, verbose=0)
+    q = Quantize(epochs=1)
+    candidates = [[Recipe(quantize=q, name="qat")],
+                  [Recipe(prune=Prune(kind="channels", sparsity=s, epochs=1), quantize=q,
+                          name=f"ch {s}") for s in (0.25, 0.5, 0.75)]]
+    found = tc.search(model, ds, budget=0.05, objective="size", candidates=candidates, runs=20,
+                      learning_rate=5e-4, output_dir=tmp_path / "s")
+    names = [t["name"] for t in found.trials]
+    assert names[0] == "qat" and names[1] == "ch 0.25"
+    ok = [i for i, t in enumerate(found.trials)
+          if t["val_accuracy"] >= found.float_val_accuracy - 0.05]
+    if found.chosen is not None:
+        assert found.chosen in ok
+        assert found.chosen_trial["size_ratio"] == min(found.trials[i]["size_ratio"] for i in ok)
+    # A family stops at its first recipe over the budget.
+    for i, t in enumerate(found.trials[1:-1], start=1):
+        assert t["val_accuracy"] >= found.float_val_accuracy - 0.05
+    assert set(found.pareto_size) <= set(range(len(found.trials)))
+    files = {p.name for p in (tmp_path / "s").iterdir()}
+    assert {"search.json", "report.md", "accuracy_vs_size.png", "accuracy_vs_latency.png"} <= files
+    saved = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert saved["objective"] == "size" and len(saved["trials"]) == len(found.trials)
+
+
+def test_search_rejects_bad_options():
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    d = ([[0.0] * 4] * 4, [0, 1, 0, 1], [[0.0] * 4] * 2, [0, 1])
+    with pytest.raises(ValueError, match="Unknown objective 'speed'"):
+        tc.search(m, d, objective="speed")
+    with pytest.raises(ValueError, match="budget"):
+        tc.search(m, d, budget=5)
