@@ -124,3 +124,34 @@ def test_benchmark_command_errors(argv, message, models_dir, capsys):
     assert run_cli(["benchmark"] + [a.format(q=q) for a in argv] + ["--noprogress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_compress_command_with_a_yaml_recipe(tmp_path, capsys):
+    import keras
+
+    from tfcompress import data, pipeline
+
+    ds = data.load_dataset("digits")
+    model = pipeline.small_cnn(ds.input_shape, ds.num_classes)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ds.x_train, ds.y_train, epochs=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+             y_test=ds.y_test)
+    (tmp_path / "r.yaml").write_text("name: cli\nquantize:\n  method: ptq\nbenchmark:\n  runs: 10\n")
+    out = tmp_path / "out"
+    argv = ["compress", str(tmp_path / "m.keras"), f"--data={tmp_path / 'd.npz'}",
+            f"--recipe={tmp_path / 'r.yaml'}", f"--output_dir={out}", "--noprogress"]
+    assert run_cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "| int8 .tflite |" in text and f"Report: {out}/report.md" in text
+    assert (out / "model_int8.tflite").exists()
+    assert run_cli(argv) == 2  # the output exists
+    assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("prune:\n  kind: random\n")
+    argv[3] = f"--recipe={tmp_path / 'bad.yaml'}"
+    argv[4] = f"--output_dir={tmp_path / 'other'}"
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prune.kind must be one of" in err[0]
+    assert not (tmp_path / "other").exists()
