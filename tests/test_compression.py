@@ -124,3 +124,31 @@ def test_under_a_distribution_strategy(digits_model):
                                        "validate": None, "benchmark": None},
                     strategy=strategy, verbose=0)
     assert r.stages[1]["sparsity"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_augmentation_runs_once_per_epoch_with_a_seeded_generator(digits_model):
+    model, ds = digits_model
+    with pytest.raises(ValueError, match="Unknown augmentation 'rotate'"):
+        tc.compress(model, ds, augment="rotate")
+    draws = []
+
+    def augment(x, rng):
+        draws.append(int(rng.integers(1 << 30)))
+        return x
+
+    recipe = {"quantize": {"epochs": 2}, "distill": {}, "validate": None, "benchmark": None}
+    tc.compress(model, ds, recipe=recipe, augment=augment, verbose=0)
+    tc.compress(model, ds, recipe=recipe, augment=augment, verbose=0)
+    assert len(draws) == 4 and draws[:2] == draws[2:] and draws[0] != draws[1]
+
+
+def test_flip_and_shift_only_flips_and_shifts():
+    from tfcompress.compression import flip_and_shift
+
+    x = np.random.default_rng(1).random((16, 6, 6, 2)).astype("float32")
+    out = flip_and_shift(x, np.random.default_rng(0), pad=0)  # no room to shift: flips only
+    flipped = [np.array_equal(o, a[:, ::-1]) and not np.array_equal(o, a) for o, a in zip(out, x)]
+    same = [np.array_equal(o, a) for o, a in zip(out, x)]
+    assert all(f or s for f, s in zip(flipped, same)) and any(flipped) and any(same)
+    shifted = flip_and_shift(x, np.random.default_rng(0), pad=2)
+    assert shifted.shape == x.shape and not np.array_equal(shifted, x)

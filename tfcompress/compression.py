@@ -46,6 +46,30 @@ from tfcompress.recipe import Recipe, as_recipe
 STATE_FILE = "state.json"
 
 
+def flip_and_shift(x: np.ndarray, rng: np.random.Generator, *, pad: int = 4) -> np.ndarray:
+    """Random horizontal flips and shifts of up to ``pad`` pixels (reflect padding), per image.
+
+    The usual CIFAR augmentation; ``x`` is NHWC.
+
+    >>> x = np.arange(2 * 4 * 4).reshape(2, 4, 4, 1).astype("float32")
+    >>> flip_and_shift(x, np.random.default_rng(0), pad=1).shape
+    (2, 4, 4, 1)
+    """
+    if x.ndim != 4:
+        raise ValueError(f"flip_and_shift expects NHWC images. Received: shape {x.shape}")
+    n, h, w = x.shape[:3]
+    flip = rng.random(n) < 0.5
+    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    rows = dy[:, None] + np.arange(h)[None, :]
+    cols = dx[:, None] + np.arange(w)[None, :]
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+AUGMENTATIONS = {"flip_and_shift": flip_and_shift}
+
+
 @dataclasses.dataclass(frozen=True)
 class CompressionData:
     """Training inputs and labels, and held-out test inputs and labels."""
@@ -203,27 +227,34 @@ class _Run:
     """The state of one compress() call: data, options, and the work directory."""
 
     def __init__(self, model, data, recipe, *, output_dir, batch_size, learning_rate, callbacks,
-                 strategy, seed, verbose, from_logits, fit_kwargs):
+                 strategy, seed, verbose, from_logits, fit_kwargs, augment):
         self.original, self.data, self.recipe = model, data, recipe
         self.batch_size, self.learning_rate, self.callbacks = batch_size, learning_rate, callbacks
         self.strategy, self.seed, self.verbose, self.fit_kwargs = strategy, seed, verbose, fit_kwargs
         self.from_logits = _from_logits(model) if from_logits is None else from_logits
         self.work = Path(str(output_dir) + ".partial") if output_dir is not None else None
+        self.augment = augment
+        self.step_seed = seed
         self._target = None
 
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
-    def target(self):
+    def target(self, x=None):
+        """Labels, or labels packed with the original model's outputs on ``x``."""
         if self.recipe.distill is None:
             return self.data.y_train
-        if self._target is None:
-            teacher = self.original.predict(self.data.x_train, batch_size=256, verbose=0)
-            self._target = np.concatenate(
-                [self.data.y_train[:, None].astype("float32"), teacher.astype("float32")], -1)
-        return self._target
+        if x is None and self._target is not None:
+            return self._target
+        teacher = self.original.predict(self.data.x_train if x is None else x, batch_size=256,
+                                        verbose=0)
+        target = np.concatenate(
+            [self.data.y_train[:, None].astype("float32"), teacher.astype("float32")], -1)
+        if x is None:
+            self._target = target
+        return target
 
-    def fit(self, model, epochs: int, extra_callbacks=()) -> float:
+    def fit(self, model, epochs: int, extra_callbacks=(), learning_rate=None) -> float:
         """Compiles and trains ``model``; returns the median step time in ms."""
         if epochs == 0:
             return float("nan")
@@ -237,12 +268,20 @@ class _Run:
                 times.append(time.perf_counter() - self.t)
 
         with self.scope():
-            model.compile(keras.optimizers.Adam(self.learning_rate),
+            model.compile(keras.optimizers.Adam(learning_rate or self.learning_rate),
                           loss=_loss(self.recipe, self.from_logits))
-        model.fit(self.data.x_train, self.target(), batch_size=self.batch_size, epochs=epochs,
-                  verbose=self.verbose,
-                  callbacks=list(extra_callbacks) + list(self.callbacks) + [_StepTimer()],
-                  **self.fit_kwargs)
+        callbacks = list(extra_callbacks) + list(self.callbacks) + [_StepTimer()]
+        if self.augment is None:
+            model.fit(self.data.x_train, self.target(), batch_size=self.batch_size,
+                      epochs=epochs, verbose=self.verbose, callbacks=callbacks, **self.fit_kwargs)
+        else:
+            # New augmented images every epoch; the original model answers on the same images.
+            rng = np.random.default_rng(self.step_seed)
+            for epoch in range(epochs):
+                xa = self.augment(self.data.x_train, rng).astype("float32")
+                model.fit(xa, self.target(xa), batch_size=self.batch_size, initial_epoch=epoch,
+                          epochs=epoch + 1, verbose=self.verbose, callbacks=callbacks,
+                          **self.fit_kwargs)
         return 1e3 * float(np.median(times[5:] or times))
 
     def accuracy(self, model) -> float:
@@ -260,7 +299,7 @@ def _step_lowrank(run: _Run, model):
     cfg = run.recipe.lowrank
     with run.scope():
         model = lowrank.factorize(model, energy=cfg.energy, ratio=cfg.ratio, layers=cfg.layers)
-    step_ms = run.fit(model, cfg.epochs)
+    step_ms = run.fit(model, cfg.epochs, learning_rate=cfg.learning_rate)
     return model, {"factored_layers": len(getattr(model, "factor_plans", ())), "step_ms": step_ms}
 
 
@@ -286,7 +325,8 @@ def _step_prune(run: _Run, model):
             schedule = pruning.PolynomialDecay(0.0, cfg.sparsity, begin_step=0, end_step=end,
                                                frequency=freq)
             wrapped = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
-    step_ms = run.fit(wrapped, cfg.epochs, [pruning.UpdatePruningStep()])
+    step_ms = run.fit(wrapped, cfg.epochs, [pruning.UpdatePruningStep()],
+                      learning_rate=cfg.learning_rate)
     with run.scope():
         model = pruning.strip_pruning(wrapped)
     return model, {"kind": cfg.kind, "sparsity": pruning.sparsity_report(model).total_sparsity,
@@ -303,7 +343,8 @@ def _step_quantize(run: _Run, model):
             num_samples=cfg.calibration_samples, progress=False)
     step_ms = float("nan")
     if cfg.method == "qat":
-        step_ms = run.fit(qmodel, cfg.epochs, [quantization.FreezeBatchNormStatistics(0)])
+        step_ms = run.fit(qmodel, cfg.epochs, [quantization.FreezeBatchNormStatistics(0)],
+                          learning_rate=cfg.learning_rate)
     return qmodel, {"method": cfg.method, "step_ms": step_ms}
 
 
@@ -311,10 +352,11 @@ _TRAINING_STEPS = {"lowrank": _step_lowrank, "prune": _step_prune, "quantize": _
 
 
 def _fingerprint(model, data: CompressionData, recipe: Recipe, seed: int, batch_size: int,
-                 learning_rate: float) -> str:
+                 learning_rate: float, augment) -> str:
     h = hashlib.sha256()
     h.update(recipe.to_json().encode())
-    h.update(f"{seed} {batch_size} {learning_rate}".encode())
+    augment_name = getattr(augment, "__qualname__", repr(augment))
+    h.update(f"{seed} {batch_size} {learning_rate} {augment_name}".encode())
     h.update(data.fingerprint().encode())
     for w in model.get_weights():
         h.update(np.ascontiguousarray(w).tobytes())
@@ -355,6 +397,7 @@ def compress(
     seed: int = 0,
     verbose: int = 1,
     fit_kwargs: Optional[Mapping[str, Any]] = None,
+    augment=None,
 ) -> CompressionResult:
     """Compresses a trained Keras classifier to a checked, fully-int8 ``.tflite``.
 
@@ -378,12 +421,22 @@ def compress(
         seed: the random seed; step ``i`` runs with ``seed + i``.
         verbose: Keras verbosity (1 shows progress bars).
         fit_kwargs: other ``fit`` arguments (not ``epochs``, ``x``, ``y``).
+        augment: ``"flip_and_shift"`` or a function ``(x, numpy Generator) -> x`` that
+            makes new training images every epoch (with distillation, the original
+            model labels them). Seeded per step, so resumed runs repeat it exactly.
 
     Returns:
         A :class:`CompressionResult`.
     """
     recipe = as_recipe(recipe)
     data = CompressionData.from_any(data)
+    if isinstance(augment, str):
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"Unknown augmentation {augment!r}. Allowed: {sorted(AUGMENTATIONS)} "
+                             "or a function (x, rng) -> x.")
+        augment = AUGMENTATIONS[augment]
+    elif augment is not None and not callable(augment):
+        raise TypeError(f"`augment` is a name or a function. Received: {type(augment).__name__}")
     fit_kwargs = dict(fit_kwargs or {})
     clash = {"epochs", "x", "y", "batch_size", "callbacks"} & set(fit_kwargs)
     if clash:
@@ -397,10 +450,10 @@ def compress(
     _graph.functional(model, purpose="compress")  # a clear error for subclassed models
     run = _Run(model, data, recipe, output_dir=output_dir, batch_size=batch_size,
                learning_rate=learning_rate, callbacks=callbacks, strategy=strategy, seed=seed,
-               verbose=verbose, from_logits=from_logits, fit_kwargs=fit_kwargs)
+               verbose=verbose, from_logits=from_logits, fit_kwargs=fit_kwargs, augment=augment)
     state = None
     if run.work is not None:
-        fp = _fingerprint(model, data, recipe, seed, batch_size, learning_rate)
+        fp = _fingerprint(model, data, recipe, seed, batch_size, learning_rate, augment)
         state = _load_state(run.work, fp, resume)
 
     stages = [{"stage": "original", "params": _count_params(model),
@@ -419,6 +472,7 @@ def compress(
         if verbose:
             print(f"[{index + 1}/{len(training)}] {step}")
         keras.utils.set_random_seed(seed + index)
+        run.step_seed = seed + index
         t0 = time.perf_counter()
         current, numbers = _TRAINING_STEPS[step](run, current)
         metrics = dict({"stage": step, "params": _count_params(current),

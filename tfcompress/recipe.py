@@ -47,6 +47,7 @@ class LowRank:
     ratio: Optional[float] = 0.5
     layers: Optional[List[str]] = None
     epochs: int = 1
+    learning_rate: Optional[float] = None  # None: compress()'s learning_rate
 
     def __post_init__(self):
         if (self.energy is None) == (self.ratio is None):
@@ -70,6 +71,7 @@ class Prune:
     epochs: int = 2
     ramp: float = 0.67
     criterion: str = "l2"
+    learning_rate: Optional[float] = None
 
     KINDS = ("unstructured", "2:4", "channels")
 
@@ -102,6 +104,7 @@ class Quantize:
     epochs: int = 1
     estimator: str = "percentile"
     calibration_samples: int = 500
+    learning_rate: Optional[float] = None
 
     def __post_init__(self):
         if self.method not in ("qat", "ptq"):

@@ -47,28 +47,36 @@ def sensitive_layers(model, x, *, ratio: float = 0.5, tolerance: float = 0.05) -
     return {name: errors[ratio] for name, errors in report.items() if errors[ratio] == errors[ratio]}
 
 
-def default_candidates(model, x_val, *, epochs: int = 3, distill: bool = True,
+def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Distill] = Distill(),
                        channel_ratios: Sequence[float] = (0.125, 0.25, 0.375, 0.5),
-                       lowrank_tolerance: float = 0.05) -> List[List[Recipe]]:
+                       lowrank_tolerance: float = 0.05,
+                       train_learning_rate: Optional[float] = None,
+                       qat_learning_rate: Optional[float] = None) -> List[List[Recipe]]:
     """Families of recipes, each ordered from mild to aggressive.
 
     Args:
         model: the float model.
         x_val: inputs for the per-layer sensitivity.
         epochs: fine-tuning epochs per training step.
-        distill: learn from the original model in every training step.
+        distill: the distillation of every training step (None: labels only).
         channel_ratios: channel-pruning ratios to try.
         lowrank_tolerance: largest relative output error for a layer to be factored.
+        train_learning_rate: learning rate of the pruning and low-rank fine-tuning
+            (None: compress()'s).
+        qat_learning_rate: learning rate of QAT (None: compress()'s). QAT starts
+            from calibrated ranges and needs less than recovery from pruning does.
     """
-    d = Distill() if distill else None
-    qat = Quantize(epochs=epochs)
+    d = distill
+    qat = Quantize(epochs=epochs, learning_rate=qat_learning_rate)
     families = [[Recipe(quantize=qat, distill=d, name="qat")]]
-    families.append([Recipe(prune=Prune(kind="channels", sparsity=r, epochs=epochs), quantize=qat,
+    families.append([Recipe(prune=Prune(kind="channels", sparsity=r, epochs=epochs,
+                                             learning_rate=train_learning_rate), quantize=qat,
                             distill=d, name=f"channels {r:g}") for r in channel_ratios])
     sens = sensitive_layers(model, x_val[:128])
     tolerant = sorted(name for name, err in sens.items() if err <= lowrank_tolerance)
     if tolerant:
-        families.append([Recipe(lowrank=LowRank(ratio=0.5, layers=tolerant, epochs=epochs),
+        families.append([Recipe(lowrank=LowRank(ratio=0.5, layers=tolerant, epochs=epochs,
+                                               learning_rate=train_learning_rate),
                                 quantize=qat, distill=d, name=f"lowrank 0.5 ({len(tolerant)} layers)")])
     return families
 
@@ -179,6 +187,7 @@ def search(
     output_dir=None,
     overwrite: bool = False,
     verbose: int = 0,
+    candidate_options: Optional[dict] = None,
     **compress_kwargs,
 ) -> SearchResult:
     """Finds the smallest (or fastest) int8 model within an accuracy budget.
@@ -199,6 +208,8 @@ def search(
         output_dir: write the search report here (see :meth:`SearchResult.save`).
         overwrite: replace an existing ``output_dir``.
         verbose: Keras verbosity of the training steps.
+        candidate_options: keyword arguments for :func:`default_candidates`
+            (learning rates, channel ratios, distillation).
         **compress_kwargs: passed to every :func:`~tfcompress.compress` call
             (batch_size, learning_rate, callbacks, strategy, seed, ...).
     """
@@ -223,7 +234,8 @@ def search(
     float_val = accuracy(model, trial_data.x_test, trial_data.y_test)
     float_test = accuracy(model, full.x_test, full.y_test)
     if candidates is None:
-        families = default_candidates(model, trial_data.x_test, epochs=epochs)
+        families = default_candidates(model, trial_data.x_test, epochs=epochs,
+                                      **(candidate_options or {}))
     else:
         families = [[as_recipe(r) for r in family] for family in candidates]
     trials, models = [], []

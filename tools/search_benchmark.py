@@ -29,7 +29,10 @@ flags.DEFINE_string("out", "results/search.json", "JSON output; .md beside it, r
 flags.DEFINE_integer("epochs", 6, "Fine-tuning epochs per training step.")
 flags.DEFINE_float("budget", 0.01, "Largest accuracy drop (fraction).")
 flags.DEFINE_string("objective", "latency", "size | latency")
-flags.DEFINE_float("learning_rate", 3e-4, "Fine-tuning learning rate.")
+flags.DEFINE_float("learning_rate", 3e-4, "Learning rate of the pruning fine-tuning.")
+flags.DEFINE_float("qat_learning_rate", 1e-5, "Learning rate of QAT.")
+flags.DEFINE_float("alpha", 0.0, "Weight of the label loss; the rest is distillation at T=4.")
+flags.DEFINE_string("augment", "flip_and_shift", "Augmentation of the fine-tuning images ('' for none).")
 flags.DEFINE_bool("quick", False, "One epoch, two channel ratios (a smoke run).")
 FLAGS = flags.FLAGS
 
@@ -58,7 +61,10 @@ def main(argv):
     out.parent.mkdir(parents=True, exist_ok=True)
     found = tc.search(model, cifar, budget=FLAGS.budget, objective=FLAGS.objective,
                       epochs=epochs, candidates=candidates, runs=300, cpus=[1],
-                      learning_rate=FLAGS.learning_rate,
+                      learning_rate=FLAGS.learning_rate, augment=FLAGS.augment or None,
+                      candidate_options=None if FLAGS.quick else {
+                          "qat_learning_rate": FLAGS.qat_learning_rate,
+                          "distill": recipe.Distill(temperature=4.0, alpha=FLAGS.alpha)},
                       output_dir=out.with_name(out.stem + "_report"), overwrite=True)
     chosen = found.chosen_trial
     result = found.to_dict()
