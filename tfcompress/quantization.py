@@ -323,16 +323,22 @@ class QuantizeWrapper(keras.layers.Wrapper):
         beta = bn.beta if bn.center else 0.0
         mean, var = bn.moving_mean, bn.moving_variance
         if training:
-            raw = self._op(x, kernel)
-            batch_mean, batch_var = ops.moments(raw, axes=list(range(len(raw.shape) - 1)))
-            frozen = ops.equal(self.bn_frozen, 1.0)
-            mean = ops.where(frozen, mean, batch_mean + (0.0 if bias is None else bias))
-            var = ops.where(frozen, var, batch_var)
-            m = bn.momentum
-            bn.moving_mean.assign(ops.where(frozen, bn.moving_mean,
-                                            bn.moving_mean * m + mean * (1 - m)))
-            bn.moving_variance.assign(ops.where(frozen, bn.moving_variance,
-                                                bn.moving_variance * m + var * (1 - m)))
+            def batch_statistics():
+                raw = self._op(x, kernel)
+                batch_mean, batch_var = ops.moments(raw, axes=list(range(len(raw.shape) - 1)))
+                batch_mean = batch_mean + (0.0 if bias is None else bias)
+                m = bn.momentum
+                bn.moving_mean.assign(bn.moving_mean * m + batch_mean * (1 - m))
+                bn.moving_variance.assign(bn.moving_variance * m + batch_var * (1 - m))
+                return batch_mean, batch_var
+
+            def moving_statistics():
+                return ops.convert_to_tensor(mean), ops.convert_to_tensor(var)
+
+            # A cond, not a where: with frozen statistics the extra convolution that
+            # measures the batch statistics is neither run nor differentiated.
+            mean, var = ops.cond(ops.equal(self.bn_frozen, 1.0), moving_statistics,
+                                 batch_statistics)
         scale = gamma / ops.sqrt(var + bn.epsilon)
         if isinstance(self.layer, _DEPTHWISE):
             folded = kernel * ops.reshape(scale, tuple(kernel.shape[-2:]))
