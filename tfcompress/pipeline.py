@@ -24,9 +24,9 @@ from tfcompress.recipe import Recipe, as_recipe
 
 DEMO_RECIPE = {
     "name": "demo: channels 25% + distillation + QAT",
-    "prune": {"kind": "channels", "sparsity": 0.25, "epochs": 2},
+    "prune": {"kind": "channels", "sparsity": 0.25, "epochs": 4},
     "distill": {"temperature": 4.0, "alpha": 0.1},
-    "quantize": {"method": "qat", "epochs": 1},
+    "quantize": {"method": "qat", "epochs": 2},
     "validate": {"max_accuracy_drop": 0.03, "require_fully_integer": True},
     "benchmark": {"runs": 200, "num_threads": 1},
 }
