@@ -173,3 +173,26 @@ def test_importance_is_measured_on_batchnorm_folded_filters():
     np.testing.assert_allclose(channel_pruning.filter_norms(conv, "l2", bn), expected, rtol=1e-5)
     np.testing.assert_allclose(channel_pruning.filter_norms(conv, "l1"), np.abs(kernel).sum(0),
                                rtol=1e-5)
+
+
+def test_layers_restricts_pruning_to_the_named_groups():
+    pruned = prune_channels(_residual_model(), pruning_schedule=ConstantSparsity(0.5, frequency=1),
+                            layers=["block_a", "sep"])
+    _train(pruned)
+    by_name = {layer.name: layer for layer in strip_pruning(pruned).layers}
+    assert by_name["block_a"].filters == 4 and by_name["sep"].filters == 6
+    assert by_name["stem"].filters == by_name["block_b"].filters == 8  # not listed: whole
+    with pytest.raises(ValueError, match=r"selects no channel group.*block_b,stem"):
+        prune_channels(_residual_model(), layers=["stem"])  # block_b shares its channels
+
+
+def test_sensitivity_masks_one_group_at_a_time():
+    model = _residual_model()
+    rng = np.random.RandomState(0)
+    x = rng.rand(64, 12, 12, 3).astype("float32")
+    y = np.argmax(model.predict(x, verbose=0), -1)  # the model's own answers: accuracy 1.0
+    report = channel_pruning.sensitivity(model, x, y, ratios=(0.0, 0.5))
+    assert sorted(report) == ["block_a", "block_b,stem", "sep"]
+    assert all(acc[0.0] == 1.0 for acc in report.values())  # nothing masked: the same answers
+    assert min(acc[0.5] for acc in report.values()) < 1.0  # masking half of a group changes answers
+    assert model.predict(x, verbose=0).shape == (64, 5)  # the model itself is not changed

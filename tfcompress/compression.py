@@ -316,7 +316,7 @@ def _step_prune(run: _Run, model):
             schedule = pruning.PolynomialDecay(0.0, cfg.sparsity, begin_step=0, end_step=end,
                                                frequency=freq)
             wrapped = channel_pruning.prune_channels(model, pruning_schedule=schedule,
-                                                     criterion=cfg.criterion)
+                                                     criterion=cfg.criterion, layers=cfg.layers)
         elif cfg.kind == "2:4":
             wrapped = pruning.prune_low_magnitude(
                 model, pruning_schedule=pruning.ConstantSparsity(0.5, 0, frequency=freq),

@@ -72,6 +72,7 @@ class Prune:
     ramp: float = 0.67
     criterion: str = "l2"
     learning_rate: Optional[float] = None
+    layers: Optional[List[str]] = None  # channels: prune only these layers' groups
 
     KINDS = ("unstructured", "2:4", "channels")
 

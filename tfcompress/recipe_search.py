@@ -47,11 +47,25 @@ def sensitive_layers(model, x, *, ratio: float = 0.5, tolerance: float = 0.05) -
     return {name: errors[ratio] for name, errors in report.items() if errors[ratio] == errors[ratio]}
 
 
+def tolerant_channel_layers(model, x, y, *, ratio: float = 0.25, max_drop: float = 0.25):
+    """Producers of the channel groups whose one-shot pruning at ``ratio`` costs at most
+    ``max_drop`` of top-1 accuracy (see :func:`tfcompress.channel_pruning.sensitivity`)."""
+    from tfcompress import channel_pruning
+
+    y = np.asarray(y).reshape(-1)
+    base = float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
+    report = channel_pruning.sensitivity(model, x, y, ratios=(ratio,))
+    keep = [name for name, acc in report.items() if base - acc[ratio] <= max_drop]
+    return sorted({layer for name in keep for layer in name.split(",")})
+
+
 def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Distill] = Distill(),
                        channel_ratios: Sequence[float] = (0.125, 0.25, 0.375, 0.5),
                        lowrank_tolerance: float = 0.05,
                        train_learning_rate: Optional[float] = None,
-                       qat_learning_rate: Optional[float] = None) -> List[List[Recipe]]:
+                       qat_learning_rate: Optional[float] = None,
+                       y_val=None, tolerant_ratios: Sequence[float] = (0.25, 0.5, 0.75),
+                       max_group_drop: float = 0.25) -> List[List[Recipe]]:
     """Families of recipes, each ordered from mild to aggressive.
 
     Args:
@@ -65,6 +79,9 @@ def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Disti
             (None: compress()'s).
         qat_learning_rate: learning rate of QAT (None: compress()'s). QAT starts
             from calibrated ranges and needs less than recovery from pruning does.
+        y_val: labels of ``x_val``; with them, a third family prunes only the channel
+            groups whose one-shot pruning at 25% costs at most ``max_group_drop``
+            (per-group sensitivity), at ``tolerant_ratios``.
     """
     d = distill
     qat = Quantize(epochs=epochs, learning_rate=qat_learning_rate)
@@ -72,6 +89,14 @@ def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Disti
     families.append([Recipe(prune=Prune(kind="channels", sparsity=r, epochs=epochs,
                                              learning_rate=train_learning_rate), quantize=qat,
                             distill=d, name=f"channels {r:g}") for r in channel_ratios])
+    if y_val is not None:
+        tolerant_channels = tolerant_channel_layers(model, x_val, y_val, max_drop=max_group_drop)
+        if tolerant_channels:
+            families.append([
+                Recipe(prune=Prune(kind="channels", sparsity=r, epochs=epochs,
+                                   learning_rate=train_learning_rate, layers=tolerant_channels),
+                       quantize=qat, distill=d, name=f"tolerant channels {r:g}")
+                for r in tolerant_ratios])
     sens = sensitive_layers(model, x_val[:128])
     tolerant = sorted(name for name, err in sens.items() if err <= lowrank_tolerance)
     if tolerant:
@@ -234,8 +259,8 @@ def search(
     float_val = accuracy(model, trial_data.x_test, trial_data.y_test)
     float_test = accuracy(model, full.x_test, full.y_test)
     if candidates is None:
-        families = default_candidates(model, trial_data.x_test, epochs=epochs,
-                                      **(candidate_options or {}))
+        families = default_candidates(model, trial_data.x_test, y_val=trial_data.y_test,
+                                      epochs=epochs, **(candidate_options or {}))
     else:
         families = [[as_recipe(r) for r in family] for family in candidates]
     trials, models = [], []
