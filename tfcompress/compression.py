@@ -184,9 +184,14 @@ def _from_logits(model) -> bool:
 
 
 def _count_params(model) -> int:
-    """Parameters of the layers' kernels and biases, not of quantizers or masks."""
-    return int(sum(int(np.prod(w.shape)) for w in model.trainable_weights
-                   if isinstance(w, keras.Variable)))
+    """Trainable parameters: kernels and biases, not quantizer ranges or masks."""
+    return int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+
+
+def top1_accuracy(model, x, y, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a Keras classifier on ``(x, y)``."""
+    pred = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), -1)
+    return float(np.mean(pred == np.asarray(y).reshape(-1)))
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -285,8 +290,7 @@ class _Run:
         return 1e3 * float(np.median(times[5:] or times))
 
     def accuracy(self, model) -> float:
-        logits = model.predict(self.data.x_test, batch_size=256, verbose=0)
-        return float(np.mean(np.argmax(logits, -1) == self.data.y_test))
+        return top1_accuracy(model, self.data.x_test, self.data.y_test)
 
 
 def _steps_per_epoch(run: _Run) -> int:

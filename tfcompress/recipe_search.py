@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from tfcompress import _io, benchmark, runtime
-from tfcompress.compression import CompressionData, compress
+from tfcompress.compression import CompressionData, compress, top1_accuracy
 from tfcompress.recipe import Distill, LowRank, Prune, Quantize, Recipe, Validate
 
 OBJECTIVES = ("size", "latency")
@@ -53,7 +53,7 @@ def tolerant_channel_layers(model, x, y, *, ratio: float = 0.25, max_drop: float
     from tfcompress import channel_pruning
 
     y = np.asarray(y).reshape(-1)
-    base = float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
+    base = top1_accuracy(model, x, y)
     report = channel_pruning.sensitivity(model, x, y, ratios=(ratio,))
     keep = [name for name, acc in report.items() if base - acc[ratio] <= max_drop]
     return sorted({layer for name in keep for layer in name.split(",")})
@@ -253,11 +253,8 @@ def search(
     trial_data = CompressionData(full.x_train[:-n_val], full.y_train[:-n_val],
                                  full.x_train[-n_val:], full.y_train[-n_val:])
 
-    def accuracy(m, x, y):
-        return float(np.mean(np.argmax(m.predict(x, batch_size=256, verbose=0), -1) == y))
-
-    float_val = accuracy(model, trial_data.x_test, trial_data.y_test)
-    float_test = accuracy(model, full.x_test, full.y_test)
+    float_val = top1_accuracy(model, trial_data.x_test, trial_data.y_test)
+    float_test = top1_accuracy(model, full.x_test, full.y_test)
     if candidates is None:
         families = default_candidates(model, trial_data.x_test, y_val=trial_data.y_test,
                                       epochs=epochs, **(candidate_options or {}))

@@ -125,6 +125,20 @@ def arch():
     return scope["build"], scope["compile_model"]
 
 
+def resnet8_h5() -> Path:
+    return data_dir() / "models" / "mlperf_tiny_resnet8_cifar10.h5"
+
+
+def cifar_and_resnet8():
+    """The CIFAR-10 subset and the MLPerf Tiny ResNet-8 (float Keras model)."""
+    import keras
+
+    from tfcompress import data
+
+    cifar = data.load_dataset("cifar10", data_dir=data_dir(), fallback=False)
+    return cifar, keras.models.load_model(resnet8_h5(), compile=False)
+
+
 def load_images(name: str):
     from tfcompress import data
 
@@ -135,9 +149,9 @@ def load_images(name: str):
 
 
 
-# The start of every tfmot baseline script: tf_keras, the data, the shared architecture
-# with the starting weights, and a step timer. Run it with run_isolated(legacy_keras=True).
-TFMOT_PREAMBLE = ARCH + '''
+# Pieces of the tfmot baseline scripts, run with run_isolated(legacy_keras=True): the
+# imports under tf_keras with the arguments and data, and a step timer.
+TFMOT_HEADER = '''
 import json, sys, time, contextlib, io
 import numpy as np
 import tensorflow as tf
@@ -147,10 +161,9 @@ keras = tf.keras
 assert keras.Model.__module__.startswith("tf_keras"), keras.Model.__module__
 a = json.loads(sys.argv[1])
 d = np.load(a["data"])
-keras.utils.set_random_seed(a["seed"])
-base = build(keras)
-base.set_weights(list(np.load(a["weights"]).values()))
+'''
 
+TFMOT_STEP_TIMER = '''
 class StepTimer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__(); self.times = []
@@ -159,6 +172,14 @@ class StepTimer(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.times.append(time.perf_counter() - self._t)
 '''
+
+# The start of every MNIST-architecture tfmot baseline: the shared architecture with
+# the starting weights.
+TFMOT_PREAMBLE = ARCH + TFMOT_HEADER + '''
+keras.utils.set_random_seed(a["seed"])
+base = build(keras)
+base.set_weights(list(np.load(a["weights"]).values()))
+''' + TFMOT_STEP_TIMER
 
 
 def augment(x, rng):

@@ -47,15 +47,7 @@ FLAGS = flags.FLAGS
 
 # The tfmot side: QAT, pruning + PTQ, and pruning + prune-preserving QAT, from the same
 # float weights, data, epochs, learning rate and schedule as ours.
-TFMOT_SCRIPT = '''
-import json, sys, time, contextlib, io
-import numpy as np
-import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-keras = tf.keras
-assert keras.Model.__module__.startswith("tf_keras"), keras.Model.__module__
-a = json.loads(sys.argv[1])
-d = np.load(a["data"])
+TFMOT_SCRIPT = _common.ARCH + _common.TFMOT_HEADER + '''
 def base():
     if a["source"] == "h5":
         return keras.models.load_model(a["h5"], compile=False)
@@ -63,23 +55,13 @@ def base():
         m = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
                                            classes=10)
     else:
-        L = keras.layers
-        m = keras.Sequential([keras.Input((28, 28, 1)),
-            L.Conv2D(16, 3, activation="relu"), L.MaxPooling2D(),
-            L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(),
-            L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10)])
+        m = build(keras)
     m.set_weights(list(np.load(a["weights"]).values()))
     return m
 def compile_(m):
     m.compile(keras.optimizers.Adam(a["lr"]),
               keras.losses.SparseCategoricalCrossentropy(from_logits=a["from_logits"]))
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__(); self.times = []
-    def on_train_batch_begin(self, b, logs=None):
-        self._t = time.perf_counter()
-    def on_train_batch_end(self, b, logs=None):
-        self.times.append(time.perf_counter() - self._t)
+''' + _common.TFMOT_STEP_TIMER + '''
 def fit(m, callbacks=()):
     t = StepTimer()
     m.fit(d["x"], d["y"], batch_size=a["batch_size"], epochs=a["epochs"], verbose=0,
@@ -155,9 +137,8 @@ def _network(name: str):
     x, y = cifar.x_train[:n_train].astype("float32"), cifar.y_train[:n_train].astype("int64")
     xt, yt = cifar.x_test.astype("float32"), cifar.y_test.astype("int64")
     if name == "resnet8":
-        h5 = _common.data_dir() / "models" / "mlperf_tiny_resnet8_cifar10.h5"
-        return (keras.models.load_model(h5, compile=False), x, y, xt, yt, False,
-                {"source": "h5", "h5": str(h5)})
+        return (keras.models.load_model(_common.resnet8_h5(), compile=False), x, y, xt, yt,
+                False, {"source": "h5", "h5": str(_common.resnet8_h5())})
     if name == "mobilenetv2":
         if quick:  # its conversions and calibration dominate; keep its training tiny
             x, y = x[:500], y[:500]
@@ -215,21 +196,29 @@ def compare(name: str) -> dict:
     ptq = post_training.post_training_quantize(model, calib, progress=False)
     add("tfcompress PTQ", *_timed_convert(ptq), calibration_s=time.perf_counter() - t0)
 
+    fit_args = dict(from_logits=from_logits, epochs=epochs, lr=lr)
+
+    def qat_from(float_model):
+        """Calibrated ranges, then QAT with frozen BatchNorm statistics."""
+        q = post_training.post_training_quantize(float_model, calib, progress=False)
+        return q, _fit(q, x, y, callbacks=[quantization.FreezeBatchNormStatistics(0)],
+                       **fit_args)
+
+    def prune_then_qat(wrapped):
+        """Fine-tunes a pruning model, strips it, then QAT: (qat, stripped, step ms)."""
+        step = _fit(wrapped, x, y, callbacks=[pruning.UpdatePruningStep()], **fit_args)
+        stripped = pruning.strip_pruning(wrapped)
+        q, qat_step = qat_from(stripped)
+        return q, stripped, step + qat_step
+
     keras.utils.set_random_seed(FLAGS.seed)
-    qat = post_training.post_training_quantize(model, calib, progress=False)
-    step = _fit(qat, x, y, from_logits=from_logits, epochs=epochs, lr=lr,
-                callbacks=[quantization.FreezeBatchNormStatistics(0)])
+    qat, step = qat_from(model)
     add("tfcompress QAT", *_timed_convert(qat), step)
 
     keras.utils.set_random_seed(FLAGS.seed)
-    pruned = pruning.prune_low_magnitude(model, pruning_schedule=pruning.PolynomialDecay(**schedule))
-    step = _fit(pruned, x, y, from_logits=from_logits, epochs=epochs, lr=lr,
-                callbacks=[pruning.UpdatePruningStep()])
-    stripped = pruning.strip_pruning(pruned)
-    q = post_training.post_training_quantize(stripped, calib, progress=False)
-    step2 = _fit(q, x, y, from_logits=from_logits, epochs=epochs, lr=lr,
-                 callbacks=[quantization.FreezeBatchNormStatistics(0)])
-    add("tfcompress prune + QAT", *_timed_convert(q), step + step2,
+    q, stripped, step = prune_then_qat(pruning.prune_low_magnitude(
+        model, pruning_schedule=pruning.PolynomialDecay(**schedule)))
+    add("tfcompress prune + QAT", *_timed_convert(q), step,
         sparsity=pruning.sparsity_report(stripped).total_sparsity)
 
     keras.utils.set_random_seed(FLAGS.seed)
@@ -237,14 +226,9 @@ def compare(name: str) -> dict:
                                           begin_step=0, end_step=schedule["end_step"],
                                           frequency=schedule["frequency"])
     try:
-        ch = channel_pruning.prune_channels(model, pruning_schedule=ch_schedule)
-        step = _fit(ch, x, y, from_logits=from_logits, epochs=epochs, lr=lr,
-                    callbacks=[pruning.UpdatePruningStep()])
-        small = pruning.strip_pruning(ch)
-        q = post_training.post_training_quantize(small, calib, progress=False)
-        step2 = _fit(q, x, y, from_logits=from_logits, epochs=epochs, lr=lr,
-                     callbacks=[quantization.FreezeBatchNormStatistics(0)])
-        add("tfcompress channels + QAT", *_timed_convert(q), step + step2,
+        q, small, step = prune_then_qat(
+            channel_pruning.prune_channels(model, pruning_schedule=ch_schedule))
+        add("tfcompress channels + QAT", *_timed_convert(q), step,
             params_ratio=small.count_params() / model.count_params())
     except ValueError as e:
         rows["tfcompress channels + QAT"] = {"error": str(e)[:300]}

@@ -78,14 +78,7 @@ def train(seed: int, distil: bool, teacher, data) -> dict:
 
 def main(argv):
     del argv
-    import keras
-
-    from tfcompress import data
-
-    root = _common.data_dir()
-    cifar = data.load_dataset("cifar10", data_dir=root, fallback=False)
-    teacher = keras.models.load_model(root / "models" / "mlperf_tiny_resnet8_cifar10.h5",
-                                      compile=False)
+    cifar, teacher = _common.cifar_and_resnet8()
     x, xt = cifar.x_train.astype("float32") / 255.0, cifar.x_test.astype("float32") / 255.0
     d = (x, cifar.y_train.astype("int64"), xt, cifar.y_test.astype("int64"))
     params = {"teacher": teacher.count_params(), "student": student_cnn().count_params()}

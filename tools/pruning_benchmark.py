@@ -204,14 +204,11 @@ def resnet8() -> dict:
     import keras
 
     import tfcompress as tc
-    from tfcompress import benchmark, channel_pruning, data, pruning
+    from tfcompress import benchmark, channel_pruning, pruning
 
-    root = _common.data_dir()
-    cifar = data.load_dataset("cifar10", data_dir=root, fallback=False)
+    cifar, original = _common.cifar_and_resnet8()
     x, y = cifar.x_train.astype("float32"), cifar.y_train.astype("int64")
     xt, yt = cifar.x_test.astype("float32"), cifar.y_test.astype("int64")
-    original = keras.models.load_model(root / "models" / "mlperf_tiny_resnet8_cifar10.h5",
-                                       compile=False)
     epochs = 3 if FLAGS.quick else FLAGS.resnet_epochs
     prune_epochs = max(1, epochs // 3)
     batch_size = 32

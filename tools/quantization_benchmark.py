@@ -60,23 +60,11 @@ print(json.dumps({"keras_qat_accuracy": float(np.mean(np.argmax(logits, -1) == d
 '''
 
 
-def _cifar():
-    import keras
-
-    from tfcompress import data
-
-    root = _common.data_dir()
-    cifar = data.load_dataset("cifar10", data_dir=root, fallback=False)
-    model = keras.models.load_model(root / "models" / "mlperf_tiny_resnet8_cifar10.h5",
-                                    compile=False)
-    return cifar, model
-
-
 def ptq() -> dict:
     import tfcompress as tc
     from tfcompress import post_training
 
-    cifar, model = _cifar()
+    cifar, model = _common.cifar_and_resnet8()
     xt, yt = cifar.x_test.astype("float32"), cifar.y_test
     rows = []
     for start, stop in SUBSETS:
@@ -102,7 +90,7 @@ def qat() -> dict:
     import tfcompress as tc
     from tfcompress import post_training, quantization
 
-    cifar, model = _cifar()
+    cifar, model = _common.cifar_and_resnet8()
     # 3500 images to train on, 500 held out to pick the epoch; the test images are
     # only used for the reported number.
     x, y = cifar.x_train[:3500].astype("float32"), cifar.y_train[:3500].astype("int64")
@@ -159,7 +147,7 @@ def equivalence() -> dict:
     import tfcompress as tc
     from tfcompress import inspector, post_training, runtime
 
-    cifar, model = _cifar()
+    cifar, model = _common.cifar_and_resnet8()
     logits = _logits_model(model)
     qmodel = post_training.post_training_quantize(logits, cifar.x_train[:500].astype("float32"),
                                                  progress=False)
@@ -191,7 +179,7 @@ def delegation() -> dict:
     import tfcompress as tc
     from tfcompress import post_training, runtime
 
-    cifar, resnet = _cifar()
+    cifar, resnet = _common.cifar_and_resnet8()
     build, _ = _common.arch()
     x_mnist = _common.load_images("mnist")[0][:256]
     keras.utils.set_random_seed(0)

@@ -39,15 +39,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    import keras
-
     import tfcompress as tc
-    from tfcompress import data, recipe
+    from tfcompress import recipe
 
-    root = _common.data_dir()
-    cifar = data.load_dataset("cifar10", data_dir=root, fallback=False)
-    model = keras.models.load_model(root / "models" / "mlperf_tiny_resnet8_cifar10.h5",
-                                    compile=False)
+    cifar, model = _common.cifar_and_resnet8()
     epochs = 1 if FLAGS.quick else FLAGS.epochs
     candidates = None
     if FLAGS.quick:
