@@ -196,3 +196,32 @@ def test_sensitivity_masks_one_group_at_a_time():
     assert all(acc[0.0] == 1.0 for acc in report.values())  # nothing masked: the same answers
     assert min(acc[0.5] for acc in report.values()) < 1.0  # masking half of a group changes answers
     assert model.predict(x, verbose=0).shape == (64, 5)  # the model itself is not changed
+
+
+def test_reconstruct_refits_the_readers_of_removed_channels():
+    model = _residual_model()
+    x = np.random.RandomState(0).rand(64, 12, 12, 3).astype("float32")
+    reference = model.predict(x, verbose=0)
+    pruned = prune_channels(model, pruning_schedule=ConstantSparsity(0.5, 0))
+    channel_pruning.ChannelController(pruned).update(0.5)
+    error = lambda m: float(np.sqrt(np.mean((m.predict(x, verbose=0) - reference) ** 2)))  # noqa: E731
+    before = error(pruned)
+    report = channel_pruning.reconstruct(pruned, model, x[:48])
+    assert set(report) == {"block_a", "block_b", "head"}  # Conv2D / Dense reading masked channels
+    assert all(after < first for first, after in report.values())
+    assert error(pruned) < 0.8 * before  # the whole model answers closer to the original too
+    # Only kept input channels are read, so removing the channels is still exact.
+    small = strip_pruning(pruned)
+    np.testing.assert_allclose(small.predict(x, verbose=0), pruned.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_reconstruct_needs_masks_and_the_original_layers():
+    model = _residual_model()
+    with pytest.raises(ValueError, match="no ChannelMask layers"):
+        channel_pruning.reconstruct(model, model, np.zeros((2, 12, 12, 3), "float32"))
+    pruned = prune_channels(model, pruning_schedule=ConstantSparsity(0.5, 0))
+    channel_pruning.ChannelController(pruned).update(0.5)
+    other = keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(8, 3, name="unrelated")])
+    with pytest.raises(ValueError, match="no layer named 'block_a'"):
+        channel_pruning.reconstruct(pruned, other, np.zeros((2, 12, 12, 3), "float32"))

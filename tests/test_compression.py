@@ -104,6 +104,22 @@ def test_in_memory_run_with_lowrank_and_ptq_only(digits_model):
     assert "| int8 .tflite |" in r.table()
 
 
+def test_reconstructed_channel_pruning_starts_close_to_the_original(digits_model):
+    from tfcompress import channel_pruning, pruning
+
+    model, ds = digits_model
+    r = tc.compress(model, ds, recipe={"prune": {"kind": "channels", "sparsity": 0.5, "epochs": 0,
+                                                 "reconstruct": True},
+                                       "quantize": None, "validate": None, "benchmark": None},
+                    verbose=0)
+    # The same channels masked without the refit, and no training either.
+    masked = channel_pruning.prune_channels(model, pruning_schedule=pruning.ConstantSparsity(0.5, 0))
+    channel_pruning.ChannelController(masked).update(0.5)
+    one_shot = tc.compression.top1_accuracy(masked, ds.x_test, ds.y_test)
+    assert r.stages[1]["params"] < 0.6 * r.stages[0]["params"]
+    assert r.stages[1]["accuracy"] > one_shot + 0.05
+
+
 def test_bad_arguments(digits_model, tmp_path):
     model, ds = digits_model
     with pytest.raises(TypeError, match="x_train, y_train, x_test, y_test"):

@@ -42,6 +42,7 @@ def test_json_and_yaml_files(tmp_path):
     ({"quantize": {"epochs": -1}}, ValueError, "non-negative integer"),
     ({"distill": {"temperature": 0}}, ValueError, "must be positive"),
     ({"prune": {"sparsty": 0.5}}, ValueError, r"Unknown options \['sparsty'\]"),
+    ({"prune": {"reconstruct": True}}, ValueError, "kind 'channels' only. Received: kind='unstructured'"),
     ({"pruning": {}}, ValueError, r"Unknown recipe steps \['pruning'\]"),
     ({"prune": 0.5}, TypeError, "must be a mapping"),
     ([], TypeError, "is a Recipe, a dict"),

@@ -622,3 +622,123 @@ def remove_channels(model):
     for new, weights in pending:
         new.set_weights(weights)
     return clone
+
+
+# ---------------------------------------------------------------------------
+# Data-driven reconstruction.
+# ---------------------------------------------------------------------------
+
+
+def _patches(x: np.ndarray, layer) -> np.ndarray:
+    """The rows a Conv2D / Dense multiplies by its flattened kernel: (..., k*k*cin)."""
+    if isinstance(layer, keras.layers.Dense):
+        return x
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    return tf.image.extract_patches(
+        x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, 1, 1, 1],
+        padding=layer.padding.upper()).numpy()
+
+
+def _reconstructable(layer) -> bool:
+    if isinstance(layer, keras.layers.Dense):
+        return len(layer.kernel.shape) == 2
+    return (type(layer) is keras.layers.Conv2D and layer.groups == 1
+            and layer.data_format == "channels_last" and tuple(layer.dilation_rate) == (1, 1))
+
+
+def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
+                seed: int = 0) -> Dict[str, Tuple[float, float]]:
+    """Refits the layers that read masked channels so they answer as in ``original``.
+
+    Masking channels removes their contribution from every layer that reads them.
+    For each such Conv2D or Dense layer, in graph order, this solves a ridge
+    least-squares problem: which kernel and bias, reading only the kept input
+    channels of the masked model, best reproduce that layer's pre-activation output in
+    the original model on ``x`` (the channel-pruning reconstruction of He et al.,
+    2017). Later layers see the already refitted earlier ones, so errors do not pile
+    up. A few hundred unlabelled images are enough; fine-tuning afterwards still helps.
+
+    Call it after the masks are final (after training with
+    :class:`~tfcompress.pruning.UpdatePruningStep`, or after
+    ``ChannelController(model).update(sparsity)`` for one-shot pruning) and before
+    :func:`~tfcompress.pruning.strip_pruning`. ``model`` is changed in place.
+
+    Args:
+        model: a model from :func:`prune_channels` with its masks set.
+        original: the model it was made from (same layer names).
+        x: input samples (a NumPy array), e.g. 500 training images.
+        positions: output positions sampled per image for each convolution.
+        ridge: L2 penalty of each kernel row, relative to its input's energy.
+        seed: seed of the position sampling.
+
+    Returns:
+        ``{layer name: (relative RMS error before, after)}`` of each refitted layer's
+        output on ``x``.
+
+    Raises:
+        ValueError: ``model`` has no channel masks, or ``original`` lacks a layer.
+    """
+    model, original = _functional(model), _functional(original)
+    if not has_channel_masks(model):
+        raise ValueError(f"Model {model.name!r} has no ChannelMask layers: call "
+                         "prune_channels() and set its masks first.")
+    by_name = {layer.name: layer for layer in original.layers}
+    x = np.asarray(x)
+    rng = np.random.default_rng(seed)
+    report: Dict[str, Tuple[float, float]] = {}
+
+    def input_of(graph, name):  # the tensor that the layer called `name` reads in `graph`
+        node = {n.operation.name: n for d in graph._nodes_by_depth.values() for n in d}[name]
+        return node.input_tensors[0] if len(node.input_tensors) == 1 else None
+
+    for layer in model.layers:
+        if not _reconstructable(layer):
+            continue
+        tensor = input_of(model, layer.name)
+        source = None if tensor is None else tensor._keras_history.operation
+        if not isinstance(source, ChannelMask):
+            continue
+        keep = source.mask.numpy() > 0
+        if keep.all():
+            continue
+        if layer.name not in by_name:
+            raise ValueError(f"`original` has no layer named {layer.name!r}; pass the model "
+                             "that prune_channels() was called on.")
+        twin = by_name[layer.name]
+        a_new = _patches(keras.Model(model.inputs, tensor).predict(x, verbose=0), layer)
+        a_old = _patches(keras.Model(original.inputs, input_of(original, twin.name))
+                         .predict(x, verbose=0), twin)
+        a_new, a_old = a_new.reshape(len(x), -1, a_new.shape[-1]), a_old.reshape(len(x), -1, a_old.shape[-1])
+        if a_new.shape[1] > positions:  # the same sampled positions in both models
+            idx = rng.integers(0, a_new.shape[1], size=(len(x), positions))
+            a_new = np.take_along_axis(a_new, idx[..., None], 1)
+            a_old = np.take_along_axis(a_old, idx[..., None], 1)
+        a_new = a_new.reshape(-1, a_new.shape[-1]).astype(np.float64)
+        a_old = a_old.reshape(-1, a_old.shape[-1]).astype(np.float64)
+        kernel = twin.kernel.numpy()
+        cout = kernel.shape[-1]
+        bias = twin.bias.numpy() if twin.use_bias else np.zeros(cout)
+        target = a_old @ kernel.reshape(-1, cout) + bias
+        # Rows of the flattened kernel are (kh, kw, cin) with cin fastest.
+        rows = np.tile(keep, a_new.shape[1] // keep.size)
+        design = a_new[:, rows]
+        if layer.use_bias:
+            design = np.concatenate([design, np.ones((len(design), 1))], axis=1)
+        gram = design.T @ design
+        n_kept = int(rows.sum())
+        diag = np.arange(n_kept)  # each input's own scale; the bias is not penalised
+        gram[diag, diag] += ridge * gram[diag, diag] + 1e-12
+        solution = np.linalg.solve(gram, design.T @ target)
+        current = layer.kernel.numpy().reshape(-1, cout)
+        current_bias = layer.bias.numpy() if layer.use_bias else np.zeros(cout)
+        scale = np.sqrt(np.mean(target ** 2)) or 1.0
+        before = np.sqrt(np.mean((a_new @ current + current_bias - target) ** 2)) / scale
+        new_kernel = np.zeros_like(current)
+        new_kernel[rows] = solution[:n_kept]
+        after = np.sqrt(np.mean((design @ solution - target) ** 2)) / scale
+        layer.kernel.assign(new_kernel.reshape(layer.kernel.shape).astype(np.float32))
+        if layer.use_bias:
+            layer.bias.assign(solution[-1].astype(np.float32))
+        report[layer.name] = (float(before), float(after))
+    return report

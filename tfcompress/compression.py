@@ -307,6 +307,9 @@ def _step_lowrank(run: _Run, model):
     return model, {"factored_layers": len(getattr(model, "factor_plans", ())), "step_ms": step_ms}
 
 
+RECONSTRUCTION_SAMPLES = 500  # training images for channel reconstruction
+
+
 def _step_prune(run: _Run, model):
     from tfcompress import channel_pruning, pruning
 
@@ -316,7 +319,16 @@ def _step_prune(run: _Run, model):
     freq = max(1, end // 10)
     before = _count_params(model)
     with run.scope():
-        if cfg.kind == "channels":
+        if cfg.kind == "channels" and cfg.reconstruct:
+            # All at once, then refit what reads the removed channels; the constant
+            # schedule keeps the same channels masked while fine-tuning.
+            wrapped = channel_pruning.prune_channels(
+                model, pruning_schedule=pruning.ConstantSparsity(cfg.sparsity, 0, frequency=freq),
+                criterion=cfg.criterion, layers=cfg.layers)
+            channel_pruning.ChannelController(wrapped).update(cfg.sparsity)
+            channel_pruning.reconstruct(wrapped, model, run.data.x_train[:RECONSTRUCTION_SAMPLES],
+                                        seed=run.step_seed)
+        elif cfg.kind == "channels":
             schedule = pruning.PolynomialDecay(0.0, cfg.sparsity, begin_step=0, end_step=end,
                                                frequency=freq)
             wrapped = channel_pruning.prune_channels(model, pruning_schedule=schedule,

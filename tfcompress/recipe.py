@@ -64,6 +64,10 @@ class Prune:
 
     ``kind``: ``"unstructured"`` (magnitude; smaller after compression),
     ``"2:4"`` (N:M for sparse kernels), or ``"channels"`` (removes filters; faster).
+    ``reconstruct`` (channels only): remove the channels at once, refit the layers that
+    read them by least squares on training images
+    (:func:`tfcompress.channel_pruning.reconstruct`), then fine-tune for ``epochs``
+    with the channels fixed; ``ramp`` is then unused.
     """
 
     kind: str = "unstructured"
@@ -73,6 +77,7 @@ class Prune:
     criterion: str = "l2"
     learning_rate: Optional[float] = None
     layers: Optional[List[str]] = None  # channels: prune only these layers' groups
+    reconstruct: bool = False
 
     KINDS = ("unstructured", "2:4", "channels")
 
@@ -81,6 +86,9 @@ class Prune:
             raise ValueError(f"prune.kind must be one of {self.KINDS}. Received: {self.kind!r}")
         _check_fraction("prune", "sparsity", self.sparsity)
         _check_fraction("prune", "ramp", self.ramp, closed=True)
+        if self.reconstruct and self.kind != "channels":
+            raise ValueError("prune.reconstruct applies to kind 'channels' only. Received: "
+                             f"kind={self.kind!r}, reconstruct=True")
         _check_epochs("prune", self.epochs)
 
 

@@ -183,12 +183,13 @@ base.set_weights(list(np.load(a["weights"]).values()))
 
 
 def augment(x, rng):
-    """Random horizontal flip and a random shift of up to 4 pixels (reflect padding)."""
-    flip = rng.rand(len(x)) < 0.5
-    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
-    dy, dx = rng.randint(0, 9, 2)
-    return padded[:, dy:dy + x.shape[1], dx:dx + x.shape[2]]
+    """Random horizontal flip and shift of up to 4 pixels (reflect padding), per image.
+
+    ``rng`` is a ``np.random.Generator``; the package's own ``flip_and_shift``.
+    """
+    from tfcompress.compression import flip_and_shift
+
+    return flip_and_shift(x, rng)
 
 
 def distillation_loss(temperature: float, alpha: float):

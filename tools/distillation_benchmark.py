@@ -29,7 +29,7 @@ flags.DEFINE_string("out", "results/distillation.json", "JSON output; a .md tabl
 flags.DEFINE_integer("epochs", 30, "Training epochs of every student.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each trains one student of each kind.")
 flags.DEFINE_float("temperature", 4.0, "Distillation temperature.")
-flags.DEFINE_float("student_loss_weight", 0.1, "Weight of the label loss (1 - it for the teacher).")
+flags.DEFINE_float("student_loss_weight", 0.0, "Weight of the label loss (1 - it for the teacher).")
 FLAGS = flags.FLAGS
 
 
@@ -68,7 +68,7 @@ def train(seed: int, distil: bool, teacher, data) -> dict:
     else:
         model = student
         model.compile(optimizer=optimizer, loss=ce)
-    rng = np.random.RandomState(seed)
+    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     for _ in range(FLAGS.epochs):
         model.fit(_common.augment(x, rng), y, batch_size=64, epochs=1, verbose=0)

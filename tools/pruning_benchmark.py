@@ -52,7 +52,15 @@ stripped = tfmot.sparsity.keras.strip_pruning(pruned)
 logits = stripped.predict(d["x_test"], batch_size=256, verbose=0)
 np.savez(a["out_weights"], *stripped.get_weights())
 kernels = [w for w in stripped.get_weights() if w.ndim > 1]
+# The same fit without pruning: how much of the step is tf_keras itself.
+plain = build(keras)
+plain.set_weights(list(np.load(a["weights"]).values()))
+compile_model(keras, plain, a["lr"])
+plain_timer = StepTimer()
+plain.fit(d["x_train"], d["y_train"], batch_size=a["batch_size"], epochs=a["epochs"],
+          verbose=0, callbacks=[plain_timer])
 print(json.dumps({
+    "plain_step_ms": 1e3 * float(np.median(plain_timer.times[10:])),
     "accuracy": float(np.mean(np.argmax(logits, -1) == d["y_test"])),
     "step_ms": 1e3 * float(np.median(timer.times[10:])),
     "sparsity": float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels)),
@@ -103,7 +111,8 @@ def unstructured(name: str, *, with_tfmot: bool) -> dict:
     longer = build(keras)
     longer.set_weights(base_weights)
     compile_model(keras, longer, lr)
-    longer.fit(x, y, batch_size=batch_size, epochs=prune_epochs, verbose=0)
+    plain_timer = _common.step_timer()
+    longer.fit(x, y, batch_size=batch_size, epochs=prune_epochs, verbose=0, callbacks=[plain_timer])
 
     base_int8, ours_int8 = _int8(base, x), _int8(stripped, x)
     r = {
@@ -120,6 +129,7 @@ def unstructured(name: str, *, with_tfmot: bool) -> dict:
         "int8_gzip_unpruned": inspector.gzip_size(base_int8),
         "int8_gzip_pruned": inspector.gzip_size(ours_int8),
         "step_ms": timer.median_ms(),
+        "plain_step_ms": plain_timer.median_ms(),
     }
     r["gzip_ratio"] = r["int8_gzip_pruned"] / r["int8_gzip_unpruned"]
     r["drop_pp_float"] = 100 * (r["float_unpruned"] - r["float_pruned"])
@@ -129,6 +139,12 @@ def unstructured(name: str, *, with_tfmot: bool) -> dict:
         r["accuracy_minus_tfmot_pp"] = 100 * (r["float_pruned"] - r["tfmot"]["accuracy"])
         r["int8_accuracy_minus_tfmot_pp"] = 100 * (r["int8_pruned"] - r["tfmot"]["int8_accuracy"])
         r["step_time_over_tfmot"] = r["step_ms"] / r["tfmot"]["step_ms"]
+        if "plain_step_ms" in r["tfmot"]:
+            # Split the ratio: Keras 3 against tf_keras without pruning, and what each
+            # pruning wrapper adds to its own framework's plain step.
+            r["plain_step_keras3_over_tf_keras"] = r["plain_step_ms"] / r["tfmot"]["plain_step_ms"]
+            r["pruning_overhead_ours"] = r["step_ms"] / r["plain_step_ms"]
+            r["pruning_overhead_tfmot"] = r["tfmot"]["step_ms"] / r["tfmot"]["plain_step_ms"]
         if "int8_gzip" in r["tfmot"]:
             r["tfmot"]["gzip_ratio"] = r["tfmot"]["int8_gzip"] / r["int8_gzip_unpruned"]
     return r
@@ -221,7 +237,7 @@ def resnet8() -> dict:
     lr = keras.optimizers.schedules.CosineDecay(5e-4, decay_steps=steps * epochs, alpha=0.02)
     alpha = 0.0 if FLAGS.mixup else 0.1
     model.compile(keras.optimizers.Adam(lr), loss=_common.distillation_loss(FLAGS.temperature, alpha))
-    rng = np.random.RandomState(FLAGS.seed)
+    rng = np.random.default_rng(FLAGS.seed)
     callback = pruning.UpdatePruningStep()
     t0 = time.perf_counter()
     onehot = np.eye(10, dtype="float32")[y]
@@ -304,6 +320,12 @@ def main(argv):
                              f"{r['tfmot'].get('gzip_ratio', float('nan')):.3f}x"))
                 rows.append((f"{key}: step ms (ours / tfmot)",
                              f"{r['step_ms']:.2f} / {r['tfmot']['step_ms']:.2f} = {r['step_time_over_tfmot']:.3f}x"))
+                if "plain_step_keras3_over_tf_keras" in r:
+                    rows.append((f"{key}: unpruned step ms (Keras 3 / tf_keras)",
+                                 f"{r['plain_step_ms']:.2f} / {r['tfmot']['plain_step_ms']:.2f} = "
+                                 f"{r['plain_step_keras3_over_tf_keras']:.3f}x"))
+                    rows.append((f"{key}: pruned / unpruned step (ours / tfmot)",
+                                 f"{r['pruning_overhead_ours']:.3f}x / {r['pruning_overhead_tfmot']:.3f}x"))
             elif "tfmot" in r:
                 rows.append((f"{key}: tfmot", r["tfmot"]["error"]))
     if "two_four" in results:
