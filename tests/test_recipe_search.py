@@ -58,3 +58,22 @@ def test_tolerant_channel_layers_follow_the_allowed_drop():
     convs = sorted(layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert tolerant_channel_layers(model, x, y, max_drop=1.0) == convs
     assert tolerant_channel_layers(model, x, y, max_drop=-0.01) == []
+
+
+def test_default_candidates_families_and_reconstruction():
+    from tfcompress.recipe_search import default_candidates
+
+    ds = data.load_dataset("digits")
+    keras.utils.set_random_seed(0)
+    model = pipeline.small_cnn(ds.input_shape, ds.num_classes)
+    x, y = ds.x_test[:64].astype("float32"), ds.y_test[:64]
+    for reconstruct in (False, True):
+        families = default_candidates(model, x, y_val=y, max_group_drop=1.0,
+                                      reconstruct=reconstruct)
+        assert [r.name for r in families[0]] == ["qat"]
+        channel = [r for f in families for r in f if r.prune is not None]
+        assert [r.name for r in families[1]] == ["channels 0.125", "channels 0.25",
+                                                 "channels 0.375", "channels 0.5"]
+        assert any(r.name.startswith("tolerant channels") for r in channel)
+        assert all(r.prune.kind == "channels" and r.prune.reconstruct is reconstruct
+                   for r in channel)

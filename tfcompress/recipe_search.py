@@ -65,7 +65,8 @@ def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Disti
                        train_learning_rate: Optional[float] = None,
                        qat_learning_rate: Optional[float] = None,
                        y_val=None, tolerant_ratios: Sequence[float] = (0.25, 0.5, 0.75),
-                       max_group_drop: float = 0.25) -> List[List[Recipe]]:
+                       max_group_drop: float = 0.25,
+                       reconstruct: bool = False) -> List[List[Recipe]]:
     """Families of recipes, each ordered from mild to aggressive.
 
     Args:
@@ -82,19 +83,24 @@ def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Disti
         y_val: labels of ``x_val``; with them, a third family prunes only the channel
             groups whose one-shot pruning at 25% costs at most ``max_group_drop``
             (per-group sensitivity), at ``tolerant_ratios``.
+        reconstruct: channel families remove their channels at once and refit the
+            layers that read them (``Prune(reconstruct=True)``) instead of masking
+            them gradually.
     """
     d = distill
     qat = Quantize(epochs=epochs, learning_rate=qat_learning_rate)
     families = [[Recipe(quantize=qat, distill=d, name="qat")]]
     families.append([Recipe(prune=Prune(kind="channels", sparsity=r, epochs=epochs,
-                                             learning_rate=train_learning_rate), quantize=qat,
+                                             learning_rate=train_learning_rate,
+                                             reconstruct=reconstruct), quantize=qat,
                             distill=d, name=f"channels {r:g}") for r in channel_ratios])
     if y_val is not None:
         tolerant_channels = tolerant_channel_layers(model, x_val, y_val, max_drop=max_group_drop)
         if tolerant_channels:
             families.append([
                 Recipe(prune=Prune(kind="channels", sparsity=r, epochs=epochs,
-                                   learning_rate=train_learning_rate, layers=tolerant_channels),
+                                   learning_rate=train_learning_rate, layers=tolerant_channels,
+                                   reconstruct=reconstruct),
                        quantize=qat, distill=d, name=f"tolerant channels {r:g}")
                 for r in tolerant_ratios])
     sens = sensitive_layers(model, x_val[:128])

@@ -33,6 +33,7 @@ flags.DEFINE_float("learning_rate", 3e-4, "Learning rate of the pruning fine-tun
 flags.DEFINE_float("qat_learning_rate", 1e-5, "Learning rate of QAT.")
 flags.DEFINE_float("alpha", 0.0, "Weight of the label loss; the rest is distillation at T=4.")
 flags.DEFINE_string("augment", "flip_and_shift", "Augmentation of the fine-tuning images ('' for none).")
+flags.DEFINE_bool("reconstruct", False, "Channel families remove channels at once and refit by least squares.")
 flags.DEFINE_bool("quick", False, "One epoch, two channel ratios (a smoke run).")
 FLAGS = flags.FLAGS
 
@@ -59,6 +60,7 @@ def main(argv):
                       learning_rate=FLAGS.learning_rate, augment=FLAGS.augment or None,
                       candidate_options=None if FLAGS.quick else {
                           "qat_learning_rate": FLAGS.qat_learning_rate,
+                          "reconstruct": FLAGS.reconstruct,
                           "distill": recipe.Distill(temperature=4.0, alpha=FLAGS.alpha)},
                       output_dir=out.with_name(out.stem + "_report"), overwrite=True)
     chosen = found.chosen_trial
