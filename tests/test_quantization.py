@@ -96,6 +96,33 @@ def test_keras_qat_model_and_int8_tflite_agree_within_two_steps_on_logits():
         assert np.mean(out.argmax(-1) == keras_out.argmax(-1)) >= 0.97
 
 
+def test_separable_conv_is_split_into_depthwise_and_pointwise_halves():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    h = L.SeparableConv2D(8, 3, padding="same", use_bias=False, name="sep")(inputs)
+    h = L.ReLU()(L.BatchNormalization()(h))
+    h = L.SeparableConv2D(6, 3, strides=2, depth_multiplier=2, name="sep2")(h)
+    model = keras.Model(inputs, L.Dense(5)(L.Flatten()(h)))
+    x, y = _data(96)
+    qat = quantize_model(model)
+    report = qat.quantize_report
+    assert sum("SeparableConv2D -> DepthwiseConv2D + 1x1 Conv2D" in r for r in report.rewrites) == 2
+    assert {"sep_depthwise", "sep_pointwise", "sep2_depthwise", "sep2_pointwise"} <= set(
+        report.quantized)
+    assert [p for p, _ in report.folded_batchnorms] == ["sep_pointwise"]
+    # Calibrated, the split model computes what the float model does, up to int8 steps.
+    from tfcompress.post_training import post_training_quantize
+
+    reference = model.predict(x, verbose=0)
+    calibrated = post_training_quantize(model, x, progress=False).predict(x, verbose=0)
+    assert np.abs(calibrated - reference).max() < 0.05 * np.abs(reference).max()
+    qat = _fit_logits(qat, x, y, epochs=1)
+    int8 = tc.convert(qat, progress=False)
+    assert not int8.report.non_integer_tensors()
+    assert int8.report.op_histogram["DEPTHWISE_CONV_2D"] == 2
+    assert runtime.delegation(int8.model_bytes).num_partitions == 1
+
+
 def test_qat_model_saves_and_loads_with_plain_load_model(tmp_path):
     x, y = _data()
     qat = _train(quantize_model(_cnn()), x, y, epochs=1)
