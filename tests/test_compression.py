@@ -96,7 +96,7 @@ def test_a_different_recipe_does_not_resume_someone_elses_run(digits_model, tmp_
 
 def test_in_memory_run_with_lowrank_and_ptq_only(digits_model):
     model, ds = digits_model
-    r = tc.compress(model, ds, recipe={"lowrank": {"ratio": 0.5, "epochs": 0},
+    r = tc.compress(model, ds, recipe={"lowrank": {"ratio": 0.5, "epochs": 0, "reconstruct": True},
                                        "quantize": {"method": "ptq"}, "validate": None,
                                        "benchmark": None}, verbose=0)
     assert r.output_dir is None and r.validation is None and r.latency is None

@@ -84,6 +84,26 @@ def test_sensitivity_reports_error_per_layer_and_ratio():
     assert errors[0.2] > errors[0.6] >= 0.0
 
 
+@pytest.mark.parametrize("method", ["channel", "spatial"])
+def test_reconstruct_refits_second_factors_towards_the_original(method):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 6))
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inputs)
+    h = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv2")(h)
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
+    x = np.random.RandomState(1).rand(64, 12, 12, 6).astype("float32")
+    reference = model.predict(x, verbose=0)
+    small = lowrank.factorize(model, ratio=0.3, layers=["conv1", "conv2"], method=method)
+    error = lambda m: float(np.sqrt(np.mean((m.predict(x, verbose=0) - reference) ** 2)))  # noqa: E731
+    before = error(small)
+    report = lowrank.reconstruct(small, model, x[:48])
+    assert list(report) == ["conv1", "conv2"]  # graph order
+    assert all(after < first for first, after in report.values())
+    assert error(small) < 0.8 * before
+    with pytest.raises(ValueError, match="no factored pair"):
+        lowrank.reconstruct(model, model, x)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({}, "exactly one of `energy` and `ratio`"),
     ({"energy": 0.9, "ratio": 0.5}, "exactly one of `energy` and `ratio`"),

@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _graph, pruning
+from tfcompress import _graph, _refit, pruning
 
 __all__ = [
     "ChannelMask",
@@ -629,24 +629,6 @@ def remove_channels(model):
 # ---------------------------------------------------------------------------
 
 
-def _patches(x: np.ndarray, layer) -> np.ndarray:
-    """The rows a Conv2D / Dense multiplies by its flattened kernel: (..., k*k*cin)."""
-    if isinstance(layer, keras.layers.Dense):
-        return x
-    kh, kw = layer.kernel_size
-    sh, sw = layer.strides
-    return tf.image.extract_patches(
-        x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, 1, 1, 1],
-        padding=layer.padding.upper()).numpy()
-
-
-def _reconstructable(layer) -> bool:
-    if isinstance(layer, keras.layers.Dense):
-        return len(layer.kernel.shape) == 2
-    return (type(layer) is keras.layers.Conv2D and layer.groups == 1
-            and layer.data_format == "channels_last" and tuple(layer.dilation_rate) == (1, 1))
-
-
 def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
                 seed: int = 0) -> Dict[str, Tuple[float, float]]:
     """Refits the layers that read masked channels so they answer as in ``original``.
@@ -687,15 +669,10 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
     x = np.asarray(x)
     rng = np.random.default_rng(seed)
     report: Dict[str, Tuple[float, float]] = {}
-
-    def input_of(graph, name):  # the tensor that the layer called `name` reads in `graph`
-        node = {n.operation.name: n for d in graph._nodes_by_depth.values() for n in d}[name]
-        return node.input_tensors[0] if len(node.input_tensors) == 1 else None
-
     for layer in model.layers:
-        if not _reconstructable(layer):
+        if not _refit.refittable(layer):
             continue
-        tensor = input_of(model, layer.name)
+        tensor = _refit.input_of(model, layer.name)
         source = None if tensor is None else tensor._keras_history.operation
         if not isinstance(source, ChannelMask):
             continue
@@ -705,40 +682,6 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
         if layer.name not in by_name:
             raise ValueError(f"`original` has no layer named {layer.name!r}; pass the model "
                              "that prune_channels() was called on.")
-        twin = by_name[layer.name]
-        a_new = _patches(keras.Model(model.inputs, tensor).predict(x, verbose=0), layer)
-        a_old = _patches(keras.Model(original.inputs, input_of(original, twin.name))
-                         .predict(x, verbose=0), twin)
-        a_new, a_old = a_new.reshape(len(x), -1, a_new.shape[-1]), a_old.reshape(len(x), -1, a_old.shape[-1])
-        if a_new.shape[1] > positions:  # the same sampled positions in both models
-            idx = rng.integers(0, a_new.shape[1], size=(len(x), positions))
-            a_new = np.take_along_axis(a_new, idx[..., None], 1)
-            a_old = np.take_along_axis(a_old, idx[..., None], 1)
-        a_new = a_new.reshape(-1, a_new.shape[-1]).astype(np.float64)
-        a_old = a_old.reshape(-1, a_old.shape[-1]).astype(np.float64)
-        kernel = twin.kernel.numpy()
-        cout = kernel.shape[-1]
-        bias = twin.bias.numpy() if twin.use_bias else np.zeros(cout)
-        target = a_old @ kernel.reshape(-1, cout) + bias
-        # Rows of the flattened kernel are (kh, kw, cin) with cin fastest.
-        rows = np.tile(keep, a_new.shape[1] // keep.size)
-        design = a_new[:, rows]
-        if layer.use_bias:
-            design = np.concatenate([design, np.ones((len(design), 1))], axis=1)
-        gram = design.T @ design
-        n_kept = int(rows.sum())
-        diag = np.arange(n_kept)  # each input's own scale; the bias is not penalised
-        gram[diag, diag] += ridge * gram[diag, diag] + 1e-12
-        solution = np.linalg.solve(gram, design.T @ target)
-        current = layer.kernel.numpy().reshape(-1, cout)
-        current_bias = layer.bias.numpy() if layer.use_bias else np.zeros(cout)
-        scale = np.sqrt(np.mean(target ** 2)) or 1.0
-        before = np.sqrt(np.mean((a_new @ current + current_bias - target) ** 2)) / scale
-        new_kernel = np.zeros_like(current)
-        new_kernel[rows] = solution[:n_kept]
-        after = np.sqrt(np.mean((design @ solution - target) ** 2)) / scale
-        layer.kernel.assign(new_kernel.reshape(layer.kernel.shape).astype(np.float32))
-        if layer.use_bias:
-            layer.bias.assign(solution[-1].astype(np.float32))
-        report[layer.name] = (float(before), float(after))
+        report[layer.name] = _refit.refit(model, layer, original, by_name[layer.name], x,
+                                          keep=keep, positions=positions, ridge=ridge, rng=rng)
     return report

@@ -297,17 +297,21 @@ def _steps_per_epoch(run: _Run) -> int:
     return int(np.ceil(len(run.data.x_train) / run.batch_size))
 
 
+RECONSTRUCTION_SAMPLES = 500  # training images for low-rank and channel reconstruction
+
+
 def _step_lowrank(run: _Run, model):
     from tfcompress import lowrank
 
     cfg = run.recipe.lowrank
     with run.scope():
-        model = lowrank.factorize(model, energy=cfg.energy, ratio=cfg.ratio, layers=cfg.layers)
+        factored = lowrank.factorize(model, energy=cfg.energy, ratio=cfg.ratio, layers=cfg.layers)
+        if cfg.reconstruct and factored.factor_plans:
+            lowrank.reconstruct(factored, model, run.data.x_train[:RECONSTRUCTION_SAMPLES],
+                                seed=run.step_seed)
+    model = factored
     step_ms = run.fit(model, cfg.epochs, learning_rate=cfg.learning_rate)
     return model, {"factored_layers": len(getattr(model, "factor_plans", ())), "step_ms": step_ms}
-
-
-RECONSTRUCTION_SAMPLES = 500  # training images for channel reconstruction
 
 
 def _step_prune(run: _Run, model):

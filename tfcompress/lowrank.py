@@ -34,7 +34,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from tfcompress import _graph
+from tfcompress import _graph, _refit
 
 __all__ = [
     "FactorPlan",
@@ -249,6 +249,47 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
         new.set_weights(weights)
     clone.factor_plans = tuple(plans.values())
     return clone
+
+
+def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
+                seed: int = 0) -> Dict[str, Tuple[float, float]]:
+    """Refits the second layer of every factored pair on data, in graph order.
+
+    The SVD keeps the largest part of each kernel, but the errors of several factored
+    layers add up. Here each pair's second layer (``<name>_v``) is solved by ridge
+    least squares so that, reading what the factored model really feeds it, it
+    reproduces the original layer's pre-activation output on ``x``. Later layers see
+    the refitted earlier ones. ``model`` is changed in place.
+
+    Args:
+        model: a model from :func:`factorize`.
+        original: the model it was factored from.
+        x: input samples (a NumPy array), e.g. 500 training images.
+        positions: output positions sampled per image for each convolution.
+        ridge: L2 penalty of each kernel row, relative to its input's energy.
+        seed: seed of the position sampling.
+
+    Returns:
+        ``{layer name: (relative RMS error before, after)}`` of each refitted layer.
+
+    Raises:
+        ValueError: ``model`` has no factored pair from ``original``.
+    """
+    model = _graph.functional(model, purpose="low-rank reconstruction", inline=True)
+    original = _graph.functional(original, purpose="low-rank reconstruction", inline=True)
+    by_name = {layer.name: layer for layer in original.layers}
+    names = {layer.name for layer in model.layers}
+    pairs = [layer for layer in model.layers if layer.name.endswith("_v")
+             and layer.name[:-2] in by_name and layer.name[:-2] + "_u" in names
+             and _refit.refittable(layer)]
+    if not pairs:
+        raise ValueError(f"Model {model.name!r} has no factored pair (<name>_u, <name>_v) of "
+                         f"a layer of {original.name!r}: call factorize() on it first.")
+    x = np.asarray(x)
+    rng = np.random.default_rng(seed)
+    return {layer.name[:-2]: _refit.refit(model, layer, original, by_name[layer.name[:-2]], x,
+                                          positions=positions, ridge=ridge, rng=rng)
+            for layer in pairs}
 
 
 def count_macs(model) -> int:

@@ -41,13 +41,18 @@ def _check_epochs(step: str, epochs) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LowRank:
-    """SVD factorization (:func:`tfcompress.lowrank.factorize`), then ``epochs`` of fine-tuning."""
+    """SVD factorization (:func:`tfcompress.lowrank.factorize`), then ``epochs`` of fine-tuning.
+
+    ``reconstruct``: before fine-tuning, refit the second layer of each pair by least
+    squares on training images (:func:`tfcompress.lowrank.reconstruct`).
+    """
 
     energy: Optional[float] = None
     ratio: Optional[float] = 0.5
     layers: Optional[List[str]] = None
     epochs: int = 1
     learning_rate: Optional[float] = None  # None: compress()'s learning_rate
+    reconstruct: bool = False
 
     def __post_init__(self):
         if (self.energy is None) == (self.ratio is None):
