@@ -162,6 +162,13 @@ def main(argv):
                                                    cifar.y_test)}
     for part in FLAGS.parts:
         results[part] = globals()[part](teacher, d)
+    _common.write_results(Path(FLAGS.out), results, _common.table(("measure", "value"),
+                                                                  table_rows(results)))
+
+
+def table_rows(results: dict) -> list:
+    """The markdown rows of ``results`` (also to re-render a saved JSON)."""
+    params = results["params"]
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     rows = [("teacher ResNet-8", f"{pct(results['teacher_accuracy'])} ({params['teacher']} params)"),
             ("student params", f"{params['student']} ({params['student'] / params['teacher']:.3f}x)")]
@@ -169,7 +176,7 @@ def main(argv):
         g = results["gain"]
         rows += [(f"student, labels only ({g['seeds']} seeds)",
                   f"{pct(g['plain_mean'])} +- {100 * g['plain_std']:.2f} pp"),
-                 (f"student, distilled T={FLAGS.temperature} ({g['seeds']} seeds)",
+                 (f"student, distilled T={results['temperature']} ({g['seeds']} seeds)",
                   f"{pct(g['distilled_mean'])} +- {100 * g['distilled_std']:.2f} pp"),
                  ("mean gain", f"{g['gain_pp']:+.2f} pp")]
     if "prune_qat" in results:
@@ -177,11 +184,14 @@ def main(argv):
         rows += [("distilled student (seed {seed}) float".format(**r), pct(r["distilled_float"])),
                  (f"+ 50% pruning, distilled ({r['prune_epochs']} epochs): float, sparsity",
                   f"{pct(r['pruned_float'])}, {r['sparsity']:.3f}"),
-                 (f"+ QAT, distilled ({r['qat_epochs']} epochs): int8 XNNPACK / reference",
+                 (f"+ QAT, distilled ({r['qat_epochs']} epochs): Keras QAT model", pct(r["qat_keras"])),
+                 ("its int8 .tflite: XNNPACK / reference",
                   f"{pct(r['int8_xnnpack'])} / {pct(r['int8_reference'])} "
-                  f"(drop {r['int8_drop_pp']:.2f} pp; non-integer tensors: "
-                  f"{len(r['non_integer_tensors'])})")]
-    _common.write_results(Path(FLAGS.out), results, _common.table(("measure", "value"), rows))
+                  f"({100 * (r['int8_xnnpack'] - r['qat_keras']):+.2f} pp from the Keras model, "
+                  f"{-r['int8_drop_pp']:+.2f} pp from the unpruned distilled student; "
+                  f"non-integer tensors: {len(r['non_integer_tensors'])}, "
+                  f"zero weights {r['int8_zero_weight_fraction']:.2f})")]
+    return rows
 
 
 if __name__ == "__main__":
