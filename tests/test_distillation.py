@@ -100,3 +100,47 @@ def test_bad_arguments_are_clear():
         SoftTargetDistillation(temperature=0)
     with pytest.raises(TypeError, match="must be callable"):
         TemperatureSchedule(3.0)
+
+
+def test_hint_distillation_trains_a_projection_between_different_widths():
+    teacher, student = _pair()  # t_conv has 8 channels, s_conv 2, both 8x8
+    params = student.count_params()
+    hint = distillation.HintDistillation("t_conv", "s_conv")
+    distiller = distillation.Distiller(teacher=teacher, student=student,
+                                       distillation_losses=[hint], student_loss_weight=0.0)
+    assert hint.projection is not None and tuple(hint.projection.kernel.shape) == (1, 1, 2, 8)
+    assert any(w is hint.projection.kernel for w in distiller.trainable_weights)
+    before = hint.projection.kernel.numpy().copy()
+    x = np.random.RandomState(1).rand(64, 8, 8, 1).astype("float32")
+    t_features = keras.Model(teacher.inputs, teacher.get_layer("t_conv").output).predict(x, verbose=0)
+    s_layer = keras.Model(student.inputs, student.get_layer("s_conv").output)
+
+    def hint_error():
+        projected = np.asarray(hint.projection(s_layer.predict(x, verbose=0)))
+        return float(np.mean((projected - t_features) ** 2))
+
+    first = hint_error()
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    distiller.fit(x, np.zeros(64, "int64"), epochs=5, batch_size=16, verbose=0)
+    assert not np.allclose(hint.projection.kernel.numpy(), before)  # the projection learned
+    assert hint_error() < 0.7 * first  # and the student's features moved towards the hint
+    assert student.count_params() == params  # the student itself has no extra layer
+
+
+def test_hint_distillation_refuses_keras_distiller_and_bad_names():
+    teacher, student = _pair()
+    plain = keras.distillation.Distiller(
+        teacher=teacher, student=student, student_loss_weight=0.5,
+        distillation_losses=[distillation.HintDistillation("t_conv", "s_conv")])
+    plain.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="use tfcompress.distillation.Distiller"):
+        plain.fit(np.zeros((4, 8, 8, 1), "float32"), np.zeros(4, "int64"), verbose=0)
+    with pytest.raises(ValueError, match=r"no layer named 't_cnv'\. Close matches: \['t_conv'\]"):
+        distillation.Distiller(teacher=teacher, student=student,
+                               distillation_losses=[AttentionTransfer("t_cnv", "s_conv")])
+    with pytest.raises(ValueError, match="same rank and spatial size"):
+        distillation.Distiller(teacher=teacher, student=student,
+                               distillation_losses=[distillation.HintDistillation(
+                                   "t_conv", student.layers[-1].name)])  # a vector, not a map

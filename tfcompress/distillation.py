@@ -9,10 +9,16 @@ this module adds only what they lack:
   during ``fit`` without retracing (``LogitsDistillation`` bakes a Python float in);
 * :class:`AttentionTransfer`: Zagoruyko & Komodakis' attention maps between conv
   feature maps whose channel counts differ;
+* :class:`HintDistillation`: FitNets' hint loss between intermediate layers, with a
+  learned 1x1 projection of the student's features when the widths differ
+  (``FeatureDistillation`` needs equal shapes);
+* :class:`Distiller`: ``keras.distillation.Distiller`` that also trains those
+  projections, and whose errors for a misspelt layer name list the close matches;
 * :func:`with_preprocessing`: a teacher that expects other inputs than the student
   (raw 0-255 vs /255) gets its own preprocessing in front, so both read the same batch.
 
-Use them with ``keras.distillation.Distiller`` as usual::
+Use them with ``keras.distillation.Distiller`` as usual (or with this module's
+:class:`Distiller`, which :class:`HintDistillation` needs)::
 
     distiller = keras.distillation.Distiller(
         teacher=teacher, student=student, student_loss_weight=0.1,
@@ -29,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable
 
 import keras
@@ -36,6 +43,8 @@ from keras import ops
 
 __all__ = [
     "AttentionTransfer",
+    "Distiller",
+    "HintDistillation",
     "SoftTargetDistillation",
     "TemperatureSchedule",
     "attention_map",
@@ -131,6 +140,103 @@ class AttentionTransfer(keras.distillation.FeatureDistillation):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class HintDistillation(keras.distillation.FeatureDistillation):
+    """Mean squared error between a teacher layer and a (projected) student layer.
+
+    When the two layers' last dimensions differ, the student's features go through a
+    learned projection first: a 1x1 convolution for feature maps, a Dense layer for
+    vectors (Romero et al., FitNets). The projection exists only during training; the
+    student itself is unchanged. Its weights are trained by :class:`Distiller` (Keras'
+    own ``Distiller`` does not know about them and refuses this loss when one is needed).
+
+    Args:
+        teacher_layer_name: the teacher layer whose output is the hint.
+        student_layer_name: the student layer that learns it (same spatial size).
+    """
+
+    def __init__(self, teacher_layer_name: str, student_layer_name: str):
+        super().__init__(loss="mse", teacher_layer_name=teacher_layer_name,
+                         student_layer_name=student_layer_name)
+        self.projection = None
+        self.trained_by = None
+
+    def validate_model_compatibility(self, teacher, student):
+        super().validate_model_compatibility(teacher, student)
+        t = tuple(teacher.get_layer(self.teacher_layer_name).output.shape)
+        s = tuple(student.get_layer(self.student_layer_name).output.shape)
+        if len(t) != len(s) or t[1:-1] != s[1:-1]:
+            raise ValueError(
+                "HintDistillation needs features of the same rank and spatial size. Received: "
+                f"teacher {self.teacher_layer_name!r} {t}, student {self.student_layer_name!r} {s}")
+        if t[-1] != s[-1] and self.projection is None:
+            self.projection = (keras.layers.Dense(t[-1], use_bias=False, name="hint_projection")
+                               if len(t) == 2 else
+                               keras.layers.Conv2D(t[-1], 1, use_bias=False, name="hint_projection")
+                               if len(t) == 4 else None)
+            if self.projection is None:
+                raise ValueError(f"HintDistillation projects 2-D or 4-D features. Received: {s}")
+            self.projection.build(s)
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        pass  # shapes were checked against the models
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        if self.projection is not None:
+            if self.trained_by is None:
+                raise ValueError(
+                    f"HintDistillation from {self.student_layer_name!r} needs a projection to "
+                    f"{self.teacher_layer_name!r}'s width; use tfcompress.distillation.Distiller, "
+                    "which trains it (keras.distillation.Distiller would leave it random).")
+            student_outputs = self.projection(student_outputs)
+        diff = ops.cast(teacher_outputs, student_outputs.dtype) - student_outputs
+        return ops.mean(diff * diff)
+
+    def get_config(self) -> dict:
+        return {"teacher_layer_name": self.teacher_layer_name,
+                "student_layer_name": self.student_layer_name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _check_layer_name(model, name, role: str, argument: str) -> None:
+    names = [layer.name for layer in model.layers]
+    if name is not None and name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        raise ValueError(
+            f"The {role} model {model.name!r} has no layer named {name!r}. "
+            + (f"Close matches: {close}. " if close else f"Its layers: {names}. ")
+            + f"Received: {argument}={name!r}")
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class Distiller(keras.distillation.Distiller):
+    """``keras.distillation.Distiller`` that also trains :class:`HintDistillation` projections.
+
+    Same arguments as Keras' class. Layer names of feature losses are checked first,
+    and a misspelt one is reported with its close matches.
+    """
+
+    def __init__(self, teacher, student, distillation_losses, **kwargs):
+        losses = distillation_losses if isinstance(distillation_losses, (list, tuple)) \
+            else [distillation_losses]
+        for loss in losses:
+            for role, model, attr in (("teacher", teacher, "teacher_layer_name"),
+                                      ("student", student, "student_layer_name")):
+                if getattr(loss, attr, None) is not None and getattr(model, "inputs", None):
+                    _check_layer_name(model, getattr(loss, attr), role, attr)
+        super().__init__(teacher=teacher, student=student,
+                         distillation_losses=distillation_losses, **kwargs)
+        # Tracked as sublayers, so their weights are in trainable_weights and trained.
+        self.hint_projections = [loss.projection for loss in self.distillation_losses
+                                 if getattr(loss, "projection", None) is not None]
+        for loss in self.distillation_losses:
+            if isinstance(loss, HintDistillation):
+                loss.trained_by = self.name
 
 
 class TemperatureSchedule(keras.callbacks.Callback):

@@ -32,7 +32,7 @@ flags.DEFINE_string("out", "results/lowrank.json", "JSON output; a .md table bes
 flags.DEFINE_bool("quick", False, "Fewer epochs (a smoke run).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_list("parts", ["mlp", "resnet8"], "What to measure.")
-flags.DEFINE_float("resnet_ratio", 0.5, "Share of each factored ResNet-8 kernel's parameters kept.")
+flags.DEFINE_float("resnet_ratio", 0.6, "Share of each factored ResNet-8 kernel's parameters kept.")
 flags.DEFINE_integer("resnet_epochs", 10, "Fine-tuning epochs of the factored ResNet-8.")
 flags.DEFINE_float("resnet_lr", 3e-4, "Peak learning rate of the ResNet-8 fine-tuning.")
 flags.DEFINE_bool("resnet_reconstruct", True, "Refit each pair's second layer by least squares "
