@@ -111,6 +111,10 @@ def test_reconstruct_refits_second_factors_towards_the_original(method):
     ({"energy": 0.0}, "energy=0.0"),
     ({"ratio": 0.5, "method": "tucker"}, "method='tucker'"),
     ({"ratio": 0.5, "layers": ["nope"]}, "No layer named \\['nope'\\]"),
+    ({"ranks": {"conv": 100}, "method": "spatial"},
+     r"'conv' \(Conv2D, spatial factorization\) has a 18x24 matrix, so its rank must be an "
+     r"integer in \[1, 18\]\. Received: ranks\['conv'\]=100"),
+    ({"ranks": {"head": 0}}, r"rank must be an integer in \[1, 3\]\. Received: ranks\['head'\]=0"),
 ])
 def test_bad_arguments_are_clear(kwargs, message):
     with pytest.raises(ValueError, match=message):

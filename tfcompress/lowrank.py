@@ -218,7 +218,12 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
         if ranks and name in ranks:
             kind = _choose_method(layer, method)
             rows, cols = _matrix(layer, "channel" if kind == "dense" else kind).shape
-            rank = min(ranks[name], rows, cols)
+            rank = ranks[name]
+            if not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(rows, cols):
+                raise ValueError(
+                    f"Layer {name!r} ({type(layer).__name__}, {kind} factorization) has a "
+                    f"{rows}x{cols} matrix, so its rank must be an integer in [1, "
+                    f"{min(rows, cols)}]. Received: ranks[{name!r}]={rank!r}")
             plans[name] = FactorPlan(name, kind, rank, int(layer.kernel.numpy().size),
                                      rank * (rows + cols))
             continue
