@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import keras
 
 
@@ -71,3 +73,60 @@ def clone_model(model, **kwargs):
     finally:
         for m in models:
             m.compiled = True
+
+
+def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                    keep=lambda layer: False) -> Tuple[object, List[str]]:
+    """SeparableConv2D -> DepthwiseConv2D + 1x1 Conv2D, the two ops TFLite runs for it.
+
+    Args:
+        model: a Functional model.
+        unwrap: the layer inside a wrapper (e.g. an annotation), or the layer itself.
+        rewrap: wraps each new half as its original was wrapped.
+        keep: layers to leave whole.
+
+    Returns:
+        The new model (weights copied; the model itself if nothing was split) and one
+        note per split layer.
+    """
+    def splits(layer):
+        base = unwrap(layer)
+        return (type(base) is keras.layers.SeparableConv2D and not keep(layer)
+                and base.data_format == "channels_last")
+
+    if not any(splits(layer) for layer in model.layers):
+        return model, []
+    notes: List[str] = []
+    pending: list = []
+
+    def clone_function(layer):
+        new = type(layer).from_config(layer.get_config())
+        if layer.weights and not splits(layer):  # split layers are replaced, never built
+            pending.append((new, layer.get_weights()))
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        original = model.get_layer(layer.name)
+        if not splits(original):
+            return layer(*args, **kwargs)
+        base = unwrap(original)
+        depthwise = keras.layers.DepthwiseConv2D(
+            base.kernel_size, strides=base.strides, padding=base.padding,
+            depth_multiplier=base.depth_multiplier, dilation_rate=base.dilation_rate,
+            use_bias=False, name=f"{base.name}_depthwise")
+        pointwise = keras.layers.Conv2D(base.filters, 1, activation=base.activation,
+                                        use_bias=base.use_bias, name=f"{base.name}_pointwise")
+        halves = [rewrap(original, h) for h in (depthwise, pointwise)]
+        out = halves[1](halves[0](*args, **kwargs))
+        weights = {w.path.split("/")[-1]: w.numpy() for w in base.weights}
+        pending.append((halves[0], [weights["depthwise_kernel"]]))
+        pending.append((halves[1], [weights["pointwise_kernel"]]
+                        + ([weights["bias"]] if base.use_bias else [])))
+        notes.append(f"{base.name}: SeparableConv2D -> DepthwiseConv2D + 1x1 Conv2D "
+                     "(what TFLite runs; each half quantized on its own)")
+        return out
+
+    clone = clone_model(model, clone_function=clone_function, call_function=call_function)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return clone, notes

@@ -519,58 +519,6 @@ def _whole_input_average_pool(layer, input_shape) -> bool:
             and layer.padding == "valid")
 
 
-def _split_separable(model) -> Tuple[object, List[str]]:
-    """SeparableConv2D -> DepthwiseConv2D + 1x1 Conv2D, the two ops TFLite runs for it.
-
-    Each half then gets what any DepthwiseConv2D and Conv2D get: per-channel weights,
-    an int8 tensor between them, and a following BatchNorm folded into the 1x1.
-    Annotated layers stay annotated; a layer with a user QuantizeConfig is left alone.
-    """
-    def splits(layer):
-        base = layer.layer if isinstance(layer, QuantizeAnnotate) else layer
-        return type(base) is keras.layers.SeparableConv2D and getattr(
-            layer, "quantize_config", None) is None and base.data_format == "channels_last"
-
-    if not any(splits(layer) for layer in model.layers):
-        return model, []
-    notes: List[str] = []
-    pending: list = []
-
-    def clone_function(layer):
-        new = type(layer).from_config(layer.get_config())
-        if layer.weights and not splits(layer):  # split layers are replaced, never built
-            pending.append((new, layer.get_weights()))
-        return new
-
-    def call_function(layer, *args, **kwargs):
-        original = model.get_layer(layer.name)
-        if not splits(original):
-            return layer(*args, **kwargs)
-        annotated = isinstance(original, QuantizeAnnotate)
-        base = original.layer if annotated else original
-        depthwise = keras.layers.DepthwiseConv2D(
-            base.kernel_size, strides=base.strides, padding=base.padding,
-            depth_multiplier=base.depth_multiplier, dilation_rate=base.dilation_rate,
-            use_bias=False, name=f"{base.name}_depthwise")
-        pointwise = keras.layers.Conv2D(
-            base.filters, 1, activation=base.activation, use_bias=base.use_bias,
-            name=f"{base.name}_pointwise")
-        halves = [QuantizeAnnotate(h) if annotated else h for h in (depthwise, pointwise)]
-        out = halves[1](halves[0](*args, **kwargs))
-        weights = {w.path.split("/")[-1]: w.numpy() for w in base.weights}
-        pending.append((halves[0], [weights["depthwise_kernel"]]))
-        pending.append((halves[1], [weights["pointwise_kernel"]]
-                        + ([weights["bias"]] if base.use_bias else [])))
-        notes.append(f"{base.name}: SeparableConv2D -> DepthwiseConv2D + 1x1 Conv2D "
-                     "(what TFLite runs; each half quantized on its own)")
-        return out
-
-    clone = _graph.clone_model(model, clone_function=clone_function, call_function=call_function)
-    for new, weights in pending:
-        new.set_weights(weights)
-    return clone, notes
-
-
 def quantize_apply(model, scheme: str = "default_8bit"):
     """Turns an annotated model into a QAT model (tfmot's name).
 
@@ -593,7 +541,13 @@ def quantize_apply(model, scheme: str = "default_8bit"):
                          f"Allowed: {', '.join(repr(s) for s in SCHEMES)}.")
     bits = SCHEMES[scheme]
     model = _graph.functional(model, purpose="quantization", inline=True)
-    model, split_notes = _split_separable(model)
+    # What TFLite runs for a SeparableConv2D, so that each half is quantized on its own;
+    # annotations carry over, a user QuantizeConfig keeps the layer whole.
+    model, split_notes = _graph.split_separable(
+        model, unwrap=lambda layer: layer.layer if isinstance(layer, QuantizeAnnotate) else layer,
+        rewrap=lambda original, new: QuantizeAnnotate(new) if isinstance(
+            original, QuantizeAnnotate) else new,
+        keep=lambda layer: getattr(layer, "quantize_config", None) is not None)
     nodes = [n for d in sorted(model._nodes_by_depth, reverse=True)
              for n in model._nodes_by_depth[d]]
     readers: Dict[int, list] = {}
