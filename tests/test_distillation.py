@@ -107,7 +107,7 @@ def test_hint_distillation_trains_a_projection_between_different_widths():
     params = student.count_params()
     hint = distillation.HintDistillation("t_conv", "s_conv")
     distiller = distillation.Distiller(teacher=teacher, student=student,
-                                       distillation_losses=[hint], student_loss_weight=0.0)
+                                       distillation_losses=[hint], student_loss_weight=0.1)
     assert hint.projection is not None and tuple(hint.projection.kernel.shape) == (1, 1, 2, 8)
     assert any(w is hint.projection.kernel for w in distiller.trainable_weights)
     before = hint.projection.kernel.numpy().copy()
