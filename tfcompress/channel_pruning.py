@@ -53,12 +53,15 @@ import tensorflow as tf
 from tfcompress import _graph, _refit, pruning
 
 __all__ = [
+    "ChannelController",
     "ChannelMask",
     "ChannelPlan",
     "analyze",
     "has_channel_masks",
     "prune_channels",
+    "reconstruct",
     "remove_channels",
+    "sensitivity",
 ]
 
 _CRITERIA = ("l1", "l2")

@@ -172,9 +172,10 @@ class HintDistillation(keras.distillation.FeatureDistillation):
                 "HintDistillation needs features of the same rank and spatial size. Received: "
                 f"teacher {self.teacher_layer_name!r} {t}, student {self.student_layer_name!r} {s}")
         if t[-1] != s[-1] and self.projection is None:
-            self.projection = (keras.layers.Dense(t[-1], use_bias=False, name="hint_projection")
+            name = f"hint_projection_{self.student_layer_name}_to_{self.teacher_layer_name}"
+            self.projection = (keras.layers.Dense(t[-1], use_bias=False, name=name)
                                if len(t) == 2 else
-                               keras.layers.Conv2D(t[-1], 1, use_bias=False, name="hint_projection")
+                               keras.layers.Conv2D(t[-1], 1, use_bias=False, name=name)
                                if len(t) == 4 else None)
             if self.projection is None:
                 raise ValueError(f"HintDistillation projects 2-D or 4-D features. Received: {s}")

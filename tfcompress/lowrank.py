@@ -42,6 +42,7 @@ __all__ = [
     "factorize",
     "rank_for_energy",
     "rank_for_ratio",
+    "reconstruct",
     "sensitivity",
     "svd_factors",
 ]
