@@ -309,9 +309,8 @@ def _step_lowrank(run: _Run, model):
         if cfg.reconstruct and factored.factor_plans:
             lowrank.reconstruct(factored, model, run.data.x_train[:RECONSTRUCTION_SAMPLES],
                                 seed=run.step_seed)
-    model = factored
-    step_ms = run.fit(model, cfg.epochs, learning_rate=cfg.learning_rate)
-    return model, {"factored_layers": len(getattr(model, "factor_plans", ())), "step_ms": step_ms}
+    step_ms = run.fit(factored, cfg.epochs, learning_rate=cfg.learning_rate)
+    return factored, {"factored_layers": len(factored.factor_plans), "step_ms": step_ms}
 
 
 def _step_prune(run: _Run, model):

@@ -45,8 +45,9 @@ def plain_int8(model, calib) -> bytes:
 
 
 def keras_accuracy(model, x, y, batch_size: int = 256) -> float:
-    logits = model.predict(x, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, -1) == np.asarray(y).ravel()))
+    from tfcompress.compression import top1_accuracy
+
+    return top1_accuracy(model, x, y, batch_size=batch_size)
 
 
 def step_timer():

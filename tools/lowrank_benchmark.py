@@ -57,9 +57,10 @@ def resnet8() -> dict:
     small = lowrank.factorize(model, ratio=FLAGS.resnet_ratio, layers=layers)
     macs = [lowrank.count_macs(model), lowrank.count_macs(small)]
     xt, yt = cifar.x_test.astype("float32"), cifar.y_test
+    calib = cifar.x_train[:500].astype("float32")  # refit and PTQ calibration images
     one_shot = _common.keras_accuracy(small, xt, yt)
     if FLAGS.resnet_reconstruct:
-        lowrank.reconstruct(small, model, cifar.x_train[:500].astype("float32"))
+        lowrank.reconstruct(small, model, calib)
     reconstructed = _common.keras_accuracy(small, xt, yt)
     epochs = 1 if FLAGS.quick else FLAGS.resnet_epochs
     plan = recipe.Recipe(
@@ -73,7 +74,6 @@ def resnet8() -> dict:
         result = tc.compress(model, cifar, recipe=plan, output_dir=f"{tmp}/out", seed=FLAGS.seed,
                              augment="flip_and_shift", verbose=0)
     seconds = time.perf_counter() - t0
-    calib = cifar.x_train[:500].astype("float32")
     unfactored = tc.convert(post_training.post_training_quantize(model, calib, progress=False),
                             progress=False).model_bytes
     files = {"unfactored": unfactored, "factored": result.tflite}
