@@ -229,10 +229,10 @@ def test_two_four_sparsity_survives_int8_conversion():
     _fit(pruned, x, y)
     stripped = strip_pruning(pruned)
     int8 = convert(stripped, representative_data=x, progress=False).model_bytes
-    check = pruning.check_sparsity_m_by_n(int8, n=2, m=4)
+    check = inspector.check_sparsity_m_by_n(int8, n=2, m=4)
     assert check.ok and len(check.tensors) == 3, check
     baseline = convert(model, representative_data=x, progress=False).model_bytes
-    assert not pruning.check_sparsity_m_by_n(baseline, n=2, m=4).ok
+    assert not inspector.check_sparsity_m_by_n(baseline, n=2, m=4).ok
 
 
 def test_pruned_int8_file_is_sparse_and_gzips_small(data_dir):
@@ -255,7 +255,7 @@ def test_pruned_int8_file_is_sparse_and_gzips_small(data_dir):
     sparse = convert(stripped, representative_data=x[:64], progress=False).model_bytes
     assert inspector.inspect(sparse).zero_weight_fraction > 0.75
     assert inspector.gzip_size(sparse) < 0.5 * inspector.gzip_size(dense)
-    sizes = pruning.tflite_sizes(sparse)
+    sizes = inspector.tflite_sizes(sparse)
     assert sizes["bytes"] == len(sparse) and sizes["gzip_bytes"] == inspector.gzip_size(sparse)
 
 

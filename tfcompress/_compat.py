@@ -1,7 +1,10 @@
-"""Every difference between TensorFlow / Keras / LiteRT releases lives here.
+"""Every difference between TensorFlow / Keras releases, and every Keras private API.
 
 The rest of the package imports these names instead of reaching into private
-modules itself, so a release that moves something needs one edit.
+modules itself, so a release that moves something needs one edit, and
+``tests/test_compat.py`` pins each behaviour relied on. LiteRT's differences are in
+:mod:`tfcompress._compat_litert`, which imports no TensorFlow, so that the check
+layer runs without it.
 """
 
 from __future__ import annotations
@@ -12,14 +15,6 @@ import warnings
 
 import keras
 import tensorflow as tf
-
-# The flatbuffer schema ships with the LiteRT runtime; older TF wheels had it too.
-try:
-    from ai_edge_litert import schema_py_generated as tflite_schema
-except ImportError:  # pragma: no cover - only on old ai-edge-litert releases
-    from tensorflow.lite.python import schema_py_generated as tflite_schema
-
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 try:
     from tensorflow.lite.python.convert_phase import ConverterError
@@ -81,6 +76,58 @@ def assign_variables(variables, values) -> None:
     ctx.merge_call(merge_fn, args=tuple(values))
 
 
+# ---------------------------------------------------------------------------
+# Keras private APIs (Keras 3.5 - 3.15). Nowhere else in the package.
+# ---------------------------------------------------------------------------
+
+
+def is_graph_model(model) -> bool:
+    """A Sequential or Functional model (one with a layer graph), not a subclassed one."""
+    return isinstance(model, keras.Sequential) or (
+        isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+        and type(model).__name__ in ("Functional", "Model"))
+
+
+def graph_nodes(model) -> list:
+    """The nodes of a Functional model, inputs first (Keras' ``_nodes_by_depth``)."""
+    by_depth = model._nodes_by_depth
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def flatten_layers(model, *, recursive: bool = True) -> list:
+    """Every layer inside ``model`` (nested models and wrappers included), not itself."""
+    return list(model._flatten_layers(include_self=False, recursive=recursive))
+
+
+def producer(tensor):
+    """The operation (layer) that produced a symbolic Keras tensor, or None."""
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def run_graph(model, inputs, operation_fn):
+    """Runs a Functional model's graph on ``inputs``, each layer through ``operation_fn``."""
+    return model._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+@contextlib.contextmanager
+def uncompiled(model):
+    """Marks ``model`` and its nested models as not compiled while the block runs.
+
+    ``keras.models.clone_model`` copies the compile configuration into the clone,
+    which fails for a custom loss that is not registered.
+    """
+    models = [m for m in [model] + flatten_layers(model)
+              if isinstance(m, keras.Model) and getattr(m, "compiled", False)]
+    for m in models:
+        m.compiled = False
+    try:
+        yield
+    finally:
+        for m in models:
+            m.compiled = True
+
+
 def is_keras_model(obj) -> bool:
     return isinstance(obj, keras.Model)
 
@@ -97,13 +144,16 @@ __all__ = [
     "assign_variables",
     "in_multi_replica_context",
     "ConverterError",
-    "Interpreter",
     "KERAS_VERSION",
-    "OpResolverType",
     "TF_VERSION",
+    "flatten_layers",
+    "graph_nodes",
     "is_concrete_function",
+    "is_graph_model",
     "is_keras_model",
     "is_tf_function",
+    "producer",
     "quiet_stdout",
-    "tflite_schema",
+    "run_graph",
+    "uncompiled",
 ]

@@ -6,6 +6,8 @@ from typing import List, Tuple
 
 import keras
 
+from tfcompress import _compat
+
 
 def all_layers(model):
     """Every layer of ``model``, those of nested models included (depth first)."""
@@ -13,12 +15,6 @@ def all_layers(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from all_layers(layer)
-
-
-def _is_graph_model(model) -> bool:
-    return isinstance(model, keras.Sequential) or (
-        isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
-        and type(model).__name__ in ("Functional", "Model"))
 
 
 def functional(model, *, purpose: str, inline: bool = False):
@@ -43,25 +39,24 @@ def functional(model, *, purpose: str, inline: bool = False):
         for layer in model.layers:
             x = layer(x)
         model = keras.Model(inputs, x, name=model.name)
-    elif not _is_graph_model(model):
+    elif not _compat.is_graph_model(model):
         raise ValueError(
             f"{purpose[0].upper() + purpose[1:]} needs a Sequential or Functional model. "
             f"Received a subclassed model of class {type(model).__name__}. Rebuild it with the "
             "Functional API: `inputs = keras.Input(shape); outputs = <call the same layers>; "
             "model = keras.Model(inputs, outputs)`, then copy the weights with "
             "`model.set_weights(subclassed.get_weights())`.")
-    if inline and any(_is_graph_model(layer) for layer in model.layers):
+    if inline and any(_compat.is_graph_model(layer) for layer in model.layers):
         model = clone_model(model, clone_function=lambda layer: layer,
                                          call_function=_inline_call)
     return model
 
 
 def _inline_call(layer, *args, **kwargs):
-    if _is_graph_model(layer):
+    if _compat.is_graph_model(layer):
         nested = functional(layer, purpose="inlining", inline=True)
-        outputs = nested._run_through_graph(args[0] if len(args) == 1 else list(args),
-                                            operation_fn=lambda op: op)
-        return outputs
+        return _compat.run_graph(nested, args[0] if len(args) == 1 else list(args),
+                                 operation_fn=lambda op: op)
     return layer(*args, **kwargs)
 
 
@@ -72,15 +67,8 @@ def clone_model(model, **kwargs):
     loss that is not registered; our transforms return uncompiled models, as tfmot's
     do, and the user compiles them.
     """
-    models = [m for m in [model] + list(model._flatten_layers(include_self=False))
-              if isinstance(m, keras.Model) and getattr(m, "compiled", False)]
-    for m in models:
-        m.compiled = False
-    try:
+    with _compat.uncompiled(model):
         return keras.models.clone_model(model, **kwargs)
-    finally:
-        for m in models:
-            m.compiled = True
 
 
 def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,

@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _graph, _refit, pruning
+from tfcompress import _compat, _graph, _refit, pruning, schedules
 
 __all__ = [
     "ChannelController",
@@ -103,7 +103,7 @@ class ChannelMask(keras.layers.Layer):
 
     def __init__(self, pruning_schedule=None, **kwargs):
         super().__init__(**kwargs)
-        self.pruning_schedule = pruning._deserialize_schedule(pruning_schedule)
+        self.pruning_schedule = schedules.deserialize(pruning_schedule)
 
     def build(self, input_shape):
         self.mask = self.add_weight(name="mask", shape=(int(input_shape[-1]),),
@@ -116,7 +116,7 @@ class ChannelMask(keras.layers.Layer):
         if training is True:
             check = tf.debugging.assert_greater_equal(
                 tf.convert_to_tensor(self.pruning_step), tf.constant(0, tf.int64),
-                message=pruning._MISSING_CALLBACK)
+                message=schedules.MISSING_CALLBACK)
             with tf.control_dependencies([check]):
                 return inputs * tf.cast(self.mask, inputs.dtype)
         return inputs * tf.cast(self.mask, inputs.dtype)
@@ -127,6 +127,16 @@ class ChannelMask(keras.layers.Layer):
     def apply_masks(self) -> None:
         """Nothing to do: the mask acts on activations, not on weights."""
 
+    @classmethod
+    def pruning_controller(cls, model) -> "ChannelController":
+        """``UpdatePruningStep``'s hook: what ranks and sets the masks of ``model``."""
+        return ChannelController(model)
+
+    @classmethod
+    def strip_model(cls, model):
+        """``strip_pruning``'s hook: the smaller model, masked channels removed."""
+        return remove_channels(model)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config["pruning_schedule"] = keras.saving.serialize_keras_object(self.pruning_schedule)
@@ -136,7 +146,7 @@ class ChannelMask(keras.layers.Layer):
 def has_channel_masks(model) -> bool:
     """Whether ``model`` contains :class:`ChannelMask` layers."""
     return any(isinstance(layer, ChannelMask)
-               for layer in model._flatten_layers(include_self=False, recursive=True))
+               for layer in _compat.flatten_layers(model))
 
 
 # ---------------------------------------------------------------------------
@@ -254,11 +264,10 @@ def analyze(model) -> ChannelPlan:
     readers: List[int] = []  # tensor ids read by producers (they get a mask)
     counts: Dict[int, int] = {}
     readers_of: Dict[int, list] = {}
-    for depth in model._nodes_by_depth:
-        for node in model._nodes_by_depth[depth]:
-            counts[id(node.operation)] = counts.get(id(node.operation), 0) + 1
-            for t in node.input_tensors:
-                readers_of.setdefault(id(t), []).append(node.operation)
+    for node in _compat.graph_nodes(model):
+        counts[id(node.operation)] = counts.get(id(node.operation), 0) + 1
+        for t in node.input_tensors:
+            readers_of.setdefault(id(t), []).append(node.operation)
     batchnorm_after = {}
 
     def fresh(tensor, *, fixed: bool) -> np.ndarray:
@@ -267,47 +276,46 @@ def analyze(model) -> ChannelPlan:
             fixed_nodes.extend(nodes.tolist())
         return nodes
 
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            layer = node.operation
-            ins = [t for t in node.input_tensors]
-            outs = list(node.output_tensors)
-            kind = _kind(layer, counts[id(layer)] > 1, len(ins[0].shape) if ins else 0)
-            in_lays = [layouts[id(t)] for t in ins]
-            if kind == "input":
-                layouts[id(outs[0])] = fresh(outs[0], fixed=True)
-                continue
-            if kind == "channelwise" and len(ins) == 1 and len(outs) == 1:
-                out = in_lays[0]
-            elif kind == "merge" and len({len(lay) for lay in in_lays}) == 1:
-                for lay in in_lays[1:]:
-                    for a, b in zip(in_lays[0], lay):
-                        uf.union(int(a), int(b))
-                out = in_lays[0]
-            elif kind == "concat" and layer.axis in (-1, len(outs[0].shape) - 1):
-                out = np.concatenate(in_lays)
-            elif (kind == "flatten" and len(ins[0].shape) >= 2
-                  and all(d is not None for d in ins[0].shape[1:])):
-                out = np.tile(in_lays[0], int(np.prod(ins[0].shape[1:-1])))
-            elif kind == "producer" and len(ins) == 1:
-                readers.append(id(ins[0]))
-                after = readers_of.get(id(outs[0]), [])
-                if (len(after) == 1 and isinstance(after[0], keras.layers.BatchNormalization)
-                        and getattr(_unwrap(layer), "activation", None) in (
-                            None, keras.activations.linear)):
-                    batchnorm_after[layer.name] = after[0].name
-                out = fresh(outs[0], fixed=False)
-                for c, n in enumerate(out.tolist()):
-                    producer_nodes[n] = (layer.name, c)
-            else:  # barrier: everything it reads is fixed, what it writes is opaque
-                for lay in in_lays:
-                    fixed_nodes.extend(lay.tolist())
-                for t in outs:
-                    layouts[id(t)] = fresh(t, fixed=True)
-                continue
-            layouts[id(outs[0])] = out
-            in_layout[layer.name] = in_lays[0] if in_lays else None
-            out_layout[layer.name] = out
+    for node in _compat.graph_nodes(model):
+        layer = node.operation
+        ins = [t for t in node.input_tensors]
+        outs = list(node.output_tensors)
+        kind = _kind(layer, counts[id(layer)] > 1, len(ins[0].shape) if ins else 0)
+        in_lays = [layouts[id(t)] for t in ins]
+        if kind == "input":
+            layouts[id(outs[0])] = fresh(outs[0], fixed=True)
+            continue
+        if kind == "channelwise" and len(ins) == 1 and len(outs) == 1:
+            out = in_lays[0]
+        elif kind == "merge" and len({len(lay) for lay in in_lays}) == 1:
+            for lay in in_lays[1:]:
+                for a, b in zip(in_lays[0], lay):
+                    uf.union(int(a), int(b))
+            out = in_lays[0]
+        elif kind == "concat" and layer.axis in (-1, len(outs[0].shape) - 1):
+            out = np.concatenate(in_lays)
+        elif (kind == "flatten" and len(ins[0].shape) >= 2
+              and all(d is not None for d in ins[0].shape[1:])):
+            out = np.tile(in_lays[0], int(np.prod(ins[0].shape[1:-1])))
+        elif kind == "producer" and len(ins) == 1:
+            readers.append(id(ins[0]))
+            after = readers_of.get(id(outs[0]), [])
+            if (len(after) == 1 and isinstance(after[0], keras.layers.BatchNormalization)
+                    and getattr(_unwrap(layer), "activation", None) in (
+                        None, keras.activations.linear)):
+                batchnorm_after[layer.name] = after[0].name
+            out = fresh(outs[0], fixed=False)
+            for c, n in enumerate(out.tolist()):
+                producer_nodes[n] = (layer.name, c)
+        else:  # barrier: everything it reads is fixed, what it writes is opaque
+            for lay in in_lays:
+                fixed_nodes.extend(lay.tolist())
+            for t in outs:
+                layouts[id(t)] = fresh(t, fixed=True)
+            continue
+        layouts[id(outs[0])] = out
+        in_layout[layer.name] = in_lays[0] if in_lays else None
+        out_layout[layer.name] = out
     for t in model.outputs:
         fixed_nodes.extend(layouts[id(t)].tolist())
 
@@ -389,7 +397,7 @@ class ChannelController:
     def __init__(self, model, criterion: Optional[str] = None):
         self.model = model
         self.plan = analyze(model)
-        layers = model._flatten_layers(include_self=False, recursive=True)
+        layers = _compat.flatten_layers(model)
         self.masks = [layer for layer in layers if isinstance(layer, ChannelMask)]
         self.criterion = criterion or getattr(model, "_tfcompress_criterion", "l2")
         only = getattr(model, "_tfcompress_channel_layers", None)
@@ -466,7 +474,7 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
     """
     if criterion not in _CRITERIA:
         raise ValueError(f"`criterion` must be one of {_CRITERIA}. Received: criterion={criterion!r}")
-    schedule = pruning._deserialize_schedule(pruning_schedule)
+    schedule = schedules.deserialize(pruning_schedule)
     model = _functional(model)
     plan = analyze(model)
     if not plan.groups:
@@ -494,7 +502,7 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
 
     # The clone's call_function sees new tensors; map them back through the input
     # tensors of the original node, which have the same position in the call.
-    nodes = {n.operation.name: n for d in model._nodes_by_depth.values() for n in d}
+    nodes = {n.operation.name: n for n in _compat.graph_nodes(model)}
     cache: Dict[int, object] = {}
 
     def call_function(layer, *args, **kwargs):
@@ -503,7 +511,7 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
                 id(node.input_tensors[0]) in masked_ids and args:
             x = args[0]
             if id(x) not in cache:
-                source = node.input_tensors[0]._keras_history.operation.name
+                source = _compat.producer(node.input_tensors[0]).name
                 cache[id(x)] = ChannelMask(schedule, name=f"channel_mask_{source}")(x)
             args = (cache[id(x)],) + args[1:]
         return layer(*args, **kwargs)
@@ -530,7 +538,7 @@ def sensitivity(model, x, y, *, ratios: Sequence[float] = (0.25,), criterion: st
     Returns:
         ``{group name: {ratio: accuracy}}``; group names list the producing layers.
     """
-    wrapped = prune_channels(model, pruning_schedule=pruning.ConstantSparsity(0.0, 0),
+    wrapped = prune_channels(model, pruning_schedule=schedules.ConstantSparsity(0.0, 0),
                              criterion=criterion)
     controller = ChannelController(wrapped)
     groups, y = list(controller.plan.groups), np.asarray(y).reshape(-1)
@@ -676,7 +684,7 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
         if not _refit.refittable(layer):
             continue
         tensor = _refit.input_of(model, layer.name)
-        source = None if tensor is None else tensor._keras_history.operation
+        source = None if tensor is None else _compat.producer(tensor)
         if not isinstance(source, ChannelMask):
             continue
         keep = source.mask.numpy() > 0

@@ -31,7 +31,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfcompress import _compat, calibration, inspector
+from tfcompress import _compat, _compat_litert, calibration, inspector
 from tfcompress._io import atomic_write_bytes
 
 MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
@@ -249,7 +249,7 @@ def tidy_sparse_weights(model_bytes: bytes, *, keep: Sequence[str] = SPARSE_CONS
     """
     from tfcompress import runtime
 
-    schema = _compat.tflite_schema
+    schema = _compat_litert.tflite_schema
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(model_bytes), 0))
     codes = [inspector.op_name(c) for c in model.operatorCodes]
     graph = model.subgraphs[0]

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from tfcompress._compat import tflite_schema as _fb
+from tfcompress._compat_litert import tflite_schema as _fb
 
 ModelSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
 
@@ -449,3 +449,58 @@ def gzip_size(model: ModelSource, *, level: int = 9) -> int:
 
     buf = model if isinstance(model, (bytes, bytearray, memoryview)) else read_model(model)
     return len(gzip.compress(bytes(buf), compresslevel=level, mtime=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class MByNCheck:
+    """Whether each weight of a `.tflite` keeps an N:M pattern."""
+
+    n: int
+    m: int
+    tensors: Tuple[Tuple[str, Tuple[int, ...], bool], ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when at least one weight was checked and every checked one keeps N:M."""
+        return bool(self.tensors) and all(kept for _, _, kept in self.tensors)
+
+
+def check_sparsity_m_by_n(model, *, n: int = 2, m: int = 4,
+                          ops: Sequence[str] = ("FULLY_CONNECTED", "CONV_2D")) -> MByNCheck:
+    """Checks that the weights of a `.tflite` keep at most ``n`` non-zeros in every ``m``.
+
+    Groups run along the innermost axis of each weight (input channels in TFLite's
+    layout). Weights whose innermost size is not a multiple of ``m`` are skipped.
+
+    Args:
+        model: `.tflite` bytes or path.
+        n, m: the pattern (2:4 by default).
+        ops: the op types whose weight input (input 1) is checked.
+
+    Returns:
+        An :class:`MByNCheck`; ``.ok`` is the verdict.
+    """
+    report = inspect(model)
+    values = constant_values(model)
+    rows = []
+    for op in report.ops:
+        if op.op not in ops or len(op.inputs) < 2 or op.inputs[1] not in values:
+            continue
+        info = report.tensors[op.inputs[1]]
+        w = values[op.inputs[1]]
+        if w.ndim < 2 or w.shape[-1] % m:
+            continue
+        zero = info.quantization.zero_point[0] if info.quantization else 0
+        nonzero = (w.reshape(-1, m) != zero).sum(axis=1)
+        rows.append((info.name, tuple(w.shape), bool(np.all(nonzero <= n))))
+    return MByNCheck(n, m, tuple(rows))
+
+
+def tflite_sizes(model) -> Dict[str, int]:
+    """``{"bytes": raw size, "gzip_bytes": gzip size}`` of a `.tflite` (bytes or path).
+
+    >>> tflite_sizes(bytes(1000))["bytes"]
+    1000
+    """
+    buf = read_model(model) if not isinstance(model, (bytes, bytearray)) else model
+    return {"bytes": len(buf), "gzip_bytes": gzip_size(buf)}

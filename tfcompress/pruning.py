@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _compat, _graph, inspector
+from tfcompress import _compat, _graph, schedules
 from tfcompress.schedules import (AutomatedGradualPruning, ConstantSparsity, PolynomialDecay,
                                   PruningSchedule)
 
@@ -208,11 +208,6 @@ _LEAVE_ALONE = (
 # ---------------------------------------------------------------------------
 
 _BLOCK_POOLING = ("AVG", "MAX")
-_MISSING_CALLBACK = (
-    "Pruning step is -1: PruneLowMagnitude needs the UpdatePruningStep callback during "
-    "training. Add `callbacks=[tfcompress.pruning.UpdatePruningStep()]` to `fit`, or call "
-    "its on_train_batch_begin() in a custom training loop."
-)
 
 
 def _check_options(block_size, block_pooling_type, sparsity_m_by_n):
@@ -234,18 +229,6 @@ def _check_options(block_size, block_pooling_type, sparsity_m_by_n):
             raise ValueError("`sparsity_m_by_n` and `block_size` cannot be combined. "
                              f"Received: block_size={block_size!r}, "
                              f"sparsity_m_by_n={sparsity_m_by_n!r}")
-
-
-def _deserialize_schedule(schedule):
-    if schedule is None:
-        return ConstantSparsity(0.5, begin_step=0, end_step=-1, frequency=100)
-    if isinstance(schedule, dict):
-        return keras.saving.deserialize_keras_object(schedule)
-    if not callable(schedule):
-        raise TypeError("`pruning_schedule` must be a schedule: an object with "
-                        "`__call__(step) -> (should_prune, sparsity)`. "
-                        f"Received: pruning_schedule={schedule!r}")
-    return schedule
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -286,7 +269,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 f"Supported: {', '.join(c.__name__ for c in _M_BY_N_SUPPORTED)}.")
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
-        self.pruning_schedule = _deserialize_schedule(pruning_schedule)
+        self.pruning_schedule = schedules.deserialize(pruning_schedule)
         self.block_size = tuple(block_size)
         self.block_pooling_type = block_pooling_type
         self.sparsity_m_by_n = tuple(sparsity_m_by_n) if sparsity_m_by_n else None
@@ -340,7 +323,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def _prune(self):
         step = tf.convert_to_tensor(self.pruning_step)
         check = tf.debugging.assert_greater_equal(step, tf.constant(0, tf.int64),
-                                                  message=_MISSING_CALLBACK)
+                                                  message=schedules.MISSING_CALLBACK)
         with tf.control_dependencies([check]):
             should, sparsity = self.pruning_schedule(step)
             should = tf.cast(should, tf.bool)
@@ -418,7 +401,7 @@ def _clone_replacing(model, replace):
     or None) are set once the clone is built, so the clone never shares variables
     with ``model``.
     """
-    if not _graph._is_graph_model(model):
+    if not _compat.is_graph_model(model):
         raise ValueError(
             f"Expected a Sequential or Functional model. Received a subclassed model of "
             f"class {type(model).__name__}: wrap its layers inside `__init__` instead "
@@ -468,7 +451,7 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
     if layers is not None and not isinstance(target, keras.Model):
         raise ValueError("`layers` selects layers of a model. Received: layers="
                          f"{list(layers)!r} with a {type(target).__name__}")
-    options = dict(pruning_schedule=_deserialize_schedule(pruning_schedule),
+    options = dict(pruning_schedule=schedules.deserialize(pruning_schedule),
                    block_size=block_size, block_pooling_type=block_pooling_type,
                    sparsity_m_by_n=sparsity_m_by_n)
     if isinstance(target, (list, tuple)):
@@ -543,15 +526,28 @@ def strip_pruning(model):
             layer.get_weights() if layer.weights else None)
 
     stripped = _clone_replacing(model, replace)
-    from tfcompress import channel_pruning  # imports this module; import lazily
-
-    if channel_pruning.has_channel_masks(stripped):
-        stripped = channel_pruning.remove_channels(stripped)
+    # Pruning layers of other modules strip themselves: ChannelMask removes its channels.
+    for kind in _layer_classes(stripped, "strip_model"):
+        stripped = kind.strip_model(stripped)
     return stripped
 
 
+def _layer_classes(model, hook: str) -> list:
+    """The classes of ``model``'s layers that define the class-level ``hook``, in order.
+
+    This is how pruning layers defined elsewhere (:mod:`tfcompress.channel_pruning`'s
+    ``ChannelMask``) plug into :func:`strip_pruning` and :class:`UpdatePruningStep`
+    without this module importing them.
+    """
+    kinds: list = []
+    for layer in _compat.flatten_layers(model):
+        if hasattr(type(layer), hook) and type(layer) not in kinds:
+            kinds.append(type(layer))
+    return kinds
+
+
 def _pruning_layers(model) -> List[keras.layers.Layer]:
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+    return [layer for layer in _compat.flatten_layers(model)
             if hasattr(layer, "pruning_step") and hasattr(layer, "apply_masks")]
 
 
@@ -569,7 +565,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs=None):
-        unbuilt = [layer.name for layer in self.model._flatten_layers(include_self=False)
+        unbuilt = [layer.name for layer in _compat.flatten_layers(self.model)
                    if isinstance(layer, PruneLowMagnitude) and not layer.built]
         if unbuilt:
             raise RuntimeError(
@@ -589,16 +585,14 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 step.assign_add(1)
 
         self._advance = advance
-        self._channel = None
-        from tfcompress import channel_pruning
-
-        if channel_pruning.has_channel_masks(self.model):
-            self._channel = channel_pruning.ChannelController(self.model)
+        # Model-wide controllers asked for by layer classes (channel pruning's ranking).
+        self._controllers = [kind.pruning_controller(self.model)
+                             for kind in _layer_classes(self.model, "pruning_controller")]
 
     def on_train_batch_begin(self, batch, logs=None):
         self._advance()
-        if self._channel is not None:
-            self._channel.maybe_update()
+        for controller in self._controllers:
+            controller.maybe_update()
 
     def _apply(self):
         for layer in getattr(self, "_layers", None) or _pruning_layers(self.model):
@@ -719,7 +713,7 @@ def sparsity_report(model) -> SparsityReport:
     For a wrapped model the masks are applied to the count, so the report shows the
     sparsity that :func:`strip_pruning` will produce.
     """
-    layers = model._flatten_layers(include_self=False, recursive=True)
+    layers = _compat.flatten_layers(model)
     wrapped = {id(layer.layer) for layer in layers if isinstance(layer, PruneLowMagnitude)}
     rows = []
     for layer in layers:
@@ -736,58 +730,3 @@ def sparsity_report(model) -> SparsityReport:
         rows += [WeightSparsity(name, _relative_path(w, name), tuple(w.shape),
                                 int(np.sum(v == 0)), int(v.size)) for w, v in pairs]
     return SparsityReport(tuple(rows))
-
-
-@dataclasses.dataclass(frozen=True)
-class MByNCheck:
-    """Whether each weight of a `.tflite` keeps an N:M pattern."""
-
-    n: int
-    m: int
-    tensors: Tuple[Tuple[str, Tuple[int, ...], bool], ...]
-
-    @property
-    def ok(self) -> bool:
-        """True when at least one weight was checked and every checked one keeps N:M."""
-        return bool(self.tensors) and all(kept for _, _, kept in self.tensors)
-
-
-def check_sparsity_m_by_n(model, *, n: int = 2, m: int = 4,
-                          ops: Sequence[str] = ("FULLY_CONNECTED", "CONV_2D")) -> MByNCheck:
-    """Checks that the weights of a `.tflite` keep at most ``n`` non-zeros in every ``m``.
-
-    Groups run along the innermost axis of each weight (input channels in TFLite's
-    layout). Weights whose innermost size is not a multiple of ``m`` are skipped.
-
-    Args:
-        model: `.tflite` bytes or path.
-        n, m: the pattern (2:4 by default).
-        ops: the op types whose weight input (input 1) is checked.
-
-    Returns:
-        An :class:`MByNCheck`; ``.ok`` is the verdict.
-    """
-    report = inspector.inspect(model)
-    values = inspector.constant_values(model)
-    rows = []
-    for op in report.ops:
-        if op.op not in ops or len(op.inputs) < 2 or op.inputs[1] not in values:
-            continue
-        info = report.tensors[op.inputs[1]]
-        w = values[op.inputs[1]]
-        if w.ndim < 2 or w.shape[-1] % m:
-            continue
-        zero = info.quantization.zero_point[0] if info.quantization else 0
-        nonzero = (w.reshape(-1, m) != zero).sum(axis=1)
-        rows.append((info.name, tuple(w.shape), bool(np.all(nonzero <= n))))
-    return MByNCheck(n, m, tuple(rows))
-
-
-def tflite_sizes(model) -> Dict[str, int]:
-    """``{"bytes": raw size, "gzip_bytes": gzip size}`` of a `.tflite` (bytes or path).
-
-    >>> tflite_sizes(bytes(1000))["bytes"]
-    1000
-    """
-    buf = inspector.read_model(model) if not isinstance(model, (bytes, bytearray)) else model
-    return {"bytes": len(buf), "gzip_bytes": inspector.gzip_size(buf)}

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tfcompress import inspector
-from tfcompress._compat import Interpreter, OpResolverType
+from tfcompress._compat_litert import Interpreter, OpResolverType
 
 
 def make_interpreter(

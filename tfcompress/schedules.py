@@ -25,8 +25,10 @@ from keras import ops
 __all__ = [
     "AutomatedGradualPruning",
     "ConstantSparsity",
+    "MISSING_CALLBACK",
     "PolynomialDecay",
     "PruningSchedule",
+    "deserialize",
     "polynomial_sparsity",
     "should_prune",
 ]
@@ -91,6 +93,13 @@ def _check_steps(begin_step, end_step, frequency, *, end_required: bool) -> None
         )
     if frequency <= 0:
         raise ValueError(f"`frequency` must be > 0. Received: frequency={frequency}")
+
+
+MISSING_CALLBACK = (
+    "Pruning step is -1: PruneLowMagnitude needs the UpdatePruningStep callback during "
+    "training. Add `callbacks=[tfcompress.pruning.UpdatePruningStep()]` to `fit`, or call "
+    "its on_train_batch_begin() in a custom training loop."
+)
 
 
 class PruningSchedule:
@@ -210,3 +219,23 @@ class AutomatedGradualPruning(PolynomialDecay):
         config = super().get_config()
         del config["power"]
         return config
+
+
+def deserialize(schedule):
+    """A schedule from a schedule, its Keras config, or None (50% from step 0, every 100).
+
+    >>> deserialize(None)
+    ConstantSparsity(target_sparsity=0.5, begin_step=0, end_step=-1, frequency=100)
+
+    Raises:
+        TypeError: ``schedule`` is neither a config nor callable.
+    """
+    if schedule is None:
+        return ConstantSparsity(0.5, begin_step=0, end_step=-1, frequency=100)
+    if isinstance(schedule, dict):
+        return keras.saving.deserialize_keras_object(schedule)
+    if not callable(schedule):
+        raise TypeError("`pruning_schedule` must be a schedule: an object with "
+                        "`__call__(step) -> (should_prune, sparsity)`. "
+                        f"Received: pruning_schedule={schedule!r}")
+    return schedule

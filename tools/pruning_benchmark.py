@@ -235,7 +235,7 @@ def two_four() -> dict:
     model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[pruning.UpdatePruningStep()])
     stripped = pruning.strip_pruning(model)
     int8 = _int8(stripped, x)
-    check = pruning.check_sparsity_m_by_n(int8, n=2, m=4)
+    check = inspector.check_sparsity_m_by_n(int8, n=2, m=4)
     return {"checked_tensors": [list(t) for t in check.tensors], "ok": check.ok,
             "float_unpruned": _common.keras_accuracy(base, xt, yt),
             "int8_2_4": _common.int8_accuracy(int8, xt, yt)}
