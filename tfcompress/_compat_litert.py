@@ -7,12 +7,9 @@ TensorFlow / Keras differences and private APIs are in :mod:`tfcompress._compat`
 
 from __future__ import annotations
 
-# The flatbuffer schema ships with the LiteRT runtime; older TF wheels had it too.
-try:
-    from ai_edge_litert import schema_py_generated as tflite_schema
-except ImportError:  # pragma: no cover - only on old ai-edge-litert releases
-    from tensorflow.lite.python import schema_py_generated as tflite_schema
-
+# The flatbuffer schema ships with the LiteRT runtime (ai-edge-litert >= 1.2), so
+# reading and rewriting files needs no TensorFlow.
+from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 __all__ = ["Interpreter", "OpResolverType", "tflite_schema"]

@@ -8,6 +8,13 @@ import keras
 
 from tfcompress import _compat
 
+__all__ = [
+    "all_layers",
+    "clone_model",
+    "functional",
+    "split_separable",
+]
+
 
 def all_layers(model):
     """Every layer of ``model``, those of nested models included (depth first)."""

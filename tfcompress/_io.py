@@ -8,6 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Union
 
+__all__ = [
+    "atomic_write_bytes",
+]
+
 PathLike = Union[str, os.PathLike]
 
 

@@ -13,6 +13,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+__all__ = [
+    "input_of",
+    "patches",
+    "refit",
+    "refittable",
+]
+
 
 def refittable(layer) -> bool:
     """Conv2D (groups 1, channels_last, no dilation) and 2-D Dense layers."""

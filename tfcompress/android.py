@@ -29,6 +29,18 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from tfcompress.report import markdown_table
+
+__all__ = [
+    "Adb",
+    "AndroidBenchmarkError",
+    "BenchmarkFlags",
+    "REMOTE_DIR",
+    "comparison_table",
+    "parse_benchmark_output",
+    "run_on_device",
+]
+
 REMOTE_DIR = "/data/local/tmp"
 
 _NUM = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
@@ -311,7 +323,6 @@ def run_on_device(
 
 def comparison_table(results: Mapping[str, dict]) -> str:
     """Markdown: one row per model, with its average latency over the first model's."""
-    from tfcompress.report import markdown_table
 
     if not results:
         return "(no results)"

@@ -15,14 +15,28 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfcompress import inspector, runtime
+from tfcompress import _io, inspector, runtime
+from tfcompress._progress import Progress
+from tfcompress.report import bar_chart, csv_text, markdown_table
+
+__all__ = [
+    "BenchmarkReport",
+    "LatencyStats",
+    "benchmark_models",
+    "measure_latency",
+    "paired_ratio",
+    "peak_memory",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,9 +197,6 @@ def peak_memory(model: inspector.ModelSource, *, xnnpack: bool = True, num_threa
         much its resident memory grew from just before the interpreter was built
         to after ``runs`` invocations.
     """
-    import json
-    import subprocess
-    import tempfile
 
     buf = inspector.read_model(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,7 +236,6 @@ class BenchmarkReport:
 
     def table(self) -> str:
         """The rows as a markdown table."""
-        from tfcompress.report import markdown_table
 
         def f(v, fmt):
             return "-" if v is None or v != v else format(v, fmt)
@@ -244,22 +254,17 @@ class BenchmarkReport:
                 "rows": [dict(r) for r in self.rows]}
 
     def save_json(self, path, *, overwrite: bool = False):
-        import json
 
-        from tfcompress import _io
 
         return _io.atomic_write_bytes(
             path, json.dumps(self.to_dict(), indent=2).encode(), overwrite=overwrite)
 
     def save_csv(self, path, *, overwrite: bool = False):
-        from tfcompress import _io
-        from tfcompress.report import csv_text
 
         return _io.atomic_write_bytes(path, csv_text(self.rows).encode(), overwrite=overwrite)
 
     def plot(self, path, *, overwrite: bool = False):
         """A PNG bar chart of p50 latency (whisker to p90) per model and configuration."""
-        from tfcompress.report import bar_chart
 
         models = list(dict.fromkeys(r["model"] for r in self.rows))
         configs = list(dict.fromkeys((r["kernels"], r["threads"]) for r in self.rows))
@@ -329,9 +334,7 @@ def benchmark_models(
     configs = [(k, int(t)) for k in kernels for t in num_threads]
     bar = None
     if progress:
-        import keras
-
-        bar = keras.utils.Progbar(len(configs) * runs, unit_name="round")
+        bar = Progress(len(configs) * runs, unit="round")
     first = next(iter(buffers))
     rows = []
     for k, t in configs:

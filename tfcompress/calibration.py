@@ -41,7 +41,16 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
+from tfcompress._progress import Progress
+from tfcompress.data import load_image_folder
+
+__all__ = [
+    "InputSpec",
+    "prepare_samples",
+    "representative_dataset",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +138,8 @@ def representative_dataset(
     def generate():
         bar = None
         if progress:
-            import keras
-
             print(f"Calibrating on {len(samples)} samples")
-            bar = keras.utils.Progbar(len(samples), unit_name="sample")
+            bar = Progress(len(samples), unit="sample")
         for i, sample in enumerate(samples):
             if input_names is not None:
                 yield dict(zip(input_names, sample))
@@ -180,7 +187,6 @@ def _elements(data, specs, image_size) -> Iterator:
 
 
 def _tf_dataset_type():
-    import tensorflow as tf
 
     return tf.data.Dataset
 
@@ -258,8 +264,6 @@ def _images(directory: Path, specs, image_size) -> Iterator[np.ndarray]:
             f"The model input {spec.name!r} has no fixed height and width {spec.shape}; "
             "pass image_size=(height, width)."
         )
-    from tfcompress.data import load_image_folder
-
     images, _, _ = load_image_folder(directory, size=size, channels=spec.shape[3] or 3)
     yield images
 

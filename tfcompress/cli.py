@@ -24,10 +24,26 @@ Exit codes:
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 from absl import app, flags
+
+# Only the TensorFlow-free layers at module level: inspect, validate and benchmark
+# must run where TensorFlow is not installed.
+from tfcompress import _io, data, inspector, runtime
+from tfcompress.benchmark import benchmark_models
+from tfcompress.validation import Thresholds, validate
+
+__all__ = [
+    "COMMANDS",
+    "UsageError",
+    "main",
+    "run",
+]
 
 FLAGS = flags.FLAGS
 COMMANDS = ("convert", "validate", "inspect", "benchmark", "compress", "search", "demo")
@@ -89,17 +105,18 @@ flags.DEFINE_string("csv_out", None, "benchmark: also write the rows as CSV here
 flags.DEFINE_string("plot_out", None, "benchmark: also write a PNG bar chart here.")
 
 
+# The modules behind convert, compress, search and demo (and a Keras --reference).
+_NEEDS_TENSORFLOW = ("tensorflow", "keras", "sklearn")
+
+
 class UsageError(ValueError):
     """A command line that cannot be run."""
 
 
 def _load_data(path: str, *, want_labels: bool, image_size=None, input_shape=None):
     """(x, y) from an .npz/.npy file or an image folder."""
-    import os
 
-    import numpy as np
 
-    from tfcompress import data
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such data file or folder. Received: --data={path!r}.")
@@ -146,13 +163,13 @@ def _image_size():
 
 
 def cmd_convert(args: List[str]) -> int:
+    # TensorFlow boundary: only convert, compress, search and demo load TensorFlow.
     from tfcompress.converter import convert
 
     if len(args) != 1:
         raise UsageError("convert takes one model path: tfcompress convert MODEL --output=OUT.tflite")
     if not FLAGS.output:
         raise UsageError("convert needs --output=OUT.tflite")
-    import os
 
     if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
         raise FileExistsError(f"Refusing to overwrite {FLAGS.output!r}; pass --overwrite.")
@@ -178,8 +195,6 @@ def cmd_convert(args: List[str]) -> int:
 
 
 def cmd_validate(args: List[str]) -> int:
-    from tfcompress import inspector
-    from tfcompress.validation import Thresholds, validate
 
     if len(args) != 1:
         raise UsageError("validate takes one .tflite: tfcompress validate MODEL.tflite --data=DATA")
@@ -205,16 +220,13 @@ def cmd_validate(args: List[str]) -> int:
     if FLAGS.json_out:
         result.save(FLAGS.json_out, overwrite=FLAGS.overwrite)
     if FLAGS.json:
-        from tfcompress.validation import _json_default
-
-        print(json.dumps(result.to_dict(), indent=2, default=_json_default))
+        print(result.to_json())
     else:
         print(result.summary())
     return 0 if result.passed else 1
 
 
 def cmd_inspect(args: List[str]) -> int:
-    from tfcompress import inspector
 
     if len(args) != 1:
         raise UsageError("inspect takes one .tflite: tfcompress inspect MODEL.tflite")
@@ -223,7 +235,6 @@ def cmd_inspect(args: List[str]) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.summary())
-        from tfcompress import runtime
 
         print(runtime.delegation(args[0]).describe())
     return 0
@@ -237,10 +248,7 @@ def _int_list(name: str, values) -> list:
 
 
 def cmd_benchmark(args: List[str]) -> int:
-    import os
-    from pathlib import Path
 
-    from tfcompress.benchmark import benchmark_models
 
     if not args:
         raise UsageError("benchmark takes one or more .tflite paths: "
@@ -277,7 +285,6 @@ def cmd_benchmark(args: List[str]) -> int:
     if outputs["png"]:
         report.plot(outputs["png"], overwrite=FLAGS.overwrite)
     if outputs.get("md"):
-        from tfcompress import _io
 
         _io.atomic_write_bytes(outputs["md"], (report.table() + "\n").encode(),
                                overwrite=FLAGS.overwrite)
@@ -289,15 +296,12 @@ def cmd_benchmark(args: List[str]) -> int:
 
 def _training_data(model_input_shape=None):
     """(x_train, y_train, x_test, y_test) from --data (an .npz) or --dataset."""
-    import numpy as np
 
-    from tfcompress import data
 
     if FLAGS.data:
         if not FLAGS.data.endswith(".npz"):
             raise UsageError("--data for compress/search is an .npz with x_train, y_train, "
                              f"x_test and y_test. Received: {FLAGS.data!r}.")
-        import os
 
         if not os.path.isfile(FLAGS.data):
             raise FileNotFoundError(f"No such data file. Received: --data={FLAGS.data!r}.")
@@ -312,8 +316,8 @@ def _training_data(model_input_shape=None):
 
 
 def _load_keras(path: str):
-    import os
 
+    # TensorFlow boundary: Keras loads only for the commands that train.
     import keras
 
     if not os.path.exists(path):
@@ -324,7 +328,6 @@ def _load_keras(path: str):
 
 
 def _output_dir_or_fail():
-    import os
 
     if not FLAGS.output_dir:
         raise UsageError("Pass --output_dir=DIR.")
@@ -334,6 +337,7 @@ def _output_dir_or_fail():
 
 
 def cmd_compress(args: List[str]) -> int:
+    # TensorFlow boundary (see cmd_convert).
     from tfcompress.compression import compress
 
     if len(args) != 1:
@@ -351,6 +355,7 @@ def cmd_compress(args: List[str]) -> int:
 
 
 def cmd_search(args: List[str]) -> int:
+    # TensorFlow boundary (see cmd_convert).
     from tfcompress.recipe_search import search
 
     if len(args) != 1:
@@ -368,6 +373,7 @@ def cmd_search(args: List[str]) -> int:
 
 
 def cmd_demo(args: List[str]) -> int:
+    # TensorFlow boundary (see cmd_convert).
     from tfcompress.pipeline import run_demo
 
     if args:
@@ -394,9 +400,6 @@ _HANDLERS = {"convert": cmd_convert, "validate": cmd_validate, "inspect": cmd_in
 
 def main(argv: List[str]) -> int:
     """Dispatches ``argv[1]`` to its command and maps errors to exit codes."""
-    from tfcompress.converter import ConversionError
-    from tfcompress.inspector import InvalidModelError
-
     if len(argv) < 2 or argv[1] not in COMMANDS:
         got = argv[1] if len(argv) > 1 else "nothing"
         print(f"error: expected a command ({' | '.join(COMMANDS)}); received {got}. "
@@ -404,8 +407,16 @@ def main(argv: List[str]) -> int:
         return 2
     try:
         return _HANDLERS[argv[1]](argv[2:])
-    except (UsageError, InvalidModelError, ConversionError, ValueError, TypeError,
-            FileNotFoundError, FileExistsError, IsADirectoryError) as e:
+    except ModuleNotFoundError as e:
+        if e.name not in _NEEDS_TENSORFLOW:
+            raise
+        print(f"error: `tfcompress {argv[1]}` needs TensorFlow and Keras, which are not "
+              f"installed here (no module {e.name!r}). Install them with "
+              "`pip install 'tfcompress[tensorflow]'`; inspect, validate (with a .tflite "
+              "reference) and benchmark work without them.", file=sys.stderr)
+        return 2
+    except (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError,
+            IsADirectoryError) as e:  # InvalidModelError and ConversionError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
 

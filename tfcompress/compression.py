@@ -36,38 +36,38 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
-from keras import ops
 
-from tfcompress import _io, benchmark, data as data_lib, validation
+from tfcompress import (
+    _graph,
+    _io,
+    benchmark,
+    channel_pruning,
+    inspector,
+    lowrank,
+    post_training,
+    pruning,
+    quantization,
+    validation,
+)
+from tfcompress import data as data_lib
+from tfcompress import report as report_lib
 from tfcompress.converter import convert
-from tfcompress.distillation import soft_target_loss
+from tfcompress.data import AUGMENTATIONS, flip_and_shift
+from tfcompress.distillation import LabelAndTeacherLoss
 from tfcompress.recipe import Recipe, as_recipe
+from tfcompress.report import markdown_table
+
+__all__ = [
+    "CompressionData",
+    "CompressionResult",
+    "RECONSTRUCTION_SAMPLES",
+    "STATE_FILE",
+    "compress",
+    "top1_accuracy",
+    "write_report",
+]
 
 STATE_FILE = "state.json"
-
-
-def flip_and_shift(x: np.ndarray, rng: np.random.Generator, *, pad: int = 4) -> np.ndarray:
-    """Random horizontal flips and shifts of up to ``pad`` pixels (reflect padding), per image.
-
-    The usual CIFAR augmentation; ``x`` is NHWC.
-
-    >>> x = np.arange(2 * 4 * 4).reshape(2, 4, 4, 1).astype("float32")
-    >>> flip_and_shift(x, np.random.default_rng(0), pad=1).shape
-    (2, 4, 4, 1)
-    """
-    if x.ndim != 4:
-        raise ValueError(f"flip_and_shift expects NHWC images. Received: shape {x.shape}")
-    n, h, w = x.shape[:3]
-    flip = rng.random(n) < 0.5
-    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
-    rows = dy[:, None] + np.arange(h)[None, :]
-    cols = dx[:, None] + np.arange(w)[None, :]
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
-AUGMENTATIONS = {"flip_and_shift": flip_and_shift}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +154,6 @@ class CompressionResult:
 
     def table(self) -> str:
         """Markdown: one row per stage, then the int8 file."""
-        from tfcompress.report import markdown_table
 
         def pct(v):
             return "-" if v is None else f"{100 * v:.2f}%"
@@ -192,33 +191,6 @@ def top1_accuracy(model, x, y, *, batch_size: int = 256) -> float:
     """Top-1 accuracy of a Keras classifier on ``(x, y)``."""
     pred = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), -1)
     return float(np.mean(pred == np.asarray(y).reshape(-1)))
-
-
-@keras.saving.register_keras_serializable(package="tfcompress")
-class LabelAndTeacherLoss(keras.losses.Loss):
-    """``alpha * CE(label) + (1 - alpha) * T^2 KL(teacher_T || student_T)``.
-
-    ``y_true`` packs the integer label in column 0 and the original model's output
-    in the other columns, so that distillation is a plain ``fit`` on ``(x, packed)``
-    and the teacher runs once per run, not at every step.
-    """
-
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.1, from_logits: bool = True,
-                 name: str = "label_and_teacher", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.temperature, self.alpha, self.from_logits = temperature, alpha, from_logits
-
-    def call(self, y_true, y_pred):
-        labels, teacher = ops.cast(y_true[:, 0], "int32"), y_true[:, 1:]
-        hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred,
-                                                            from_logits=self.from_logits)
-        soft = soft_target_loss(teacher, y_pred, temperature=self.temperature,
-                                from_logits=self.from_logits)
-        return self.alpha * hard + (1 - self.alpha) * soft
-
-    def get_config(self):
-        return dict(super().get_config(), temperature=self.temperature, alpha=self.alpha,
-                    from_logits=self.from_logits)
 
 
 def _loss(recipe: Recipe, from_logits: bool):
@@ -301,7 +273,6 @@ RECONSTRUCTION_SAMPLES = 500  # training images for low-rank and channel reconst
 
 
 def _step_lowrank(run: _Run, model):
-    from tfcompress import lowrank
 
     cfg = run.recipe.lowrank
     with run.scope():
@@ -314,7 +285,6 @@ def _step_lowrank(run: _Run, model):
 
 
 def _step_prune(run: _Run, model):
-    from tfcompress import channel_pruning, pruning
 
     cfg = run.recipe.prune
     total = max(1, _steps_per_epoch(run) * cfg.epochs)
@@ -354,7 +324,6 @@ def _step_prune(run: _Run, model):
 
 
 def _step_quantize(run: _Run, model):
-    from tfcompress import post_training, quantization
 
     cfg = run.recipe.quantize
     with run.scope():
@@ -465,7 +434,6 @@ def compress(
     if output_dir is not None and Path(output_dir).exists() and not overwrite:
         raise FileExistsError(f"Refusing to overwrite the existing output directory "
                               f"{str(output_dir)!r}. Pass overwrite=True (CLI: --overwrite).")
-    from tfcompress import _graph
 
     _graph.functional(model, purpose="compress")  # a clear error for subclassed models
     run = _Run(model, data, recipe, output_dir=output_dir, batch_size=batch_size,
@@ -544,8 +512,6 @@ def compress(
 
 
 def _write_outputs(work: Path, result: CompressionResult) -> None:
-    from tfcompress import report as report_lib
-
     shutil.rmtree(work / "steps", ignore_errors=True)
     (work / STATE_FILE).unlink(missing_ok=True)
     _io.atomic_write_bytes(work / "model_int8.tflite", result.tflite)
@@ -556,4 +522,62 @@ def _write_outputs(work: Path, result: CompressionResult) -> None:
     _io.atomic_write_bytes(work / "recipe.json", result.recipe.to_json().encode())
     _io.atomic_write_bytes(work / "result.json",
                            json.dumps(result.summary(), indent=2, default=float).encode())
-    report_lib.write_compression_report(work, result)
+    write_report(work, result)
+
+
+def _short_name(name: str, width: int = 38) -> str:
+    name = name.split(";")[0]
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def write_report(directory, result: "CompressionResult") -> Path:
+    """Writes ``report.md`` and its plots for a :class:`~tfcompress.compression.CompressionResult`.
+
+    Plots: accuracy and parameters after each stage; the share of zero weights
+    per layer in the int8 file; the per-layer quantization error (in output
+    quantization steps) when validation ran.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    directory = Path(directory)
+    lines = [f"# Compression report: {result.recipe.name}", "",
+             "## What each step bought", "", result.table(), ""]
+    stages = [s for s in result.stages if s.get("accuracy") is not None]
+    report_lib.bar_chart(directory / "stages.png", [s["stage"] for s in stages],
+              {"top-1 accuracy (%)": [100 * s["accuracy"] for s in stages]},
+              xlabel="top-1 accuracy on the test data (%), Keras model after the stage",
+              title="Accuracy after each stage")
+    report_lib.bar_chart(directory / "params.png", [s["stage"] for s in stages],
+              {"parameters": [float(s["params"]) for s in stages]},
+              xlabel="trainable parameters after the stage", title="Model size after each stage")
+    lines += ["![accuracy after each stage](stages.png)", "",
+              "![parameters after each stage](params.png)", ""]
+
+    weights = inspector.inspect(result.tflite).weight_tensors
+    if weights:
+        report_lib.bar_chart(directory / "sparsity.png", [_short_name(t.name) for t in weights],
+                  {"zero weights (%)": [100 * (t.zero_fraction or 0.0) for t in weights]},
+                  xlabel="share of weights that are exactly zero in the int8 file (%)",
+                  title="Per-layer sparsity")
+        lines += ["## Per-layer sparsity", "", "![per-layer sparsity](sparsity.png)", ""]
+    if result.validation is not None:
+        lines += ["## Validation (int8 file, XNNPACK and reference kernels)", "", "```",
+                  result.validation.summary(), "```", ""]
+        errors = result.validation.per_layer
+        if errors:
+            report_lib.bar_chart(directory / "quantization_error.png",
+                      [_short_name(e.layer or e.tensor) for e in errors],
+                      {"RMSE / scale": [e.rmse_over_scale for e in errors]},
+                      xlabel="RMS error against the float model, in quantization steps",
+                      title="Per-layer quantization error")
+            lines += ["![per-layer quantization error](quantization_error.png)", ""]
+    if result.latency is not None:
+        lat = result.latency
+        lines += ["## Latency (host, XNNPACK, interleaved)", "",
+                  f"float {lat['float_ms']:.4f} ms, int8 {lat['int8_ms']:.4f} ms: "
+                  f"{lat['ratio']:.3f}x ({lat['runs']} runs, {lat['num_threads']} thread(s)). "
+                  "Per-op times on a phone: examples/android_benchmark with "
+                  "--enable_op_profiling=true.", ""]
+    lines += ["## Recipe", "", "```json", json.dumps(result.recipe.to_dict(), indent=2), "```", ""]
+    return _io.atomic_write_bytes(directory / "report.md", "\n".join(lines).encode())

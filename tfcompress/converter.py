@@ -29,10 +29,20 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-from tfcompress import _compat, _compat_litert, calibration, inspector
+from tfcompress import _compat, _graph, calibration, inspector, quantization
 from tfcompress._io import atomic_write_bytes
+from tfcompress.rewrite import SPARSE_MODES, tidy_sparse_weights
+
+__all__ = [
+    "ConversionError",
+    "ConversionResult",
+    "MODES",
+    "convert",
+]
 
 MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
 _CALIBRATED = ("int8", "int16x8")
@@ -180,8 +190,6 @@ def convert(
     if mode == "int16x8" and source.keras_model is not None and _is_qat(source.keras_model):
         # TFLite cannot take int16 ranges from fake-quant ops (it writes int32 biases that
         # its int16 kernels reject): calibrate the float model the QAT model stands for.
-        from tfcompress import quantization
-
         source = _resolve(quantization.strip_quantization(source.keras_model),
                           batch_size=batch_size, signature_key=signature_key)
         qat = False
@@ -190,8 +198,6 @@ def convert(
             representative_data, source.specs, num_samples=num_calibration_samples,
             preprocess=preprocess, image_size=image_size,
         )
-
-    import tensorflow as tf
 
     start = time.perf_counter()
     converter = source.make_converter()
@@ -230,107 +236,7 @@ def convert(
     return ConversionResult(model_bytes, report, mode, len(samples), seconds)
 
 
-SPARSE_CONSUMERS = ("CONV_2D",)  # ops that XNNPACK prepares with sparse (DENSIFY) weights
-SPARSE_MODES = ("int8", "float32")  # where those files run on both kernel paths
-
-
-def tidy_sparse_weights(model_bytes: bytes, *, keep: Sequence[str] = SPARSE_CONSUMERS) -> bytes:
-    """Makes the sparse weights of a converted file safe for XNNPACK, and smaller.
-
-    Each DENSIFY op whose output goes to an op not in ``keep``, or whose sparse input
-    takes more bytes than the dense tensor would (index arrays included: below about
-    half zeros), is removed: its sparse input tensor gets the dense values (computed
-    once by the reference kernels) and its consumers read that tensor, so
-    ``sparse=True`` costs at most a few hundred bytes of bookkeeping where it saves
-    nothing. The sparse inputs of the DENSIFY ops that stay
-    lose their quantization parameters, a copy of those of DENSIFY's output, which
-    is what the consumer reads (ResNet-8: 4 KB). A file without DENSIFY ops is
-    returned unchanged.
-    """
-    from tfcompress import runtime
-
-    schema = _compat_litert.tflite_schema
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(model_bytes), 0))
-    codes = [inspector.op_name(c) for c in model.operatorCodes]
-    graph = model.subgraphs[0]
-    readers: dict = {}
-    for op in graph.operators:
-        for t in op.inputs if op.inputs is not None else ():
-            readers.setdefault(int(t), []).append(codes[op.opcodeIndex])
-    densify = [op for op in graph.operators if codes[op.opcodeIndex] == "DENSIFY"]
-    if not densify:
-        return model_bytes
-    undo = [op for op in densify
-            if any(r not in keep for r in readers.get(int(op.outputs[0]), []))
-            or _sparse_nbytes(model, graph.tensors[int(op.inputs[0])])
-            >= (inspector.expected_nbytes(graph.tensors[int(op.outputs[0])]) or float("inf"))]
-    if undo:
-        interpreter = runtime.make_interpreter(model_bytes, xnnpack=False, preserve_all_tensors=True)
-        interpreter.invoke()  # DENSIFY runs on constants: any input gives the same weights
-    rename = {}
-    for op in densify:
-        source, dense = int(op.inputs[0]), int(op.outputs[0])
-        tensor = graph.tensors[source]
-        if op not in undo:
-            tensor.quantization = None
-            continue
-        tensor.sparsity = None
-        tensor.shape = list(graph.tensors[dense].shape)
-        tensor.quantization = graph.tensors[dense].quantization
-        model.buffers[tensor.buffer].data = np.frombuffer(
-            interpreter.get_tensor(dense).tobytes(), np.uint8)
-        rename[dense] = source
-    graph.operators = [op for op in graph.operators if op not in undo]
-    for op in graph.operators:
-        op.inputs = [rename.get(int(t), int(t)) for t in op.inputs]
-    _drop_unused_tensors(model)
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _drop_unused_tensors(model) -> None:
-    """Removes the tensors and op codes of the first subgraph that nothing refers to."""
-    graph = model.subgraphs[0]
-    used = {int(t) for op in graph.operators for t in list(op.inputs) + list(op.outputs)}
-    used |= {int(t) for t in list(graph.inputs) + list(graph.outputs)}
-    used.discard(-1)  # an omitted optional input
-    index = {old: new for new, old in enumerate(sorted(used))}
-    index[-1] = -1
-    graph.tensors = [graph.tensors[i] for i in sorted(used)]
-    for op in graph.operators:
-        op.inputs = [index[int(t)] for t in op.inputs]
-        op.outputs = [index[int(t)] for t in op.outputs]
-        if op.intermediates is not None:
-            op.intermediates = [index[int(t)] for t in op.intermediates if int(t) in index]
-    graph.inputs = [index[int(t)] for t in graph.inputs]
-    graph.outputs = [index[int(t)] for t in graph.outputs]
-    for signature in model.signatureDefs or ():
-        if signature.subgraphIndex == 0:
-            for item in list(signature.inputs or ()) + list(signature.outputs or ()):
-                item.tensorIndex = index[int(item.tensorIndex)]
-    if len(model.subgraphs) == 1:
-        codes = sorted({op.opcodeIndex for op in graph.operators})
-        model.operatorCodes = [model.operatorCodes[c] for c in codes]
-        for op in graph.operators:
-            op.opcodeIndex = codes.index(op.opcodeIndex)
-
-
-def _sparse_nbytes(model, tensor) -> int:
-    """Bytes of a sparse constant: its stored values and its index arrays."""
-    n = len(model.buffers[tensor.buffer].data)
-    for dim in tensor.sparsity.dimMetadata or ():
-        for array in (dim.arraySegments, dim.arrayIndices):
-            if array is not None and getattr(array, "values", None) is not None:
-                n += np.asarray(array.values).nbytes
-    return n
-
-
 def _is_qat(model) -> bool:
-    from tfcompress import quantization  # imports keras layers; keep converter import light
-
     return quantization.is_quantized(model)
 
 
@@ -349,8 +255,6 @@ def _io_type(arg: str, value: Optional[str], mode: str) -> str:
 
 
 def _resolve(model, *, batch_size, signature_key) -> _Source:
-    import tensorflow as tf
-
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.exists():
@@ -399,8 +303,6 @@ def _resolve(model, *, batch_size, signature_key) -> _Source:
 
 
 def _load_keras(path: Path):
-    import keras
-
     try:
         return keras.models.load_model(path, compile=False)
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -408,15 +310,10 @@ def _load_keras(path: Path):
 
 
 def _spec_dtype(dtype) -> np.dtype:
-    import tensorflow as tf
-
     return np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
 
 
 def _keras_source(model, batch_size) -> _Source:
-    import keras
-    import tensorflow as tf
-
     try:
         inputs = list(model.inputs)
     except (AttributeError, ValueError):
@@ -445,8 +342,6 @@ def _keras_source(model, batch_size) -> _Source:
 
 
 def _saved_model_source(path: str, signature_key: Optional[str]) -> _Source:
-    import tensorflow as tf
-
     key = signature_key or "serving_default"
     loaded = tf.saved_model.load(path)
     if key not in loaded.signatures:
@@ -466,8 +361,6 @@ def _saved_model_source(path: str, signature_key: Optional[str]) -> _Source:
 
 
 def _function_source(concrete) -> _Source:
-    import tensorflow as tf
-
     specs = [
         calibration.InputSpec(t.name.split(":")[0], tuple(t.shape.as_list()), _spec_dtype(t.dtype))
         for t in concrete.inputs if t.dtype != tf.resource
@@ -507,7 +400,6 @@ def _explain(message: str, mode: str, keras_model) -> str:
 def _layers_for(locations: Sequence[str], keras_model) -> List[str]:
     if keras_model is None:
         return []
-    from tfcompress import _graph  # imports keras; keep converter import light
 
     by_name = {layer.name: layer for layer in _graph.all_layers(keras_model)}
     found = []
@@ -528,7 +420,6 @@ def _check_fully_integer(report: inspector.ModelReport, *, allow_io, keras_model
     bad = report.non_integer_tensors(allow_io=allow_io)
     if not bad:
         return
-    from tfcompress import _graph
     consumers = {}
     for op in report.ops:
         for t in op.inputs + op.outputs:

@@ -35,7 +35,22 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
+__all__ = [
+    "AUGMENTATIONS",
+    "CALIBRATION_SAMPLES",
+    "Dataset",
+    "ENV_VAR",
+    "IMAGE_EXTENSIONS",
+    "NAMES",
+    "default_data_dir",
+    "flip_and_shift",
+    "load_dataset",
+    "load_image_folder",
+]
+
 ENV_VAR = "TFCOMPRESS_DATA_DIR"
+# Samples of representative data used to calibrate ranges or refit layers by default.
+CALIBRATION_SAMPLES = 500
 NAMES = ("mnist", "fashion_mnist", "cifar10", "digits")
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist", "cifar-10": "cifar10"}
 
@@ -119,6 +134,7 @@ def load_dataset(
 
 
 def _digits() -> Dataset:
+    # Optional: scikit-learn comes with the tensorflow extra, not with the check tools.
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -185,6 +201,7 @@ def _from_keras(key: str, download: bool) -> Optional[Dataset]:
     }[key]
     if not (present or download):
         return None
+    # TensorFlow boundary: data.py is imported by the TensorFlow-free CLI.
     import keras
 
     try:
@@ -227,6 +244,7 @@ def load_image_folder(
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {str(directory)!r}.")
+    # TensorFlow boundary: data.py is imported by the TensorFlow-free CLI.
     import tensorflow as tf
 
     images = []
@@ -244,3 +262,27 @@ def load_image_folder(
             found.append(int(match.group(1)))
         labels = np.asarray(found, np.int64)
     return np.stack(images), labels, files
+
+
+def flip_and_shift(x: np.ndarray, rng: np.random.Generator, *, pad: int = 4) -> np.ndarray:
+    """Random horizontal flips and shifts of up to ``pad`` pixels (reflect padding), per image.
+
+    The usual CIFAR augmentation; ``x`` is NHWC.
+
+    >>> x = np.arange(2 * 4 * 4).reshape(2, 4, 4, 1).astype("float32")
+    >>> flip_and_shift(x, np.random.default_rng(0), pad=1).shape
+    (2, 4, 4, 1)
+    """
+    if x.ndim != 4:
+        raise ValueError(f"flip_and_shift expects NHWC images. Received: shape {x.shape}")
+    n, h, w = x.shape[:3]
+    flip = rng.random(n) < 0.5
+    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    rows = dy[:, None] + np.arange(h)[None, :]
+    cols = dx[:, None] + np.arange(w)[None, :]
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+AUGMENTATIONS = {"flip_and_shift": flip_and_shift}

@@ -45,6 +45,7 @@ __all__ = [
     "AttentionTransfer",
     "Distiller",
     "HintDistillation",
+    "LabelAndTeacherLoss",
     "SoftTargetDistillation",
     "TemperatureSchedule",
     "attention_map",
@@ -279,3 +280,30 @@ def with_preprocessing(model, preprocessing, *, name=None):
     layer = preprocessing if isinstance(preprocessing, keras.layers.Layer) else \
         keras.layers.Lambda(preprocessing)
     return keras.Model(inputs, model(layer(inputs)), name=name or f"{model.name}_preprocessed")
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class LabelAndTeacherLoss(keras.losses.Loss):
+    """``alpha * CE(label) + (1 - alpha) * T^2 KL(teacher_T || student_T)``.
+
+    ``y_true`` packs the integer label in column 0 and the original model's output
+    in the other columns, so that distillation is a plain ``fit`` on ``(x, packed)``
+    and the teacher runs once per run, not at every step.
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.1, from_logits: bool = True,
+                 name: str = "label_and_teacher", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature, self.alpha, self.from_logits = temperature, alpha, from_logits
+
+    def call(self, y_true, y_pred):
+        labels, teacher = ops.cast(y_true[:, 0], "int32"), y_true[:, 1:]
+        hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred,
+                                                            from_logits=self.from_logits)
+        soft = soft_target_loss(teacher, y_pred, temperature=self.temperature,
+                                from_logits=self.from_logits)
+        return self.alpha * hard + (1 - self.alpha) * soft
+
+    def get_config(self):
+        return dict(super().get_config(), temperature=self.temperature, alpha=self.alpha,
+                    from_logits=self.from_logits)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gzip
 import os
 import struct
 from pathlib import Path
@@ -24,6 +25,25 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tfcompress._compat_litert import tflite_schema as _fb
+
+__all__ = [
+    "InvalidModelError",
+    "MByNCheck",
+    "ModelReport",
+    "OpInfo",
+    "QuantParams",
+    "TensorInfo",
+    "check_sparsity_m_by_n",
+    "constant_values",
+    "expected_nbytes",
+    "gzip_size",
+    "inspect",
+    "layer_name",
+    "op_name",
+    "read_model",
+    "tflite_sizes",
+    "verify",
+]
 
 ModelSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
 
@@ -445,7 +465,6 @@ def gzip_size(model: ModelSource, *, level: int = 9) -> int:
     >>> gzip_size(bytes(10_000)) < 100
     True
     """
-    import gzip
 
     buf = model if isinstance(model, (bytes, bytearray, memoryview)) else read_model(model)
     return len(gzip.compress(bytes(buf), compresslevel=level, mtime=0))

@@ -18,9 +18,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import keras
+
 from tfcompress import data
 from tfcompress.compression import CompressionResult, compress
 from tfcompress.recipe import Recipe, as_recipe
+
+__all__ = [
+    "DEMO_RECIPE",
+    "DemoResult",
+    "run_demo",
+    "small_cnn",
+]
 
 DEMO_RECIPE = {
     "name": "demo: channels 25% + distillation + QAT",
@@ -43,7 +52,6 @@ class DemoResult:
 
 def small_cnn(input_shape, num_classes: int):
     """A few-thousand-parameter CNN that every int8 kernel path runs."""
-    import keras
 
     inputs = keras.Input(input_shape)
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
@@ -79,7 +87,6 @@ def run_demo(
         seed: random seed.
         verbose: Keras verbosity (0 silent, 1 progress bars).
     """
-    import keras
 
     keras.utils.set_random_seed(seed)
     ds = data.load_dataset("mnist" if dataset == "auto" else dataset, download=False)

@@ -27,6 +27,17 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+__all__ = [
+    "Benchmark",
+    "Distill",
+    "LowRank",
+    "Prune",
+    "Quantize",
+    "Recipe",
+    "Validate",
+    "as_recipe",
+]
+
 
 def _check_fraction(step: str, name: str, value, *, closed: bool = False) -> None:
     ok = isinstance(value, (int, float)) and 0 <= value and (value <= 1 if closed else value < 1)
@@ -220,6 +231,7 @@ class Recipe:
             raise FileNotFoundError(f"No such recipe file. Received: {str(path)!r}.")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
+            # Optional: PyYAML is needed only for YAML recipes.
             import yaml
 
             config = yaml.safe_load(text)

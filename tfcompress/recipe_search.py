@@ -28,9 +28,20 @@ from typing import Any, Dict, List, Optional, Sequence
 import keras
 import numpy as np
 
-from tfcompress import _io, benchmark, runtime
+from tfcompress import _graph, _io, benchmark, channel_pruning, lowrank, runtime
 from tfcompress.compression import CompressionData, compress, top1_accuracy
-from tfcompress.recipe import Distill, LowRank, Prune, Quantize, Recipe, Validate
+from tfcompress.recipe import Distill, LowRank, Prune, Quantize, Recipe, Validate, as_recipe
+from tfcompress.report import markdown_table, pareto_front, tradeoff_plot
+
+__all__ = [
+    "OBJECTIVES",
+    "SearchResult",
+    "default_candidates",
+    "search",
+    "sensitive_layers",
+    "sparse_layers",
+    "tolerant_channel_layers",
+]
 
 OBJECTIVES = ("size", "latency")
 
@@ -42,7 +53,6 @@ def sensitive_layers(model, x, *, ratio: float = 0.5, tolerance: float = 0.05) -
         ``{layer: relative output error}`` for every layer that can be factored at
         that ratio; layers with an error at most ``tolerance`` are the candidates.
     """
-    from tfcompress import lowrank
 
     report = lowrank.sensitivity(model, x, ratios=(ratio,))
     return {name: errors[ratio] for name, errors in report.items() if errors[ratio] == errors[ratio]}
@@ -51,7 +61,6 @@ def sensitive_layers(model, x, *, ratio: float = 0.5, tolerance: float = 0.05) -
 def tolerant_channel_layers(model, x, y, *, ratio: float = 0.25, max_drop: float = 0.25):
     """Producers of the channel groups whose one-shot pruning at ``ratio`` costs at most
     ``max_drop`` of top-1 accuracy (see :func:`tfcompress.channel_pruning.sensitivity`)."""
-    from tfcompress import channel_pruning
 
     y = np.asarray(y).reshape(-1)
     base = top1_accuracy(model, x, y)
@@ -71,14 +80,13 @@ def sparse_layers(model, *, min_weights: int = 1024) -> List[str]:
     >>> sparse_layers(m)
     ['c2']
     """
-    from tfcompress import _graph
 
     return [layer.name for layer in _graph.all_layers(model)
             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
             and int(np.prod(layer.kernel.shape)) >= min_weights]
 
 
-def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Distill] = Distill(),
+def default_candidates(model, x_val, *, epochs: int = 3, distill="default",
                        channel_ratios: Sequence[float] = (0.125, 0.25, 0.375, 0.5),
                        lowrank_tolerance: float = 0.05,
                        train_learning_rate: Optional[float] = None,
@@ -94,7 +102,8 @@ def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Disti
         model: the float model.
         x_val: inputs for the per-layer sensitivity.
         epochs: fine-tuning epochs per training step.
-        distill: the distillation of every training step (None: labels only).
+        distill: the distillation of every training step: a :class:`Distill`,
+            ``"default"`` for ``Distill()``, or None for labels only.
         channel_ratios: channel-pruning ratios to try.
         lowrank_tolerance: largest relative output error for a layer to be factored.
         train_learning_rate: learning rate of the pruning and low-rank fine-tuning
@@ -114,7 +123,10 @@ def default_candidates(model, x_val, *, epochs: int = 3, distill: Optional[Disti
             this many weights: the sparse format pays for its indices there, and the
             small input convolutions and classifier heads are the most sensitive.
     """
-    d = distill
+    d = Distill() if isinstance(distill, str) and distill == "default" else distill
+    if d is not None and not isinstance(d, Distill):
+        raise TypeError("`distill` must be a Distill, \"default\" or None. "
+                        f"Received: distill={distill!r}")
     qat = Quantize(epochs=epochs, learning_rate=qat_learning_rate)
     families = [[Recipe(quantize=qat, distill=d, name="qat")]]
     families.append([Recipe(prune=Prune(kind="channels", sparsity=r, epochs=epochs,
@@ -177,7 +189,6 @@ class SearchResult:
         return d
 
     def table(self) -> str:
-        from tfcompress.report import markdown_table
 
         rows = [("float original", f"{100 * self.float_val_accuracy:.2f}",
                  f"{100 * self.float_test_accuracy:.2f}", self.float_size_bytes, "1.000", "1.000",
@@ -195,7 +206,6 @@ class SearchResult:
 
     def save(self, directory, *, overwrite: bool = False) -> Path:
         """Writes search.json, report.md, the two trade-off plots and the chosen model."""
-        from tfcompress import report
 
         directory = Path(directory)
         if directory.exists() and not overwrite:
@@ -211,7 +221,7 @@ class SearchResult:
                                   "accuracy_vs_size.png"),
                                  ("latency_ratio", "XNNPACK latency / float .tflite latency "
                                   "(interleaved, same run)", "accuracy_vs_latency.png")):
-            report.tradeoff_plot(work / plot,
+            tradeoff_plot(work / plot,
                                  [(t[key], 100 * t["val_accuracy"]) for t in self.trials], names,
                                  xlabel=label, ylabel="int8 top-1 on the validation split (%)",
                                  title=f"Tried recipes: accuracy vs {key.split('_')[0]}",
@@ -283,7 +293,6 @@ def search(
         **compress_kwargs: passed to every :func:`~tfcompress.compress` call
             (batch_size, learning_rate, callbacks, strategy, seed, ...).
     """
-    from tfcompress.recipe import as_recipe
 
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}. Allowed: {OBJECTIVES}.")
@@ -342,7 +351,6 @@ def search(
     for i, t in enumerate(trials):
         t["latency_ratio"] = benchmark.paired_ratio(stats[f"trial {i}"], stats["float"])
         t["latency_ms"] = stats[f"trial {i}"].p50_ms
-    from tfcompress.report import pareto_front
 
     key = "size_ratio" if objective == "size" else "latency_ratio"
     ok = [i for i, t in enumerate(trials)

@@ -20,7 +20,17 @@ import io
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 from tfcompress import _io
+
+__all__ = [
+    "bar_chart",
+    "csv_text",
+    "markdown_table",
+    "pareto_front",
+    "tradeoff_plot",
+]
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -62,10 +72,12 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
 
 def _pyplot():
     try:
+        # Optional and slow to import: matplotlib loads only when a plot is drawn.
         import matplotlib
     except ImportError:  # pragma: no cover - matplotlib is an install requirement
         raise ImportError("Plots need matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")
+    # (see above)
     import matplotlib.pyplot as plt
 
     return plt
@@ -100,7 +112,6 @@ def bar_chart(
             p90 - p50), drawn as one-sided error bars.
         overwrite: replace an existing file.
     """
-    import numpy as np
 
     plt = _pyplot()
     n, k = len(labels), max(len(series), 1)
@@ -182,65 +193,3 @@ def tradeoff_plot(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path, overwrite)
-
-
-def _short_name(name: str, width: int = 38) -> str:
-    name = name.split(";")[0]
-    return name if len(name) <= width else "..." + name[-(width - 3):]
-
-
-def write_compression_report(directory, result) -> Path:
-    """Writes ``report.md`` and its plots for a :class:`~tfcompress.compression.CompressionResult`.
-
-    Plots: accuracy and parameters after each stage; the share of zero weights
-    per layer in the int8 file; the per-layer quantization error (in output
-    quantization steps) when validation ran.
-
-    Returns:
-        The path of ``report.md``.
-    """
-    import json
-
-    from tfcompress import inspector
-
-    directory = Path(directory)
-    lines = [f"# Compression report: {result.recipe.name}", "",
-             "## What each step bought", "", result.table(), ""]
-    stages = [s for s in result.stages if s.get("accuracy") is not None]
-    bar_chart(directory / "stages.png", [s["stage"] for s in stages],
-              {"top-1 accuracy (%)": [100 * s["accuracy"] for s in stages]},
-              xlabel="top-1 accuracy on the test data (%), Keras model after the stage",
-              title="Accuracy after each stage")
-    bar_chart(directory / "params.png", [s["stage"] for s in stages],
-              {"parameters": [float(s["params"]) for s in stages]},
-              xlabel="trainable parameters after the stage", title="Model size after each stage")
-    lines += ["![accuracy after each stage](stages.png)", "",
-              "![parameters after each stage](params.png)", ""]
-
-    weights = inspector.inspect(result.tflite).weight_tensors
-    if weights:
-        bar_chart(directory / "sparsity.png", [_short_name(t.name) for t in weights],
-                  {"zero weights (%)": [100 * (t.zero_fraction or 0.0) for t in weights]},
-                  xlabel="share of weights that are exactly zero in the int8 file (%)",
-                  title="Per-layer sparsity")
-        lines += ["## Per-layer sparsity", "", "![per-layer sparsity](sparsity.png)", ""]
-    if result.validation is not None:
-        lines += ["## Validation (int8 file, XNNPACK and reference kernels)", "", "```",
-                  result.validation.summary(), "```", ""]
-        errors = result.validation.per_layer
-        if errors:
-            bar_chart(directory / "quantization_error.png",
-                      [_short_name(e.layer or e.tensor) for e in errors],
-                      {"RMSE / scale": [e.rmse_over_scale for e in errors]},
-                      xlabel="RMS error against the float model, in quantization steps",
-                      title="Per-layer quantization error")
-            lines += ["![per-layer quantization error](quantization_error.png)", ""]
-    if result.latency is not None:
-        lat = result.latency
-        lines += ["## Latency (host, XNNPACK, interleaved)", "",
-                  f"float {lat['float_ms']:.4f} ms, int8 {lat['int8_ms']:.4f} ms: "
-                  f"{lat['ratio']:.3f}x ({lat['runs']} runs, {lat['num_threads']} thread(s)). "
-                  "Per-op times on a phone: examples/android_benchmark with "
-                  "--enable_op_profiling=true.", ""]
-    lines += ["## Recipe", "", "```json", json.dumps(result.recipe.to_dict(), indent=2), "```", ""]
-    return _io.atomic_write_bytes(directory / "report.md", "\n".join(lines).encode())

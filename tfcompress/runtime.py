@@ -19,7 +19,22 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tfcompress import inspector
+from tfcompress._progress import Progress
 from tfcompress._compat_litert import Interpreter, OpResolverType
+
+__all__ = [
+    "DelegationReport",
+    "delegation",
+    "dequantize",
+    "input_name",
+    "intermediate_outputs",
+    "make_interpreter",
+    "match_inputs",
+    "output_step",
+    "predict",
+    "quantize",
+    "top1",
+]
 
 
 def make_interpreter(
@@ -164,13 +179,11 @@ def match_inputs(details: Sequence[dict], x) -> List[np.ndarray]:
     return xs
 
 
-def _progbar(n: int, label: Optional[str]):
+def _progbar(n: int, label: Optional[str]) -> Optional[Progress]:
     if not label:
         return None
-    import keras
-
     print(label)
-    return keras.utils.Progbar(n, unit_name="sample")
+    return Progress(n, unit="sample")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,15 @@ import numpy as np
 from tfcompress import inspector, runtime
 from tfcompress._io import atomic_write_bytes
 
+__all__ = [
+    "LayerError",
+    "PathResult",
+    "Thresholds",
+    "ValidationReport",
+    "per_layer_error",
+    "validate",
+]
+
 _FRACTIONS = ("min_accuracy", "min_float_agreement", "min_xnnpack_agreement")
 
 
@@ -116,10 +125,13 @@ class ValidationReport:
         d["delegation"]["description"] = self.delegation.describe()
         return d
 
+    def to_json(self) -> str:
+        """The report as indented JSON text (numpy scalars as plain numbers)."""
+        return json.dumps(self.to_dict(), indent=2, default=_json_default)
+
     def save(self, path, *, overwrite: bool = False):
         """Writes the report as JSON, atomically."""
-        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
-        return atomic_write_bytes(path, text.encode(), overwrite=overwrite)
+        return atomic_write_bytes(path, self.to_json().encode(), overwrite=overwrite)
 
     def summary(self) -> str:
         rows = [("samples", str(self.num_samples)), ("size", f"{self.size_bytes} bytes")]
@@ -281,6 +293,7 @@ def _float_reference(reference) -> Optional[bytes]:
         hasattr(reference, "suffix") and str(reference).endswith(".tflite")
     ):
         return inspector.read_model(reference)
+    # TensorFlow boundary: only a Keras / SavedModel reference loads the converter.
     from tfcompress.converter import convert
 
     return convert(reference, mode="float32", progress=False).model_bytes
