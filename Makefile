@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh clone:
 #   make main   installs into .venv and runs the main job (prints a results table)
 #   make test   installs into .venv (with the test extra) and runs the test suite
+# Both install the tensorflow extra; `pip install tfcompress` alone gives the
+# TensorFlow-free check tools (inspect, validate, benchmark).
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[test]"
+	$(VENV)/bin/pip install --quiet -e ".[tensorflow,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -76,3 +76,48 @@ def test_missing_path_and_directory(tmp_path):
         inspector.inspect(tmp_path)
     with pytest.raises(TypeError, match="Received: model of type int"):
         inspector.inspect(3)
+
+
+@pytest.fixture()
+def count_parses(monkeypatch):
+    """Counts how often a flatbuffer is verified (parsed and checked) from its bytes."""
+    calls = []
+    real = inspector._verify_bytes
+
+    def counting(buf, what):
+        calls.append(len(buf))
+        return real(buf, what)
+
+    monkeypatch.setattr(inspector, "_verify_bytes", counting)
+    return calls
+
+
+def test_load_verifies_once_and_a_verified_model_is_never_parsed_again(models_dir, count_parses):
+    path = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
+    verified = inspector.load(path)
+    assert count_parses == [path.stat().st_size]
+    assert inspector.load(verified) is verified
+    assert inspector.inspect(verified) is verified.report
+    assert inspector.read_model(verified) == path.read_bytes()
+    assert set(inspector.constant_values(verified)) == set(verified.constants)
+    assert inspector.check_sparsity_m_by_n(verified).n == 2
+    assert len(count_parses) == 1
+
+
+def test_validate_and_benchmark_parse_each_file_once(models_dir, cifar, count_parses):
+    from tfcompress import benchmark, validation
+
+    int8 = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
+    ref = models_dir / "mlperf_tiny_resnet8_cifar10_float.tflite"
+    x = cifar["x_test"][:4].astype("float32")
+    report = validation.validate(int8, x, y=cifar["y_test"][:4], reference=ref, progress=False,
+                                 per_layer_samples=2)
+    assert report.per_layer and report.delegation.num_ops == 16
+    assert sorted(count_parses) == sorted([int8.stat().st_size, ref.stat().st_size])
+    verified = {"int8": inspector.load(int8), "float": inspector.load(ref)}
+    count_parses.clear()
+    validation.validate(verified["int8"], x, reference=verified["float"], progress=False,
+                        per_layer_samples=2)
+    benchmark.measure_latency(verified, runs=2, warmup=0)
+    benchmark.benchmark_models(verified, runs=2, warmup=0, memory=False, progress=False)
+    assert count_parses == []

@@ -12,4 +12,9 @@ from __future__ import annotations
 from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-__all__ = ["Interpreter", "OpResolverType", "tflite_schema"]
+__all__ = ["Interpreter", "OpResolverType", "ops_details", "tflite_schema"]
+
+
+def ops_details(interpreter) -> list:
+    """Every node of an allocated interpreter, delegate kernels included (private API)."""
+    return interpreter._get_ops_details()  # pylint: disable=protected-access

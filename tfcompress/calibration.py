@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress._progress import Progress
-from tfcompress.data import load_image_folder
+from tfcompress.data import CALIBRATION_SAMPLES, load_image_folder
 
 __all__ = [
     "InputSpec",
@@ -69,7 +69,7 @@ def prepare_samples(
     data,
     specs: Sequence[InputSpec],
     *,
-    num_samples: int = 500,
+    num_samples: int = CALIBRATION_SAMPLES,
     preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     image_size: Optional[Tuple[int, int]] = None,
 ) -> List[Sample]:

@@ -34,7 +34,8 @@ from absl import app, flags
 
 # Only the TensorFlow-free layers at module level: inspect, validate and benchmark
 # must run where TensorFlow is not installed.
-from tfcompress import _io, data, inspector, runtime
+from tfcompress import _io, inspector, runtime
+from tfcompress import data as data_lib
 from tfcompress.benchmark import benchmark_models
 from tfcompress.validation import Thresholds, validate
 
@@ -61,7 +62,8 @@ flags.DEFINE_string("x_key", "x", "Array name of the inputs in an .npz (x_test, 
 flags.DEFINE_string("y_key", "y", "Array name of the labels in an .npz (y_test, y_train are tried too).")
 flags.DEFINE_boolean("sparse", False, "convert: store pruned weights (>= 30% zeros) in TFLite's "
                      "sparse format, for a smaller file.")
-flags.DEFINE_integer("num_samples", None, "Use at most this many samples (convert: default 500).")
+flags.DEFINE_integer("num_samples", None, "Use at most this many samples "
+                     f"(convert: default {data_lib.CALIBRATION_SAMPLES}).")
 flags.DEFINE_float("preprocess_scale", None, "Multiply input data by this before use (e.g. 0.00392).")
 flags.DEFINE_float("preprocess_offset", None, "Add this to input data after scaling.")
 flags.DEFINE_list("image_size", None, "HEIGHT,WIDTH to resize images to.")
@@ -125,7 +127,7 @@ def _load_data(path: str, *, want_labels: bool, image_size=None, input_shape=Non
         if size is None or None in size:
             raise UsageError("Pass --image_size=HEIGHT,WIDTH for an image folder.")
         channels = input_shape[3] if input_shape is not None and len(input_shape) == 4 else 3
-        x, y, _ = data.load_image_folder(path, size=size, channels=channels,
+        x, y, _ = data_lib.load_image_folder(path, size=size, channels=channels,
                                          label_regex=FLAGS.label_regex if want_labels else None)
         return x, y
     if path.endswith(".npy"):
@@ -184,7 +186,8 @@ def cmd_convert(args: List[str]) -> int:
         preprocess = _preprocess
     result = convert(
         args[0], representative_data=data, mode=FLAGS.mode, input_type=FLAGS.input_type,
-        output_type=FLAGS.output_type, num_calibration_samples=FLAGS.num_samples or 500,
+        output_type=FLAGS.output_type,
+        num_calibration_samples=FLAGS.num_samples or data_lib.CALIBRATION_SAMPLES,
         preprocess=preprocess, image_size=_image_size(), progress=FLAGS.progress,
         sparse=FLAGS.sparse,
     )
@@ -311,7 +314,7 @@ def _training_data(model_input_shape=None):
                 raise UsageError(f"{FLAGS.data!r} lacks arrays {sorted(missing)}; it holds "
                                  f"{sorted(f.keys())}.")
             return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
-    ds = data.load_dataset("mnist" if FLAGS.dataset == "auto" else FLAGS.dataset, download=False)
+    ds = data_lib.load_dataset("mnist" if FLAGS.dataset == "auto" else FLAGS.dataset, download=False)
     return ds.x_train, ds.y_train, ds.x_test, ds.y_test
 
 

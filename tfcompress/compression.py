@@ -269,7 +269,7 @@ def _steps_per_epoch(run: _Run) -> int:
     return int(np.ceil(len(run.data.x_train) / run.batch_size))
 
 
-RECONSTRUCTION_SAMPLES = 500  # training images for low-rank and channel reconstruction
+RECONSTRUCTION_SAMPLES = data_lib.CALIBRATION_SAMPLES  # images for low-rank / channel refit
 
 
 def _step_lowrank(run: _Run, model):
@@ -370,6 +370,91 @@ def _load_state(work: Path, fingerprint: str, resume: bool) -> dict:
     return state
 
 
+def _augmentation(augment):
+    if isinstance(augment, str):
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"Unknown augmentation {augment!r}. Allowed: {sorted(AUGMENTATIONS)} "
+                             "or a function (x, rng) -> x.")
+        return AUGMENTATIONS[augment]
+    if augment is not None and not callable(augment):
+        raise TypeError(f"`augment` is a name or a function. Received: {type(augment).__name__}")
+    return augment
+
+
+def _checked_fit_kwargs(fit_kwargs) -> dict:
+    fit_kwargs = dict(fit_kwargs or {})
+    clash = {"epochs", "x", "y", "batch_size", "callbacks"} & set(fit_kwargs)
+    if clash:
+        raise ValueError(f"fit_kwargs cannot set {sorted(clash)}: epochs come from the recipe, "
+                         "data from `data`, batch_size and callbacks are arguments of compress().")
+    return fit_kwargs
+
+
+def _train(run: _Run, state: Optional[dict]):
+    """Runs (or resumes) the recipe's training steps; returns the model and the stages."""
+    model, verbose, seed = run.original, run.verbose, run.seed
+    stages = [{"stage": "original", "params": _count_params(model),
+               "accuracy": run.accuracy(model), "seconds": 0.0}]
+    current = model
+    training = [s for s in run.recipe.steps() if s in _TRAINING_STEPS]
+    done = {c["step"]: c for c in (state or {}).get("completed", [])}
+    for index, step in enumerate(training):
+        if step in done:
+            current = keras.models.load_model(run.work / done[step]["checkpoint"], compile=False)
+            stages.append(done[step]["metrics"])
+            if verbose:
+                print(f"[{index + 1}/{len(training)}] {step}: resumed from "
+                      f"{done[step]['checkpoint']}")
+            continue
+        if verbose:
+            print(f"[{index + 1}/{len(training)}] {step}")
+        keras.utils.set_random_seed(seed + index)
+        run.step_seed = seed + index
+        t0 = time.perf_counter()
+        current, numbers = _TRAINING_STEPS[step](run, current)
+        metrics = dict({"stage": step, "params": _count_params(current),
+                        "accuracy": run.accuracy(current),
+                        "seconds": time.perf_counter() - t0}, **numbers)
+        stages.append(metrics)
+        if run.work is not None:
+            checkpoint = f"steps/{index + 1:02d}_{step}.keras"
+            current.save(run.work / checkpoint)
+            state["completed"].append({"step": step, "checkpoint": checkpoint, "metrics": metrics})
+            _io.atomic_write_bytes(run.work / STATE_FILE,
+                                   json.dumps(state, indent=2, default=float).encode(),
+                                   overwrite=True)
+    return current, stages
+
+
+def _export_and_check(run: _Run, current, original_accuracy: float):
+    """Converts, validates and times; each file is verified once and passed on."""
+    recipe, data = run.recipe, run.data
+    calib = data.x_train[:data_lib.CALIBRATION_SAMPLES]
+    progress = bool(run.verbose)
+    float_tflite = convert(run.original, mode="float32", progress=False).verified
+    sparse = (recipe.prune is not None and recipe.prune.kind != "channels"
+              and recipe.prune.sparse_weights)
+    int8 = convert(current, representative_data=None if recipe.quantize is not None else calib,
+                   progress=progress, sparse=sparse).verified
+    report = None
+    if recipe.validate is not None:
+        drop = recipe.validate.max_accuracy_drop
+        thresholds = validation.Thresholds(
+            min_accuracy=None if drop is None else max(0.0, original_accuracy - drop),
+            require_fully_integer=recipe.validate.require_fully_integer)
+        report = validation.validate(int8, data.x_test, y=data.y_test, reference=float_tflite,
+                                     thresholds=thresholds, progress=progress)
+    latency = None
+    if recipe.benchmark is not None:
+        stats = benchmark.measure_latency({"float": float_tflite, "int8": int8},
+                                          runs=recipe.benchmark.runs,
+                                          num_threads=recipe.benchmark.num_threads)
+        latency = {"float_ms": stats["float"].p50_ms, "int8_ms": stats["int8"].p50_ms,
+                   "ratio": benchmark.paired_ratio(stats["int8"], stats["float"]),
+                   "runs": recipe.benchmark.runs, "num_threads": recipe.benchmark.num_threads}
+    return int8, float_tflite, report, latency
+
+
 def compress(
     model,
     data,
@@ -419,18 +504,8 @@ def compress(
     """
     recipe = as_recipe(recipe)
     data = CompressionData.from_any(data)
-    if isinstance(augment, str):
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"Unknown augmentation {augment!r}. Allowed: {sorted(AUGMENTATIONS)} "
-                             "or a function (x, rng) -> x.")
-        augment = AUGMENTATIONS[augment]
-    elif augment is not None and not callable(augment):
-        raise TypeError(f"`augment` is a name or a function. Received: {type(augment).__name__}")
-    fit_kwargs = dict(fit_kwargs or {})
-    clash = {"epochs", "x", "y", "batch_size", "callbacks"} & set(fit_kwargs)
-    if clash:
-        raise ValueError(f"fit_kwargs cannot set {sorted(clash)}: epochs come from the recipe, "
-                         "data from `data`, batch_size and callbacks are arguments of compress().")
+    augment = _augmentation(augment)
+    fit_kwargs = _checked_fit_kwargs(fit_kwargs)
     if output_dir is not None and Path(output_dir).exists() and not overwrite:
         raise FileExistsError(f"Refusing to overwrite the existing output directory "
                               f"{str(output_dir)!r}. Pass overwrite=True (CLI: --overwrite).")
@@ -443,67 +518,13 @@ def compress(
     if run.work is not None:
         fp = _fingerprint(model, data, recipe, seed, batch_size, learning_rate, augment)
         state = _load_state(run.work, fp, resume)
-
-    stages = [{"stage": "original", "params": _count_params(model),
-               "accuracy": run.accuracy(model), "seconds": 0.0}]
-    current = model
-    training = [s for s in recipe.steps() if s in _TRAINING_STEPS]
-    done = {c["step"]: c for c in (state or {}).get("completed", [])}
-    for index, step in enumerate(training):
-        if step in done:
-            current = keras.models.load_model(run.work / done[step]["checkpoint"], compile=False)
-            stages.append(done[step]["metrics"])
-            if verbose:
-                print(f"[{index + 1}/{len(training)}] {step}: resumed from "
-                      f"{done[step]['checkpoint']}")
-            continue
-        if verbose:
-            print(f"[{index + 1}/{len(training)}] {step}")
-        keras.utils.set_random_seed(seed + index)
-        run.step_seed = seed + index
-        t0 = time.perf_counter()
-        current, numbers = _TRAINING_STEPS[step](run, current)
-        metrics = dict({"stage": step, "params": _count_params(current),
-                        "accuracy": run.accuracy(current),
-                        "seconds": time.perf_counter() - t0}, **numbers)
-        stages.append(metrics)
-        if run.work is not None:
-            checkpoint = f"steps/{index + 1:02d}_{step}.keras"
-            current.save(run.work / checkpoint)
-            state["completed"].append({"step": step, "checkpoint": checkpoint, "metrics": metrics})
-            _io.atomic_write_bytes(run.work / STATE_FILE,
-                                   json.dumps(state, indent=2, default=float).encode(),
-                                   overwrite=True)
-
-    calib = data.x_train[:500]
-    progress = bool(verbose)
-    float_tflite = convert(model, mode="float32", progress=False).model_bytes
-    sparse = (recipe.prune is not None and recipe.prune.kind != "channels"
-              and recipe.prune.sparse_weights)
-    int8 = convert(current, representative_data=None if recipe.quantize is not None else calib,
-                   progress=progress, sparse=sparse).model_bytes
-
-    report = None
-    if recipe.validate is not None:
-        drop = recipe.validate.max_accuracy_drop
-        thresholds = validation.Thresholds(
-            min_accuracy=None if drop is None else max(0.0, stages[0]["accuracy"] - drop),
-            require_fully_integer=recipe.validate.require_fully_integer)
-        report = validation.validate(int8, data.x_test, y=data.y_test, reference=float_tflite,
-                                     thresholds=thresholds, progress=progress)
-    latency = None
-    if recipe.benchmark is not None:
-        stats = benchmark.measure_latency({"float": float_tflite, "int8": int8},
-                                          runs=recipe.benchmark.runs,
-                                          num_threads=recipe.benchmark.num_threads)
-        latency = {"float_ms": stats["float"].p50_ms, "int8_ms": stats["int8"].p50_ms,
-                   "ratio": benchmark.paired_ratio(stats["int8"], stats["float"]),
-                   "runs": recipe.benchmark.runs, "num_threads": recipe.benchmark.num_threads}
-    result = CompressionResult(current, int8, float_tflite, tuple(stages), report, latency,
-                               recipe, None)
+    current, stages = _train(run, state)
+    int8, float_tflite, report, latency = _export_and_check(run, current, stages[0]["accuracy"])
+    result = CompressionResult(current, int8.bytes, float_tflite.bytes, tuple(stages), report,
+                               latency, recipe, None)
     if run.work is None:
         return result
-    _write_outputs(run.work, result)
+    _write_outputs(run.work, result, int8)
     final = Path(output_dir)
     if final.exists():  # overwrite=True was checked above
         shutil.rmtree(final)
@@ -511,7 +532,7 @@ def compress(
     return dataclasses.replace(result, output_dir=str(final))
 
 
-def _write_outputs(work: Path, result: CompressionResult) -> None:
+def _write_outputs(work: Path, result: CompressionResult, int8: inspector.VerifiedModel) -> None:
     shutil.rmtree(work / "steps", ignore_errors=True)
     (work / STATE_FILE).unlink(missing_ok=True)
     _io.atomic_write_bytes(work / "model_int8.tflite", result.tflite)
@@ -522,7 +543,7 @@ def _write_outputs(work: Path, result: CompressionResult) -> None:
     _io.atomic_write_bytes(work / "recipe.json", result.recipe.to_json().encode())
     _io.atomic_write_bytes(work / "result.json",
                            json.dumps(result.summary(), indent=2, default=float).encode())
-    write_report(work, result)
+    write_report(work, result, verified=int8)
 
 
 def _short_name(name: str, width: int = 38) -> str:
@@ -530,12 +551,18 @@ def _short_name(name: str, width: int = 38) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
-def write_report(directory, result: "CompressionResult") -> Path:
+def write_report(directory, result: "CompressionResult", *,
+                 verified: Optional[inspector.VerifiedModel] = None) -> Path:
     """Writes ``report.md`` and its plots for a :class:`~tfcompress.compression.CompressionResult`.
 
     Plots: accuracy and parameters after each stage; the share of zero weights
     per layer in the int8 file; the per-layer quantization error (in output
     quantization steps) when validation ran.
+
+    Args:
+        directory: an existing folder.
+        result: what :func:`compress` returned.
+        verified: the int8 file of ``result`` already verified (not parsed again).
 
     Returns:
         The path of ``report.md``.
@@ -554,7 +581,7 @@ def write_report(directory, result: "CompressionResult") -> Path:
     lines += ["![accuracy after each stage](stages.png)", "",
               "![parameters after each stage](params.png)", ""]
 
-    weights = inspector.inspect(result.tflite).weight_tensors
+    weights = inspector.load(verified or result.tflite).report.weight_tensors
     if weights:
         report_lib.bar_chart(directory / "sparsity.png", [_short_name(t.name) for t in weights],
                   {"zero weights (%)": [100 * (t.zero_fraction or 0.0) for t in weights]},

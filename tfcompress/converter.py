@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from tfcompress import _compat, _graph, calibration, inspector, quantization
 from tfcompress._io import atomic_write_bytes
+from tfcompress.data import CALIBRATION_SAMPLES
 from tfcompress.rewrite import SPARSE_MODES, tidy_sparse_weights
 
 __all__ = [
@@ -62,19 +63,29 @@ class ConversionResult:
     """A converted model and what is known about it.
 
     Attributes:
-        model_bytes: the `.tflite` flatbuffer.
-        report: :class:`tfcompress.inspector.ModelReport` of those bytes (size,
-            op histogram, input/output quantization parameters, ...).
+        verified: the `.tflite`, verified once
+            (:class:`tfcompress.inspector.VerifiedModel`); pass it to ``validate``,
+            ``benchmark`` or ``inspect`` so that they do not parse it again.
         mode: the conversion mode used.
         num_calibration_samples: samples used to calibrate (0 if none).
         seconds: wall time of the conversion, calibration included.
     """
 
-    model_bytes: bytes
-    report: inspector.ModelReport
+    verified: inspector.VerifiedModel
     mode: str
     num_calibration_samples: int
     seconds: float
+
+    @property
+    def model_bytes(self) -> bytes:
+        """The `.tflite` flatbuffer."""
+        return self.verified.bytes
+
+    @property
+    def report(self) -> inspector.ModelReport:
+        """:class:`tfcompress.inspector.ModelReport` of the file (size, op histogram,
+        input/output quantization parameters, ...)."""
+        return self.verified.report
 
     @property
     def size_bytes(self) -> int:
@@ -106,7 +117,7 @@ def convert(
     mode: str = "int8",
     input_type: Optional[str] = None,
     output_type: Optional[str] = None,
-    num_calibration_samples: int = 500,
+    num_calibration_samples: int = CALIBRATION_SAMPLES,
     preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     image_size: Optional[Tuple[int, int]] = None,
     batch_size: Optional[int] = 1,
@@ -230,10 +241,11 @@ def convert(
     if sparse:
         model_bytes = tidy_sparse_weights(model_bytes)
     seconds = time.perf_counter() - start
-    report = inspector.inspect(model_bytes)
+    verified = inspector.load(model_bytes)
     if mode == "int8":
-        _check_fully_integer(report, allow_io=(input_type, output_type), keras_model=source.keras_model)
-    return ConversionResult(model_bytes, report, mode, len(samples), seconds)
+        _check_fully_integer(verified.report, allow_io=(input_type, output_type),
+                             keras_model=source.keras_model)
+    return ConversionResult(verified, mode, len(samples), seconds)
 
 
 def _is_qat(model) -> bool:

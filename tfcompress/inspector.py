@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gzip
+import functools
 import os
 import struct
 from pathlib import Path
@@ -33,19 +34,21 @@ __all__ = [
     "OpInfo",
     "QuantParams",
     "TensorInfo",
+    "VerifiedModel",
     "check_sparsity_m_by_n",
     "constant_values",
     "expected_nbytes",
     "gzip_size",
     "inspect",
     "layer_name",
+    "load",
     "op_name",
     "read_model",
     "tflite_sizes",
     "verify",
 ]
 
-ModelSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
+ModelSource = Union[bytes, bytearray, memoryview, str, os.PathLike, "VerifiedModel"]
 
 
 class InvalidModelError(ValueError):
@@ -216,6 +219,8 @@ def read_model(model: ModelSource) -> bytes:
         IsADirectoryError: the path is a directory.
         TypeError: ``model`` is neither bytes nor a path.
     """
+    if isinstance(model, VerifiedModel):
+        return model.bytes
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model)
     if isinstance(model, (str, os.PathLike)):
@@ -247,6 +252,61 @@ def _parse(buf: bytes):
     return _fb.ModelT.InitFromObj(model)
 
 
+class VerifiedModel:
+    """A `.tflite` file whose bytes passed :func:`verify`: parsed once, then passed around.
+
+    Every check-layer function (:func:`inspect`, ``runtime.make_interpreter``,
+    ``validation.validate``, ``benchmark.measure_latency``, ...) accepts one in place of
+    bytes or a path and uses it as it is, so a model read by :func:`load` is never read
+    or parsed again. Build it with :func:`load`, not directly.
+
+    Attributes:
+        bytes: the file's bytes.
+        tree: the parsed flatbuffer (the schema's object API).
+        source: where the bytes came from (for messages).
+    """
+
+    def __init__(self, buf: bytes, tree, source: str):
+        self.bytes = buf
+        self.tree = tree
+        self.source = source
+
+    @functools.cached_property
+    def report(self) -> "ModelReport":
+        """The :class:`ModelReport` of the main subgraph (computed on first use)."""
+        return _report(self.bytes, self.tree)
+
+    @functools.cached_property
+    def constants(self) -> Dict[int, np.ndarray]:
+        """Stored values of every dense constant tensor (see :func:`constant_values`)."""
+        return _constants(self.tree)
+
+    def __len__(self) -> int:
+        return len(self.bytes)
+
+    def __repr__(self) -> str:
+        return f"VerifiedModel({self.source}, {len(self.bytes)} bytes)"
+
+
+def load(model: ModelSource) -> VerifiedModel:
+    """Reads and verifies a `.tflite` once; a :class:`VerifiedModel` is returned as it is.
+
+    >>> load(b"TFL3")
+    Traceback (most recent call last):
+    ...
+    tfcompress.inspector.InvalidModelError: Not a TFLite flatbuffer: too short (4 bytes; a TFLite file has at least 16). Received: <4 bytes>.
+
+    Raises:
+        InvalidModelError: with what is wrong, for any malformed input.
+        FileNotFoundError: the path does not exist.
+    """
+    if isinstance(model, VerifiedModel):
+        return model
+    buf = read_model(model)
+    what = _describe(model, buf)
+    return VerifiedModel(buf, _verify_bytes(buf, what), what)
+
+
 def verify(model: ModelSource):
     """Checks a `.tflite` flatbuffer and returns its parsed object tree.
 
@@ -257,8 +317,10 @@ def verify(model: ModelSource):
     Raises:
         InvalidModelError: with what is wrong, for any malformed input.
     """
-    buf = read_model(model)
-    what = _describe(model, buf)
+    return load(model).tree
+
+
+def _verify_bytes(buf: bytes, what: str):
     if len(buf) < 16:
         raise InvalidModelError(
             f"Not a TFLite flatbuffer: too short ({len(buf)} bytes; a TFLite file has at "
@@ -412,8 +474,10 @@ def inspect(model: ModelSource) -> ModelReport:
         InvalidModelError: the bytes are not a well-formed TFLite model.
         FileNotFoundError: the path does not exist.
     """
-    buf = read_model(model)
-    tree = verify(buf)
+    return load(model).report
+
+
+def _report(buf: bytes, tree) -> ModelReport:
     sg = tree.subgraphs[0]
     buffers = tree.buffers or []
     tensors = tuple(_tensor_info(i, t, buffers) for i, t in enumerate(sg.tensors or []))
@@ -441,7 +505,10 @@ def constant_values(model: ModelSource) -> Dict[int, np.ndarray]:
     Returns:
         ``{tensor_index: array shaped like the tensor}`` for the main subgraph.
     """
-    tree = verify(read_model(model))
+    return dict(load(model).constants)
+
+
+def _constants(tree) -> Dict[int, np.ndarray]:
     buffers = tree.buffers or []
     out = {}
     for i, t in enumerate(tree.subgraphs[0].tensors or []):
@@ -465,7 +532,6 @@ def gzip_size(model: ModelSource, *, level: int = 9) -> int:
     >>> gzip_size(bytes(10_000)) < 100
     True
     """
-
     buf = model if isinstance(model, (bytes, bytearray, memoryview)) else read_model(model)
     return len(gzip.compress(bytes(buf), compresslevel=level, mtime=0))
 
@@ -499,8 +565,8 @@ def check_sparsity_m_by_n(model, *, n: int = 2, m: int = 4,
     Returns:
         An :class:`MByNCheck`; ``.ok`` is the verdict.
     """
-    report = inspect(model)
-    values = constant_values(model)
+    verified = load(model)
+    report, values = verified.report, verified.constants
     rows = []
     for op in report.ops:
         if op.op not in ops or len(op.inputs) < 2 or op.inputs[1] not in values:

@@ -27,6 +27,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from tfcompress.data import CALIBRATION_SAMPLES
+
 __all__ = [
     "Benchmark",
     "Distill",
@@ -133,7 +135,7 @@ class Quantize:
     method: str = "qat"
     epochs: int = 1
     estimator: str = "percentile"
-    calibration_samples: int = 500
+    calibration_samples: int = CALIBRATION_SAMPLES
     learning_rate: Optional[float] = None
 
     def __post_init__(self):

@@ -20,7 +20,7 @@ import numpy as np
 
 from tfcompress import inspector
 from tfcompress._progress import Progress
-from tfcompress._compat_litert import Interpreter, OpResolverType
+from tfcompress._compat_litert import Interpreter, OpResolverType, ops_details
 
 __all__ = [
     "DelegationReport",
@@ -55,13 +55,12 @@ def make_interpreter(
         preserve_all_tensors: keep intermediate tensors readable after
             ``invoke`` (needed for per-layer errors; disables buffer reuse).
     """
-    buf = inspector.read_model(model)
-    inspector.verify(buf)
+    verified = inspector.load(model)
     if num_threads < 1:
         raise ValueError(f"`num_threads` must be at least 1. Received: num_threads={num_threads}")
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     interpreter = Interpreter(
-        model_content=buf,
+        model_content=verified.bytes,
         num_threads=num_threads,
         experimental_op_resolver_type=resolver,
         experimental_preserve_all_tensors=preserve_all_tensors,
@@ -221,10 +220,10 @@ def delegation(model: inspector.ModelSource, *, num_threads: int = 1) -> Delegat
     whose inputs and outputs are the partition's boundary; walking back from its
     outputs to its inputs recovers the original ops it runs.
     """
-    buf = inspector.read_model(model)
-    report = inspector.inspect(buf)
-    interpreter = make_interpreter(buf, xnnpack=True, num_threads=num_threads)
-    nodes = interpreter._get_ops_details()  # pylint: disable=protected-access
+    verified = inspector.load(model)
+    report = verified.report
+    interpreter = make_interpreter(verified, xnnpack=True, num_threads=num_threads)
+    nodes = ops_details(interpreter)
     n = len(report.ops)
     producer: Dict[int, int] = {}
     for op in report.ops:
@@ -262,9 +261,9 @@ def intermediate_outputs(
     Runs one sample per ``invoke`` with all tensors preserved (builtin kernels by
     default, since a delegate hides its intermediate tensors).
     """
-    buf = inspector.read_model(model)
-    report = inspector.inspect(buf)
-    interpreter = make_interpreter(buf, xnnpack=xnnpack, num_threads=num_threads,
+    verified = inspector.load(model)
+    report = verified.report
+    interpreter = make_interpreter(verified, xnnpack=xnnpack, num_threads=num_threads,
                                    preserve_all_tensors=True)
     inputs = interpreter.get_input_details()
     xs = match_inputs(inputs, x)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -188,12 +189,14 @@ def validate(
     """Runs a `.tflite` on both kernel paths and compares it with what it should be.
 
     Args:
-        model: the `.tflite` to check (bytes or path).
+        model: the `.tflite` to check (bytes, a path, or an
+            :class:`~tfcompress.inspector.VerifiedModel`, which is not read again).
         x: input samples (sample axis first): real values, quantized with the
             model's input parameters, or integer data of the input's own dtype,
             fed as is. A dict keyed by input name for multi-input models.
         y: integer labels, for accuracy.
-        reference: the float model: a `.tflite` (bytes or path), a Keras
+        reference: the float model: a `.tflite` (bytes, path or
+            ``VerifiedModel``), a Keras
             model, a ``.keras``/``.h5`` path or a SavedModel directory (the
             last three are converted to a float32 `.tflite` first).
         thresholds: limits that turn the report into pass/fail.
@@ -208,8 +211,8 @@ def validate(
         A :class:`ValidationReport`.
     """
     thresholds = thresholds or Thresholds()
-    buf = inspector.read_model(model)
-    report = inspector.inspect(buf)
+    buf = inspector.load(model)  # verified once; everything below reuses it
+    report = buf.report
     float_buf = _float_reference(reference)
 
     label = "Running {} ({})".format
@@ -284,22 +287,21 @@ def _error_stats(out: np.ndarray, ref: np.ndarray, step: float) -> Dict[str, flo
     }
 
 
-def _float_reference(reference) -> Optional[bytes]:
+def _float_reference(reference) -> Optional[inspector.VerifiedModel]:
     if reference is None:
         return None
-    if isinstance(reference, (bytes, bytearray, memoryview)):
-        return bytes(reference)
-    if isinstance(reference, str) and reference.endswith(".tflite") or (
-        hasattr(reference, "suffix") and str(reference).endswith(".tflite")
-    ):
-        return inspector.read_model(reference)
+    if isinstance(reference, (bytes, bytearray, memoryview, inspector.VerifiedModel)) or (
+            str(reference).endswith(".tflite")
+            and isinstance(reference, (str, os.PathLike))):
+        return inspector.load(reference)
     # TensorFlow boundary: only a Keras / SavedModel reference loads the converter.
     from tfcompress.converter import convert
 
-    return convert(reference, mode="float32", progress=False).model_bytes
+    return inspector.load(convert(reference, mode="float32", progress=False).model_bytes)
 
 
-def per_layer_error(model: bytes, float_model: bytes, x) -> Tuple[LayerError, ...]:
+def per_layer_error(model: inspector.ModelSource, float_model: inspector.ModelSource,
+                    x) -> Tuple[LayerError, ...]:
     """RMSE of every quantized op output against the float model, in units of its scale.
 
     Tensors are matched by name between the two files (both from the same
@@ -307,7 +309,8 @@ def per_layer_error(model: bytes, float_model: bytes, x) -> Tuple[LayerError, ..
     conversion produce). The error accumulates along the graph, so a jump
     from one layer to the next marks the layer that loses accuracy.
     """
-    q_report = inspector.inspect(model)
+    model, float_model = inspector.load(model), inspector.load(float_model)
+    q_report = model.report
     q_out = runtime.intermediate_outputs(model, x)
     f_out = runtime.intermediate_outputs(float_model, x)
     errors = []
