@@ -181,7 +181,7 @@ def test_augmentation_runs_once_per_epoch_with_a_seeded_generator(digits_model):
 
 
 def test_flip_and_shift_only_flips_and_shifts():
-    from tfcompress.compression import flip_and_shift
+    from tfcompress.data import flip_and_shift
 
     x = np.random.default_rng(1).random((16, 6, 6, 2)).astype("float32")
     out = flip_and_shift(x, np.random.default_rng(0), pad=0)  # no room to shift: flips only

@@ -52,7 +52,7 @@ from tfcompress import (
 from tfcompress import data as data_lib
 from tfcompress import report as report_lib
 from tfcompress.converter import convert
-from tfcompress.data import AUGMENTATIONS, flip_and_shift
+from tfcompress.data import AUGMENTATIONS
 from tfcompress.distillation import LabelAndTeacherLoss
 from tfcompress.recipe import Recipe, as_recipe
 from tfcompress.report import markdown_table

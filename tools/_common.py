@@ -188,7 +188,7 @@ def augment(x, rng):
 
     ``rng`` is a ``np.random.Generator``; the package's own ``flip_and_shift``.
     """
-    from tfcompress.compression import flip_and_shift
+    from tfcompress.data import flip_and_shift
 
     return flip_and_shift(x, rng)
 
