@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcompress import _compat
+
 __all__ = [
     "input_of",
     "patches",
@@ -31,7 +33,7 @@ def refittable(layer) -> bool:
 
 def input_of(graph, name: str):
     """The tensor that the layer called ``name`` reads in the Functional ``graph``."""
-    node = {n.operation.name: n for d in graph._nodes_by_depth.values() for n in d}[name]
+    node = {n.operation.name: n for n in _compat.graph_nodes(graph)}[name]
     return node.input_tensors[0] if len(node.input_tensors) == 1 else None
 
 

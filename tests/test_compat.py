@@ -1,0 +1,127 @@
+"""Pins each private-API behaviour that tfcompress relies on (Keras 3, LiteRT).
+
+Every private name is reached only through ``tfcompress._compat`` (TensorFlow / Keras)
+or ``tfcompress._compat_litert`` (LiteRT). When a release changes one of these
+behaviours, a test here fails and names the helper to fix, instead of a transform
+failing somewhere downstream.
+"""
+
+import ast
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tfcompress import _compat, _compat_litert, _graph
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tfcompress"
+PRIVATE_KERAS = ("_nodes_by_depth", "_flatten_layers", "_keras_history", "_run_through_graph",
+                 "_get_ops_details")
+
+
+def _residual():
+    inputs = keras.Input((4,), name="x")
+    a = keras.layers.Dense(4, name="a")(inputs)
+    b = keras.layers.Dense(4, name="b")(a)
+    out = keras.layers.Add(name="add")([a, b])
+    return keras.Model(inputs, out)
+
+
+def test_private_apis_are_used_only_in_the_compat_modules():
+    users = {}
+    for path in PACKAGE.glob("*.py"):
+        if path.stem in ("_compat", "_compat_litert"):
+            continue
+        names = {n.attr for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Attribute) and n.attr in PRIVATE_KERAS}
+        if names:
+            users[path.name] = sorted(names)
+    assert not users, f"private Keras / LiteRT APIs outside _compat: {users}"
+
+
+def test_graph_nodes_come_inputs_first_and_each_after_its_inputs():
+    model = _residual()
+    nodes = _compat.graph_nodes(model)
+    order = [n.operation.name for n in nodes]
+    assert order[0] == "x" and order.index("a") < order.index("b") < order.index("add")
+    seen = set()
+    for node in nodes:
+        assert all(id(t) in seen for t in node.input_tensors), node.operation.name
+        seen |= {id(t) for t in node.output_tensors}
+
+
+def test_producer_is_the_layer_that_made_a_symbolic_tensor():
+    inputs = keras.Input((3,))
+    dense = keras.layers.Dense(2)
+    out = dense(inputs)
+    assert _compat.producer(out) is dense
+    assert isinstance(_compat.producer(inputs), keras.layers.InputLayer)
+    assert _compat.producer(np.zeros(2)) is None
+
+
+def test_flatten_layers_reaches_nested_models_and_wrapped_layers():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")],
+                             name="inner")
+    wrapped = keras.layers.TimeDistributed(keras.layers.Dense(2, name="td_dense"), name="td")
+    inputs = keras.Input((5, 4))
+    model = keras.Model(inputs, wrapped(keras.layers.TimeDistributed(inner)(inputs)))
+    names = {layer.name for layer in _compat.flatten_layers(model)}
+    assert {"inner", "inner_dense", "td", "td_dense"} <= names
+    assert model.name not in names
+    assert "inner_dense" not in {layer.name for layer in _compat.flatten_layers(model, recursive=False)}
+
+
+def test_run_graph_calls_every_layer_through_the_operation_function():
+    model = _residual()
+    called = []
+
+    def operation_fn(layer):
+        called.append(layer.name)
+        return layer
+
+    x = np.ones((2, 4), "float32")
+    out = _compat.run_graph(model, keras.ops.convert_to_tensor(x), operation_fn)
+    np.testing.assert_allclose(np.asarray(out), model.predict(x, verbose=0), rtol=1e-6)
+    assert set(called) == {"a", "b", "add"}
+
+
+def test_is_graph_model_tells_functional_and_sequential_from_subclassed():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.d(x)
+
+    assert _compat.is_graph_model(_residual())
+    assert _compat.is_graph_model(keras.Sequential([keras.layers.Dense(1)]))
+    assert not _compat.is_graph_model(Sub())
+
+
+def test_uncompiled_hides_the_compile_state_from_clone_model_and_restores_it():
+    model = _residual()
+    model.compile("adam", lambda y, p: keras.ops.mean((y - p) ** 2))  # an unregistered loss
+    with _compat.uncompiled(model):
+        assert not model.compiled
+    assert model.compiled
+    clone = _graph.clone_model(model)
+    assert not clone.compiled and model.compiled
+
+
+def test_litert_ops_details_lists_the_xnnpack_delegate_node(models_dir):
+    buf = (models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite").read_bytes()
+    interpreter = _compat_litert.Interpreter(
+        model_content=buf, experimental_op_resolver_type=_compat_litert.OpResolverType.AUTO)
+    interpreter.allocate_tensors()
+    nodes = _compat_litert.ops_details(interpreter)
+    assert {"op_name", "inputs", "outputs"} <= set(nodes[0])
+    assert "DELEGATE" in {n["op_name"] for n in nodes}
+
+
+def test_the_litert_schema_reads_a_model_without_tensorflow(models_dir):
+    buf = (models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite").read_bytes()
+    model = _compat_litert.tflite_schema.ModelT.InitFromObj(
+        _compat_litert.tflite_schema.Model.GetRootAs(buf, 0))
+    assert model.version == 3 and len(model.subgraphs) == 1
+    assert len(model.subgraphs[0].operators) == 16
