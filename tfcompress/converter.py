@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import re
 import time
@@ -33,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _compat, _graph, calibration, inspector, quantization
+from tfcompress import _compat, _graph, calibration, inspector, quantization, runtime
 from tfcompress._io import atomic_write_bytes
 from tfcompress.data import CALIBRATION_SAMPLES
 from tfcompress.rewrite import SPARSE_MODES, tidy_sparse_weights
@@ -69,12 +70,14 @@ class ConversionResult:
         mode: the conversion mode used.
         num_calibration_samples: samples used to calibrate (0 if none).
         seconds: wall time of the conversion, calibration included.
+        notes: what the converter decided for you (e.g. sparse weights stored dense).
     """
 
     verified: inspector.VerifiedModel
     mode: str
     num_calibration_samples: int
     seconds: float
+    notes: Tuple[str, ...] = ()
 
     @property
     def model_bytes(self) -> bytes:
@@ -96,8 +99,9 @@ class ConversionResult:
         return atomic_write_bytes(path, self.model_bytes, overwrite=overwrite)
 
     def summary(self) -> str:
+        notes = "".join(f"note: {n}\n" for n in self.notes)
         return (f"mode: {self.mode}, calibration samples: {self.num_calibration_samples}, "
-                f"conversion: {self.seconds:.1f} s\n" + self.report.summary())
+                f"conversion: {self.seconds:.1f} s\n" + notes + self.report.summary())
 
 
 @dataclasses.dataclass
@@ -211,6 +215,26 @@ def convert(
         )
 
     start = time.perf_counter()
+    options = dict(mode=mode, qat=qat, samples=samples, input_type=input_type,
+                   output_type=output_type)
+    model_bytes = _run_converter(source, sparse=False, progress=progress, **options)
+    notes: Tuple[str, ...] = ()
+    if sparse:
+        sparse_bytes = _run_converter(source, sparse=True, progress=False, **options)
+        model_bytes, notes = _sparse_or_dense(
+            tidy_sparse_weights(sparse_bytes, dense=model_bytes), model_bytes, samples,
+            source.specs)
+    seconds = time.perf_counter() - start
+    verified = inspector.load(model_bytes)
+    if mode == "int8":
+        _check_fully_integer(verified.report, allow_io=(input_type, output_type),
+                             keras_model=source.keras_model)
+    return ConversionResult(verified, mode, len(samples), seconds, notes)
+
+
+def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, samples: list,
+                   input_type: str, output_type: str, progress: bool) -> bytes:
+    """One TFLiteConverter run with the options of ``mode``."""
     converter = source.make_converter()
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -225,7 +249,7 @@ def convert(
                 samples, input_names=names, progress=progress)
         # For a QAT graph the converter takes the fake-quant ranges; requesting the
         # int8-only op set there makes it demand a representative dataset, so the
-        # post-check below is what guarantees a fully-integer file.
+        # post-check in convert() is what guarantees a fully-integer file.
         if not (qat and mode == "int8"):
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if mode == "int8"
@@ -235,17 +259,56 @@ def convert(
         converter.inference_output_type = tf.as_dtype(output_type)
     try:
         with _compat.quiet_stdout():
-            model_bytes = converter.convert()
+            return converter.convert()
     except _compat.ConverterError as e:
         raise ConversionError(_explain(str(e), mode, source.keras_model)) from None
-    if sparse:
-        model_bytes = tidy_sparse_weights(model_bytes)
-    seconds = time.perf_counter() - start
-    verified = inspector.load(model_bytes)
-    if mode == "int8":
-        _check_fully_integer(verified.report, allow_io=(input_type, output_type),
-                             keras_model=source.keras_model)
-    return ConversionResult(verified, mode, len(samples), seconds)
+
+
+SPARSE_CHECK_SAMPLES = 64  # inputs on which a sparse file must equal the dense one
+
+
+def _sparse_or_dense(sparse: bytes, dense: bytes, samples: list,
+                     specs: Sequence[calibration.InputSpec]) -> Tuple[bytes, Tuple[str, ...]]:
+    """The sparse file if it computes exactly what the dense one does, else the dense file.
+
+    Both files run on both kernel paths, on calibration samples (or random inputs
+    when there are none), and every output must be bit-identical: the sparse encoding
+    is only a way to store the same weights. Where no sparse weight is left (all were
+    stored dense again) the dense file itself is returned.
+    """
+    if not any(t.sparsity is not None for t in inspector.load(sparse).tree.subgraphs[0].tensors):
+        return dense, ("sparse weights: none saves bytes or runs correctly here, so every "
+                       "weight is stored dense",)
+    problem = _outputs_differ(sparse, dense, samples, specs)
+    if problem:
+        logging.warning("convert(sparse=True): %s; writing dense weights instead.", problem)
+        return dense, (f"sparse weights: {problem}; the file has dense weights",)
+    return sparse, ()
+
+
+def _outputs_differ(sparse: bytes, dense: bytes, samples: list,
+                    specs: Sequence[calibration.InputSpec]) -> Optional[str]:
+    for xnnpack in (True, False):
+        reference = runtime.make_interpreter(dense, xnnpack=xnnpack)
+        details = reference.get_input_details()
+        if samples:
+            batch = samples[:SPARSE_CHECK_SAMPLES]
+            x = {spec.name: np.concatenate([np.asarray(s[i]) for s in batch])
+                 for i, spec in enumerate(specs)}
+            x = next(iter(x.values())) if len(x) == 1 else x
+        else:
+            rng = np.random.default_rng(0)
+            x = {runtime.input_name(d): rng.uniform(-1, 1, (SPARSE_CHECK_SAMPLES,)
+                                                    + tuple(d["shape"][1:])).astype("float32")
+                 for d in details}
+        want = runtime.predict(reference, x)
+        got = runtime.predict(runtime.make_interpreter(sparse, xnnpack=xnnpack), x)
+        for a, b in zip(want, got):
+            if not np.array_equal(a, b):
+                return ("they change the outputs on "
+                        f"{'XNNPACK' if xnnpack else 'the reference kernels'} (max difference "
+                        f"{float(np.max(np.abs(a - b))):.4g})")
+    return None
 
 
 def _is_qat(model) -> bool:

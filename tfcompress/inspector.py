@@ -42,8 +42,10 @@ __all__ = [
     "inspect",
     "layer_name",
     "load",
+    "numpy_dtype",
     "op_name",
     "read_model",
+    "sparse_to_dense",
     "tflite_sizes",
     "verify",
 ]
@@ -382,6 +384,96 @@ def _semantic_problems(tree, size: int):
             for i in list(ins) + list(outs):
                 if not -1 <= i < n:
                     yield f"subgraph {s_i} op {o_i} uses tensor {i} out of range (0..{n - 1})"
+
+
+def numpy_dtype(t) -> Optional[np.dtype]:
+    """The numpy dtype of a flatbuffer tensor (schema object API), None if it has none."""
+    np_type = _NUMPY_TYPES.get(_TYPE_NAMES.get(t.type, ""))
+    return None if np_type is None else np.dtype(np_type)
+
+
+def _vector(array) -> Optional[np.ndarray]:
+    values = getattr(array, "values", None) if array is not None else None
+    return None if values is None else np.asarray(values, np.int64)
+
+
+def sparse_to_dense(t, buffers) -> np.ndarray:
+    """The dense values of a sparse constant tensor (TFLite's sparsity format, any order).
+
+    The stored values are walked level by level in ``traversalOrder``: a DENSE level
+    counts to its size, a SPARSE_CSR level reads the indices between two segment
+    boundaries; block dimensions (``blockMap``) are folded back into the dimensions
+    they split, and positions past a dimension's size (block padding) are dropped.
+    Elements that are not stored are zero, as in TFLite's own densification.
+
+    Raises:
+        InvalidModelError: the sparsity parameters do not describe the stored values.
+    """
+    dtype = numpy_dtype(t)
+    shape = tuple(int(d) for d in (t.shape if t.shape is not None else []))
+    sp = t.sparsity
+    if dtype is None or sp is None or not shape:
+        raise InvalidModelError(f"Tensor {_name(t)!r} is not a sparse constant with a shape.")
+    data = buffers[t.buffer].data if 0 < t.buffer < len(buffers) else None
+    values = np.frombuffer(np.asarray(data if data is not None else [], np.uint8).tobytes(), dtype)
+    order = [int(v) for v in (sp.traversalOrder if sp.traversalOrder is not None else [])]
+    blocks = [int(v) for v in (sp.blockMap if sp.blockMap is not None else [])]
+    levels = list(sp.dimMetadata or [])
+    n = len(shape)
+    if sorted(order) != list(range(n + len(blocks))) or len(levels) != len(order) or any(
+            not 0 <= b < n for b in blocks):
+        raise InvalidModelError(f"Sparse tensor {_name(t)!r}: traversal order {order}, block "
+                                f"map {blocks} and {len(levels)} levels do not fit shape {shape}.")
+    block_size = {b: int(levels[order.index(n + i)].denseSize) for i, b in enumerate(blocks)}
+    dense = np.zeros(shape, dtype)
+    index = [0] * (n + len(blocks))
+
+    def place(position: int) -> None:
+        if position >= len(values):
+            raise InvalidModelError(f"Sparse tensor {_name(t)!r} stores fewer values than its "
+                                    "sparsity parameters address.")
+        coord, padding = [], False
+        for d in range(n):
+            if d in block_size:
+                size, within = block_size[d], index[n + blocks.index(d)]
+                if index[d] >= -(-shape[d] // size) or within >= size:
+                    raise InvalidModelError(f"Sparse tensor {_name(t)!r}: block index out of "
+                                            f"range for shape {shape}.")
+                c = index[d] * size + within
+                padding = padding or c >= shape[d]  # the last block runs past the edge
+            else:
+                c = index[d]
+                if not 0 <= c < shape[d]:
+                    raise InvalidModelError(f"Sparse tensor {_name(t)!r}: index {c} out of "
+                                            f"range for shape {shape}.")
+            coord.append(c)
+        if not padding:
+            dense[tuple(coord)] = values[position]
+
+    def walk(level: int, parent: int) -> None:
+        if level == len(levels):
+            place(parent)
+            return
+        meta, axis = levels[level], order[level]
+        if meta.format == 0:  # DENSE
+            size = int(meta.denseSize)
+            for i in range(size):
+                index[axis] = i
+                walk(level + 1, parent * size + i)
+            return
+        segments, indices = _vector(meta.arraySegments), _vector(meta.arrayIndices)
+        if segments is None or indices is None or parent + 1 >= len(segments):
+            raise InvalidModelError(f"Sparse tensor {_name(t)!r}: level {level} has no segments "
+                                    "or indices for the position it is reached from.")
+        for j in range(int(segments[parent]), int(segments[parent + 1])):
+            if not 0 <= j < len(indices):
+                raise InvalidModelError(f"Sparse tensor {_name(t)!r}: a segment points past its "
+                                        "indices.")
+            index[axis] = int(indices[j])
+            walk(level + 1, j)
+
+    walk(0, 0)
+    return dense
 
 
 def expected_nbytes(t) -> Optional[int]:

@@ -8,12 +8,12 @@ converter's sparse output.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flatbuffers
 import numpy as np
 
-from tfcompress import inspector, runtime
+from tfcompress import inspector
 from tfcompress._compat_litert import tflite_schema
 
 __all__ = ["SPARSE_CONSUMERS", "SPARSE_MODES", "tidy_sparse_weights"]
@@ -22,57 +22,108 @@ SPARSE_CONSUMERS = ("CONV_2D",)  # ops that XNNPACK prepares with sparse (DENSIF
 SPARSE_MODES = ("int8", "float32")  # where those files run on both kernel paths
 
 
-def tidy_sparse_weights(model_bytes: bytes, *, keep: Sequence[str] = SPARSE_CONSUMERS) -> bytes:
+def tidy_sparse_weights(model_bytes: bytes, *, keep: Sequence[str] = SPARSE_CONSUMERS,
+                        dense: Optional[bytes] = None) -> bytes:
     """Makes the sparse weights of a converted file safe for XNNPACK, and smaller.
 
-    Each DENSIFY op whose output goes to an op not in ``keep``, or whose sparse input
-    takes more bytes than the dense tensor would (index arrays included: below about
-    half zeros), is removed: its sparse input tensor gets the dense values (computed
-    once by the reference kernels) and its consumers read that tensor, so
-    ``sparse=True`` costs at most a few hundred bytes of bookkeeping where it saves
-    nothing. The sparse inputs of the DENSIFY ops that stay
-    lose their quantization parameters, a copy of those of DENSIFY's output, which
-    is what the consumer reads (ResNet-8: 4 KB). A file without DENSIFY ops is
+    Only a DENSIFY op that feeds ops in ``keep`` alone, and whose sparse input takes
+    fewer bytes than the dense tensor would (index arrays included: below about half
+    zeros it does not), stays. Every other sparse constant is stored dense again, and
+    its readers read it directly: the inputs of the other DENSIFY ops, and sparse
+    weights that an op reads without a DENSIFY. The converter writes the latter for
+    FULLY_CONNECTED layers with fewer than 16 inputs (1x16 blocks), and their
+    encoding has lost blocks (measured: rows with non-zero weights stored empty, so
+    TFLite and a faithful decoder both read wrong weights). Their dense values can
+    therefore only come from ``dense``, the same model converted without sparsity;
+    every other sparse tensor is decoded (:func:`tfcompress.inspector.sparse_to_dense`),
+    or also taken from ``dense`` when it is given. The sparse inputs of the DENSIFY ops
+    that stay lose their quantization parameters, a copy of those of DENSIFY's output,
+    which is what the consumer reads (ResNet-8: 4 KB). A file without sparse tensors is
     returned unchanged.
+
+    Args:
+        model_bytes: the converter's output with sparse weights.
+        keep: the ops whose DENSIFY-fed weights stay sparse.
+        dense: the same model converted without sparsity (ops in the same order).
+
+    Raises:
+        ValueError: an op reads sparse weights directly and ``dense`` is not given, or
+            ``dense`` does not have the same ops and tensors.
     """
     schema = tflite_schema
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(model_bytes), 0))
     codes = [inspector.op_name(c) for c in model.operatorCodes]
     graph = model.subgraphs[0]
+    if not any(t.sparsity is not None for t in graph.tensors or ()):
+        return model_bytes
     readers: dict = {}
     for op in graph.operators:
         for t in op.inputs if op.inputs is not None else ():
             readers.setdefault(int(t), []).append(codes[op.opcodeIndex])
     densify = [op for op in graph.operators if codes[op.opcodeIndex] == "DENSIFY"]
-    if not densify:
-        return model_bytes
-    undo = [op for op in densify
-            if any(r not in keep for r in readers.get(int(op.outputs[0]), []))
-            or _sparse_nbytes(model, graph.tensors[int(op.inputs[0])])
-            >= (inspector.expected_nbytes(graph.tensors[int(op.outputs[0])]) or float("inf"))]
-    if undo:
-        interpreter = runtime.make_interpreter(model_bytes, xnnpack=False, preserve_all_tensors=True)
-        interpreter.invoke()  # DENSIFY runs on constants: any input gives the same weights
-    rename = {}
-    for op in densify:
-        source, dense = int(op.inputs[0]), int(op.outputs[0])
-        tensor = graph.tensors[source]
-        if op not in undo:
-            tensor.quantization = None
-            continue
-        tensor.sparsity = None
-        tensor.shape = list(graph.tensors[dense].shape)
-        tensor.quantization = graph.tensors[dense].quantization
-        model.buffers[tensor.buffer].data = np.frombuffer(
-            interpreter.get_tensor(dense).tobytes(), np.uint8)
-        rename[dense] = source
-    graph.operators = [op for op in graph.operators if op not in undo]
+    stay = [op for op in densify
+            if all(r in keep for r in readers.get(int(op.outputs[0]), []))
+            and _sparse_nbytes(model, graph.tensors[int(op.inputs[0])])
+            < (inspector.expected_nbytes(graph.tensors[int(op.outputs[0])]) or float("inf"))]
+    kept = {int(op.inputs[0]) for op in stay}
+    rename = {int(op.outputs[0]): int(op.inputs[0]) for op in densify if op not in stay}
+    graph.operators = [op for op in graph.operators if op in stay or op not in densify]
     for op in graph.operators:
         op.inputs = [rename.get(int(t), int(t)) for t in op.inputs]
+    from_dense = _dense_counterparts(model, codes, dense) if dense is not None else {}
+    for index, tensor in enumerate(graph.tensors):
+        if tensor.sparsity is None:
+            continue
+        if index in kept:
+            tensor.quantization = None
+            continue
+        output = next((d for d, src in rename.items() if src == index), None)
+        if index in from_dense:
+            shape, quantization, values = from_dense[index]
+        elif output is not None:  # DENSIFY's output carries the dense shape and quantization
+            shape, quantization = list(graph.tensors[output].shape), graph.tensors[output].quantization
+            tensor.shape = shape
+            values = inspector.sparse_to_dense(tensor, model.buffers)
+        else:
+            raise ValueError(
+                f"Tensor {tensor.name!r} holds sparse weights that an op reads without a "
+                "DENSIFY; their encoding cannot be trusted, so pass `dense`, the same model "
+                "converted without sparsity.")
+        tensor.shape, tensor.quantization, tensor.sparsity = list(shape), quantization, None
+        model.buffers[tensor.buffer].data = np.frombuffer(values.tobytes(), np.uint8)
     _drop_unused_tensors(model)
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def _dense_counterparts(model, codes, dense: bytes) -> dict:
+    """``{sparse tensor index: (shape, quantization, dense values)}`` from the dense file.
+
+    The two files come from one converter run each on the same graph, so without the
+    DENSIFY ops their ops match one to one, input slot by input slot (a kept DENSIFY's
+    consumer reads its output, which is not sparse, and is skipped).
+    """
+    other = tflite_schema.ModelT.InitFromObj(
+        tflite_schema.Model.GetRootAsModel(bytearray(dense), 0))
+    other_codes = [inspector.op_name(c) for c in other.operatorCodes]
+    ops = [o for o in model.subgraphs[0].operators if codes[o.opcodeIndex] != "DENSIFY"]
+    other_ops = other.subgraphs[0].operators
+    if [codes[o.opcodeIndex] for o in ops] != [other_codes[o.opcodeIndex] for o in other_ops]:
+        raise ValueError("The dense file's ops differ from the sparse file's: not the same model.")
+    tensors, other_tensors = model.subgraphs[0].tensors, other.subgraphs[0].tensors
+    values = inspector.constant_values(dense)
+    out = {}
+    for op, other_op in zip(ops, other_ops):
+        for t, u in zip(op.inputs, other_op.inputs):
+            t, u = int(t), int(u)
+            if t < 0 or tensors[t].sparsity is None:
+                continue
+            if u not in values or values[u].dtype != inspector.numpy_dtype(tensors[t]):
+                raise ValueError(f"The dense file has no constant where sparse tensor "
+                                 f"{tensors[t].name!r} is read.")
+            out[t] = (list(other_tensors[u].shape), other_tensors[u].quantization, values[u])
+    return out
 
 
 def _drop_unused_tensors(model) -> None:
