@@ -112,6 +112,7 @@ class _Source:
     specs: List[calibration.InputSpec]
     keras_model: Optional[object] = None
     by_name: bool = False
+    notes: Tuple[str, ...] = ()
 
 
 def convert(
@@ -218,12 +219,13 @@ def convert(
     options = dict(mode=mode, qat=qat, samples=samples, input_type=input_type,
                    output_type=output_type)
     model_bytes = _run_converter(source, sparse=False, progress=progress, **options)
-    notes: Tuple[str, ...] = ()
+    notes: Tuple[str, ...] = source.notes
     if sparse:
         sparse_bytes = _run_converter(source, sparse=True, progress=False, **options)
-        model_bytes, notes = _sparse_or_dense(
+        model_bytes, sparse_notes = _sparse_or_dense(
             tidy_sparse_weights(sparse_bytes, dense=model_bytes), model_bytes, samples,
             source.specs)
+        notes += sparse_notes
     seconds = time.perf_counter() - start
     verified = inspector.load(model_bytes)
     if mode == "int8":
@@ -401,19 +403,78 @@ def _keras_source(model, batch_size) -> _Source:
     specs = [
         calibration.InputSpec(t.name, tuple(t.shape), _spec_dtype(t.dtype)) for t in inputs
     ]
-    target = model
+    target, notes = _unrolled(model)
     if batch_size is not None and all(s.shape[0] in (None, batch_size) for s in specs):
         fixed = [keras.Input(batch_shape=(batch_size,) + tuple(s.shape[1:]), dtype=s.dtype.name,
                              name=s.name) for s in specs]
         try:
-            target = keras.Model(fixed, model(fixed[0] if len(fixed) == 1 else fixed),
+            target = keras.Model(fixed, target(fixed[0] if len(fixed) == 1 else fixed),
                                  name=model.name)
             specs = [dataclasses.replace(s, shape=(batch_size,) + tuple(s.shape[1:])) for s in specs]
         except (ValueError, TypeError):
-            target = model  # a model that rejects a fixed batch keeps its own signature
+            pass  # a model that rejects a fixed batch keeps its own signature
     # The exported signature sorts inputs by name, so calibration feeds them by name.
     return _Source(lambda: tf.lite.TFLiteConverter.from_keras_model(target), specs, model,
-                   by_name=True)
+                   by_name=True, notes=notes)
+
+
+def _recurrent_layers(model) -> list:
+    """The RNN layers (a Bidirectional counts as one) that would run as a loop."""
+    layers = _compat.flatten_layers(model)
+    inner = {id(part) for layer in layers if isinstance(layer, keras.layers.Bidirectional)
+             for part in (layer.forward_layer, layer.backward_layer)}
+    return [layer for layer in layers if id(layer) not in inner and (
+        (isinstance(layer, keras.layers.RNN) and not layer.unroll)
+        or (isinstance(layer, keras.layers.Bidirectional) and not layer.forward_layer.unroll))]
+
+
+def _unrolled(model):
+    """``model`` with every recurrent layer unrolled over its (static) time steps.
+
+    TFLite's converter dies with SIGSEGV on the loop of a Keras 3 LSTM / GRU / RNN at
+    batch 1, and refuses it (TensorList ops) with a free batch; unrolled, the same
+    weights compute the same outputs with FULLY_CONNECTED, LOGISTIC, TANH, MUL and ADD
+    ops, which convert to int8. A sequence length that is not fixed cannot be unrolled.
+    """
+    recurrent = _recurrent_layers(model)
+    if not recurrent:
+        return model, ()
+    names = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in recurrent)
+    if not _compat.is_graph_model(model):
+        raise ConversionError(
+            f"Recurrent layers {names} in a subclassed model cannot be converted: TFLite's "
+            "converter crashes on Keras 3's recurrent loop. Build them with unroll=True, or "
+            "write the model with the Functional API so that tfcompress can unroll them.")
+    steps = set()
+    for layer in recurrent:
+        shape = layer.input[0].shape if isinstance(layer.input, list) else layer.input.shape
+        if len(shape) < 2 or shape[1] is None:
+            raise ConversionError(
+                f"Recurrent layer {layer.name!r} ({type(layer).__name__}) reads sequences of "
+                f"unknown length {tuple(shape)}: TFLite's converter crashes on Keras 3's "
+                "recurrent loop, and only a fixed length can be unrolled. Give the model's "
+                "input a fixed number of time steps, e.g. keras.Input((49, 10)).")
+        steps.add(int(shape[1]))
+    pending = []
+
+    def clone_function(layer):
+        if not any(layer is r for r in recurrent):
+            return layer
+        config = layer.get_config()
+        for key in ("layer", "backward_layer"):  # a Bidirectional's two directions
+            if isinstance(config.get(key), dict):
+                config[key]["config"]["unroll"] = True
+        if "unroll" in config:
+            config["unroll"] = True
+        new = type(layer).from_config(config)
+        pending.append((new, layer.get_weights()))
+        return new
+
+    clone = _graph.clone_model(model, clone_function=clone_function)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return clone, (f"recurrent layers {names} unrolled over {', '.join(map(str, sorted(steps)))} "
+                   "time steps (TFLite's converter crashes on Keras 3's recurrent loop)",)
 
 
 def _saved_model_source(path: str, signature_key: Optional[str]) -> _Source:
