@@ -86,3 +86,29 @@ def test_predict_maps_inputs_by_name(tiny_dense):
     np.testing.assert_allclose(by_name, runtime.predict(interpreter, x)[0])
     with pytest.raises(ValueError, match="No data for model input 'features'"):
         runtime.predict(interpreter, {"other": x})
+
+
+def test_without_thresholds_the_default_checks_apply_and_a_good_file_passes(models_dir, cifar):
+    report = validate(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
+                      cifar["x_test"][:64].astype("float32"),
+                      reference=models_dir / "mlperf_tiny_resnet8_cifar10_float.tflite",
+                      per_layer=False, progress=False)
+    assert report.checks.startswith("default: ") and "max_error_steps_p99=64.0" in report.checks
+    assert report.passed and "checks: default" in report.summary()
+
+
+def test_without_thresholds_a_file_far_from_its_reference_fails(models_dir, cifar):
+    import keras
+
+    from tfcompress import convert
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
+    unrelated = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x * 0.1))
+    wrong_reference = convert(unrelated, mode="float32", progress=False).model_bytes
+    report = validate(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
+                      cifar["x_test"][:64].astype("float32"), reference=wrong_reference,
+                      per_layer=False, progress=False)
+    assert not report.passed
+    assert any("p99 output error" in f for f in report.failures), report.failures

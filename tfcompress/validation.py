@@ -32,6 +32,7 @@ __all__ = [
     "PathResult",
     "Thresholds",
     "ValidationReport",
+    "default_thresholds",
     "per_layer_error",
     "validate",
 ]
@@ -72,6 +73,30 @@ class Thresholds:
                 raise ValueError(f"`{name}` must be non-negative. Received: {name}={value}")
 
 
+# Applied when validate() is given no threshold at all, so that a file far from its
+# float reference, or whose two kernel paths disagree, never reads PASSED. The
+# published MLPerf ResNet-8 int8 file has a p99 error of 40 softmax steps against its
+# float file; the silently wrong sparse files of issue 15 were 73 to 211 steps away.
+DEFAULT_MAX_ERROR_STEPS_P99 = 64.0
+DEFAULT_MIN_XNNPACK_AGREEMENT = 0.95
+
+
+def default_thresholds(*, with_reference: bool) -> Thresholds:
+    """The checks of a validation that was given no thresholds.
+
+    >>> default_thresholds(with_reference=False)
+    Thresholds(min_accuracy=None, min_float_agreement=None, min_xnnpack_agreement=0.95, max_error_steps_p99=None, require_fully_integer=False, max_size_ratio=None)
+    """
+    return Thresholds(min_xnnpack_agreement=DEFAULT_MIN_XNNPACK_AGREEMENT,
+                      max_error_steps_p99=DEFAULT_MAX_ERROR_STEPS_P99 if with_reference else None)
+
+
+def _describe(t: Thresholds) -> str:
+    parts = [f"{f.name}={getattr(t, f.name)}" for f in dataclasses.fields(t)
+             if getattr(t, f.name) not in (None, False)]
+    return ", ".join(parts) or "none"
+
+
 @dataclasses.dataclass(frozen=True)
 class PathResult:
     """Results of one kernel path (XNNPACK or reference)."""
@@ -110,6 +135,7 @@ class ValidationReport:
     non_integer_tensors: Tuple[str, ...]
     per_layer: Tuple[LayerError, ...]
     failures: Tuple[str, ...]
+    checks: str = ""  # the thresholds applied, as text ("default: ..." when none were given)
 
     @property
     def passed(self) -> bool:
@@ -163,6 +189,8 @@ class ValidationReport:
             lines.append("per-layer quantization error (RMSE / scale, worst 5):")
             worst = sorted(self.per_layer, key=lambda e: -e.rmse_over_scale)[:5]
             lines += [f"  {e.op:<18} {e.layer:<40} {e.rmse_over_scale:.3f}" for e in worst]
+        if self.checks:
+            lines.append(f"checks: {self.checks}")
         lines.append("PASSED" if self.passed else "FAILED: " + "; ".join(self.failures))
         return "\n".join(lines)
 
@@ -199,7 +227,10 @@ def validate(
             ``VerifiedModel``), a Keras
             model, a ``.keras``/``.h5`` path or a SavedModel directory (the
             last three are converted to a float32 `.tflite` first).
-        thresholds: limits that turn the report into pass/fail.
+        thresholds: limits that turn the report into pass/fail. None (or a
+            ``Thresholds()`` with every check off) applies :func:`default_thresholds`:
+            XNNPACK and the reference kernels agree on 95% of top-1 answers, and with a
+            float reference the p99 output error is at most 64 steps.
         num_threads: interpreter threads.
         per_layer: compute per-layer quantization error (needs ``reference``).
         per_layer_samples: samples used for the per-layer error.
@@ -210,10 +241,15 @@ def validate(
     Returns:
         A :class:`ValidationReport`.
     """
-    thresholds = thresholds or Thresholds()
     buf = inspector.load(model)  # verified once; everything below reuses it
     report = buf.report
     float_buf = _float_reference(reference)
+    if thresholds is None or thresholds == Thresholds():
+        thresholds = default_thresholds(with_reference=float_buf is not None
+                                        and runtime.output_step(report) is not None)
+        checks = "default: " + _describe(thresholds)
+    else:
+        checks = _describe(thresholds)
 
     label = "Running {} ({})".format
     out_x = runtime.predict(runtime.make_interpreter(buf, xnnpack=True, num_threads=num_threads), x,
@@ -256,6 +292,7 @@ def validate(
         non_integer_tensors=tuple(f"{t.name} ({t.dtype})" for t in bad),
         per_layer=layers,
         failures=(),
+        checks=checks,
     )
     return dataclasses.replace(result, failures=tuple(_failures(result, thresholds)))
 
