@@ -121,3 +121,22 @@ def test_validate_and_benchmark_parse_each_file_once(models_dir, cifar, count_pa
     benchmark.measure_latency(verified, runs=2, warmup=0)
     benchmark.benchmark_models(verified, runs=2, warmup=0, memory=False, progress=False)
     assert count_parses == []
+
+
+def test_int32_token_ids_read_by_gather_count_as_integer():
+    import keras
+
+    from tfcompress import convert
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(50, 8)(tokens)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(tokens, keras.layers.Dense(3)(x))
+    ids = np.random.default_rng(0).integers(0, 50, (32, 12)).astype("int32")
+    result = convert(model, representative_data=ids, progress=False)  # used to be refused
+    report = result.report
+    assert report.inputs[0].dtype == "int32" and "GATHER" in report.op_histogram
+    assert not report.non_integer_tensors(allow_io=("int8",))
+    # An int32 tensor that carries values into a math op is still not integer.
+    assert not inspector._is_index_tensor(report, report.outputs[0].index)

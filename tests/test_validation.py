@@ -66,7 +66,8 @@ def test_coral_mobilenet_top5_on_sample_images(models_dir, data_dir):
                       per_layer=False, progress=False)
     assert report.xnnpack.top5_accuracy == 1.0 and report.reference.top5_accuracy == 1.0
     assert report.xnnpack.accuracy >= 0.85
-    assert not report.fully_integer  # a legacy uint8 model, said so
+    # A uint8-quantized file is integer all through (issue 15: it was reported "no").
+    assert report.fully_integer and not report.non_integer_tensors
 
 
 @pytest.mark.parametrize("kwargs", [{"min_accuracy": 1.5}, {"min_xnnpack_agreement": -0.1},

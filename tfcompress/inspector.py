@@ -154,19 +154,22 @@ class ModelReport:
     def non_integer_tensors(self, *, allow_io: Sequence[str] = ()) -> Tuple[TensorInfo, ...]:
         """Tensors that break a fully-integer model.
 
-        Activations must be int8 (or a dtype listed in ``allow_io`` for the model's
-        own inputs and outputs), biases int32, weights int8, shape constants int32.
+        Activations must be quantized integers (int8, or uint8 as in older files and
+        int16 in int16x8 files; or a dtype listed in ``allow_io`` for the model's own
+        inputs and outputs), biases int32 or int64, weights int8 / uint8. Unquantized
+        int32 tensors are fine where they are indices or shapes: token ids read by a
+        GATHER, shapes from SHAPE, ARG_MAX outputs, and the like.
         """
         io = {t.index for t in self.inputs + self.outputs}
         bad = []
         for t in self.tensors:
+            quantized_int = t.dtype in ("int8", "uint8") or (t.dtype == "int16" and t.quantization)
             if t.is_constant:
-                ok = t.dtype in ("int8", "int32", "int64") or (t.dtype == "int16" and t.quantization)
+                ok = quantized_int or t.dtype in _INDEX_DTYPES
             elif t.index in io:
-                ok = t.dtype == "int8" or t.dtype in allow_io
+                ok = t.dtype == "int8" or t.dtype in allow_io or _is_index_tensor(self, t.index)
             else:
-                ok = t.dtype == "int8" or (t.dtype == "int32" and t.quantization is None
-                                           and _is_index_tensor(self, t.index))
+                ok = quantized_int or _is_index_tensor(self, t.index)
             if not ok:
                 bad.append(t)
         return tuple(bad)
@@ -206,11 +209,35 @@ def _fmt_quant(q: Optional[QuantParams]) -> str:
     return f"(scale={q.scale[0]:.6g}, zero_point={q.zero_point[0]})"
 
 
-def _is_index_tensor(report: ModelReport, index: int) -> bool:
-    # int32 activations are legitimate when they are shapes or indices (SHAPE,
-    # ARG_MAX outputs, ...), never when they carry values into a math op.
-    producers = [op.op for op in report.ops if index in op.outputs]
-    return bool(producers) and producers[0] in {"SHAPE", "ARG_MAX", "ARG_MIN", "CAST", "RANGE", "SIZE"}
+# Ops whose output is an index or a shape whatever their inputs.
+_INDEX_PRODUCERS = {"SHAPE", "ARG_MAX", "ARG_MIN", "CAST", "RANGE", "SIZE"}
+_INDEX_DTYPES = ("int32", "int64", "bool")
+
+
+def _is_index_tensor(report: ModelReport, index: int, _seen=None) -> bool:
+    """Unquantized int32 / int64 / bool data computed only from integer data.
+
+    Such tensors are legitimate in a fully-integer file: shapes (SHAPE), ARG_MAX
+    outputs, token ids read by GATHER and the integer arithmetic Keras does on them
+    (``Embedding`` wraps negative ids: LESS, ADD, SELECT). An integer tensor computed
+    from float or quantized values by anything but a cast or an arg-max is not.
+    """
+    seen = {} if _seen is None else _seen
+    if index in seen:
+        return seen[index]
+    seen[index] = False  # a cycle proves nothing
+    info = report.tensors[index]
+    ok = False
+    if info.dtype in _INDEX_DTYPES and info.quantization is None:
+        producers = [op for op in report.ops if index in op.outputs]
+        if not producers:
+            ok = info.is_constant or index in {t.index for t in report.inputs}
+        elif producers[0].op in _INDEX_PRODUCERS:
+            ok = True
+        else:
+            ok = all(_is_index_tensor(report, t, seen) for t in producers[0].inputs if t >= 0)
+    seen[index] = ok
+    return ok
 
 
 def read_model(model: ModelSource) -> bytes:
