@@ -197,11 +197,13 @@ def describe() -> str:
     edges, external, _ = _graph()
     lines = []
     for layer, modules in LAYERS.items():
-        used = sorted({_layer_of(n) for m in modules for n, *_ in edges[m]} - {layer})
+        used = sorted({_layer_of(n) for m in modules for n, at_top, *_ in edges[m]
+                       if at_top or not _is_boundary(m, n)} - {layer})
         heavy = sorted({x for m in modules for x in external[m] & TENSORFLOW})
         lines.append(f"{layer:<10} {', '.join(modules)}")
         lines.append(f"{'':<10}   imports: {', '.join(used) or '-'}; "
                      f"TensorFlow/Keras at import: {', '.join(heavy) or 'none'}")
+    lines += [f"boundary   {a} -> {b} (inside a function): {why}" for (a, b), why in BOUNDARY.items()]
     return "\n".join(lines)
 
 

@@ -148,3 +148,32 @@ def test_factored_mnist_mlp_keeps_accuracy_after_one_epoch(data_dir):
     after = small.evaluate(xt, ds.y_test[:2000], verbose=0)[1]
     assert after >= before - 0.01
     assert small.count_params() < 0.45 * model.count_params()
+
+
+@pytest.mark.parametrize("method", ["channel", "spatial"])
+def test_factor_plans_are_read_back_from_a_reloaded_model(tmp_path, method):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 6))
+    h = L.Conv2D(8, 3, strides=(2, 1), padding="same", activation="relu", name="conv")(inputs)
+    h = L.Conv2D(8, (1, 3), name="wide")(h)
+    h = L.Dense(16, activation="relu", name="mlp")(L.Flatten()(h))
+    model = keras.Model(inputs, L.Dense(3, name="head")(h))
+    small = lowrank.factorize(model, ratio=0.3, method=method)
+    assert {p.method for p in small.factor_plans} >= {method, "dense"}
+    assert lowrank.factor_plans(small) == small.factor_plans
+    small.save(tmp_path / "small.keras")
+    loaded = keras.models.load_model(tmp_path / "small.keras")
+    assert not hasattr(loaded, "factor_plans")
+    assert lowrank.factor_plans(loaded) == small.factor_plans
+    assert lowrank.factor_plans(model) == ()
+
+
+def test_factor_plans_need_a_real_pair_not_just_the_names():
+    inputs = keras.Input((8,))
+    h = L.Dense(4, name="x_u")(inputs)  # has a bias: not the first half of a pair
+    model = keras.Model(inputs, L.Dense(2, name="x_v")(h))
+    assert lowrank.factor_plans(model) == ()
+    inputs = keras.Input((8,))
+    h = L.Dense(4, use_bias=False, name="y_u")(inputs)
+    model = keras.Model(inputs, [L.Dense(2, name="y_v")(h), L.Dense(1, name="other")(h)])
+    assert lowrank.factor_plans(model) == ()  # its output is read by another layer too

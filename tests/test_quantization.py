@@ -366,3 +366,38 @@ def test_int16x8_scheme_converts_through_the_stripped_model():
     out = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=False), x)[0]
     ref = quantization.strip_quantization(qat).predict(x, verbose=0)
     assert np.mean(out.argmax(-1) == ref.argmax(-1)) >= 0.95
+
+
+def test_recording_runs_in_float_and_hands_back_what_each_quantizer_saw():
+    x, _ = _data(8)
+    qat = quantize_model(_cnn(softmax=False))
+    learned = [layer for layer in qat.layers if isinstance(layer, FakeQuant)]
+    with quantization.recording(qat, bias_shifts=True) as seen:
+        assert seen.activations == [] and seen.bias_shifts == []  # filled in at the end
+        qat(x[:4], training=False)
+        qat(x[4:], training=False)
+    recorded = {q.name: samples for q, samples in seen.activations}
+    assert set(recorded) == {q.name for q in learned}
+    assert all(len(s) == 2 for s in recorded.values())
+    np.testing.assert_array_equal(recorded[learned[0].name][0], x[:4].ravel())  # the input
+    wrappers = [w for w, _ in seen.bias_shifts]
+    assert wrappers == [layer for layer in qat.layers if isinstance(layer, QuantizeWrapper)]
+    assert all(len(s) == 2 and s[0].shape == (w.layer.kernel.shape[-1] * (
+        w.layer.kernel.shape[-2] if "depthwise" in w.name else 1),)
+        for w, s in seen.bias_shifts)
+    assert all(float(q.calibrating.numpy()) == 0.0 for q in learned)  # set back
+    assert learned[0].stop_recording() == []  # recording stopped
+    qat(x[:1], training=False)
+    assert learned[0].stop_recording() == []
+
+
+def test_fake_quant_recording_and_set_range_are_public():
+    q = FakeQuant(name="q")
+    q.build((None, 3))
+    q.start_recording()
+    q(np.array([[-1.0, 0.5, 2.0]], "float32"), training=False)
+    (sample,) = q.stop_recording()
+    np.testing.assert_array_equal(sample, [-1.0, 0.5, 2.0])
+    q.set_range(-1.0, 2.0)
+    assert (float(q.min_value.numpy()), float(q.max_value.numpy()), float(q.initialized.numpy())) == (
+        -1.0, 2.0, 1.0)

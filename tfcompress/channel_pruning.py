@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _compat, _graph, _refit, pruning, schedules
+from tfcompress import _compat, _graph, _refit, layer_kinds, pruning, schedules
 
 __all__ = [
     "ChannelController",
@@ -65,31 +65,6 @@ __all__ = [
 ]
 
 _CRITERIA = ("l1", "l2")
-
-# Layers that mix channels: they produce fresh channels and read a mask on their input.
-_PRODUCERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
-              keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-              keras.layers.Conv3DTranspose, keras.layers.SeparableConv1D,
-              keras.layers.SeparableConv2D)
-# Layers that act on each channel separately.
-_CHANNELWISE = (
-    keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.LeakyReLU,
-    keras.layers.ELU, keras.layers.Dropout, keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D, keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout, keras.layers.MaxPooling1D, keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D, keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D, keras.layers.GlobalAveragePooling3D,
-    keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D, keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D, keras.layers.Cropping1D, keras.layers.Cropping2D,
-    keras.layers.Cropping3D, keras.layers.UpSampling1D, keras.layers.UpSampling2D,
-    keras.layers.UpSampling3D, keras.layers.Identity, keras.layers.ActivityRegularization,
-    keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
-)
-_ELEMENTWISE_MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
-                      keras.layers.Average, keras.layers.Maximum, keras.layers.Minimum)
-_NOT_CHANNELWISE_ACTIVATIONS = ("softmax", "log_softmax")
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -141,6 +116,10 @@ class ChannelMask(keras.layers.Layer):
         config = super().get_config()
         config["pruning_schedule"] = keras.saving.serialize_keras_object(self.pruning_schedule)
         return config
+
+
+# A mask multiplies each channel by its own 0 or 1.
+layer_kinds.register(ChannelMask, channelwise=True)
 
 
 def has_channel_masks(model) -> bool:
@@ -223,24 +202,18 @@ def _kind(layer, shared: bool, rank: int) -> str:
         return "barrier"
     if isinstance(layer, keras.layers.InputLayer):
         return "input"
-    if isinstance(layer, _PRODUCERS):
+    kind = layer_kinds.kind_of(layer)
+    if kind.mixes_channels:
         groups = getattr(layer, "groups", 1)
         mult = getattr(layer, "depth_multiplier", 1)
         return "producer" if groups == 1 and mult == 1 else "barrier"
-    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
-        return "channelwise" if layer.depth_multiplier == 1 else "barrier"
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return "channelwise" if layer.axis in (-1, rank - 1) else "barrier"
-    if isinstance(layer, (ChannelMask,) + _CHANNELWISE):
+    if layer_kinds.acts_per_channel(layer, rank):
         return "channelwise"
-    if isinstance(layer, keras.layers.Activation):
-        name = getattr(layer.activation, "__name__", "")
-        return "barrier" if name in _NOT_CHANNELWISE_ACTIVATIONS else "channelwise"
-    if isinstance(layer, _ELEMENTWISE_MERGE):
+    if kind.merge == "elementwise":
         return "merge"
-    if isinstance(layer, keras.layers.Concatenate):
+    if kind.merge == "concatenate":
         return "concat"
-    if isinstance(layer, keras.layers.Flatten):
+    if kind.flattens:
         return "flatten"
     return "barrier"
 
@@ -300,7 +273,7 @@ def analyze(model) -> ChannelPlan:
         elif kind == "producer" and len(ins) == 1:
             readers.append(id(ins[0]))
             after = readers_of.get(id(outs[0]), [])
-            if (len(after) == 1 and isinstance(after[0], keras.layers.BatchNormalization)
+            if (len(after) == 1 and layer_kinds.kind_of(after[0]).normalization
                     and getattr(_unwrap(layer), "activation", None) in (
                         None, keras.activations.linear)):
                 batchnorm_after[layer.name] = after[0].name
@@ -355,11 +328,11 @@ def analyze(model) -> ChannelPlan:
 
 def _output_kernel(layer) -> np.ndarray:
     """The kernel of a producer with output channels on the last axis."""
-    if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+    layout = layer_kinds.kind_of(layer).kernel
+    if layout == "separable":
         return layer.pointwise_kernel.numpy()
     kernel = layer.kernel.numpy()
-    if isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                          keras.layers.Conv3DTranspose)):
+    if layout == "conv_transpose":
         kernel = np.swapaxes(kernel, -1, -2)
     return kernel
 
@@ -481,7 +454,7 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
         raise ValueError(
             f"Model {model.name!r} has no channel that can be removed: every channel "
             "reaches a model output or a layer that is not understood (supported: "
-            f"{', '.join(c.__name__ for c in _PRODUCERS)} as producers).")
+            f"{', '.join(c.__name__ for c in layer_kinds.registered(_mixes))} as producers).")
     if layers is not None:
         names = {plan.group_name(g) for g in plan.groups}
         chosen = [n for n in names if set(n.split(",")) <= set(layers)]
@@ -559,28 +532,30 @@ def sensitivity(model, x, y, *, ratios: Sequence[float] = (0.25,), criterion: st
     return report
 
 
+def _mixes(kind) -> bool:
+    return kind.mixes_channels
+
+
 def _slice_layer_weights(layer, in_keep, out_keep) -> List[np.ndarray]:
+    kind = layer_kinds.kind_of(layer)
     out = []
     for w in layer.weights:
         name, v = w.path.split("/")[-1], w.numpy()
-        if isinstance(layer, _PRODUCERS):
-            transpose = isinstance(layer, (keras.layers.Conv1DTranspose,
-                                           keras.layers.Conv2DTranspose,
-                                           keras.layers.Conv3DTranspose))
+        if kind.mixes_channels:
             if name == "bias":
                 v = v[out_keep]
             elif name == "depthwise_kernel":
                 v = v[..., in_keep, :]
             elif name in ("kernel", "pointwise_kernel"):
-                if transpose:
+                if kind.kernel == "conv_transpose":
                     v = v[..., out_keep, :][..., in_keep]
-                elif isinstance(layer, keras.layers.Dense):
+                elif kind.kernel == "dense":
                     v = v[in_keep][:, out_keep] if v.ndim == 2 else v
                 else:
                     v = v[..., in_keep, :][..., out_keep]
-        elif isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+        elif kind.kernel == "depthwise":
             v = v[..., in_keep, :] if name == "kernel" else v[in_keep]
-        elif isinstance(layer, keras.layers.BatchNormalization):
+        elif kind.normalization:
             v = v[in_keep]
         out.append(v)
     return out
@@ -610,8 +585,9 @@ def remove_channels(model):
 
     def clone_function(layer):
         config = layer.get_config()
-        if isinstance(layer, _PRODUCERS) and layer.name in keep:
-            key = "units" if isinstance(layer, keras.layers.Dense) else "filters"
+        kind = layer_kinds.kind_of(layer)
+        if kind.mixes_channels and layer.name in keep:
+            key = "units" if kind.kernel == "dense" else "filters"
             config[key] = int(keep[layer.name].sum())
         new = type(layer).from_config(config)
         if layer.weights and not isinstance(layer, ChannelMask):

@@ -34,11 +34,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
-from tfcompress import _graph, _refit
+from tfcompress import _compat, _graph, _refit, layer_kinds
 
 __all__ = [
     "FactorPlan",
     "count_macs",
+    "factor_plans",
     "factorize",
     "rank_for_energy",
     "rank_for_ratio",
@@ -90,7 +91,15 @@ def rank_for_ratio(rows: int, cols: int, ratio: float) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class FactorPlan:
-    """How one layer is factored."""
+    """How one layer is factored.
+
+    Attributes:
+        layer: the name of the original layer (the pair is ``<layer>_u``, ``<layer>_v``).
+        method: ``"dense"``, ``"channel"`` or ``"spatial"``.
+        rank: the number of units / filters of the first layer of the pair.
+        params_before: the original kernel's size.
+        params_after: the two kernels' sizes together.
+    """
 
     layer: str
     method: str
@@ -99,9 +108,13 @@ class FactorPlan:
     params_after: int
 
 
+def _is_dense(layer) -> bool:
+    return layer_kinds.kind_of(layer).kernel == "dense"
+
+
 def _matrix(layer, method: str) -> np.ndarray:
     k = layer.kernel.numpy()
-    if isinstance(layer, keras.layers.Dense):
+    if _is_dense(layer):
         return k
     kh, kw, cin, cout = k.shape
     if method == "channel":
@@ -109,15 +122,27 @@ def _matrix(layer, method: str) -> np.ndarray:
     return k.transpose(0, 2, 1, 3).reshape(kh * cin, kw * cout)  # rows (h, c), cols (w, o)
 
 
+# What each kernel layout needs to be factored.
+_CONDITIONS = {"dense": "2-D kernel", "conv": "2-D kernel window, groups=1, channels_last"}
+
+
 def _factorable(layer) -> bool:
-    if isinstance(layer, keras.layers.Dense):
+    kind = layer_kinds.kind_of(layer)
+    if not kind.factorable:
+        return False
+    if kind.kernel == "dense":
         return len(layer.kernel.shape) == 2
-    return (type(layer) is keras.layers.Conv2D and layer.groups == 1
+    return (kind.kernel == "conv" and len(layer.kernel_size) == 2 and layer.groups == 1
             and layer.data_format == "channels_last")
 
 
+def _supported() -> str:
+    return ", ".join(f"{cls.__name__} ({_CONDITIONS.get(layer_kinds.kind_of(cls).kernel, '?')})"
+                     for cls in layer_kinds.registered(lambda kind: kind.factorable))
+
+
 def _choose_method(layer, method: str) -> str:
-    if isinstance(layer, keras.layers.Dense):
+    if _is_dense(layer):
         return "dense"
     if method != "auto":
         return method
@@ -190,7 +215,9 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
         ranks: explicit ``{layer name: rank}``, overriding ``energy`` / ``ratio``.
 
     Returns:
-        A new Functional model; ``.factor_plans`` lists what was done.
+        A new Functional model; ``.factor_plans`` lists what was done (an attribute
+        that a `.keras` file does not keep; :func:`factor_plans` reads the same
+        plans back from the layers of any factored model).
 
     Raises:
         ValueError: neither or both of ``energy`` and ``ratio``; an unknown method or
@@ -209,8 +236,7 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
             raise ValueError(f"No layer named {unknown} in the model. Received: layers={list(layers)}")
         bad = [f"{n} ({type(by_name[n]).__name__})" for n in layers if not _factorable(by_name[n])]
         if bad:
-            raise ValueError(f"Layers {bad} cannot be factored. Supported: Dense (2-D kernel), "
-                             "Conv2D (groups=1, channels_last).")
+            raise ValueError(f"Layers {bad} cannot be factored. Supported: {_supported()}.")
     candidates = layers if layers is not None else [
         layer.name for layer in model.layers if _factorable(layer)]
     plans: Dict[str, FactorPlan] = {}
@@ -257,6 +283,68 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
     return clone
 
 
+def _pair_plan(first, second) -> Optional[FactorPlan]:
+    """The plan that made ``first -> second``, read from their configs and kernels."""
+    if layer_kinds.kind_of(first).kernel != layer_kinds.kind_of(second).kernel or not (
+            _factorable(first) and _factorable(second)) or first.use_bias or \
+            layer_kinds.activation_name(first) != "linear":
+        return None
+    u, v = tuple(first.kernel.shape), tuple(second.kernel.shape)
+    after = int(np.prod(u) + np.prod(v))
+    if _is_dense(first):
+        return FactorPlan(first.name[:-2], "dense", u[1], u[0] * v[1], after)
+    # The second layer of a channel pair is a plain 1x1 convolution; a spatial pair's
+    # is (1, kw) with the original's padding and horizontal stride and dilation (a
+    # spatial pair of a (kh, 1) kernel is the same two layers, and reads as channel).
+    pointwise = (tuple(second.kernel_size) == (1, 1) and tuple(second.strides) == (1, 1)
+                 and tuple(second.dilation_rate) == (1, 1) and second.padding == "valid")
+    if pointwise:
+        return FactorPlan(first.name[:-2], "channel", u[3], u[0] * u[1] * u[2] * v[3], after)
+    return FactorPlan(first.name[:-2], "spatial", u[3], u[0] * v[1] * u[2] * v[3], after)
+
+
+def factor_plans(model) -> Tuple[FactorPlan, ...]:
+    """The plans of the factored pairs in ``model``, read from its layers, in graph order.
+
+    What ``factorize(...).factor_plans`` says, also for a model loaded from a `.keras`
+    file (the attribute does not survive saving): a pair is a layer ``<name>_u``
+    without bias or activation whose output only ``<name>_v`` reads, both Dense or
+    both Conv2D.
+
+    Args:
+        model: a Sequential or Functional model.
+
+    Returns:
+        One :class:`FactorPlan` per pair; empty when nothing is factored.
+
+    Example:
+        >>> import keras
+        >>> inputs = keras.Input((32,))
+        >>> small = factorize(keras.Model(inputs, keras.layers.Dense(16)(inputs)), ratio=0.25)
+        >>> factor_plans(small) == small.factor_plans
+        True
+    """
+    model = _graph.functional(model, purpose="reading factor plans", inline=True)
+    by_name = {layer.name: layer for layer in model.layers}
+    readers: Dict[str, int] = {}
+    for node in _compat.graph_nodes(model):
+        for t in node.input_tensors:
+            source = _compat.producer(t)
+            if source is not None:
+                readers[source.name] = readers.get(source.name, 0) + 1
+    plans = []
+    for node in _compat.graph_nodes(model):
+        second = node.operation
+        first = by_name.get(second.name[:-2] + "_u") if second.name.endswith("_v") else None
+        if first is None or readers.get(first.name) != 1 or len(node.input_tensors) != 1 \
+                or _compat.producer(node.input_tensors[0]) is not first:
+            continue
+        plan = _pair_plan(first, second)
+        if plan is not None:
+            plans.append(plan)
+    return tuple(plans)
+
+
 def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
                 seed: int = 0) -> Dict[str, Tuple[float, float]]:
     """Refits the second layer of every factored pair on data, in graph order.
@@ -301,7 +389,7 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
 def count_macs(model) -> int:
     """Multiply-accumulates of one inference of the Dense and convolution layers."""
     total = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _compat.flatten_layers(model):
         if not getattr(layer, "built", False) or not hasattr(layer, "kernel"):
             continue
         try:

@@ -21,9 +21,9 @@ from typing import Dict, List, Tuple
 import keras
 import numpy as np
 
-from tfcompress.quantization import (_DEPTHWISE, FakeQuant, QuantizeWrapper,
-                                     _activation_name, _is_fusable_activation,
-                                     quantize_model)
+from tfcompress import _compat, layer_kinds, quantization
+from tfcompress.data import CALIBRATION_SAMPLES
+from tfcompress.quantization import FakeQuant, QuantizeWrapper, quantize_model
 
 __all__ = [
     "ESTIMATORS",
@@ -97,7 +97,7 @@ def estimate_range(batches, estimator: str = "minmax", *, percentile: float = 99
     return min(lo, 0.0), max(hi, 0.0)
 
 
-def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = 500,
+def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = CALIBRATION_SAMPLES,
               batch_size: int = 32, percentile: float = 99.99, progress: bool = True):
     """Sets every learned activation range of a QAT model from representative data.
 
@@ -121,38 +121,33 @@ def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = 500,
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown range estimator. Received: estimator={estimator!r}. "
                          f"Allowed: {', '.join(repr(e) for e in ESTIMATORS)}.")
-    quantizers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-                  if isinstance(layer, FakeQuant) and layer.fixed_range is None]
-    if not quantizers:
+    if not any(isinstance(layer, FakeQuant) and layer.fixed_range is None
+               for layer in _compat.flatten_layers(model)):
         raise ValueError("The model has no activation quantizer to calibrate; pass a model "
                          "from quantize_model() or quantize_apply().")
     inputs = data if isinstance(data, (list, tuple)) else [data]
     n = min(num_samples, len(inputs[0]))
     bar = keras.utils.Progbar(n, unit_name="sample") if progress else None
-    for q in quantizers:
-        q.calibrating.assign(1.0)
-        q._observed = []
-    try:
+    with quantization.recording(model) as seen:
         for start in range(0, n, batch_size):
-            batch = [np.asarray(x[start:min(n, start + batch_size)], np.float32) for x in inputs]
-            structured = isinstance(model.input, (list, tuple))
-            model(batch if structured else batch[0], training=False)  # eager: layers record
+            _run(model, inputs, start, min(n, start + batch_size))  # eager: layers record
             if bar is not None:
                 bar.update(min(n, start + batch_size))
-        observed = [q._observed for q in quantizers]
-    finally:
-        for q in quantizers:
-            q.calibrating.assign(0.0)
-            q._observed = None
-    for q, batches in zip(quantizers, observed):
-        lo, hi = estimate_range(batches, estimator, percentile=percentile, num_bits=q.num_bits)
-        q.min_value.assign(lo)
-        q.max_value.assign(hi)
-        q.initialized.assign(1.0)
+    for q, batches in seen.activations:
+        q.set_range(*estimate_range(batches, estimator, percentile=percentile,
+                                    num_bits=q.num_bits))
     return model
 
 
-def correct_bias(model, data, *, num_samples: int = 500, batch_size: int = 32) -> Dict[str, float]:
+def _run(model, inputs, start: int, stop: int) -> None:
+    """One eager inference call on samples ``start:stop`` of every input."""
+    batch = [np.asarray(x[start:stop], np.float32) for x in inputs]
+    structured = isinstance(model.input, (list, tuple))
+    model(batch if structured else batch[0], training=False)
+
+
+def correct_bias(model, data, *, num_samples: int = CALIBRATION_SAMPLES,
+                 batch_size: int = 32) -> Dict[str, float]:
     """Removes the mean output shift that weight rounding causes (bias correction).
 
     For every quantized Dense / Conv / DepthwiseConv the outputs with rounded and with
@@ -164,30 +159,14 @@ def correct_bias(model, data, *, num_samples: int = 500, batch_size: int = 32) -
     Returns:
         ``{layer name: mean absolute correction}`` for the layers corrected.
     """
-    wrappers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-                if isinstance(layer, QuantizeWrapper) and layer.quantize_config is None]
-    quantizers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-                  if isinstance(layer, FakeQuant)]
     inputs = data if isinstance(data, (list, tuple)) else [data]
     n = min(num_samples, len(inputs[0]))
-    for layer in wrappers:
-        layer._bias_shift = []
-    for q in quantizers:
-        q.calibrating.assign(1.0)
-    try:
-        structured = isinstance(model.input, (list, tuple))
+    with quantization.recording(model, activations=False, bias_shifts=True) as seen:
         for start in range(0, n, batch_size):
-            batch = [np.asarray(x[start:min(n, start + batch_size)], np.float32) for x in inputs]
-            model(batch if structured else batch[0], training=False)
-        shifts = {layer.name: np.mean(layer._bias_shift, axis=0) for layer in wrappers}
-    finally:
-        for layer in wrappers:
-            layer._bias_shift = None
-        for q in quantizers:
-            q.calibrating.assign(0.0)
+            _run(model, inputs, start, min(n, start + batch_size))
     corrected = {}
-    for layer in wrappers:
-        delta = shifts[layer.name]
+    for layer, shifts in seen.bias_shifts:
+        delta = np.mean(shifts, axis=0)
         if layer.batchnorm is not None and layer.batchnorm.center:
             layer.batchnorm.beta.assign(layer.batchnorm.beta - delta)
         elif layer.layer.use_bias:
@@ -207,9 +186,13 @@ def _folded_output_scale(wrapper) -> np.ndarray:
     return gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
 
 
+def _depthwise(layer) -> bool:
+    return layer_kinds.kind_of(layer).kernel == "depthwise"
+
+
 def _output_channel_ranges(wrapper) -> np.ndarray:
     kernel = wrapper.layer.kernel.numpy()
-    if isinstance(wrapper.layer, _DEPTHWISE):
+    if _depthwise(wrapper.layer):
         kernel = kernel.reshape(kernel.shape[:-2] + (-1,))
     folded = kernel * _folded_output_scale(wrapper)
     return np.abs(folded).reshape(-1, folded.shape[-1]).max(axis=0)
@@ -233,8 +216,7 @@ def equalize(model) -> List[Tuple[str, str]]:
     Returns:
         The ``(A, B)`` layer names that were equalized.
     """
-    nodes = [n for d in sorted(model._nodes_by_depth, reverse=True)
-             for n in model._nodes_by_depth[d]]
+    nodes = _compat.graph_nodes(model)
     readers: Dict[int, list] = {}
     for node in nodes:
         for t in node.input_tensors:
@@ -244,25 +226,26 @@ def equalize(model) -> List[Tuple[str, str]]:
         a = node.operation
         if not isinstance(a, QuantizeWrapper) or a.quantize_config is not None:
             continue
-        if _activation_name(a.layer) not in ("linear", "relu") or a.pre_activation is not None:
+        activation = layer_kinds.activation_name(a.layer)
+        if activation not in ("linear", "relu") or a.pre_activation is not None:
             continue
-        relu_seen = _activation_name(a.layer) == "relu"
+        relu_seen = activation == "relu"
         tensor, b = node.output_tensors[0], None
         while True:
             after = readers.get(id(tensor), [])
             if len(after) != 1:
                 break
             op = after[0].operation
-            if isinstance(op, FakeQuant) or (
-                    _is_fusable_activation(op) and not getattr(op, "max_value", None)
-                    and _activation_name(op) != "relu6"):
+            # ReLU commutes with a positive scale; ReLU6 does not.
+            if isinstance(op, FakeQuant) or (layer_kinds.is_fusable_activation(op)
+                                             and layer_kinds.activation_name(op) == "relu"):
                 relu_seen = relu_seen or not isinstance(op, FakeQuant)
                 tensor = after[0].output_tensors[0]
                 continue
             if isinstance(op, QuantizeWrapper) and op.quantize_config is None:
                 b = op
             break
-        if b is None or (not relu_seen and _activation_name(a.layer) != "linear"):
+        if b is None or (not relu_seen and activation != "linear"):
             continue
         r_a, r_b = _output_channel_ranges(a), _input_channel_ranges(b)
         if r_a.shape != r_b.shape:
@@ -279,7 +262,7 @@ def equalize(model) -> List[Tuple[str, str]]:
         else:
             kernel = a.layer.kernel.numpy()
             shape = kernel.shape
-            if isinstance(a.layer, _DEPTHWISE):
+            if _depthwise(a.layer):
                 kernel = kernel.reshape(shape[:-2] + (-1,))
             a.layer.kernel.assign((kernel / s).reshape(shape))
             if a.layer.use_bias:
@@ -291,7 +274,7 @@ def equalize(model) -> List[Tuple[str, str]]:
 
 
 def post_training_quantize(model, representative_data, *, estimator: str = "percentile",
-                           num_samples: int = 500, scheme: str = "default_8bit",
+                           num_samples: int = CALIBRATION_SAMPLES, scheme: str = "default_8bit",
                            equalization: bool = False, bias_correction: bool = False,
                            progress: bool = True):
     """Post-training quantization through the QAT path: wrap, calibrate, done.

@@ -18,9 +18,16 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   ``GlobalAveragePooling2D(keepdims=True)`` (the same numbers), because XNNPACK runs
   int8 MEAN but not int8 AVERAGE_POOL_2D; the report says so.
 
+Which layer is which (weighted, BatchNorm, fusable activation, keeps its input's
+range...) comes from :mod:`tfcompress.layer_kinds`. :func:`quantize_apply` first makes
+a :class:`QuantizePlan` (:func:`plan_quantization`: plain data that says, per layer,
+what is wrapped, folded, rewritten or left in float and which quantizer follows it),
+then :func:`rebuild` carries it out.
+
 The converter reads the fake-quant ranges, so a QAT model converts to int8 without
 representative data: ``tfcompress.convert(qat_model)``. Post-training quantization
-through the same graph lives in :mod:`tfcompress.post_training`.
+through the same graph lives in :mod:`tfcompress.post_training`; it measures ranges
+with :func:`recording`.
 
 Example:
     >>> import keras, numpy as np
@@ -35,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Dict, List, Optional, Tuple
 
@@ -43,23 +51,30 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tfcompress import _graph
+from tfcompress import _compat, _graph, layer_kinds
 
 __all__ = [
     "FakeQuant",
     "FreezeBatchNormStatistics",
     "FreezeQuantizerRanges",
+    "LayerPlan",
     "QuantizeConfig",
+    "QuantizePlan",
     "QuantizeReport",
     "QuantizeWrapper",
+    "Recording",
     "SCHEMES",
     "fake_quant",
     "fake_quant_per_channel",
     "is_quantized",
+    "plan_quantization",
     "quantize_annotate_layer",
     "quantize_annotate_model",
     "quantize_apply",
     "quantize_model",
+    "quantize_report",
+    "rebuild",
+    "recording",
     "strip_quantization",
 ]
 
@@ -119,10 +134,13 @@ class FakeQuant(keras.layers.Layer):
         num_bits: 8 (int8) or 16 (int16 activations; symmetric, as TFLite wants).
         decay: moving-average decay of the range.
         fixed_range: ``(min, max)`` to use instead of a learned range (softmax).
+        notes: notes on the graph rewrites whose output this quantizer follows, kept
+            in its config for :func:`quantize_report`.
         **kwargs: Keras layer arguments.
     """
 
-    def __init__(self, num_bits: int = 8, decay: float = 0.999, fixed_range=None, **kwargs):
+    def __init__(self, num_bits: int = 8, decay: float = 0.999, fixed_range=None,
+                 notes=(), **kwargs):
         super().__init__(**kwargs)
         if num_bits not in (8, 16):
             raise ValueError(f"`num_bits` must be 8 or 16. Received: num_bits={num_bits!r}")
@@ -131,6 +149,8 @@ class FakeQuant(keras.layers.Layer):
         self.num_bits = num_bits
         self.decay = decay
         self.fixed_range = tuple(fixed_range) if fixed_range is not None else None
+        self.notes = tuple(notes or ())
+        self._observed = None  # a list while recording
 
     def build(self, input_shape):
         def state(name, value=0.0):
@@ -154,7 +174,7 @@ class FakeQuant(keras.layers.Layer):
             return self._quantize(inputs, *self.fixed_range)
         lo, hi = self.min_value, self.max_value
         if not training:
-            if getattr(self, "_observed", None) is not None and tf.executing_eagerly():
+            if self._observed is not None and tf.executing_eagerly():
                 self._observed.append(_sample(np.asarray(inputs)))
             # While `calibrate` measures ranges the network runs in float.
             return ops.where(ops.greater(self.calibrating, 0.5), inputs,
@@ -178,10 +198,31 @@ class FakeQuant(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def start_recording(self) -> None:
+        """Keeps a sample of the inputs of every eager inference call, until stopped.
+
+        Graph-mode calls (``model.predict``) are not recorded: call the model
+        itself, ``model(x, training=False)``. :func:`recording` does this for every
+        quantizer of a model.
+        """
+        self._observed = []
+
+    def stop_recording(self) -> List[np.ndarray]:
+        """Stops recording; returns one sample per recorded call (the extremes included)."""
+        observed, self._observed = self._observed, None
+        return list(observed) if observed is not None else []
+
+    def set_range(self, min_value: float, max_value: float) -> None:
+        """Sets the learned range, as calibration does; training continues from it."""
+        self.min_value.assign(min_value)
+        self.max_value.assign(max_value)
+        self.initialized.assign(1.0)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(num_bits=self.num_bits, decay=self.decay,
-                      fixed_range=list(self.fixed_range) if self.fixed_range else None)
+                      fixed_range=list(self.fixed_range) if self.fixed_range else None,
+                      notes=list(self.notes))
         return config
 
 
@@ -189,19 +230,13 @@ class FakeQuant(keras.layers.Layer):
 # Weighted layers.
 # ---------------------------------------------------------------------------
 
-_DEPTHWISE = (keras.layers.DepthwiseConv2D, keras.layers.DepthwiseConv1D)
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D)
-_WEIGHTED = (keras.layers.Dense,) + _CONV + _DEPTHWISE
-_FUSABLE = ("linear", "relu", "relu6")
-SUPPORTED_LAYERS = (
-    "Dense", "Conv1D", "Conv2D (groups=1)", "DepthwiseConv1D", "DepthwiseConv2D",
-    "SeparableConv2D (split into DepthwiseConv2D + 1x1 Conv2D)",
-    "BatchNormalization (folded into the layer before it)", "Add", "Subtract", "Multiply",
-    "Average", "Maximum", "Minimum", "Concatenate", "ReLU", "Activation", "Softmax",
-    "MaxPooling", "AveragePooling", "GlobalAveragePooling", "GlobalMaxPooling", "Flatten",
-    "Reshape", "ZeroPadding", "Cropping", "Dropout", "Identity",
-    "any layer given a QuantizeConfig",
-)
+# Weight and activation rules of each layer class are in tfcompress.layer_kinds.
+# Activations after which the wrapper needs no quantizer of its own (TFLite fuses them).
+_NO_PRE_ACTIVATION = ("linear",) + layer_kinds.FUSABLE_ACTIVATIONS
+
+
+def _kernel_layout(layer) -> Optional[str]:
+    return layer_kinds.kind_of(layer).kernel
 
 
 def _deserialize(obj):
@@ -211,11 +246,6 @@ def _deserialize(obj):
 
 def _serialize(obj):
     return keras.saving.serialize_keras_object(obj) if obj is not None else None
-
-
-def _activation_name(layer) -> str:
-    act = getattr(layer, "activation", None)
-    return getattr(act, "__name__", "linear") if act is not None else "linear"
 
 
 class QuantizeConfig:
@@ -251,23 +281,27 @@ class QuantizeWrapper(keras.layers.Wrapper):
         activation_bits: bit width of a pre-activation quantizer (only used when the
             layer's activation is not one TFLite fuses, e.g. softmax).
         quantize_config: a :class:`QuantizeConfig` for a custom layer.
+        notes: notes on the graph rewrites that made this layer (a SeparableConv2D
+            split), kept in its config for :func:`quantize_report`.
         **kwargs: Keras layer arguments.
     """
 
     def __init__(self, layer, batchnorm=None, weight_bits: int = 8, activation_bits: int = 8,
-                 quantize_config=None, **kwargs):
+                 quantize_config=None, notes=(), **kwargs):
         layer, batchnorm, quantize_config = map(_deserialize, (layer, batchnorm, quantize_config))
         kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
-        if quantize_config is None and not isinstance(layer, _WEIGHTED):
+        if quantize_config is None and not layer_kinds.kind_of(layer).quantize_weights:
             raise _unsupported(layer, "?")
         self.batchnorm = batchnorm
         self.weight_bits = weight_bits
         self.activation_bits = activation_bits
         self.quantize_config = quantize_config
+        self.notes = tuple(notes or ())
         self.pre_activation = None
-        if quantize_config is None and _activation_name(layer) not in _FUSABLE:
+        if quantize_config is None and layer_kinds.activation_name(layer) not in _NO_PRE_ACTIVATION:
             self.pre_activation = FakeQuant(activation_bits, name="pre_activation")
+        self._bias_shift = None  # a list while recording
 
     def build(self, input_shape):
         if not self.layer.built:
@@ -296,11 +330,26 @@ class QuantizeWrapper(keras.layers.Wrapper):
             self.sparsity_mask.assign(ops.cast(ops.not_equal(self._kernel_variable(), 0.0),
                                                "float32"))
 
+    def start_recording_bias_shift(self) -> None:
+        """Records, on every eager call, how far weight rounding moves each output channel.
+
+        The shift is the mean over the batch and positions of (output with rounded
+        weights) - (output with exact weights); :func:`tfcompress.post_training.correct_bias`
+        subtracts it from the bias. :func:`recording` drives this for a whole model.
+        """
+        self._bias_shift = []
+
+    def stop_recording_bias_shift(self) -> List[np.ndarray]:
+        """Stops recording; returns one per-channel shift per recorded call."""
+        shifts, self._bias_shift = self._bias_shift, None
+        return list(shifts) if shifts is not None else []
+
     def _op(self, x, kernel):
         layer = self.layer
-        if isinstance(layer, keras.layers.Dense):
+        layout = _kernel_layout(layer)
+        if layout == "dense":
             return ops.matmul(x, kernel)
-        if isinstance(layer, _DEPTHWISE):
+        if layout == "depthwise":
             return ops.depthwise_conv(x, kernel, strides=layer.strides, padding=layer.padding,
                                       dilation_rate=layer.dilation_rate,
                                       data_format=layer.data_format)
@@ -308,11 +357,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def _quantize_kernel(self, kernel):
         bits = self.weight_bits
-        if isinstance(self.layer, keras.layers.Dense):
+        layout = _kernel_layout(self.layer)
+        if layout == "dense":
             m = symmetric_max(kernel, per_channel=False)
             return fake_quant(kernel, -m, m, num_bits=bits, narrow_range=True)
         shape = kernel.shape
-        if isinstance(self.layer, _DEPTHWISE):  # TFLite's channels are in * multiplier
+        if layout == "depthwise":  # TFLite's channels are in * multiplier
             kernel = ops.reshape(kernel, tuple(shape[:-2]) + (1, shape[-2] * shape[-1]))
         m = symmetric_max(kernel, per_channel=True)
         q = fake_quant_per_channel(kernel, -m, m, num_bits=bits, narrow_range=True)
@@ -341,7 +391,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             mean, var = ops.cond(ops.equal(self.bn_frozen, 1.0), moving_statistics,
                                  batch_statistics)
         scale = gamma / ops.sqrt(var + bn.epsilon)
-        if isinstance(self.layer, _DEPTHWISE):
+        if _kernel_layout(self.layer) == "depthwise":
             folded = kernel * ops.reshape(scale, tuple(kernel.shape[-2:]))
         else:
             folded = kernel * scale
@@ -363,7 +413,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         y = self._op(inputs, self._quantize_kernel(kernel))
         if bias is not None:
             y = y + bias
-        if getattr(self, "_bias_shift", None) is not None and tf.executing_eagerly():
+        if self._bias_shift is not None and tf.executing_eagerly():
             # correct_bias(): how far weight rounding moves each output channel.
             exact = self._op(inputs, kernel) + (0.0 if bias is None else bias)
             axes = tuple(range(len(y.shape) - 1))
@@ -385,7 +435,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         config = super().get_config()
         config.update(batchnorm=_serialize(self.batchnorm), weight_bits=self.weight_bits,
                       activation_bits=self.activation_bits,
-                      quantize_config=_serialize(self.quantize_config))
+                      quantize_config=_serialize(self.quantize_config), notes=list(self.notes))
         return config
 
 
@@ -456,40 +506,25 @@ def quantize_annotate_model(to_annotate):
 
 
 # ---------------------------------------------------------------------------
-# The transform.
+# The transform: a plan (plain data), then a rebuild that carries it out.
 # ---------------------------------------------------------------------------
 
-_PASSTHROUGH = (
-    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D, keras.layers.Flatten, keras.layers.Reshape,
-    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.Cropping1D,
-    keras.layers.Cropping2D, keras.layers.Dropout, keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D, keras.layers.Identity, keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-)
-_MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Average,
-          keras.layers.Maximum, keras.layers.Minimum, keras.layers.Concatenate)
-_OWN_RANGE = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
-              keras.layers.UpSampling2D)
+
+def _supported_layers() -> Tuple[str, ...]:
+    """What quantization knows, from the layer table (plus what it rewrites)."""
+    known = layer_kinds.registered(lambda kind: (
+        kind.quantize_weights or kind.normalization or kind.merge is not None
+        or kind.activation is not None or kind.output_range is not None))
+    return tuple(cls.__name__ for cls in known) + (
+        "SeparableConv2D (split into DepthwiseConv2D + 1x1 Conv2D)",
+        "any layer given a QuantizeConfig")
 
 
-def _is_fusable_activation(layer) -> bool:
-    if isinstance(layer, keras.layers.ReLU):
-        return (layer.negative_slope == 0 and layer.threshold == 0
-                and layer.max_value in (None, 6, 6.0))
-    return isinstance(layer, keras.layers.Activation) and _activation_name(layer) in ("relu", "relu6")
-
-
-def _is_softmax(layer) -> bool:
-    return isinstance(layer, keras.layers.Softmax) or (
-        isinstance(layer, keras.layers.Activation) and _activation_name(layer) == "softmax")
-
-
-def _unsupported(layer, position) -> ValueError:
+def _unsupported(layer, position, why: str = "") -> ValueError:
     return ValueError(
         f"Layer {layer.name!r} (class {type(layer).__name__}, position {position}) cannot be "
-        f"quantized. Supported: {', '.join(SUPPORTED_LAYERS)}. Give it a QuantizeConfig with "
-        "quantize_annotate_layer(layer, quantize_config=...), or leave it unannotated to "
+        f"quantized{why}. Supported: {', '.join(_supported_layers())}. Give it a QuantizeConfig "
+        "with quantize_annotate_layer(layer, quantize_config=...), or leave it unannotated to "
         "keep it in float.")
 
 
@@ -511,6 +546,135 @@ class QuantizeReport:
         return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """What :func:`rebuild` does with one layer of the annotated graph.
+
+    Attributes:
+        name: the layer's name in the annotated model (``"annotate_conv2d"``), or a
+            model input's name.
+        layer: the name of the layer inside the annotation (``"conv2d"``).
+        class_name: that layer's class.
+        action: ``"input"`` (a model input), ``"wrap"`` (a :class:`QuantizeWrapper`
+            runs it on fake-quantized weights), ``"fold"`` (a BatchNorm folded into
+            ``folded_into``), ``"global_pool"`` (an AveragePooling2D over its whole
+            input, rebuilt as ``GlobalAveragePooling2D(keepdims=True)``), ``"copy"``
+            (annotated, without weights: copied as it is) or ``"float"`` (not
+            annotated: copied and left in float).
+        new_name: its name in the QAT model (None for a folded BatchNorm).
+        output: where the quantization range of its output comes from:
+            ``"learned"`` (a FakeQuant with a moving-average range follows it),
+            ``"softmax"`` (a FakeQuant with TFLite's fixed softmax range),
+            ``"input_range"`` (none follows: it keeps its input's range),
+            ``"fused_activation"`` (none: the ReLU / ReLU6 after it, which TFLite fuses
+            into it, is quantized instead), ``"concat_output"`` (none: the
+            Concatenate it feeds is quantized, and its inputs share that range),
+            ``"quantize_config"`` (none: its QuantizeConfig says so), ``"folded"`` (a
+            folded BatchNorm: its quantizer, if any, follows the layer it is folded
+            into) or ``"float"`` (not quantized).
+        quantizer: the name of the FakeQuant that follows it, if any.
+        batchnorm: for ``"wrap"``: the BatchNorm folded into it, if any.
+        folded_into: for ``"fold"``: the layer it is folded into.
+        has_weights: whether the layer has weights.
+        notes: notes on rewrites that its QAT layers record in their configs (its
+            wrapper's, else its quantizer's), so that :func:`quantize_report` finds
+            them in a reloaded model.
+    """
+
+    name: str
+    layer: str
+    class_name: str
+    action: str
+    new_name: Optional[str]
+    output: str
+    quantizer: Optional[str] = None
+    batchnorm: Optional[str] = None
+    folded_into: Optional[str] = None
+    has_weights: bool = False
+    notes: Tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line: what happens to the layer and what follows it."""
+        what = {"input": "input", "float": "left in float", "copy": "copied",
+                "fold": f"folded into {_short(self.folded_into or '')}",
+                "global_pool": f"-> GlobalAveragePooling2D(keepdims=True) {self.new_name}",
+                "wrap": f"-> QuantizeWrapper {self.new_name}"}[self.action]
+        if self.batchnorm:
+            what += f" (BatchNorm {_short(self.batchnorm)} folded in)"
+        after = f"FakeQuant {self.quantizer} ({self.output})" if self.quantizer else {
+            "input_range": "no quantizer: keeps its input's range",
+            "fused_activation": "no quantizer: the fused activation after it has it",
+            "concat_output": "no quantizer: shares the Concatenate's output range",
+            "quantize_config": "no quantizer: its QuantizeConfig says so",
+        }.get(self.output, "")
+        return f"{self.layer} ({self.class_name}): {what}" + (f"; {after}" if after else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizePlan:
+    """What :func:`quantize_apply` does to an annotated model, as plain data.
+
+    Made by :func:`plan_quantization`, carried out by :func:`rebuild`. Printable
+    (:meth:`summary`) and serializable (:meth:`to_dict` / :meth:`from_dict`).
+
+    Attributes:
+        scheme: the quantization scheme (a key of :data:`SCHEMES`).
+        layers: one :class:`LayerPlan` per layer of the annotated graph (after any
+            SeparableConv2D split), inputs first, in graph order.
+        rewrites: notes on the graph rewrites (SeparableConv2D splits, then
+            whole-input average pools), as :class:`QuantizeReport` lists them.
+    """
+
+    scheme: str
+    layers: Tuple[LayerPlan, ...]
+    rewrites: Tuple[str, ...] = ()
+
+    def layer(self, name: str) -> LayerPlan:
+        """The plan of a layer, by its name inside or outside its annotation."""
+        for step in self.layers:
+            if name in (step.name, step.layer):
+                return step
+        raise KeyError(f"No layer named {name!r} in the plan. "
+                       f"Layers: {[step.layer for step in self.layers]}")
+
+    def report(self) -> QuantizeReport:
+        """The :class:`QuantizeReport` the rebuilt model will carry."""
+        wraps = [step for step in self.layers if step.action == "wrap"]
+        return QuantizeReport(
+            self.scheme, tuple(step.layer for step in wraps),
+            tuple((_short(step.name), _short(step.batchnorm)) for step in wraps
+                  if step.batchnorm),
+            tuple(step.name for step in self.layers
+                  if step.action == "float" and step.has_weights),
+            self.rewrites)
+
+    def summary(self) -> str:
+        """A header line, one line per layer (:meth:`LayerPlan.describe`), the rewrites."""
+        report = self.report()
+        bits = SCHEMES[self.scheme]
+        lines = [f"scheme {self.scheme} ({bits.weight_bits}-bit weights, "
+                 f"{bits.activation_bits}-bit activations): {len(report.quantized)} layers "
+                 f"quantized, {len(report.folded_batchnorms)} BatchNorms folded, "
+                 f"{len(report.left_in_float)} weighted layers left in float"]
+        lines += ["  " + step.describe() for step in self.layers]
+        lines += [f"rewrote {note}" for note in self.rewrites]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain lists, strings and numbers (``json.dumps`` takes it)."""
+        return {"scheme": self.scheme,
+                "layers": [dict(dataclasses.asdict(step), notes=list(step.notes))
+                           for step in self.layers],
+                "rewrites": list(self.rewrites)}
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "QuantizePlan":
+        """The plan :meth:`to_dict` describes."""
+        layers = tuple(LayerPlan(**dict(step, notes=tuple(step.get("notes", ()))))
+                       for step in config["layers"])
+        return cls(config["scheme"], layers, tuple(config.get("rewrites", ())))
+
+
 def _whole_input_average_pool(layer, input_shape) -> bool:
     if not isinstance(layer, keras.layers.AveragePooling2D) or layer.data_format != "channels_last":
         return False
@@ -519,196 +683,388 @@ def _whole_input_average_pool(layer, input_shape) -> bool:
             and layer.padding == "valid")
 
 
+def _annotated(layer) -> bool:
+    return isinstance(layer, QuantizeAnnotate)
+
+
+def _inner(layer):
+    return layer.layer if isinstance(layer, QuantizeAnnotate) else layer
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"Unknown quantization scheme. Received: scheme={scheme!r}. "
+                         f"Allowed: {', '.join(repr(s) for s in SCHEMES)}.")
+
+
+def _prepare(model):
+    """The annotated model as the plan sees it: Functional, SeparableConv2D split."""
+    model = _graph.functional(model, purpose="quantization", inline=True)
+    # What TFLite runs for a SeparableConv2D, so that each half is quantized on its own;
+    # annotations carry over, a user QuantizeConfig keeps the layer whole.
+    return _graph.split_separable(
+        model, unwrap=_inner,
+        rewrap=lambda original, new: QuantizeAnnotate(new) if _annotated(original) else new,
+        keep=lambda layer: getattr(layer, "quantize_config", None) is not None)
+
+
+class _Graph:
+    """Read-only facts about an annotated Functional graph, asked by the planner."""
+
+    def __init__(self, model):
+        self.nodes = _compat.graph_nodes(model)
+        self.readers: Dict[int, list] = {}
+        for node in self.nodes:
+            for t in node.input_tensors:
+                self.readers.setdefault(id(t), []).append(node.operation)
+        self.by_name = {node.operation.name: node for node in self.nodes}
+
+    def reader(self, node):
+        """The only reader of the node's output when it is annotated, else None."""
+        after = self.readers.get(id(node.output_tensors[0]), [])
+        return after[0] if len(after) == 1 and _annotated(after[0]) else None
+
+    def only_concatenated(self, node) -> bool:
+        # TFLite gives a concatenation's inputs the output's scale; quantizing the
+        # output alone computes exactly that (quantize(concat(a, b)) with one range).
+        reader = self.reader(node)
+        return reader is not None and layer_kinds.kind_of(_inner(reader)).merge == "concatenate"
+
+    def fused_after(self, node) -> bool:
+        reader = self.reader(node)
+        return reader is not None and layer_kinds.is_fusable_activation(_inner(reader))
+
+
+def _folds(graph: _Graph) -> Dict[str, str]:
+    """``{BatchNorm: the layer it folds into}`` (annotated names); refuses what cannot be."""
+    fold = {}
+    for position, node in enumerate(graph.nodes):
+        layer = node.operation
+        if not _annotated(layer) or isinstance(layer, keras.layers.InputLayer):
+            continue
+        base = _inner(layer)
+        kind = layer_kinds.kind_of(base)
+        if layer.quantize_config is None and base.weights and not (
+                kind.quantize_weights or kind.normalization):
+            raise _unsupported(base, position)
+        if kind.kernel == "conv" and getattr(base, "rank", None) == 2 and base.groups != 1:
+            raise _unsupported(base, position, f" (a grouped convolution, groups={base.groups})")
+        reader = graph.reader(node)
+        if (kind.quantize_weights and layer_kinds.activation_name(base) == "linear"
+                and reader is not None and layer_kinds.kind_of(_inner(reader)).normalization):
+            fold[reader.name] = layer.name
+    for position, node in enumerate(graph.nodes):
+        layer = node.operation
+        if _annotated(layer) and layer_kinds.kind_of(_inner(layer)).normalization \
+                and layer.name not in fold:
+            raise ValueError(
+                f"BatchNormalization {_inner(layer).name!r} (position {position}) does not "
+                "follow a Conv / DepthwiseConv / Dense with a linear activation, so it cannot "
+                f"be folded. Supported: {', '.join(_supported_layers())}.")
+    return fold
+
+
+def _output(graph: _Graph, fold: Dict[str, str], node) -> str:
+    """Where the range of an annotated layer's output comes from (see LayerPlan.output)."""
+    layer = node.operation
+    base = _inner(layer)
+    if layer.name in fold:
+        return "folded"  # the BN's output is quantized after the layer it folds into
+    if layer_kinds.activation_name(base) == "softmax":
+        return "softmax"
+    if graph.only_concatenated(node):
+        return "concat_output"
+    kind = layer_kinds.kind_of(base)
+    if kind.output_range == "input":
+        if _whole_input_average_pool(base, node.input_tensors[0].shape):
+            return "learned"  # becomes MEAN, which has its own range
+        return "input_range"
+    if layer.quantize_config is not None and not layer.quantize_config.quantize_output(base):
+        return "quantize_config"
+    if kind.fuses_activation and graph.fused_after(node):
+        return "fused_activation"  # quantized after the activation TFLite fuses into it
+    return "learned"  # activations, merges, weighted layers and anything else elementwise
+
+
+def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
+    layer = node.operation
+    if isinstance(layer, keras.layers.InputLayer):
+        name = node.output_tensors[0].name  # what the rebuilt model's input is called
+        read = any(_annotated(r) for r in graph.readers.get(id(node.output_tensors[0]), []))
+        return LayerPlan(name, name, "InputLayer", "input", name,
+                         "learned" if read else "float", f"quant_{name}" if read else None)
+    if not _annotated(layer):
+        return LayerPlan(layer.name, layer.name, type(layer).__name__, "float", layer.name,
+                         "float", has_weights=bool(layer.weights))
+    base = _inner(layer)
+    common = dict(name=layer.name, layer=base.name, class_name=type(base).__name__,
+                  has_weights=bool(base.weights))
+    if layer.name in fold:
+        return LayerPlan(**common, action="fold", new_name=None, output="folded",
+                         folded_into=fold[layer.name])
+    if _whole_input_average_pool(base, node.input_tensors[0].shape):
+        action = "global_pool"
+    elif layer_kinds.kind_of(base).quantize_weights or layer.quantize_config is not None:
+        action = "wrap"
+    else:
+        action = "copy"
+    batchnorm = next((bn for bn, into in fold.items() if into == layer.name), None)
+    if batchnorm is None:
+        output, target = _output(graph, fold, node), layer.name
+    else:  # the folded BatchNorm's output is this layer's
+        bn_node = graph.by_name[batchnorm]
+        output = ("fused_activation" if graph.fused_after(bn_node) else
+                  "concat_output" if graph.only_concatenated(bn_node) else "learned")
+        target = batchnorm
+    quantizer = f"quant_out_{_short(target)}" if output in ("learned", "softmax") else None
+    return LayerPlan(**common, action=action,
+                     new_name=f"quant_{base.name}" if action == "wrap" else base.name,
+                     output=output, quantizer=quantizer, batchnorm=batchnorm)
+
+
+def _with_notes(graph: _Graph, steps: Dict[str, LayerPlan], split_notes) -> Tuple[str, ...]:
+    """Gives each rewrite note to the QAT layer that will record it; returns all notes."""
+    def record(step: Optional[LayerPlan], note: str) -> None:
+        # Follow the tensor to the layer whose quantizer sets its range.
+        while step is not None and step.action != "wrap" and step.quantizer is None \
+                and step.output in ("concat_output", "fused_activation"):
+            reader = graph.reader(graph.by_name[step.name])
+            step = steps.get(reader.name) if reader is not None else None
+        if step is not None and (step.action == "wrap" or step.quantizer is not None):
+            steps[step.name] = dataclasses.replace(step, notes=step.notes + (note,))
+
+    for note in split_notes:  # "<name>: SeparableConv2D -> ..."; its depthwise half records it
+        half = note.split(":", 1)[0] + "_depthwise"
+        record(next((s for s in steps.values() if s.layer == half and s.action == "wrap"),
+                    None), note)
+    pool_notes = []
+    for step in list(steps.values()):
+        if step.action == "global_pool":
+            note = (f"{step.layer}: AveragePooling2D over the whole input -> "
+                    "GlobalAveragePooling2D(keepdims=True) (XNNPACK runs int8 MEAN)")
+            pool_notes.append(note)
+            record(step, note)
+    return tuple(split_notes) + tuple(pool_notes)
+
+
+def _make_plan(model, scheme: str, split_notes) -> QuantizePlan:
+    graph = _Graph(model)
+    fold = _folds(graph)
+    steps: Dict[str, LayerPlan] = {}
+    for node in graph.nodes:
+        step = _layer_plan(graph, fold, node)
+        steps[step.name] = step
+    rewrites = _with_notes(graph, steps, split_notes)
+    return QuantizePlan(scheme, tuple(steps.values()), rewrites)
+
+
+def plan_quantization(model, *, scheme: str = "default_8bit") -> QuantizePlan:
+    """What :func:`quantize_apply` would do to an annotated model, without doing it.
+
+    Args:
+        model: a Sequential or Functional model with annotations.
+        scheme: ``"default_8bit"`` or ``"int16x8"``.
+
+    Returns:
+        A :class:`QuantizePlan`; :func:`rebuild` carries it out.
+
+    Raises:
+        ValueError: an unknown scheme, or an annotated layer this module cannot quantize.
+
+    Example:
+        >>> import keras
+        >>> inputs = keras.Input((8, 8, 3), name="image")
+        >>> x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+        >>> x = keras.layers.BatchNormalization(name="bn")(x)
+        >>> x = keras.layers.ReLU(name="relu")(x)
+        >>> plan = plan_quantization(quantize_annotate_model(keras.Model(inputs, x)))
+        >>> print(plan.summary())  # doctest: +NORMALIZE_WHITESPACE
+        scheme default_8bit (8-bit weights, 8-bit activations): 1 layers quantized,
+        1 BatchNorms folded, 0 weighted layers left in float
+          image (InputLayer): input; FakeQuant quant_image (learned)
+          conv (Conv2D): -> QuantizeWrapper quant_conv (BatchNorm bn folded in);
+          no quantizer: the fused activation after it has it
+          bn (BatchNormalization): folded into conv
+          relu (ReLU): copied; FakeQuant quant_out_relu (learned)
+        >>> plan.layer("bn").folded_into, plan.layer("relu").quantizer
+        ('annotate_conv', 'quant_out_relu')
+    """
+    _check_scheme(scheme)
+    prepared, split_notes = _prepare(model)
+    return _make_plan(prepared, scheme, split_notes)
+
+
+def _new_layer(model, layer, step: LayerPlan, bits: Scheme, pending: list):
+    """The layer that stands for ``layer`` in the QAT model (weights go to ``pending``)."""
+    if step.action == "float":
+        new = type(layer).from_config(layer.get_config())
+        if layer.weights:
+            pending.append((new, layer.get_weights()))
+        return new
+    base = _inner(layer)
+    if step.action == "fold":
+        return keras.layers.Identity(name=base.name)  # never called: lives in the wrapper
+    if step.action == "global_pool":
+        return keras.layers.GlobalAveragePooling2D(keepdims=True, name=step.new_name)
+    copy = type(base).from_config(base.get_config())
+    if base.weights:
+        pending.append((copy, base.get_weights()))
+    if step.action == "copy":
+        return copy
+    bn = None
+    if step.batchnorm is not None:
+        bn_base = _inner(model.get_layer(step.batchnorm))
+        bn = type(bn_base).from_config(bn_base.get_config())
+        pending.append((bn, bn_base.get_weights()))
+    return QuantizeWrapper(copy, batchnorm=bn, weight_bits=bits.weight_bits,
+                           activation_bits=bits.activation_bits,
+                           quantize_config=layer.quantize_config, notes=step.notes,
+                           name=step.new_name)
+
+
+def _output_quantizer(step: LayerPlan, bits: Scheme) -> Optional[FakeQuant]:
+    if step.quantizer is None:
+        return None
+    notes = () if step.action == "wrap" else step.notes  # a wrapper records its own
+    if step.output == "softmax":
+        return FakeQuant(8, fixed_range=(0.0, 255.0 / 256.0), notes=notes, name=step.quantizer)
+    return FakeQuant(bits.activation_bits, notes=notes, name=step.quantizer)
+
+
+def _rebuild(model, plan: QuantizePlan):
+    """Carries out ``plan`` on the prepared annotated ``model``."""
+    steps = {step.name: step for step in plan.layers}
+    bits = SCHEMES[plan.scheme]
+    pending: list = []
+    origin: Dict[int, str] = {}  # new layer -> the name of the layer it stands for
+    quantized_inputs: Dict[int, object] = {}
+
+    def clone_function(layer):
+        new = _new_layer(model, layer, steps[layer.name], bits, pending)
+        origin[id(new)] = layer.name
+        return new
+
+    def quantize_input(tensor):
+        source = _compat.producer(tensor)
+        if not isinstance(source, keras.layers.InputLayer):
+            return tensor
+        if id(tensor) not in quantized_inputs:
+            step = steps.get(source.name)
+            name = step.quantizer if step is not None and step.quantizer else f"quant_{source.name}"
+            quantized_inputs[id(tensor)] = FakeQuant(bits.activation_bits, name=name)(tensor)
+        return quantized_inputs[id(tensor)]
+
+    def call_function(layer, *args, **kwargs):
+        step = steps[origin.get(id(layer), layer.name)]
+        if step.action == "fold":  # the BatchNorm lives inside the layer before it
+            return args[0]
+        if step.action != "float":
+            args = tuple(keras.tree.map_structure(quantize_input, a) for a in args)
+        out = layer(*args, **kwargs)
+        quantizer = _output_quantizer(step, bits)
+        return out if quantizer is None else quantizer(out)
+
+    clone = _graph.clone_model(model, clone_function=clone_function,
+                               call_function=call_function)
+    for new, weights in pending:
+        new.set_weights(weights)
+    for layer in clone.layers:
+        if isinstance(layer, QuantizeWrapper):
+            layer.preserve_zeros()
+    clone.quantize_report = plan.report()
+    return clone
+
+
+def rebuild(model, plan: QuantizePlan):
+    """Builds the QAT model that ``plan`` describes.
+
+    Args:
+        model: the annotated model the plan was made from (by :func:`plan_quantization`).
+        plan: a :class:`QuantizePlan`, possibly edited (``dataclasses.replace``).
+
+    Returns:
+        A new Functional model with the weights copied; ``.quantize_report`` is
+        ``plan.report()``.
+
+    Raises:
+        ValueError: the plan does not describe this model's layers.
+    """
+    prepared, _ = _prepare(model)
+    graph = {node.output_tensors[0].name if isinstance(node.operation, keras.layers.InputLayer)
+             else node.operation.name for node in _compat.graph_nodes(prepared)}
+    planned = {step.name for step in plan.layers}
+    if graph != planned:
+        raise ValueError(
+            "The plan does not describe this model: layers only in the model: "
+            f"{sorted(graph - planned)}; only in the plan: {sorted(planned - graph)}. "
+            "Make the plan with plan_quantization(model).")
+    _check_scheme(plan.scheme)
+    return _rebuild(prepared, plan)
+
+
 def quantize_apply(model, scheme: str = "default_8bit"):
     """Turns an annotated model into a QAT model (tfmot's name).
 
     Layers wrapped by :func:`quantize_annotate_layer` (or all layers after
     :func:`quantize_annotate_model`) are quantized; others stay in float and are
-    listed in ``model.quantize_report.left_in_float``.
+    listed in ``model.quantize_report.left_in_float``. This is
+    ``rebuild(model, plan_quantization(model, scheme=scheme))``.
 
     Args:
         model: a Sequential or Functional model with annotations.
         scheme: ``"default_8bit"`` or ``"int16x8"`` (int16 activations, int8 weights).
 
     Returns:
-        A new Functional model; ``.quantize_report`` is a :class:`QuantizeReport`.
+        A new Functional model; ``.quantize_report`` is a :class:`QuantizeReport`
+        (an attribute that a `.keras` file does not keep: :func:`quantize_report`
+        reads the same report from the model's layers).
 
     Raises:
         ValueError: an unknown scheme, or an annotated layer this module cannot quantize.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"Unknown quantization scheme. Received: scheme={scheme!r}. "
-                         f"Allowed: {', '.join(repr(s) for s in SCHEMES)}.")
-    bits = SCHEMES[scheme]
-    model = _graph.functional(model, purpose="quantization", inline=True)
-    # What TFLite runs for a SeparableConv2D, so that each half is quantized on its own;
-    # annotations carry over, a user QuantizeConfig keeps the layer whole.
-    model, split_notes = _graph.split_separable(
-        model, unwrap=lambda layer: layer.layer if isinstance(layer, QuantizeAnnotate) else layer,
-        rewrap=lambda original, new: QuantizeAnnotate(new) if isinstance(
-            original, QuantizeAnnotate) else new,
-        keep=lambda layer: getattr(layer, "quantize_config", None) is not None)
-    nodes = [n for d in sorted(model._nodes_by_depth, reverse=True)
-             for n in model._nodes_by_depth[d]]
-    readers: Dict[int, list] = {}
-    for node in nodes:
-        for t in node.input_tensors:
-            readers.setdefault(id(t), []).append(node.operation)
+    _check_scheme(scheme)
+    prepared, split_notes = _prepare(model)
+    return _rebuild(prepared, _make_plan(prepared, scheme, split_notes))
 
-    def inner(layer):
-        return layer.layer if isinstance(layer, QuantizeAnnotate) else layer
 
-    def annotated(layer):
-        return isinstance(layer, QuantizeAnnotate)
+def quantize_report(model) -> QuantizeReport:
+    """The :class:`QuantizeReport` of a QAT model, read from its layers.
 
-    fold = {}  # batchnorm name -> producer name
-    for position, node in enumerate(nodes):
-        layer = node.operation
-        if not annotated(layer) or isinstance(layer, keras.layers.InputLayer):
-            continue
-        base = inner(layer)
-        if layer.quantize_config is None and base.weights and not isinstance(
-                base, _WEIGHTED + (keras.layers.BatchNormalization,)):
-            raise _unsupported(base, position)
-        if isinstance(base, keras.layers.Conv2D) and base.groups != 1:
-            raise _unsupported(base, position)
-        after = readers.get(id(node.output_tensors[0]), [])
-        if (isinstance(base, _WEIGHTED) and _activation_name(base) == "linear" and len(after) == 1
-                and annotated(after[0]) and isinstance(inner(after[0]), keras.layers.BatchNormalization)):
-            fold[after[0].name] = layer.name
-    for position, node in enumerate(nodes):
-        layer = node.operation
-        if annotated(layer) and isinstance(inner(layer), keras.layers.BatchNormalization) \
-                and layer.name not in fold:
-            raise ValueError(
-                f"BatchNormalization {inner(layer).name!r} (position {position}) does not follow "
-                "a Conv / DepthwiseConv / Dense with a linear activation, so it cannot be folded. "
-                f"Supported: {', '.join(SUPPORTED_LAYERS)}.")
+    What ``quantize_apply(...).quantize_report`` says, also for a model loaded from
+    a `.keras` file: each :class:`QuantizeWrapper` knows its layer and folded
+    BatchNorm, and the wrappers and :class:`FakeQuant` layers keep the rewrite notes
+    in their configs. (The split of a SeparableConv2D that was left in float leaves
+    no quantization layer to record it.)
 
-    def only_concatenated(node) -> bool:
-        # TFLite gives a concatenation's inputs the output's scale; quantizing the
-        # output alone computes exactly that (quantize(concat(a, b)) with one range).
-        after = readers.get(id(node.output_tensors[0]), [])
-        return len(after) == 1 and annotated(after[0]) and isinstance(
-            inner(after[0]), keras.layers.Concatenate)
+    Args:
+        model: a model from :func:`quantize_apply` / :func:`quantize_model`, or loaded.
 
-    # Where activation quantizers go: after each tensor that is an int8 tensor in TFLite.
-    def output_kind(layer, node) -> Optional[str]:
-        """None (keeps its input's range), "learned" or "softmax"."""
-        if not annotated(layer):
-            return None
-        base = inner(layer)
-        if layer.name in fold:
-            return None  # the BN's output is quantized instead
-        if _is_softmax(base) or _activation_name(base) == "softmax":
-            return "softmax"
-        if only_concatenated(node):
-            return None
-        if isinstance(base, _PASSTHROUGH):
-            if _whole_input_average_pool(base, node.input_tensors[0].shape):
-                return "learned"  # becomes MEAN, which has its own range
-            return None
-        if isinstance(base, _WEIGHTED) or layer.quantize_config is not None or isinstance(
-                base, _MERGE + _OWN_RANGE + (keras.layers.BatchNormalization,)):
-            if layer.quantize_config is not None and not layer.quantize_config.quantize_output(base):
-                return None
-            after = readers.get(id(node.output_tensors[0]), [])
-            fusable = isinstance(base, (keras.layers.BatchNormalization,) + _MERGE + _WEIGHTED)
-            if (fusable and len(after) == 1 and annotated(after[0])
-                    and _is_fusable_activation(inner(after[0]))):
-                return None  # quantized after the activation TFLite fuses into it
-            return "learned"
-        return "learned"  # activations and anything else elementwise
+    Returns:
+        A :class:`QuantizeReport`.
 
-    kinds = {node.operation.name: output_kind(node.operation, node) for node in nodes}
-    by_name = {node.operation.name: node for node in nodes}
-    quantized, left, pending = [], [], []
-    rewrites = list(split_notes)
-    origin: Dict[int, str] = {}
-
-    def clone_function(layer):
-        new = _clone_layer(layer)
-        origin[id(new)] = layer.name
-        return new
-
-    def _clone_layer(layer):
-        if not annotated(layer):
-            if layer.weights:
-                left.append(layer.name)
-            new = type(layer).from_config(layer.get_config())
-            if layer.weights:
-                pending.append((new, layer.get_weights()))
-            return new
-        base = inner(layer)
-        if isinstance(base, keras.layers.BatchNormalization):
-            return keras.layers.Identity(name=base.name)  # folded; skipped in call_function
-        node = by_name[layer.name]
-        if isinstance(base, keras.layers.AveragePooling2D) and _whole_input_average_pool(
-                base, node.input_tensors[0].shape):
-            rewrites.append(f"{base.name}: AveragePooling2D over the whole input -> "
-                            "GlobalAveragePooling2D(keepdims=True) (XNNPACK runs int8 MEAN)")
-            return keras.layers.GlobalAveragePooling2D(keepdims=True, name=base.name)
-        copy = type(base).from_config(base.get_config())
-        if base.weights:
-            pending.append((copy, base.get_weights()))
-        if isinstance(base, _WEIGHTED) or layer.quantize_config is not None:
-            bn = None
-            bn_name = next((b for b, p in fold.items() if p == layer.name), None)
-            if bn_name is not None:
-                bn_base = inner(model.get_layer(bn_name))
-                bn = type(bn_base).from_config(bn_base.get_config())
-                pending.append((bn, bn_base.get_weights()))
-            quantized.append(base.name)
-            return QuantizeWrapper(copy, batchnorm=bn, weight_bits=bits.weight_bits,
-                                   activation_bits=bits.activation_bits,
-                                   quantize_config=layer.quantize_config, name=f"quant_{base.name}")
-        return copy
-
-    cache: Dict[int, object] = {}
-
-    def fused_after(name) -> bool:
-        after = readers.get(id(by_name[name].output_tensors[0]), [])
-        return len(after) == 1 and annotated(after[0]) and _is_fusable_activation(inner(after[0]))
-
-    def quantize_input(a):
-        history = getattr(a, "_keras_history", None)
-        if history is None or not isinstance(history.operation, keras.layers.InputLayer):
-            return a
-        if id(a) not in cache:
-            cache[id(a)] = FakeQuant(bits.activation_bits, name=f"quant_{history.operation.name}")(a)
-        return cache[id(a)]
-
-    def call_function(layer, *args, **kwargs):
-        name = origin.get(id(layer), layer.name)
-        node = by_name[name]
-        if name in fold:  # the BatchNorm lives inside the layer before it
-            return args[0]
-        if annotated(node.operation):
-            args = tuple(keras.tree.map_structure(quantize_input, a) for a in args)
-        out = layer(*args, **kwargs)
-        kind, target = kinds.get(name), name
-        bn_name = next((b for b, p in fold.items() if p == name), None)
-        if bn_name is not None:
-            shared = fused_after(bn_name) or only_concatenated(by_name[bn_name])
-            kind, target = (None if shared else "learned"), bn_name
-        if kind == "learned":
-            out = FakeQuant(bits.activation_bits, name=f"quant_out_{_short(target)}")(out)
-        elif kind == "softmax":
-            out = FakeQuant(8, fixed_range=(0.0, 255.0 / 256.0),
-                            name=f"quant_out_{_short(target)}")(out)
-        return out
-
-    clone = _graph.clone_model(model, clone_function=clone_function,
-                                     call_function=call_function)
-    for new, weights in pending:
-        new.set_weights(weights)
-    for layer in clone.layers:
-        if isinstance(layer, QuantizeWrapper):
-            layer.preserve_zeros()
-    clone.quantize_report = QuantizeReport(
-        scheme, tuple(quantized), tuple((_short(p), _short(b)) for b, p in fold.items()),
-        tuple(left), tuple(rewrites))
-    return clone
+    Raises:
+        ValueError: ``model`` has no quantization layers.
+    """
+    model = _graph.functional(model, purpose="reading the quantization report")
+    layers = model.layers
+    wrappers = [layer for layer in layers if isinstance(layer, QuantizeWrapper)]
+    quantizers = [layer for layer in layers if isinstance(layer, FakeQuant)]
+    if not wrappers and not quantizers:
+        raise ValueError(f"Model {model.name!r} has no QuantizeWrapper or FakeQuant layer: "
+                         "pass a model from quantize_model() or quantize_apply().")
+    learned = [q.num_bits for q in quantizers if q.fixed_range is None]
+    weight_bits = wrappers[0].weight_bits if wrappers else 8
+    activation_bits = learned[0] if learned else (wrappers[0].activation_bits if wrappers else 8)
+    scheme = next((name for name, s in SCHEMES.items()
+                   if (s.weight_bits, s.activation_bits) == (weight_bits, activation_bits)),
+                  f"{weight_bits}-bit weights, {activation_bits}-bit activations")
+    return QuantizeReport(
+        scheme, tuple(w.layer.name for w in wrappers),
+        tuple((w.layer.name, w.batchnorm.name) for w in wrappers if w.batchnorm is not None),
+        tuple(layer.name for layer in layers
+              if not isinstance(layer, (QuantizeWrapper, FakeQuant)) and layer.weights),
+        tuple(note for w in wrappers for note in w.notes)
+        + tuple(note for q in quantizers for note in q.notes))
 
 
 def _short(name: str) -> str:
@@ -726,9 +1082,7 @@ def quantize_model(to_quantize, scheme: str = "default_8bit"):
     Returns:
         The QAT model (a new Functional model with the weights copied).
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"Unknown quantization scheme. Received: scheme={scheme!r}. "
-                         f"Allowed: {', '.join(repr(s) for s in SCHEMES)}.")
+    _check_scheme(scheme)
     return quantize_apply(quantize_annotate_model(to_quantize), scheme=scheme)
 
 
@@ -759,7 +1113,8 @@ def strip_quantization(model):
             kernel, bias = layer._fold(None, kernel, bias, training=False)
         if bias is None:
             shape = tuple(kernel.shape)
-            channels = shape[-2] * shape[-1] if isinstance(layer.layer, _DEPTHWISE) else shape[-1]
+            depthwise = _kernel_layout(layer.layer) == "depthwise"
+            channels = shape[-2] * shape[-1] if depthwise else shape[-1]
             bias = np.zeros(channels, "float32")
         pending.append((new, [np.asarray(kernel), np.asarray(bias)]))
         return new
@@ -778,7 +1133,78 @@ def strip_quantization(model):
 def is_quantized(model) -> bool:
     """Whether ``model`` holds fake-quant layers (it then converts without calibration)."""
     return any(isinstance(layer, (FakeQuant, QuantizeWrapper))
-               for layer in model._flatten_layers(include_self=False, recursive=True))
+               for layer in _compat.flatten_layers(model))
+
+
+# ---------------------------------------------------------------------------
+# Recording what the quantization layers see (post-training quantization).
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Recording:
+    """What :func:`recording` saw; filled in when its block ends.
+
+    Attributes:
+        activations: ``(quantizer, samples)`` for every learned :class:`FakeQuant`:
+            one sample of its inputs per call (see :meth:`FakeQuant.stop_recording`).
+        bias_shifts: ``(wrapper, shifts)`` for every :class:`QuantizeWrapper` without a
+            QuantizeConfig: one per-channel shift of weight rounding per call (see
+            :meth:`QuantizeWrapper.start_recording_bias_shift`).
+    """
+
+    activations: List[Tuple[FakeQuant, List[np.ndarray]]] = dataclasses.field(default_factory=list)
+    bias_shifts: List[Tuple[QuantizeWrapper, List[np.ndarray]]] = dataclasses.field(
+        default_factory=list)
+
+
+@contextlib.contextmanager
+def recording(model, *, activations: bool = True, bias_shifts: bool = False):
+    """Runs a QAT model in float while its quantization layers record what they see.
+
+    Inside the block every :class:`FakeQuant` passes its input through unchanged
+    (weights stay fake-quantized), and eager inference calls of the model,
+    ``model(x, training=False)``, are recorded. When the block ends, each layer's
+    float pass-through is set back and the yielded :class:`Recording` is filled in.
+
+    Args:
+        model: a QAT model (nested layers included).
+        activations: record the inputs of every learned activation quantizer.
+        bias_shifts: record the output shift that weight rounding causes in every
+            wrapper (without a QuantizeConfig).
+
+    Yields:
+        A :class:`Recording`, empty until the block ends.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> inputs = keras.Input((4,), name="x")
+        >>> qat = quantize_model(keras.Model(inputs, keras.layers.Dense(2, name="fc")(inputs)))
+        >>> with recording(qat) as seen:
+        ...     _ = qat(np.ones((3, 4), "float32"), training=False)
+        >>> [(q.name, len(samples)) for q, samples in seen.activations]
+        [('quant_x', 1), ('quant_out_fc', 1)]
+    """
+    layers = _compat.flatten_layers(model)
+    quantizers = [layer for layer in layers if isinstance(layer, FakeQuant)]
+    learned = [q for q in quantizers if q.fixed_range is None] if activations else []
+    wrappers = [layer for layer in layers if isinstance(layer, QuantizeWrapper)
+                and layer.quantize_config is None] if bias_shifts else []
+    previous = [float(q.calibrating.numpy()) for q in quantizers]
+    seen = Recording()
+    for q in quantizers:
+        q.calibrating.assign(1.0)
+    for q in learned:
+        q.start_recording()
+    for w in wrappers:
+        w.start_recording_bias_shift()
+    try:
+        yield seen
+    finally:
+        seen.activations = [(q, q.stop_recording()) for q in learned]
+        seen.bias_shifts = [(w, w.stop_recording_bias_shift()) for w in wrappers]
+        for q, value in zip(quantizers, previous):
+            q.calibrating.assign(value)
 
 
 # ---------------------------------------------------------------------------
@@ -808,7 +1234,7 @@ class FreezeBatchNormStatistics(_FreezeAfter):
     """After ``after_steps`` training steps, folded BatchNorms use their moving statistics."""
 
     def _variables(self):
-        return [layer.bn_frozen for layer in self.model._flatten_layers(include_self=False)
+        return [layer.bn_frozen for layer in _compat.flatten_layers(self.model)
                 if isinstance(layer, QuantizeWrapper) and layer.batchnorm is not None]
 
 
@@ -816,7 +1242,7 @@ class FreezeQuantizerRanges(_FreezeAfter):
     """After ``after_steps`` training steps, activation ranges stop moving."""
 
     def _variables(self):
-        return [layer.frozen for layer in self.model._flatten_layers(include_self=False)
+        return [layer.frozen for layer in _compat.flatten_layers(self.model)
                 if isinstance(layer, FakeQuant) and layer.fixed_range is None]
 
 
