@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 
 from tfcompress import _compat, _compat_litert, _graph
 
@@ -125,3 +126,43 @@ def test_the_litert_schema_reads_a_model_without_tensorflow(models_dir):
         _compat_litert.tflite_schema.Model.GetRootAs(buf, 0))
     assert model.version == 3 and len(model.subgraphs) == 1
     assert len(model.subgraphs[0].operators) == 16
+
+
+def _tf2_style_h5(tmp_path):
+    """An .h5 whose DepthwiseConv2D config carries `groups`, as TF 2.x Keras writes it."""
+    import json
+
+    import h5py
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    path = tmp_path / "tf2.h5"
+    model.save(path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "DepthwiseConv2D":
+                layer["config"]["groups"] = 1
+        f.attrs["model_config"] = json.dumps(config)
+    return model, path
+
+
+def test_tf2_h5_files_with_depthwise_groups_load_as_plain_keras_3_layers(tmp_path):
+    model, path = _tf2_style_h5(tmp_path)
+    with pytest.raises(TypeError):  # what Keras 3 alone does with such a file
+        keras.models.load_model(path, compile=False)
+    loaded = _compat.load_keras_model(path)
+    assert type(loaded.get_layer("dw")) is keras.layers.DepthwiseConv2D
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    loaded.save(tmp_path / "again.keras")  # nothing of the shim is left in the model
+    keras.models.load_model(tmp_path / "again.keras")
+
+
+def test_convert_reads_a_tf2_h5_file(tmp_path):
+    from tfcompress import convert
+
+    _, path = _tf2_style_h5(tmp_path)
+    result = convert(str(path), mode="float32", progress=False)
+    assert "DEPTHWISE_CONV_2D" in result.report.op_histogram

@@ -128,6 +128,38 @@ def uncompiled(model):
             m.compiled = True
 
 
+# ---------------------------------------------------------------------------
+# Files written by older Keras releases.
+# ---------------------------------------------------------------------------
+
+
+class _LegacyDepthwiseConv2D:
+    """Reads a TF 2.x DepthwiseConv2D config (it carries ``groups``, always 1), which
+    Keras 3 refuses, into a plain ``keras.layers.DepthwiseConv2D``."""
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        groups = config.pop("groups", 1)
+        if groups != 1:
+            raise ValueError(f"A DepthwiseConv2D with groups={groups} cannot be loaded: "
+                             "Keras 3 has no grouped depthwise convolution.")
+        return keras.layers.DepthwiseConv2D.from_config(config)
+
+
+LEGACY_H5_OBJECTS = {"DepthwiseConv2D": _LegacyDepthwiseConv2D}
+
+
+def load_keras_model(path, *, compile: bool = False):
+    """``keras.models.load_model`` that also reads ``.h5`` files written by TF 2.x Keras.
+
+    Only legacy HDF5 files get the readers in ``LEGACY_H5_OBJECTS``; what they build
+    are the plain Keras 3 layers, so the model saves and loads as any other.
+    """
+    custom = LEGACY_H5_OBJECTS if str(path).endswith((".h5", ".hdf5")) else None
+    return keras.models.load_model(path, compile=compile, custom_objects=custom)
+
+
 def is_keras_model(obj) -> bool:
     return isinstance(obj, keras.Model)
 
@@ -152,6 +184,7 @@ __all__ = [
     "is_graph_model",
     "is_keras_model",
     "is_tf_function",
+    "load_keras_model",
     "producer",
     "quiet_stdout",
     "run_graph",

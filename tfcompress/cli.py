@@ -327,7 +327,7 @@ def _load_keras(path: str):
         raise FileNotFoundError(f"No such model. Received: {path!r}.")
     if not path.endswith((".keras", ".h5")):
         raise UsageError(f"compress/search take a .keras or .h5 Keras model. Received: {path!r}.")
-    return keras.models.load_model(path, compile=False)
+    return _compat.load_keras_model(path)
 
 
 def _output_dir_or_fail():

@@ -381,7 +381,7 @@ def _resolve(model, *, batch_size, signature_key) -> _Source:
 
 def _load_keras(path: Path):
     try:
-        return keras.models.load_model(path, compile=False)
+        return _compat.load_keras_model(path)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise ValueError(f"Could not load {str(path)!r} as a Keras model: {e}") from None
 
