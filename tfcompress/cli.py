@@ -319,9 +319,8 @@ def _training_data(model_input_shape=None):
 
 
 def _load_keras(path: str):
-
     # TensorFlow boundary: Keras loads only for the commands that train.
-    import keras
+    from tfcompress import _compat
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such model. Received: {path!r}.")
