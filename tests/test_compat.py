@@ -166,3 +166,18 @@ def test_convert_reads_a_tf2_h5_file(tmp_path):
     _, path = _tf2_style_h5(tmp_path)
     result = convert(str(path), mode="float32", progress=False)
     assert "DEPTHWISE_CONV_2D" in result.report.op_histogram
+
+
+def test_built_input_shapes_records_the_first_call_of_a_subclassed_model():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    model = Sub()
+    assert _compat.built_input_shapes(model) == {}
+    model(np.ones((3, 5), "float32"))
+    assert _compat.built_input_shapes(model) == {"input_shape": (3, 5)}

@@ -383,3 +383,31 @@ def test_a_recurrent_layer_over_sequences_of_unknown_length_is_refused():
     with pytest.raises(ConversionError, match=r"'lstm\w*' \(LSTM\) reads sequences of unknown "
                                               r"length.*keras.Input\(\(49, 10\)\)"):
         convert(model, mode="float32", progress=False)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.head(self.pool(self.conv(x)))
+
+
+def test_a_subclassed_model_that_was_called_converts_from_the_shape_it_saw():
+    keras.utils.set_random_seed(0)
+    model = _Subclassed()
+    x = np.random.default_rng(0).normal(size=(16, 12, 12, 3)).astype("float32")
+    model(x[:1])
+    result = convert(model, representative_data=x, progress=False)
+    assert any("traced on a float32 input of shape (None, 12, 12, 3)" in n for n in result.notes)
+    out = runtime.predict(runtime.make_interpreter(result.model_bytes), x)[0]
+    step = result.report.outputs[0].quantization.scale[0]
+    assert np.abs(out - model.predict(x, verbose=0)).max() < 4 * step
+
+
+def test_a_subclassed_model_never_called_is_refused_with_what_to_do():
+    with pytest.raises(ValueError, match=r"was never called.*call the model once on a batch"):
+        convert(_Subclassed(), mode="float32", progress=False)

@@ -110,6 +110,11 @@ def run_graph(model, inputs, operation_fn):
     return model._run_through_graph(inputs, operation_fn=operation_fn)
 
 
+def built_input_shapes(model) -> dict:
+    """The shapes a built subclassed model was first called with (``{"input_shape": ...}``)."""
+    return dict(getattr(model, "_build_shapes_dict", None) or {})
+
+
 @contextlib.contextmanager
 def uncompiled(model):
     """Marks ``model`` and its nested models as not compiled while the block runs.
@@ -174,6 +179,7 @@ def is_tf_function(obj) -> bool:
 
 __all__ = [
     "assign_variables",
+    "built_input_shapes",
     "in_multi_replica_context",
     "ConverterError",
     "KERAS_VERSION",

@@ -395,15 +395,15 @@ def _keras_source(model, batch_size) -> _Source:
         inputs = list(model.inputs)
     except (AttributeError, ValueError):
         inputs = []
+    notes: Tuple[str, ...] = ()
     if not inputs:
-        raise ValueError(
-            f"The Keras model {model.name!r} ({type(model).__name__}) has no defined inputs. "
-            "Build it first: give a Sequential an Input layer, or call the model once on data."
-        )
+        model, notes = _traced_subclassed(model)
+        inputs = list(model.inputs)
     specs = [
         calibration.InputSpec(t.name, tuple(t.shape), _spec_dtype(t.dtype)) for t in inputs
     ]
-    target, notes = _unrolled(model)
+    target, unroll_notes = _unrolled(model)
+    notes += unroll_notes
     if batch_size is not None and all(s.shape[0] in (None, batch_size) for s in specs):
         fixed = [keras.Input(batch_shape=(batch_size,) + tuple(s.shape[1:]), dtype=s.dtype.name,
                              name=s.name) for s in specs]
@@ -416,6 +416,30 @@ def _keras_source(model, batch_size) -> _Source:
     # The exported signature sorts inputs by name, so calibration feeds them by name.
     return _Source(lambda: tf.lite.TFLiteConverter.from_keras_model(target), specs, model,
                    by_name=True, notes=notes)
+
+
+def _traced_subclassed(model):
+    """A Functional model around a subclassed one, from the shape it was called with."""
+    shapes = _compat.built_input_shapes(model)
+    if not model.built or not shapes:
+        raise ValueError(
+            f"The Keras model {model.name!r} ({type(model).__name__}) has no defined inputs "
+            "and was never called. Give a Sequential an Input layer, or call the model once "
+            "on a batch of data (model(x)) before converting it.")
+    if len(shapes) != 1:
+        raise ValueError(
+            f"The subclassed model {model.name!r} ({type(model).__name__}) was called with "
+            f"several arguments {sorted(shapes)}; tfcompress cannot trace it. Pass a "
+            "tf.function with an input_signature, or rebuild it with the Functional API.")
+    shape = tuple(next(iter(shapes.values())))
+    inputs = keras.Input(batch_shape=(None,) + shape[1:], name="input")
+    try:
+        traced = keras.Model(inputs, model(inputs), name=model.name)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"The subclassed model {model.name!r} could not be traced on an input "
+                         f"of shape {(None,) + shape[1:]}: {e}") from None
+    return traced, (f"subclassed model {model.name!r} traced on a float32 input of shape "
+                    f"{(None,) + shape[1:]} (the shape it was first called with)",)
 
 
 def _recurrent_layers(model) -> list:
