@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -260,7 +261,7 @@ def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, sam
         converter.inference_input_type = tf.as_dtype(input_type)
         converter.inference_output_type = tf.as_dtype(output_type)
     try:
-        with _compat.quiet_stdout():
+        with _compat.quiet_stdout(), _export_safe_names(source.keras_model):
             return converter.convert()
     except _compat.ConverterError as e:
         raise ConversionError(_explain(str(e), mode, source.keras_model)) from None
@@ -397,8 +398,7 @@ def _keras_source(model, batch_size) -> _Source:
         inputs = []
     notes: Tuple[str, ...] = ()
     if not inputs:
-        model, notes = _traced_subclassed(model)
-        inputs = list(model.inputs)
+        return _subclassed_source(model, batch_size)
     specs = [
         calibration.InputSpec(t.name, tuple(t.shape), _spec_dtype(t.dtype)) for t in inputs
     ]
@@ -409,7 +409,7 @@ def _keras_source(model, batch_size) -> _Source:
                              name=s.name) for s in specs]
         try:
             target = keras.Model(fixed, target(fixed[0] if len(fixed) == 1 else fixed),
-                                 name=model.name)
+                                 name=_export_name(model.name))
             specs = [dataclasses.replace(s, shape=(batch_size,) + tuple(s.shape[1:])) for s in specs]
         except (ValueError, TypeError):
             pass  # a model that rejects a fixed batch keeps its own signature
@@ -418,8 +418,32 @@ def _keras_source(model, batch_size) -> _Source:
                    by_name=True, notes=notes)
 
 
-def _traced_subclassed(model):
-    """A Functional model around a subclassed one, from the shape it was called with."""
+def _export_name(name: str) -> str:
+    """A model name the converter's export takes (measured: a leading "_" sends
+    TFLiteConverter down its tf_keras path, which fails with "'NoneType' object is not
+    callable")."""
+    return name.lstrip("_") or "model"
+
+
+@contextlib.contextmanager
+def _export_safe_names(model):
+    """Renames, while the converter runs, the models nested in ``model`` whose name starts
+    with "_" (see :func:`_export_name`); the names are restored afterwards."""
+    nested = [] if model is None else [
+        m for m in [model] + _compat.flatten_layers(model)
+        if isinstance(m, keras.Model) and m.name.startswith("_")]
+    names = [m.name for m in nested]
+    for m in nested:
+        m.name = _export_name(m.name)
+    try:
+        yield
+    finally:
+        for m, name in zip(nested, names):
+            m.name = name
+
+
+def _subclassed_source(model, batch_size) -> _Source:
+    """A called subclassed model, wrapped in a Functional model of the shape it was called with."""
     shapes = _compat.built_input_shapes(model)
     if not model.built or not shapes:
         raise ValueError(
@@ -434,12 +458,24 @@ def _traced_subclassed(model):
     shape = tuple(next(iter(shapes.values())))
     inputs = keras.Input(batch_shape=(None,) + shape[1:], name="input")
     try:
-        traced = keras.Model(inputs, model(inputs), name=model.name)
+        traced = keras.Model(inputs, model(inputs), name=_export_name(model.name))
     except (ValueError, TypeError) as e:
         raise ValueError(f"The subclassed model {model.name!r} could not be traced on an input "
                          f"of shape {(None,) + shape[1:]}: {e}") from None
-    return traced, (f"subclassed model {model.name!r} traced on a float32 input of shape "
-                    f"{(None,) + shape[1:]} (the shape it was first called with)",)
+    source = _keras_source(traced, batch_size)
+    note = (f"subclassed model {model.name!r} traced on a float32 input of shape "
+            f"{(None,) + shape[1:]} (the shape it was first called with)")
+    return dataclasses.replace(source, notes=(note,) + source.notes)
+
+
+def _graph_layers(model) -> list:
+    """The layers of a Functional / Sequential model and of the graph models nested in it
+    (not those inside a subclassed layer, which a clone cannot replace)."""
+    layers = []
+    for layer in getattr(model, "layers", []) if _compat.is_graph_model(model) else []:
+        layers.append(layer)
+        layers += _graph_layers(layer)
+    return layers
 
 
 def _recurrent_layers(model) -> list:
@@ -464,7 +500,8 @@ def _unrolled(model):
     if not recurrent:
         return model, ()
     names = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in recurrent)
-    if not _compat.is_graph_model(model):
+    reachable = {id(layer) for layer in _graph_layers(model)}
+    if not _compat.is_graph_model(model) or any(id(r) not in reachable for r in recurrent):
         raise ConversionError(
             f"Recurrent layers {names} in a subclassed model cannot be converted: TFLite's "
             "converter crashes on Keras 3's recurrent loop. Build them with unroll=True, or "
