@@ -427,3 +427,37 @@ def test_a_recurrent_layer_inside_a_subclassed_model_is_refused_not_crashed():
     model(np.zeros((1, 5, 3), "float32"))
     with pytest.raises(ConversionError, match=r"'lstm\w*' \(LSTM\) in a subclassed model.*unroll=True"):
         convert(model, mode="float32", progress=False)
+
+
+def test_a_file_the_runtime_cannot_prepare_is_refused_not_returned(tiny_dense, monkeypatch):
+    real = runtime.make_interpreter
+
+    def failing(model, *, xnnpack=True, **kwargs):
+        if not xnnpack:
+            raise RuntimeError("tflite/kernels/kernel_util.cc:349 no_integer_overflow_from_"
+                               "quantization was not true.Node number 1 (FULLY_CONNECTED) failed")
+        return real(model, xnnpack=xnnpack, **kwargs)
+
+    monkeypatch.setattr(runtime, "make_interpreter", failing)
+    with pytest.raises(ConversionError, match=r"'int16x8' file cannot run on the reference "
+                                              r"kernels: .*no_integer_overflow.*Try mode='int8'"):
+        convert(tiny_dense, representative_data=np.ones((4, 6), "float32"), mode="int16x8",
+                progress=False)
+
+
+def test_a_quantizer_runtime_error_becomes_a_conversion_error(tiny_dense, monkeypatch):
+    import types
+
+    import tensorflow as tf
+
+    def convert_fails():
+        raise RuntimeError("Quantization to 16x8-bit not yet supported for op: 'HARD_SWISH'.")
+
+    def fake(model):
+        return types.SimpleNamespace(target_spec=types.SimpleNamespace(), convert=convert_fails)
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", fake)
+    with pytest.raises(ConversionError, match=r"failed while quantizing: Quantization to 16x8-bit "
+                                              r"not yet supported for op: 'HARD_SWISH'.*mode='int8'"):
+        convert(tiny_dense, representative_data=np.ones((4, 6), "float32"), mode="int16x8",
+                progress=False)

@@ -229,6 +229,7 @@ def convert(
         notes += sparse_notes
     seconds = time.perf_counter() - start
     verified = inspector.load(model_bytes)
+    _check_runs(verified, mode)
     if mode == "int8":
         _check_fully_integer(verified.report, allow_io=(input_type, output_type),
                              keras_model=source.keras_model)
@@ -265,6 +266,28 @@ def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, sam
             return converter.convert()
     except _compat.ConverterError as e:
         raise ConversionError(_explain(str(e), mode, source.keras_model)) from None
+    except RuntimeError as e:  # the calibrator's quantizer raises plain RuntimeErrors
+        head = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(
+            f"Conversion to {mode!r} failed while quantizing: {head}. "
+            + ("int16x8 covers fewer ops than int8; try mode='int8'."
+               if mode == "int16x8" else "Try mode='dynamic' or 'float32'.")) from None
+
+
+def _check_runs(verified: inspector.VerifiedModel, mode: str) -> None:
+    """Both kernel paths must prepare the file: a file TFLite cannot run is not a result.
+
+    Measured: int16x8 files of MobileNet / MobileNetV2 fail the reference kernels'
+    DEPTHWISE_CONV_2D prepare ("no_integer_overflow_from_quantization").
+    """
+    for xnnpack in (True, False):
+        try:
+            runtime.make_interpreter(verified, xnnpack=xnnpack)
+        except (RuntimeError, ValueError) as e:
+            head = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConversionError(
+                f"The {mode!r} file cannot run on {'XNNPACK' if xnnpack else 'the reference kernels'}"
+                f": {head}" + (" Try mode='int8'." if mode == "int16x8" else "")) from None
 
 
 SPARSE_CHECK_SAMPLES = 64  # inputs on which a sparse file must equal the dense one
