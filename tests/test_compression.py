@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import tfcompress as tc
+from tfcompress import compression
+from tfcompress.compression import compress
 
 
 RECIPE = {"prune": {"kind": "channels", "sparsity": 0.25, "epochs": 1},
@@ -210,3 +212,77 @@ def test_unstructured_pruning_writes_sparse_weights_that_change_no_output(digits
                                   runtime.predict(runtime.make_interpreter(dense), x)[0])
     off = dict(recipe, prune=dict(recipe["prune"], sparse_weights=False))
     assert "DENSIFY" not in tc.inspect(tc.compress(model, ds, recipe=off, verbose=0).tflite).op_histogram
+
+
+def _regression_mlp():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 13)).astype("float32")
+    y = (2 * x[:, :1] - x[:, 1:2] + 0.1).astype("float32")
+    model = keras.Sequential([keras.Input((13,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    model.fit(x, y, epochs=3, verbose=0)
+    return model, (x, y, x[:64], y[:64])
+
+
+def test_a_regression_model_is_compressed_with_mse_not_labels(tmp_path):
+    model, data = _regression_mlp()
+    result = compress(model, data, output_dir=tmp_path / "out", verbose=0, recipe={
+        "prune": {"kind": "unstructured", "sparsity": 0.5, "epochs": 1},
+        "distill": {"temperature": 1.0, "alpha": 0.5}, "quantize": {"method": "qat", "epochs": 1},
+        "validate": {}, "benchmark": {"runs": 5}})
+    assert result.task == "regression"
+    assert all(s["accuracy"] is None and s["mse"] >= 0 for s in result.stages)
+    float_mse = result.stages[0]["mse"]
+    pred = model.predict(data[2], verbose=0)
+    assert float_mse == pytest.approx(float(np.mean((pred - data[3]) ** 2)), rel=1e-5)
+    assert set(result.int8_mse) == {"xnnpack", "reference"}
+    assert "test MSE" in result.table() and "max_error_steps_p99=64.0" in result.validation.checks
+    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "stages.png").exists()
+
+
+def test_an_autoencoder_is_a_regression_of_its_own_inputs():
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(16)(keras.layers.Dense(4)(inputs)))
+    assert compression.detect_task(model, compression.CompressionData.from_any(
+        (x, x, x[:8], x[:8]))) == "regression"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("two_outputs", r"one input and one output; .* has 1 inputs and 2 outputs"),
+    ("labels_out_of_range", r"Labels must be in \[0, 3\) .* from -3 to 7"),
+    ("wrong_input_shape", r"inputs have shape \(5,\) per sample; model .* takes \(4,\)"),
+    ("nan_inputs", r"`x_train` holds 1 NaN or infinite value"),
+    ("targets_fit_nothing", r"fit neither task"),
+    ("unknown_task", r"Unknown task. Received: task='ranking'"),
+])
+def test_data_that_does_not_fit_the_model_is_refused_before_any_training(case, message):
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    labels, task = np.zeros(16, "int64"), "auto"
+    if case == "two_outputs":
+        model = keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(1)(inputs)])
+    elif case == "labels_out_of_range":
+        labels, task = np.arange(16) % 11 - 3, "classification"
+    elif case == "wrong_input_shape":
+        x = np.zeros((16, 5), "float32")
+    elif case == "nan_inputs":
+        x[3, 1] = np.nan
+    elif case == "targets_fit_nothing":
+        labels = np.zeros((16, 7), "float32")
+    elif case == "unknown_task":
+        task = "ranking"
+    with pytest.raises(ValueError, match=message):
+        compress(model, (x, labels, x, labels), task=task, verbose=0)
+
+
+def test_search_refuses_a_regression_model():
+    from tfcompress import search
+
+    model, data = _regression_mlp()
+    with pytest.raises(ValueError, match=r"search\(\) ranks recipes by top-1 accuracy"):
+        search(model, data, verbose=0)

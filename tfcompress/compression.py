@@ -47,6 +47,7 @@ from tfcompress import (
     post_training,
     pruning,
     quantization,
+    runtime,
     validation,
 )
 from tfcompress import data as data_lib
@@ -62,12 +63,75 @@ __all__ = [
     "CompressionResult",
     "RECONSTRUCTION_SAMPLES",
     "STATE_FILE",
+    "TASKS",
     "compress",
+    "detect_task",
     "top1_accuracy",
     "write_report",
 ]
 
 STATE_FILE = "state.json"
+
+
+TASKS = ("classification", "regression")
+
+
+def _integral(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.integer) or a.dtype == bool or bool(
+        np.all(np.asarray(a) == np.round(a)))
+
+
+def detect_task(model, data: "CompressionData", task: str = "auto") -> str:
+    """``"classification"`` or ``"regression"``, after checking the data fits the model.
+
+    ``"auto"``: a classifier when the targets are integer labels (one per sample) that
+    index the model's last axis; a regression (an autoencoder too) when the targets have
+    the shape of the model's output. Models with several inputs or outputs are refused:
+    ``compress`` trains and scores one input and one output.
+
+    Raises:
+        ValueError: an unknown task, several inputs or outputs, inputs that do not fit
+            the model's input, or targets that fit neither task (or not the one asked for).
+    """
+    if task not in ("auto",) + TASKS:
+        raise ValueError(f"Unknown task. Received: task={task!r}. Allowed: 'auto', "
+                         + ", ".join(repr(t) for t in TASKS) + ".")
+    inputs, outputs = list(getattr(model, "inputs", None) or []), list(
+        getattr(model, "outputs", None) or [])
+    if len(inputs) > 1 or len(outputs) > 1:
+        raise ValueError(
+            f"compress() trains and scores models with one input and one output; "
+            f"{model.name!r} has {len(inputs)} inputs and {len(outputs)} outputs. Compress "
+            "it step by step (prune_low_magnitude / quantize_model, then convert and validate, "
+            "which take a dict of inputs), or compress each branch as its own model.")
+    if inputs:
+        want = tuple(inputs[0].shape[1:])
+        got = tuple(data.x_train.shape[1:])
+        if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+            raise ValueError(f"The inputs have shape {got} per sample; model {model.name!r} "
+                             f"takes {want}. Received: x_train of shape {data.x_train.shape}.")
+    out = tuple(outputs[0].shape[1:]) if outputs else ()
+    labels = data.y_train.ndim == 1 and np.issubdtype(data.y_train.dtype, np.integer)
+    classes = out[-1] if out else None
+    if task in ("auto", "classification") and labels and classes and classes > 1:
+        lo = int(min(data.y_train.min(), data.y_test.min()))
+        hi = int(max(data.y_train.max(), data.y_test.max()))
+        if lo >= 0 and hi < classes:
+            return "classification"
+        if task == "classification":
+            raise ValueError(f"Labels must be in [0, {classes}) for a model with {classes} "
+                             f"outputs. Received labels from {lo} to {hi}.")
+    if task == "classification":
+        raise ValueError("task='classification' needs one integer label per sample and a "
+                         f"model output with more than one class. Received targets of shape "
+                         f"{data.y_train.shape} ({data.y_train.dtype}) for output {out}.")
+    targets = tuple(data.y_train.shape[1:])
+    if targets == out or (targets == () and out == (1,)):
+        return "regression"
+    raise ValueError(
+        f"The targets fit neither task: integer labels in [0, {classes}) make a classifier, "
+        f"targets of the output's shape {out} a regression. Received targets of shape "
+        f"{data.y_train.shape} ({data.y_train.dtype}).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +161,26 @@ class CompressionData:
                             "y_test)) or a tfcompress.data.Dataset. Received: "
                             f"{type(data).__name__}")
         x, y, xt, yt = (np.asarray(p) for p in parts)
+        if any(p.dtype == object for p in (x, y, xt, yt)):
+            raise TypeError("compress takes one input array and one target array per split "
+                            "(models with several inputs or outputs are not supported). "
+                            "Received an array of Python objects.")
         if len(x) != len(y) or len(xt) != len(yt) or not len(x) or not len(xt):
             raise ValueError("Inputs and labels must be non-empty and of equal length. Received: "
                              f"{len(x)} train inputs, {len(y)} labels; {len(xt)} test inputs, "
                              f"{len(yt)} labels.")
-        return cls(x.astype("float32"), y.reshape(-1).astype("int64"), xt.astype("float32"),
-                   yt.reshape(-1).astype("int64"))
+        for name, a in (("x_train", x), ("y_train", y), ("x_test", xt), ("y_test", yt)):
+            if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+                raise TypeError(f"`{name}` must hold numbers. Received dtype {a.dtype}.")
+            if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+                bad = int(np.sum(~np.isfinite(a)))
+                raise ValueError(f"`{name}` holds {bad} NaN or infinite value(s); training and "
+                                 "calibration need finite data.")
+        if _integral(y) and _integral(yt) and y.size == len(y) and yt.size == len(yt):
+            return cls(x.astype("float32"), y.reshape(-1).astype("int64"), xt.astype("float32"),
+                       yt.reshape(-1).astype("int64"))
+        return cls(x.astype("float32"), y.astype("float32"), xt.astype("float32"),
+                   yt.astype("float32"))
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -126,6 +204,8 @@ class CompressionResult:
         latency: ``{"float_ms", "int8_ms", "ratio"}`` from the benchmark step, or None.
         recipe: the recipe that ran.
         output_dir: where the files are, or None.
+        task: ``"classification"`` or ``"regression"``.
+        int8_mse: for a regression, the int8 file's test MSE ``{"xnnpack", "reference"}``.
     """
 
     model: Any
@@ -136,6 +216,8 @@ class CompressionResult:
     latency: Optional[dict]
     recipe: Recipe
     output_dir: Optional[str]
+    task: str = "classification"
+    int8_mse: Optional[dict] = None
 
     @property
     def size_ratio(self) -> float:
@@ -146,6 +228,10 @@ class CompressionResult:
         out = {"recipe": self.recipe.to_dict(), "stages": list(self.stages),
                "float_tflite_bytes": len(self.float_tflite), "int8_tflite_bytes": len(self.tflite),
                "size_ratio": self.size_ratio, "latency": self.latency}
+        out["task"] = self.task
+        if self.int8_mse is not None:
+            out["int8_mse_xnnpack"] = self.int8_mse["xnnpack"]
+            out["int8_mse_reference"] = self.int8_mse["reference"]
         if self.validation is not None:
             out["int8_accuracy_xnnpack"] = self.validation.xnnpack.accuracy
             out["int8_accuracy_reference"] = self.validation.reference.accuracy
@@ -155,15 +241,23 @@ class CompressionResult:
     def table(self) -> str:
         """Markdown: one row per stage, then the int8 file."""
 
+        regression = self.task == "regression"
+
         def pct(v):
             return "-" if v is None else f"{100 * v:.2f}%"
 
-        rows = [(s["stage"], s.get("params", "-"), pct(s.get("accuracy")), "-", "-")
-                for s in self.stages]
+        def score(stage):
+            return (f"{stage['mse']:.4g}" if stage.get("mse") is not None else "-") \
+                if regression else pct(stage.get("accuracy"))
+
+        rows = [(s["stage"], s.get("params", "-"), score(s), "-", "-") for s in self.stages]
         lat = self.latency or {}
-        rows.append(("float .tflite (original)", "-", pct(self.stages[0].get("accuracy")),
+        rows.append(("float .tflite (original)", "-", score(self.stages[0]),
                      len(self.float_tflite), f"{lat['float_ms']:.4f}" if lat else "-"))
-        if self.validation is not None:
+        if regression and self.int8_mse is not None:
+            acc = (f"{self.int8_mse['xnnpack']:.4g} XNNPACK / "
+                   f"{self.int8_mse['reference']:.4g} reference")
+        elif self.validation is not None and not regression:
             acc = (f"{pct(self.validation.xnnpack.accuracy)} XNNPACK / "
                    f"{pct(self.validation.reference.accuracy)} reference")
         else:
@@ -171,7 +265,8 @@ class CompressionResult:
         rows.append(("int8 .tflite", "-", acc,
                      f"{len(self.tflite)} ({self.size_ratio:.3f}x)",
                      f"{lat['int8_ms']:.4f} ({lat['ratio']:.3f}x)" if lat else "-"))
-        return markdown_table(("stage", "params", "top-1", "size B", "XNNPACK p50 ms"), rows)
+        return markdown_table(("stage", "params", "test MSE" if regression else "top-1",
+                               "size B", "XNNPACK p50 ms"), rows)
 
 
 def _from_logits(model) -> bool:
@@ -193,7 +288,11 @@ def top1_accuracy(model, x, y, *, batch_size: int = 256) -> float:
     return float(np.mean(pred == np.asarray(y).reshape(-1)))
 
 
-def _loss(recipe: Recipe, from_logits: bool):
+def _loss(recipe: Recipe, from_logits: bool, task: str = "classification"):
+    if task == "regression":
+        # Distillation blends the targets: alpha*|p-y|^2 + (1-alpha)*|p-t|^2 equals
+        # |p - (alpha*y + (1-alpha)*t)|^2 up to a constant (see _Run.target).
+        return keras.losses.MeanSquaredError()
     if recipe.distill is None:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
     return LabelAndTeacherLoss(temperature=recipe.distill.temperature,
@@ -204,8 +303,8 @@ class _Run:
     """The state of one compress() call: data, options, and the work directory."""
 
     def __init__(self, model, data, recipe, *, output_dir, batch_size, learning_rate, callbacks,
-                 strategy, seed, verbose, from_logits, fit_kwargs, augment):
-        self.original, self.data, self.recipe = model, data, recipe
+                 strategy, seed, verbose, from_logits, fit_kwargs, augment, task="classification"):
+        self.original, self.data, self.recipe, self.task = model, data, recipe, task
         self.batch_size, self.learning_rate, self.callbacks = batch_size, learning_rate, callbacks
         self.strategy, self.seed, self.verbose, self.fit_kwargs = strategy, seed, verbose, fit_kwargs
         self.from_logits = _from_logits(model) if from_logits is None else from_logits
@@ -225,6 +324,13 @@ class _Run:
             return self._target
         teacher = self.original.predict(self.data.x_train if x is None else x, batch_size=256,
                                         verbose=0)
+        if self.task == "regression":
+            alpha = self.recipe.distill.alpha
+            y = self.data.y_train.reshape(teacher.shape).astype("float32")
+            target = alpha * y + (1 - alpha) * teacher.astype("float32")
+            if x is None:
+                self._target = target
+            return target
         target = np.concatenate(
             [self.data.y_train[:, None].astype("float32"), teacher.astype("float32")], -1)
         if x is None:
@@ -246,7 +352,7 @@ class _Run:
 
         with self.scope():
             model.compile(keras.optimizers.Adam(learning_rate or self.learning_rate),
-                          loss=_loss(self.recipe, self.from_logits))
+                          loss=_loss(self.recipe, self.from_logits, self.task))
         callbacks = list(extra_callbacks) + list(self.callbacks) + [_StepTimer()]
         if self.augment is None:
             model.fit(self.data.x_train, self.target(), batch_size=self.batch_size,
@@ -261,8 +367,19 @@ class _Run:
                           **self.fit_kwargs)
         return 1e3 * float(np.median(times[5:] or times))
 
-    def accuracy(self, model) -> float:
+    def accuracy(self, model) -> Optional[float]:
+        """Top-1 accuracy on the test data (classification), else None."""
+        if self.task != "classification":
+            return None
         return top1_accuracy(model, self.data.x_test, self.data.y_test)
+
+    def scores(self, model) -> dict:
+        """The stage's quality numbers: ``accuracy`` for a classifier, ``mse`` otherwise."""
+        if self.task == "classification":
+            return {"accuracy": self.accuracy(model)}
+        pred = model.predict(self.data.x_test, batch_size=256, verbose=0)
+        return {"accuracy": None,
+                "mse": float(np.mean((pred - self.data.y_test.reshape(pred.shape)) ** 2))}
 
 
 def _steps_per_epoch(run: _Run) -> int:
@@ -393,8 +510,8 @@ def _checked_fit_kwargs(fit_kwargs) -> dict:
 def _train(run: _Run, state: Optional[dict]):
     """Runs (or resumes) the recipe's training steps; returns the model and the stages."""
     model, verbose, seed = run.original, run.verbose, run.seed
-    stages = [{"stage": "original", "params": _count_params(model),
-               "accuracy": run.accuracy(model), "seconds": 0.0}]
+    stages = [dict({"stage": "original", "params": _count_params(model), "seconds": 0.0},
+                   **run.scores(model))]
     current = model
     training = [s for s in run.recipe.steps() if s in _TRAINING_STEPS]
     done = {c["step"]: c for c in (state or {}).get("completed", [])}
@@ -413,8 +530,7 @@ def _train(run: _Run, state: Optional[dict]):
         t0 = time.perf_counter()
         current, numbers = _TRAINING_STEPS[step](run, current)
         metrics = dict({"stage": step, "params": _count_params(current),
-                        "accuracy": run.accuracy(current),
-                        "seconds": time.perf_counter() - t0}, **numbers)
+                        "seconds": time.perf_counter() - t0}, **run.scores(current), **numbers)
         stages.append(metrics)
         if run.work is not None:
             checkpoint = f"steps/{index + 1:02d}_{step}.keras"
@@ -439,11 +555,15 @@ def _export_and_check(run: _Run, current, original_accuracy: float):
     report = None
     if recipe.validate is not None:
         drop = recipe.validate.max_accuracy_drop
+        classifier = run.task == "classification"
         thresholds = validation.Thresholds(
-            min_accuracy=None if drop is None else max(0.0, original_accuracy - drop),
+            min_accuracy=None if drop is None or not classifier
+            else max(0.0, original_accuracy - drop),
+            max_error_steps_p99=None if classifier else validation.DEFAULT_MAX_ERROR_STEPS_P99,
             require_fully_integer=recipe.validate.require_fully_integer)
-        report = validation.validate(int8, data.x_test, y=data.y_test, reference=float_tflite,
-                                     thresholds=thresholds, progress=progress)
+        report = validation.validate(int8, data.x_test, y=data.y_test if classifier else None,
+                                     reference=float_tflite, thresholds=thresholds,
+                                     progress=progress)
     latency = None
     if recipe.benchmark is not None:
         stats = benchmark.measure_latency({"float": float_tflite, "int8": int8},
@@ -452,7 +572,13 @@ def _export_and_check(run: _Run, current, original_accuracy: float):
         latency = {"float_ms": stats["float"].p50_ms, "int8_ms": stats["int8"].p50_ms,
                    "ratio": benchmark.paired_ratio(stats["int8"], stats["float"]),
                    "runs": recipe.benchmark.runs, "num_threads": recipe.benchmark.num_threads}
-    return int8, float_tflite, report, latency
+    int8_mse = None
+    if run.task == "regression":
+        int8_mse = {}
+        for name, xnnpack in (("xnnpack", True), ("reference", False)):
+            out = runtime.predict(runtime.make_interpreter(int8, xnnpack=xnnpack), data.x_test)[0]
+            int8_mse[name] = float(np.mean((out - data.y_test.reshape(out.shape)) ** 2))
+    return int8, float_tflite, report, latency, int8_mse
 
 
 def compress(
@@ -472,6 +598,7 @@ def compress(
     verbose: int = 1,
     fit_kwargs: Optional[Mapping[str, Any]] = None,
     augment=None,
+    task: str = "auto",
 ) -> CompressionResult:
     """Compresses a trained Keras classifier to a checked, fully-int8 ``.tflite``.
 
@@ -498,6 +625,10 @@ def compress(
         augment: ``"flip_and_shift"`` or a function ``(x, numpy Generator) -> x`` that
             makes new training images every epoch (with distillation, the original
             model labels them). Seeded per step, so resumed runs repeat it exactly.
+        task: ``"classification"`` (integer labels, top-1 accuracy, cross-entropy),
+            ``"regression"`` (targets of the output's shape, an autoencoder too: mean
+            squared error), or ``"auto"`` to tell from the targets and the model
+            (:func:`detect_task`); the data is checked against the model before training.
 
     Returns:
         A :class:`CompressionResult`.
@@ -511,17 +642,23 @@ def compress(
                               f"{str(output_dir)!r}. Pass overwrite=True (CLI: --overwrite).")
 
     _graph.functional(model, purpose="compress")  # a clear error for subclassed models
+    task = detect_task(model, data, task)
+    if task == "regression" and augment is not None:
+        raise ValueError("`augment` changes the inputs but not the targets, so it is for "
+                         "classifiers; this model is a regression. Pass augment=None.")
     run = _Run(model, data, recipe, output_dir=output_dir, batch_size=batch_size,
                learning_rate=learning_rate, callbacks=callbacks, strategy=strategy, seed=seed,
-               verbose=verbose, from_logits=from_logits, fit_kwargs=fit_kwargs, augment=augment)
+               verbose=verbose, from_logits=from_logits, fit_kwargs=fit_kwargs, augment=augment,
+               task=task)
     state = None
     if run.work is not None:
         fp = _fingerprint(model, data, recipe, seed, batch_size, learning_rate, augment)
         state = _load_state(run.work, fp, resume)
     current, stages = _train(run, state)
-    int8, float_tflite, report, latency = _export_and_check(run, current, stages[0]["accuracy"])
+    int8, float_tflite, report, latency, int8_mse = _export_and_check(
+        run, current, stages[0]["accuracy"])
     result = CompressionResult(current, int8.bytes, float_tflite.bytes, tuple(stages), report,
-                               latency, recipe, None)
+                               latency, recipe, None, task, int8_mse)
     if run.work is None:
         return result
     _write_outputs(run.work, result, int8)
@@ -570,15 +707,20 @@ def write_report(directory, result: "CompressionResult", *,
     directory = Path(directory)
     lines = [f"# Compression report: {result.recipe.name}", "",
              "## What each step bought", "", result.table(), ""]
-    stages = [s for s in result.stages if s.get("accuracy") is not None]
+    if result.task == "regression":
+        key, label, scale, title = "mse", "test MSE", 1.0, "Test error after each stage"
+    else:
+        key, label, scale, title = "accuracy", "top-1 accuracy (%)", 100.0, "Accuracy after each stage"
+    stages = [s for s in result.stages if s.get(key) is not None]
     report_lib.bar_chart(directory / "stages.png", [s["stage"] for s in stages],
-              {"top-1 accuracy (%)": [100 * s["accuracy"] for s in stages]},
-              xlabel="top-1 accuracy on the test data (%), Keras model after the stage",
-              title="Accuracy after each stage")
+                         {label: [scale * s[key] for s in stages]},
+                         xlabel=f"{label} on the test data, Keras model after the stage",
+                         title=title)
     report_lib.bar_chart(directory / "params.png", [s["stage"] for s in stages],
-              {"parameters": [float(s["params"]) for s in stages]},
-              xlabel="trainable parameters after the stage", title="Model size after each stage")
-    lines += ["![accuracy after each stage](stages.png)", "",
+                         {"parameters": [float(s["params"]) for s in stages]},
+                         xlabel="trainable parameters after the stage",
+                         title="Model size after each stage")
+    lines += [f"![{'test MSE' if key == 'mse' else 'accuracy'} after each stage](stages.png)", "",
               "![parameters after each stage](params.png)", ""]
 
     weights = inspector.load(verified or result.tflite).report.weight_tensors

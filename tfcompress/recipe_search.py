@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from tfcompress import _graph, _io, benchmark, channel_pruning, lowrank, runtime
-from tfcompress.compression import CompressionData, compress, top1_accuracy
+from tfcompress.compression import CompressionData, compress, detect_task, top1_accuracy
 from tfcompress.recipe import Distill, LowRank, Prune, Quantize, Recipe, Validate, as_recipe
 from tfcompress.report import markdown_table, pareto_front, tradeoff_plot
 
@@ -303,6 +303,10 @@ def search(
     if output_dir is not None and Path(output_dir).exists() and not overwrite:
         raise FileExistsError(f"Refusing to overwrite {str(output_dir)!r}. Pass overwrite=True.")
     full = CompressionData.from_any(data)
+    if detect_task(model, full) != "classification":
+        raise ValueError("search() ranks recipes by top-1 accuracy, so it needs a classifier "
+                         "with integer labels; for a regression model, run compress() with a "
+                         "recipe of your choice.")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("`validation_data` is a pair (x, y). Received: "
