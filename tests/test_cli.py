@@ -176,3 +176,17 @@ def test_convert_sparse_writes_sparse_weights(tmp_path, resnet8_h5, calib):
         ops = inspector.inspect(out.read_bytes()).op_histogram
         assert ops.get("DENSIFY", 0) == len(extra)
     assert sizes[1] < sizes[0] - 15000  # 29,491 zero bytes, less an index byte per kept weight
+
+
+def test_validate_with_data_of_the_wrong_shape_exits_2_without_a_traceback(models_dir, tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "wrong.npz"
+    np.savez(data, x=np.zeros((20, 5, 5, 3), "float32"), y=np.zeros(20, "int64"))
+    proc = subprocess.run([sys.executable, "-m", "tfcompress.cli", "validate",
+                           str(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"),
+                           f"--data={data}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "takes samples of shape (32, 32, 3)" in proc.stderr and "Traceback" not in proc.stderr
+    assert "PASSED" not in proc.stdout

@@ -113,3 +113,32 @@ def test_without_thresholds_a_file_far_from_its_reference_fails(models_dir, cifa
                       per_layer=False, progress=False)
     assert not report.passed
     assert any("p99 output error" in f for f in report.failures), report.failures
+
+
+def test_data_of_the_wrong_shape_is_refused_not_resized(models_dir):
+    model = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
+    with pytest.raises(ValueError, match=r"takes samples of shape \(32, 32, 3\); received data "
+                                         r"of shape \(20, 5, 5, 3\)"):
+        validate(model, np.zeros((20, 5, 5, 3), "float32"), progress=False)
+    with pytest.raises(ValueError, match="No samples"):
+        validate(model, np.zeros((0, 32, 32, 3), "float32"), progress=False)
+
+
+def test_a_list_in_the_keras_order_reaches_the_right_inputs():
+    import keras
+
+    from tfcompress import convert
+
+    keras.utils.set_random_seed(0)
+    zeta, alpha = keras.Input((3,), name="zeta"), keras.Input((5,), name="alpha")
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([zeta, alpha]))
+    model = keras.Model([zeta, alpha], out)
+    interpreter = runtime.make_interpreter(convert(model, mode="float32", progress=False).model_bytes)
+    x = [np.random.default_rng(0).normal(size=(4, 3)).astype("float32"),
+         np.random.default_rng(1).normal(size=(4, 5)).astype("float32")]
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(runtime.predict(interpreter, x)[0], expected, atol=1e-5)
+    np.testing.assert_allclose(runtime.predict(interpreter, {"zeta": x[0], "alpha": x[1]})[0],
+                               expected, atol=1e-5)
+    with pytest.raises(ValueError, match="same number of samples"):
+        runtime.predict(interpreter, {"zeta": x[0], "alpha": x[1][:2]})

@@ -14,6 +14,7 @@ sees it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "input_name",
     "intermediate_outputs",
     "make_interpreter",
+    "check_shapes",
     "match_inputs",
     "output_step",
     "predict",
@@ -124,7 +126,11 @@ def predict(
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     xs = match_inputs(inputs, x)
+    check_shapes(inputs, xs)
     n = len(xs[0])
+    if any(len(a) != n for a in xs):
+        raise ValueError(f"Every input needs the same number of samples. Received "
+                         f"{[len(a) for a in xs]}.")
     results: List[List[np.ndarray]] = [[] for _ in outputs]
     bar = _progbar(n, progress)
     for start in range(0, n, batch_size):
@@ -175,7 +181,47 @@ def match_inputs(details: Sequence[dict], x) -> List[np.ndarray]:
             f"The model has {len(details)} input(s) {[input_name(d) for d in details]}; "
             f"received data for {len(xs)}. Pass a dict keyed by input name."
         )
+    if len(xs) > 1 and not all(_fits(d, a) for d, a in zip(details, xs)):
+        # A list in the Keras model's order: the file may sort its inputs by name.
+        orders = [p for p in itertools.permutations(range(len(xs)))
+                  if all(_fits(d, xs[i]) for d, i in zip(details, p))]
+        if len(orders) == 1:
+            return [xs[i] for i in orders[0]]
     return xs
+
+
+def _sample_shape(detail: dict) -> Tuple[int, ...]:
+    """An input's shape without the batch axis; -1 where the file leaves a size free."""
+    signature = detail.get("shape_signature")
+    shape = signature if signature is not None and len(signature) else detail["shape"]
+    return tuple(int(v) for v in shape[1:])
+
+
+def _fits(detail: dict, data) -> bool:
+    got = np.shape(data)[1:]
+    want = _sample_shape(detail)
+    return len(got) == len(want) and all(w in (-1, g) for w, g in zip(want, got))
+
+
+def check_shapes(details: Sequence[dict], xs: Sequence) -> None:
+    """Refuses data whose samples do not have the shape of the model's inputs.
+
+    The interpreter would resize its input to whatever it is given and compute
+    something for it; a wrong shape must be an error instead.
+
+    Raises:
+        ValueError: naming the input, the shape it takes and the shape received.
+    """
+    for detail, data in zip(details, xs):
+        if np.ndim(data) == 0 or not len(data):
+            raise ValueError(f"No samples for input {input_name(detail)!r}: data of shape "
+                             f"{np.shape(data)}; pass an array with the sample axis first.")
+        if not _fits(detail, data):
+            want = tuple(None if v == -1 else v for v in _sample_shape(detail))
+            raise ValueError(
+                f"Input {input_name(detail)!r} takes samples of shape {want}; received data of "
+                f"shape {np.shape(data)}, i.e. samples of shape {np.shape(data)[1:]}. Reshape "
+                "or resize the data (the sample axis comes first).")
 
 
 def _progbar(n: int, label: Optional[str]) -> Optional[Progress]:
