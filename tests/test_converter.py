@@ -461,3 +461,21 @@ def test_a_quantizer_runtime_error_becomes_a_conversion_error(tiny_dense, monkey
                                               r"not yet supported for op: 'HARD_SWISH'.*mode='int8'"):
         convert(tiny_dense, representative_data=np.ones((4, 6), "float32"), mode="int16x8",
                 progress=False)
+
+
+def test_sparse_weights_of_an_unrolled_lstm_fall_back_to_the_dense_file():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 4))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.LSTM(16)(inputs)))
+    for w in model.weights:
+        if len(w.shape) == 2:
+            v = w.numpy()
+            w.assign(np.where(np.abs(v) > np.quantile(np.abs(v), 0.8), v, 0))
+    x = np.random.default_rng(0).normal(size=(16, 6, 4)).astype("float32")
+    sparse = convert(model, mode="float32", progress=False, sparse=True)
+    dense = convert(model, mode="float32", progress=False)
+    assert any(n.startswith("sparse weights") for n in sparse.notes), sparse.notes
+    for xnnpack in (True, False):
+        np.testing.assert_array_equal(
+            runtime.predict(runtime.make_interpreter(sparse.model_bytes, xnnpack=xnnpack), x)[0],
+            runtime.predict(runtime.make_interpreter(dense.model_bytes, xnnpack=xnnpack), x)[0])

@@ -223,9 +223,14 @@ def convert(
     notes: Tuple[str, ...] = source.notes
     if sparse:
         sparse_bytes = _run_converter(source, sparse=True, progress=False, **options)
-        model_bytes, sparse_notes = _sparse_or_dense(
-            tidy_sparse_weights(sparse_bytes, dense=model_bytes), model_bytes, samples,
-            source.specs)
+        try:
+            tidied = tidy_sparse_weights(sparse_bytes, dense=model_bytes)
+        except ValueError as e:  # the two conversions' graphs differ beyond DENSIFY ops
+            model_bytes, sparse_notes = model_bytes, (
+                f"sparse weights: {e} The file has dense weights.",)
+        else:
+            model_bytes, sparse_notes = _sparse_or_dense(tidied, model_bytes, samples,
+                                                         source.specs)
         notes += sparse_notes
     seconds = time.perf_counter() - start
     verified = inspector.load(model_bytes)
