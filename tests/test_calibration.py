@@ -78,3 +78,13 @@ def test_representative_dataset_yields_by_name_and_shows_progress(capsys):
     out = list(gen())
     assert len(out) == 3 and set(out[0]) == {"x"}
     assert "Calibrating on 3 samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_calibration_data_with_nan_or_infinity_is_refused_before_the_quantizer(bad):
+    spec = InputSpec("x", (None, 4), np.dtype("float32"))
+    data = np.ones((10, 4), "float32")
+    data[7, 2] = bad
+    with pytest.raises(ValueError, match=r"input 'x' holds 1 NaN or infinite value\(s\), the "
+                                         r"first in sample 7"):
+        prepare_samples(data, [spec])

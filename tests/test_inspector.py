@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,20 @@ def test_int32_token_ids_read_by_gather_count_as_integer():
     assert not report.non_integer_tensors(allow_io=("int8",))
     # An int32 tensor that carries values into a math op is still not integer.
     assert not inspector._is_index_tensor(report, report.outputs[0].index)
+
+
+def test_only_regular_files_are_read_and_never_beyond_the_limit(tmp_path, monkeypatch):
+    fifo = tmp_path / "pipe.tflite"
+    os.mkfifo(fifo)
+    with pytest.raises(inspector.InvalidModelError, match="not a regular file"):
+        inspector.read_model(fifo)  # would block forever if it were opened and read
+    with pytest.raises(inspector.InvalidModelError, match="not a regular file"):
+        inspector.read_model("/dev/zero")
+    big = tmp_path / "big.tflite"
+    with open(big, "wb") as f:  # 4 GiB, sparse: nothing is read to refuse it
+        f.truncate(4 * 2 ** 30)
+    with pytest.raises(inspector.InvalidModelError, match=r"4294967296 bytes, over the limit"):
+        inspector.read_model(big)
+    monkeypatch.setenv("TFCOMPRESS_MAX_FILE_BYTES", "100")
+    with pytest.raises(inspector.InvalidModelError, match="over the limit of 100"):
+        inspector.inspect(bytes(1000))

@@ -104,6 +104,8 @@ def prepare_samples(
         if preprocess is not None:
             per_input = [np.asarray(preprocess(a)) for a in per_input]
         per_input = [_as_batch(a, spec) for a, spec in zip(per_input, specs)]
+        for a, spec in zip(per_input, specs):
+            _check_finite(a, spec, len(samples))
         sizes = {len(a) for a in per_input}
         if len(sizes) != 1:
             raise ValueError(
@@ -310,6 +312,20 @@ def _as_batch(array: np.ndarray, spec: InputSpec) -> np.ndarray:
             f"expects {spec.shape} (None = any size)."
         )
     return array.astype(spec.dtype, copy=False)
+
+
+def _check_finite(array: np.ndarray, spec: InputSpec, offset: int) -> None:
+    """NaN or infinity in calibration data: TensorFlow's quantizer segfaults on +inf
+    (measured) and takes NaN silently, so neither reaches it."""
+    if array.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = offset + int(np.argwhere(bad.reshape(len(array), -1).any(axis=1))[0][0])
+        raise ValueError(
+            f"Calibration data for input {spec.name!r} holds {int(bad.sum())} NaN or "
+            f"infinite value(s), the first in sample {first}. Calibration needs finite "
+            "values: clean or drop those samples.")
 
 
 def _check_dtype(array: np.ndarray, spec: InputSpec) -> None:

@@ -29,6 +29,7 @@ from tfcompress._compat_litert import tflite_schema as _fb
 
 __all__ = [
     "InvalidModelError",
+    "MAX_FILE_BYTES",
     "MByNCheck",
     "ModelReport",
     "OpInfo",
@@ -240,17 +241,43 @@ def _is_index_tensor(report: ModelReport, index: int, _seen=None) -> bool:
     return ok
 
 
-def read_model(model: ModelSource) -> bytes:
+# The largest file read unless the caller allows more (MAX_FILE_BYTES=... or the
+# TFCOMPRESS_MAX_FILE_BYTES environment variable): 2 GiB, the flatbuffer's own limit.
+MAX_FILE_BYTES = 2 ** 31
+
+
+def _max_file_bytes() -> int:
+    value = os.environ.get("TFCOMPRESS_MAX_FILE_BYTES")
+    if value is None:
+        return MAX_FILE_BYTES
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("TFCOMPRESS_MAX_FILE_BYTES must be a number of bytes. Received: "
+                         f"{value!r}.") from None
+
+
+def read_model(model: ModelSource, *, max_bytes: Optional[int] = None) -> bytes:
     """Returns the bytes of a `.tflite` given as bytes or a path.
+
+    Only regular files are read (a FIFO would block forever, a device like
+    ``/dev/zero`` never ends), and at most ``max_bytes`` (default
+    :data:`MAX_FILE_BYTES`, or ``$TFCOMPRESS_MAX_FILE_BYTES``): the size is checked
+    before reading, so a huge or sparse file is refused without being read.
 
     Raises:
         FileNotFoundError: the path does not exist.
         IsADirectoryError: the path is a directory.
+        InvalidModelError: not a regular file, or larger than the limit.
         TypeError: ``model`` is neither bytes nor a path.
     """
     if isinstance(model, VerifiedModel):
         return model.bytes
+    limit = _max_file_bytes() if max_bytes is None else max_bytes
     if isinstance(model, (bytes, bytearray, memoryview)):
+        if len(model) > limit:
+            raise InvalidModelError(f"The model is {len(model)} bytes, over the limit of {limit} "
+                                    "(raise it with TFCOMPRESS_MAX_FILE_BYTES).")
         return bytes(model)
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
@@ -260,11 +287,25 @@ def read_model(model: ModelSource) -> bytes:
             raise IsADirectoryError(
                 f"Expected a .tflite file, got a directory. Received: path={str(path)!r}."
             )
-        return path.read_bytes()
+        with open(path, "rb", buffering=0) if path.is_file() else _refuse_special(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise InvalidModelError(
+                    f"{str(path)!r} is {size} bytes, over the limit of {limit} bytes for a "
+                    "model file (raise it with TFCOMPRESS_MAX_FILE_BYTES).")
+            data = f.read(limit + 1)
+        if len(data) > limit:  # the file grew while it was read
+            raise InvalidModelError(f"{str(path)!r} is over the limit of {limit} bytes.")
+        return data
     raise TypeError(
         "Expected the .tflite model as bytes or a path. "
         f"Received: model of type {type(model).__name__}."
     )
+
+
+def _refuse_special(path: Path):
+    raise InvalidModelError(f"{str(path)!r} is not a regular file (a FIFO, socket or device); "
+                            "only regular .tflite files are read.")
 
 
 def _describe(model: ModelSource, buf: bytes) -> str:
