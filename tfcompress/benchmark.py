@@ -102,6 +102,9 @@ def measure_latency(
             raise ValueError("`cpus` needs os.sched_setaffinity (Linux). Received: "
                              f"cpus={cpus!r} on {sys.platform}")
         previous = os.sched_getaffinity(0)
+        if not cpus or not set(cpus) <= previous:
+            raise ValueError(f"`cpus` must be cores this process may run on: "
+                             f"{sorted(previous)}. Received: cpus={list(cpus)!r}")
         os.sched_setaffinity(0, set(cpus))
         try:
             return measure_latency(models, xnnpack=xnnpack, num_threads=num_threads,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -51,8 +52,10 @@ COMMANDS = ("convert", "validate", "inspect", "benchmark", "compress", "search",
 
 flags.DEFINE_string("output", None, "convert: path of the .tflite to write.")
 flags.DEFINE_boolean("overwrite", False, "convert/demo: replace an existing output.")
-flags.DEFINE_enum("mode", "int8", ["int8", "int16x8", "float16", "dynamic", "float32"],
-                  "convert: conversion mode.")
+# A string, not an enum: a bad value must exit 2 with the allowed ones (absl exits 1).
+flags.DEFINE_string("mode", "int8", "convert: conversion mode: int8 | int16x8 | float16 | "
+                    "dynamic | float32.")
+flags.DEFINE_boolean("debug", False, "On an error, show the whole traceback too.")
 flags.DEFINE_string("input_type", None, "convert: int8 | uint8 | float32 (int16 in int16x8 mode).")
 flags.DEFINE_string("output_type", None, "convert: like --input_type, for outputs.")
 flags.DEFINE_string("data", None,
@@ -166,8 +169,11 @@ def _image_size():
 
 def cmd_convert(args: List[str]) -> int:
     # TensorFlow boundary: only convert, compress, search and demo load TensorFlow.
-    from tfcompress.converter import convert
+    from tfcompress.converter import MODES, convert
 
+    if FLAGS.mode not in MODES:
+        raise UsageError(f"Unknown --mode. Received: --mode={FLAGS.mode}. Allowed: "
+                         f"{', '.join(MODES)}.")
     if len(args) != 1:
         raise UsageError("convert takes one model path: tfcompress convert MODEL --output=OUT.tflite")
     if not FLAGS.output:
@@ -409,18 +415,39 @@ def main(argv: List[str]) -> int:
         return 2
     try:
         return _HANDLERS[argv[1]](argv[2:])
-    except ModuleNotFoundError as e:
+    except Exception as e:  # every error reaches the user as one line (--debug: the traceback)
+        if FLAGS.debug:
+            traceback.print_exc()
+        return _report_error(argv[1], e)
+
+
+def _report_error(command: str, e: Exception) -> int:
+    """One line on standard error for ``e``; returns the exit code (2: bad input)."""
+    if isinstance(e, ModuleNotFoundError):
         if e.name not in _NEEDS_TENSORFLOW:
-            raise
-        print(f"error: `tfcompress {argv[1]}` needs TensorFlow and Keras, which are not "
+            print(f"error: a module tfcompress needs is missing: {e}. Reinstall tfcompress.",
+                  file=sys.stderr)
+            return 2
+        print(f"error: `tfcompress {command}` needs TensorFlow and Keras, which are not "
               f"installed here (no module {e.name!r}). Install them with "
               "`pip install 'tfcompress[tensorflow]'`; inspect, validate (with a .tflite "
               "reference) and benchmark work without them.", file=sys.stderr)
         return 2
-    except (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError,
-            IsADirectoryError) as e:  # InvalidModelError and ConversionError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
+    if isinstance(e, (UsageError, ValueError, TypeError, OSError)):
+        # InvalidModelError and ConversionError are ValueErrors; OSError: files, folders.
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    if isinstance(e, RuntimeError):  # LiteRT's allocate_tensors / invoke failures
+        print(f"error: LiteRT could not run the model: {_one_line(e)}", file=sys.stderr)
+        return 2
+    print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (run with --debug for the "
+          "traceback, and please report it)", file=sys.stderr)
+    return 2
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
 def run(argv: Optional[List[str]] = None) -> None:
