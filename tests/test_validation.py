@@ -142,3 +142,16 @@ def test_a_list_in_the_keras_order_reaches_the_right_inputs():
                                expected, atol=1e-5)
     with pytest.raises(ValueError, match="same number of samples"):
         runtime.predict(interpreter, {"zeta": x[0], "alpha": x[1][:2]})
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([1000] * 4, r"Labels must be in \[0, 10\) .* from 1000 to 1000"),
+    ([-3, 0, 1, 2], r"from -3 to 2"),
+    ([2.7, 0, 1, 2], "integer class indices"),
+    ([0, 1], "one label per sample"),
+])
+def test_labels_that_cannot_index_the_outputs_are_refused(models_dir, cifar, labels, message):
+    with pytest.raises(ValueError, match=message):
+        validate(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
+                 cifar["x_test"][:4].astype("float32"), y=np.asarray(labels), progress=False,
+                 per_layer=False)

@@ -263,8 +263,8 @@ def validate(
 
     step = runtime.output_step(report)
     top_x, top_r = runtime.top1(out_x), runtime.top1(out_r)
+    labels = _checked_labels(y, len(top_x), out_x[0])
     top_f = runtime.top1(out_f) if out_f is not None else None
-    labels = None if y is None else np.asarray(y).reshape(-1)
 
     def path_result(out, top):
         return PathResult(
@@ -295,6 +295,27 @@ def validate(
         checks=checks,
     )
     return dataclasses.replace(result, failures=tuple(_failures(result, thresholds)))
+
+
+def _checked_labels(y, n: int, out: np.ndarray) -> Optional[np.ndarray]:
+    """Integer labels, one per sample, that index the first output's classes."""
+    if y is None:
+        return None
+    labels = np.asarray(y)
+    if labels.size != n:
+        raise ValueError(f"Expected one label per sample ({n}). Received labels of shape "
+                         f"{labels.shape}.")
+    labels = labels.reshape(-1)
+    if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isfinite(labels)) or not \
+            np.all(labels == np.round(labels)):
+        raise ValueError("Labels must be integer class indices. Received non-integer labels "
+                         f"such as {labels[labels != np.round(labels)][:3].tolist()}.")
+    classes = int(np.prod(out.shape[1:]))
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"Labels must be in [0, {classes}) for a model with {classes} outputs. "
+                         f"Received labels from {labels.min():g} to {labels.max():g}"
+                         " (a model with a background class may need --label_offset=1).")
+    return labels.astype(np.int64)
 
 
 def _head(x, n):
