@@ -159,3 +159,52 @@ def test_only_regular_files_are_read_and_never_beyond_the_limit(tmp_path, monkey
     monkeypatch.setenv("TFCOMPRESS_MAX_FILE_BYTES", "100")
     with pytest.raises(inspector.InvalidModelError, match="over the limit of 100"):
         inspector.inspect(bytes(1000))
+
+
+def _mutated(models_dir, edit):
+    """The published ResNet-8 int8 file with one edit made through the schema's object API."""
+    import flatbuffers
+
+    from tfcompress._compat_litert import tflite_schema as fb
+
+    buf = (models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite").read_bytes()
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0))
+    edit(model, model.subgraphs[0])
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _first(graph, model, name):
+    return next(op for op in graph.operators
+                if inspector.op_name(model.operatorCodes[op.opcodeIndex]) == name)
+
+
+def _set(holder, attr, index, value):
+    values = np.array(getattr(holder, attr))  # the object API's arrays are read-only views
+    values[index] = value
+    setattr(holder, attr, values)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m, g: setattr(g.tensors[_first(g, m, "CONV_2D").inputs[1]].quantization,
+                          "zeroPoint", []), r"has 16 scale\(s\) and 0 zero point\(s\)"),
+    (lambda m, g: _set(_first(g, m, "CONV_2D"), "inputs", 1, -1),
+     r"\(CONV_2D\) leaves its required input 1 empty"),
+    (lambda m, g: _set(_first(g, m, "ADD"), "inputs", 0, -1),
+     r"\(ADD\) leaves its required input 0 empty"),
+    (lambda m, g: _set(_first(g, m, "CONV_2D"), "outputs", 0, _first(g, m, "CONV_2D").inputs[1]),
+     r"writes into constant tensor"),
+    (lambda m, g: _set(g.tensors[int(g.inputs[0])], "shape", 1, 33554448),
+     r"elements, over the limit"),
+])
+def test_files_the_interpreter_would_trust_wrongly_are_refused(models_dir, edit, message):
+    with pytest.raises(inspector.InvalidModelError, match=message):
+        inspector.load(_mutated(models_dir, edit))
+
+
+def test_the_published_and_third_party_files_still_verify(models_dir):
+    for name in ("mlperf_tiny_resnet8_cifar10_int8.tflite",
+                 "mlperf_tiny_resnet8_cifar10_float.tflite",
+                 "coral_mobilenet_v2_1.0_224_quant.tflite"):
+        inspector.load(models_dir / name)

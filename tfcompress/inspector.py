@@ -30,6 +30,7 @@ from tfcompress._compat_litert import tflite_schema as _fb
 __all__ = [
     "InvalidModelError",
     "MAX_FILE_BYTES",
+    "MAX_TENSOR_ELEMENTS",
     "MByNCheck",
     "ModelReport",
     "OpInfo",
@@ -417,6 +418,67 @@ def _verify_bytes(buf: bytes, what: str):
     return tree
 
 
+# Input slots an op may leave empty (-1); every other slot of these ops must name a tensor.
+_OPTIONAL_INPUTS = {
+    "CONV_2D": {2}, "DEPTHWISE_CONV_2D": {2}, "FULLY_CONNECTED": {2}, "TRANSPOSE_CONV": {3},
+    "CONV_3D": {2}, "CONV_3D_TRANSPOSE": {3}, "SVDF": {3, 4}, "RESHAPE": {1},
+}
+# Ops whose many optional inputs (peepholes, projections, states) may each be -1.
+_MANY_OPTIONAL = {"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM",
+                  "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN", "RNN", "CUSTOM",
+                  "CALL_ONCE", "WHILE", "IF", "STABLEHLO_COMPOSITE"}
+# Tensors larger than this many elements (or than 256 elements per byte of the file) are
+# refused: one flipped bit in a shape made a 98 KB file ask for 17 GB. Raise it with
+# TFCOMPRESS_MAX_TENSOR_ELEMENTS for models with really large activations.
+MAX_TENSOR_ELEMENTS = 2 ** 24
+
+
+def _max_elements(size: int) -> int:
+    value = os.environ.get("TFCOMPRESS_MAX_TENSOR_ELEMENTS")
+    return int(value) if value else max(MAX_TENSOR_ELEMENTS, 256 * size)
+
+
+def _tensor_problems(s_i: int, t_i: int, t, limit: int):
+    shape = [int(d) for d in (t.shape if t.shape is not None else [])]
+    if any(d < 0 for d in shape):
+        yield f"subgraph {s_i} tensor {t_i} ({_name(t)}) has a negative dimension {shape}"
+        return
+    count = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    if count > limit:
+        yield (f"subgraph {s_i} tensor {t_i} ({_name(t)}) of shape {shape} has {count} "
+               f"elements, over the limit of {limit} (TFCOMPRESS_MAX_TENSOR_ELEMENTS)")
+    q = t.quantization
+    scale = list(q.scale) if q is not None and q.scale is not None else []
+    zero = list(q.zeroPoint) if q is not None and q.zeroPoint is not None else []
+    if not scale:
+        return
+    if len(zero) != len(scale):
+        yield (f"subgraph {s_i} tensor {t_i} ({_name(t)}) has {len(scale)} scale(s) and "
+               f"{len(zero)} zero point(s)")
+    if not all(np.isfinite(v) and v >= 0 for v in scale):
+        yield f"subgraph {s_i} tensor {t_i} ({_name(t)}) has a negative or non-finite scale"
+    if len(scale) > 1 and (not 0 <= q.quantizedDimension < len(shape)
+                           or shape[q.quantizedDimension] != len(scale)):
+        yield (f"subgraph {s_i} tensor {t_i} ({_name(t)}) has {len(scale)} scales along "
+               f"dimension {q.quantizedDimension} of shape {shape}")
+
+
+def _op_problems(s_i: int, o_i: int, op, name: str, tensors, buffers):
+    ins = [int(i) for i in (op.inputs if op.inputs is not None else [])]
+    outs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
+    optional = _OPTIONAL_INPUTS.get(name, set())
+    for slot, i in enumerate(ins):
+        if i == -1 and name not in _MANY_OPTIONAL and slot not in optional:
+            yield f"subgraph {s_i} op {o_i} ({name}) leaves its required input {slot} empty"
+    for i in outs:
+        if i == -1:
+            yield f"subgraph {s_i} op {o_i} ({name}) has an empty output"
+        elif 0 <= i < len(tensors):
+            b = tensors[i].buffer
+            if 0 < b < len(buffers) and buffers[b].data is not None and len(buffers[b].data):
+                yield f"subgraph {s_i} op {o_i} ({name}) writes into constant tensor {i}"
+
+
 def _semantic_problems(tree, size: int):
     if tree.version != 3:
         yield f"schema version {tree.version}, expected 3"
@@ -428,10 +490,12 @@ def _semantic_problems(tree, size: int):
     for b_i, b in enumerate(buffers):
         if b.offset and b.offset > 1 and b.offset + b.size > size:
             yield f"buffer {b_i} points past the end of the file"
+    limit = _max_elements(size)
     for s_i, sg in enumerate(subgraphs):
         tensors = sg.tensors or []
         n = len(tensors)
         for t_i, t in enumerate(tensors):
+            yield from _tensor_problems(s_i, t_i, t, limit)
             if t.buffer >= len(buffers) and t.buffer != 0:
                 yield f"subgraph {s_i} tensor {t_i} names buffer {t.buffer} of {len(buffers)}"
                 continue
@@ -449,9 +513,12 @@ def _semantic_problems(tree, size: int):
                 yield f"subgraph {s_i} op {o_i} has opcode {op.opcodeIndex} of {len(codes)}"
             ins = op.inputs if op.inputs is not None else []
             outs = op.outputs if op.outputs is not None else []
-            for i in list(ins) + list(outs):
-                if not -1 <= i < n:
-                    yield f"subgraph {s_i} op {o_i} uses tensor {i} out of range (0..{n - 1})"
+            bad = [i for i in list(ins) + list(outs) if not -1 <= i < n]
+            for i in bad:
+                yield f"subgraph {s_i} op {o_i} uses tensor {i} out of range (0..{n - 1})"
+            if not bad and 0 <= op.opcodeIndex < len(codes):
+                yield from _op_problems(s_i, o_i, op, op_name(codes[op.opcodeIndex]), tensors,
+                                        buffers)
 
 
 def numpy_dtype(t) -> Optional[np.dtype]:
