@@ -181,3 +181,57 @@ def test_built_input_shapes_records_the_first_call_of_a_subclassed_model():
     assert _compat.built_input_shapes(model) == {}
     model(np.ones((3, 5), "float32"))
     assert _compat.built_input_shapes(model) == {"input_shape": (3, 5)}
+
+
+def test_operator_nodes_are_operations_with_their_call_arguments():
+    inputs = keras.Input((4, 3), name="x")
+    h = keras.layers.Dense(3, name="d")(inputs)
+    out = keras.ops.mean(h + 3.0, axis=1)[:, :2] * h[:, 0, :2]
+    model = keras.Model(inputs, out)
+    nodes = {type(n.operation).__name__: n for n in _compat.graph_nodes(model)
+             if _compat.is_operation(n.operation)}
+    assert set(nodes) == {"Add", "Mean", "GetItem", "Multiply"}
+    assert not _compat.is_operation(model.get_layer("d"))
+    assert _compat.builtin_operation_name(nodes["Mean"].operation) == "Mean"
+    assert _compat.builtin_operation_name(model.get_layer("d")) is None
+    assert nodes["Mean"].operation.get_config()["axis"] == 1
+    args, kwargs = _compat.node_arguments(nodes["Add"])
+    assert args[0] is nodes["Add"].input_tensors[0] and args[1] == 3.0 and kwargs == {}
+    keys = [tuple(_compat.node_arguments(n)[0][1]) for n in _compat.graph_nodes(model)
+            if type(n.operation).__name__ == "GetItem"]
+    assert sorted(map(repr, keys)) == sorted(map(repr, [
+        (slice(None), slice(None, 2)), (slice(None), 0, slice(None, 2))]))
+
+    class Mine(keras.Operation):
+        def call(self, x):
+            return x
+
+        def compute_output_spec(self, x):
+            return keras.KerasTensor(x.shape, x.dtype)
+
+    assert _compat.is_operation(Mine()) and _compat.builtin_operation_name(Mine()) is None
+
+
+def test_clone_model_can_keep_operations_and_show_only_layers():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="d")(inputs) * 2.0 + inputs)
+    seen = []
+
+    def clone_function(layer):
+        seen.append(layer.name)
+        return type(layer).from_config(layer.get_config())
+
+    def call_function(layer, *args, **kwargs):
+        seen.append(("call", layer.name))
+        return layer(*args, **kwargs)
+
+    clone = _graph.clone_model(model, clone_function=clone_function,
+                               call_function=call_function, keep_operations=True)
+    assert seen == ["d", ("call", "d")]
+    ops = [n.operation for n in _compat.graph_nodes(clone) if _compat.is_operation(n.operation)]
+    assert sorted(type(op).__name__ for op in ops) == ["Add", "Multiply"]
+    clone.set_weights(model.get_weights())
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(clone.predict(x, verbose=0), model.predict(x, verbose=0))
+    with pytest.raises(AttributeError):  # what Keras does with an op without keep_operations
+        _graph.clone_model(model, clone_function=lambda layer: layer.weights and layer)

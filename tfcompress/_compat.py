@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from typing import Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -105,6 +106,37 @@ def producer(tensor):
     return None if history is None else history.operation
 
 
+def is_operation(obj) -> bool:
+    """A graph node's operation that is not a Layer.
+
+    Keras 3 records ``x + y``, ``x * 0.5``, ``x[:, :8]`` and ``keras.ops.mean(x, 1)``
+    in a Functional graph as ``keras.Operation`` nodes: stateless, with no weights,
+    no ``get_weights`` and no place in ``model.layers``.
+    """
+    return isinstance(obj, keras.Operation) and not isinstance(obj, keras.layers.Layer)
+
+
+def builtin_operation_name(op) -> Optional[str]:
+    """The class name of a built-in ``keras.ops`` operation ("Add", "GetItem", "Mean").
+
+    None for a Layer or for an Operation defined outside Keras: what such an op does
+    is unknown, so a transform treats it as opaque.
+    """
+    cls = type(op)
+    if is_operation(op) and cls.__module__.startswith("keras.src.ops."):
+        return cls.__name__
+    return None
+
+
+def node_arguments(node) -> Tuple[tuple, dict]:
+    """The positional and keyword arguments a graph node was called with.
+
+    Symbolic tensors and constants are given as they were passed: ``x + 3.0`` is
+    ``((x, 3.0), {})``, ``x[:, :8]`` is ``((x, (slice(None), slice(None, 8))), {})``.
+    """
+    return tuple(node.arguments.args), dict(node.arguments.kwargs)
+
+
 def run_graph(model, inputs, operation_fn):
     """Runs a Functional model's graph on ``inputs``, each layer through ``operation_fn``."""
     return model._run_through_graph(inputs, operation_fn=operation_fn)
@@ -179,6 +211,7 @@ def is_tf_function(obj) -> bool:
 
 __all__ = [
     "assign_variables",
+    "builtin_operation_name",
     "built_input_shapes",
     "in_multi_replica_context",
     "ConverterError",
@@ -189,8 +222,10 @@ __all__ = [
     "is_concrete_function",
     "is_graph_model",
     "is_keras_model",
+    "is_operation",
     "is_tf_function",
     "load_keras_model",
+    "node_arguments",
     "producer",
     "quiet_stdout",
     "run_graph",

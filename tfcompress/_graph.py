@@ -67,15 +67,55 @@ def _inline_call(layer, *args, **kwargs):
     return layer(*args, **kwargs)
 
 
-def clone_model(model, **kwargs):
+def clone_model(model, *, keep_operations: bool = False, **kwargs):
     """``keras.models.clone_model`` that returns an uncompiled model.
 
     Keras copies the compile configuration into a clone, which fails for a custom
     loss that is not registered; our transforms return uncompiled models, as tfmot's
     do, and the user compiles them.
+
+    Args:
+        model: a Sequential or Functional model.
+        keep_operations: the non-Layer operations of the graph (``x + y``, ``x[:, :8]``,
+            ``keras.ops.mean(x, 1)``: see :func:`tfcompress._compat.is_operation`) are
+            reused as they are and called on the new tensors; ``clone_function`` and
+            ``call_function`` then only ever see layers. Operations are stateless, so
+            the clone computes what the model did.
+        **kwargs: ``keras.models.clone_model``'s arguments.
+
+    Example:
+        >>> import keras
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs) + inputs)
+        >>> seen = []
+        >>> def clone_function(layer):
+        ...     seen.append(type(layer).__name__)
+        ...     return type(layer).from_config(layer.get_config())
+        >>> clone = clone_model(model, clone_function=clone_function, keep_operations=True)
+        >>> seen, [type(node.operation).__name__ for node in _compat.graph_nodes(clone)][-1]
+        (['Dense'], 'Add')
     """
+    if keep_operations:
+        kwargs = _keeping_operations(**kwargs)
     with _compat.uncompiled(model):
         return keras.models.clone_model(model, **kwargs)
+
+
+def _keeping_operations(clone_function=None, call_function=None, **kwargs) -> dict:
+    def clone_layer(layer):
+        if _compat.is_operation(layer):
+            return layer
+        if clone_function is None:
+            return type(layer).from_config(layer.get_config())
+        return clone_function(layer)
+
+    def call(layer, *args, **call_kwargs):
+        if _compat.is_operation(layer) or call_function is None:
+            return layer(*args, **call_kwargs)
+        return call_function(layer, *args, **call_kwargs)
+
+    return dict(kwargs, clone_function=clone_layer,
+                call_function=call if call_function is not None else None)
 
 
 def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
@@ -129,7 +169,8 @@ def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original
                      "(what TFLite runs; each half quantized on its own)")
         return out
 
-    clone = clone_model(model, clone_function=clone_function, call_function=call_function)
+    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
+                        keep_operations=True)
     for new, weights in pending:
         new.set_weights(weights)
     return clone, notes

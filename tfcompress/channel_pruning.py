@@ -11,7 +11,11 @@ How it works:
    connection) form one class; ``Concatenate`` lays classes side by side; channel-wise
    layers (BatchNorm, activations, pooling, depthwise convolutions, padding...) pass
    them through; a channel that reaches a model output, a ``Reshape`` or a layer this
-   module does not understand is fixed and never pruned. It then inserts a
+   module does not understand is fixed and never pruned. Operator nodes (``x + 3.0``,
+   ``x * y``, ``x[:, 0]``, ``keras.ops.mean(x, 1)``) are read the same way: elementwise
+   with scalar constants they pass channels, on two tensors they tie them (a
+   squeeze-excite gate shares its channels with the tensor it gates), and slicing,
+   reshaping or reducing the channel axis fixes them. It then inserts a
    :class:`ChannelMask` in front of every layer that mixes channels (Dense, Conv,
    SeparableConv...), so a pruned channel is exactly zero wherever it is read.
 2. During ``fit``, :class:`~tfcompress.pruning.UpdatePruningStep` advances the step
@@ -189,7 +193,8 @@ class ChannelPlan:
 
 
 def _functional(model):
-    return _graph.functional(model, purpose="channel pruning")
+    # Nested Sequential / Functional models are inlined, so their channels prune too.
+    return _graph.functional(model, purpose="channel pruning", inline=True)
 
 
 def _unwrap(layer):
@@ -212,9 +217,107 @@ def _kind(layer, shared: bool, rank: int) -> str:
     if kind.merge == "elementwise":
         return "merge"
     if kind.merge == "concatenate":
-        return "concat"
+        return "concat" if layer.axis in (-1, rank - 1) else "barrier"
     if kind.flattens:
         return "flatten"
+    return "barrier"
+
+
+# Built-in keras.ops operations (the nodes of `x + 3.0`, `x * y`, `x[:, 0]`,
+# `keras.ops.mean(x, 1)`), by what they do to the channels of the last axis.
+# Elementwise on one tensor (their other arguments, if any, are constants):
+_OP_ELEMENTWISE = frozenset({
+    "Abs", "Absolute", "Cast", "Ceil", "Celu", "Clip", "Elu", "Erf", "Exp", "Expm1", "Floor",
+    "Gelu", "HardShrink", "HardSigmoid", "HardSilu", "HardTanh", "LeakyRelu", "Log", "Log1p",
+    "LogSigmoid", "Negative", "Reciprocal", "Relu", "Relu6", "Round", "Rsqrt", "Selu",
+    "Sigmoid", "Sign", "Silu", "SoftShrink", "Softplus", "Softsign", "SparsePlus", "Sqrt",
+    "Square", "Squareplus", "Tanh", "TanhShrink", "Threshold",
+    # and on two operands, broadcast against each other:
+    "Add", "Divide", "DivideNoNan", "FloorDivide", "Maximum", "Minimum", "Mod", "Multiply",
+    "Power", "Subtract", "TrueDivide",
+})
+# Reductions: per channel unless they reduce the last axis (or every axis).
+_OP_REDUCE = frozenset({"All", "Amax", "Amin", "Any", "Max", "Mean", "Min", "Prod", "Std",
+                        "Sum", "Var"})
+
+
+def _axes(axis, rank: int):
+    """``axis`` (an int, a list or None) as non-negative ints; None stays None."""
+    if axis is None:
+        return None
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    return [a % rank if rank else a for a in axes]
+
+
+def _keeps_last_axis(key, rank: int) -> bool:
+    """Whether indexing with ``key`` leaves the last axis of a ``rank``-D tensor whole."""
+    entries = list(key) if isinstance(key, (tuple, list)) else [key]
+    if not all(e is None or e is Ellipsis or isinstance(e, (int, slice)) for e in entries):
+        return False  # an array or tensor index: anything may happen
+    if Ellipsis in entries:
+        after = entries[entries.index(Ellipsis) + 1:]
+        return all(e == slice(None) for e in after)
+    real = [e for e in entries if e is not None]
+    if entries and entries[-1] is None and len(real) >= rank:
+        return False  # a new axis after the last one
+    return len(real) < rank or real[-1] == slice(None)
+
+
+def _operation_kind(node) -> str:
+    """What a non-Layer operation does to channels: one of the kinds of :func:`_kind`.
+
+    Sound, not clever: an elementwise op whose constant operands have one value per
+    position of the last axis (a scalar, or size 1 there) acts per channel; two tensors
+    combined elementwise tie their channels (as Add does); a reduction over other axes,
+    an index that keeps the last axis whole and a concatenation on it pass channels on.
+    An operation class registered in :mod:`~tfcompress.layer_kinds` as channel-wise or
+    as an elementwise merge counts as one. Everything else (an op over the channel
+    axis, a reshape, a per-channel constant, an unregistered op defined outside Keras)
+    is a barrier, so its channels are never pruned.
+    """
+    op = node.operation
+    name = _compat.builtin_operation_name(op)
+    kind = layer_kinds.kind_of(op)  # the built-in ops' records, or a registered op class's
+    ins, outs = list(node.input_tensors), list(node.output_tensors)
+    if ((name is None and kind == layer_kinds.UNKNOWN) or not ins or len(outs) != 1
+            or not outs[0].shape or not all(t.shape for t in ins)):
+        return "barrier"
+    rank, out = len(ins[0].shape), outs[0]
+    channels = ins[0].shape[-1]
+    if channels is None:
+        return "barrier"
+    args, kwargs = _compat.node_arguments(node)
+    config = op.get_config()
+    if name == "Concatenate":
+        axes = _axes(config.get("axis", 0), len(out.shape))
+        tensors = len(keras.tree.flatten(args[0])) if args else 0
+        return "concat" if axes == [len(out.shape) - 1] and tensors == len(ins) else "barrier"
+    if out.shape[-1] != channels:
+        return "barrier"
+    if (name in _OP_ELEMENTWISE or layer_kinds.acts_per_channel(op, rank)
+            or kind.merge == "elementwise"):
+        constants = [a for a in list(args) + list(kwargs.values())
+                     if not isinstance(a, keras.KerasTensor)]
+        shapes = [tuple(getattr(c, "shape", None) or np.shape(c)) for c in constants]
+        if any(shape and shape[-1] != 1 for shape in shapes):
+            return "barrier"  # one constant per channel: removing channels would need it cut
+        if len(ins) == 1:
+            return "channelwise"
+        return "merge" if len({t.shape[-1] for t in ins}) == 1 else "barrier"
+    if len(ins) != 1:
+        return "barrier"
+    if name in _OP_REDUCE:
+        axes = _axes(config.get("axis"), rank)
+        return "channelwise" if axes is not None and rank - 1 not in axes else "barrier"
+    if name == "GetItem":
+        return "channelwise" if len(args) == 2 and _keeps_last_axis(args[1], rank) else "barrier"
+    if name in ("ExpandDims", "Squeeze"):
+        axes = _axes(config.get("axis"), len(out.shape) if name == "ExpandDims" else rank)
+        last = len(out.shape) - 1 if name == "ExpandDims" else rank - 1
+        return "channelwise" if axes is not None and last not in axes else "barrier"
+    if name == "Transpose":
+        axes = config.get("axes")
+        return "channelwise" if axes is not None and axes[-1] % rank == rank - 1 else "barrier"
     return "barrier"
 
 
@@ -222,8 +325,8 @@ def analyze(model) -> ChannelPlan:
     """Finds which channels of a Functional model can be removed, and with which others.
 
     Args:
-        model: a Sequential or Functional Keras model (its own layers; nested models
-            are treated as opaque).
+        model: a Sequential or Functional Keras model (nested Sequential / Functional
+            models are read as their layers, inlined).
 
     Returns:
         A :class:`ChannelPlan`.
@@ -253,7 +356,9 @@ def analyze(model) -> ChannelPlan:
         layer = node.operation
         ins = [t for t in node.input_tensors]
         outs = list(node.output_tensors)
-        kind = _kind(layer, counts[id(layer)] > 1, len(ins[0].shape) if ins else 0)
+        is_op = _compat.is_operation(layer)
+        kind = _operation_kind(node) if is_op else _kind(
+            layer, counts[id(layer)] > 1, len(ins[0].shape) if ins else 0)
         in_lays = [layouts[id(t)] for t in ins]
         if kind == "input":
             layouts[id(outs[0])] = fresh(outs[0], fixed=True)
@@ -265,7 +370,7 @@ def analyze(model) -> ChannelPlan:
                 for a, b in zip(in_lays[0], lay):
                     uf.union(int(a), int(b))
             out = in_lays[0]
-        elif kind == "concat" and layer.axis in (-1, len(outs[0].shape) - 1):
+        elif kind == "concat":
             out = np.concatenate(in_lays)
         elif (kind == "flatten" and len(ins[0].shape) >= 2
               and all(d is not None for d in ins[0].shape[1:])):
@@ -287,8 +392,9 @@ def analyze(model) -> ChannelPlan:
                 layouts[id(t)] = fresh(t, fixed=True)
             continue
         layouts[id(outs[0])] = out
-        in_layout[layer.name] = in_lays[0] if in_lays else None
-        out_layout[layer.name] = out
+        if not is_op:  # operations have no place in model.layers (and may share a name)
+            in_layout[layer.name] = in_lays[0] if in_lays else None
+            out_layout[layer.name] = out
     for t in model.outputs:
         fixed_nodes.extend(layouts[id(t)].tolist())
 
@@ -439,7 +545,7 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
             (see :func:`sensitivity` for choosing them); default every group.
 
     Returns:
-        A new Functional model (weights copied).
+        A new Functional model (weights copied; nested models inlined).
 
     Raises:
         ValueError: bad criterion, a subclassed model, nothing to prune, or
@@ -453,8 +559,10 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
     if not plan.groups:
         raise ValueError(
             f"Model {model.name!r} has no channel that can be removed: every channel "
-            "reaches a model output or a layer that is not understood (supported: "
-            f"{', '.join(c.__name__ for c in layer_kinds.registered(_mixes))} as producers).")
+            "reaches a model output or input (also through an Add or `+`), an operation that "
+            "slices, reshapes or reduces the channel axis, or a layer that is not understood "
+            f"(supported: {', '.join(c.__name__ for c in layer_kinds.registered(_mixes))} as "
+            "producers).")
     if layers is not None:
         names = {plan.group_name(g) for g in plan.groups}
         chosen = [n for n in names if set(n.split(",")) <= set(layers)]
@@ -475,7 +583,8 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
 
     # The clone's call_function sees new tensors; map them back through the input
     # tensors of the original node, which have the same position in the call.
-    nodes = {n.operation.name: n for n in _compat.graph_nodes(model)}
+    nodes = {n.operation.name: n for n in _compat.graph_nodes(model)
+             if not _compat.is_operation(n.operation)}
     cache: Dict[int, object] = {}
 
     def call_function(layer, *args, **kwargs):
@@ -490,7 +599,7 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
         return layer(*args, **kwargs)
 
     clone = _graph.clone_model(model, clone_function=clone_function,
-                                     call_function=call_function)
+                               call_function=call_function, keep_operations=True)
     for new, weights in pending:
         new.set_weights(weights)
     clone._tfcompress_criterion = criterion
@@ -605,7 +714,7 @@ def remove_channels(model):
         return layer(*args, **kwargs)
 
     clone = _graph.clone_model(model, clone_function=clone_function,
-                                     call_function=call_function)
+                               call_function=call_function, keep_operations=True)
     for new, weights in pending:
         new.set_weights(weights)
     return clone

@@ -17,6 +17,12 @@ Properties that depend on a layer's arguments (a ``BatchNormalization`` over ano
 axis, a depthwise convolution with a depth multiplier, a softmax ``Activation``) are
 answered by the small query functions below from the record and the layer together.
 
+Keras 3 also records operators and ``keras.ops`` calls (``x + 3.0``, ``x * y``,
+``x[:, :8]``, ``keras.ops.mean(x, 1)``) in a Functional graph, as ``keras.Operation``
+nodes that are not layers. The built-in ones have records too, looked up by their
+class name (:data:`OPERATIONS`); an operation class of your own gets one with
+:func:`register`, as a layer does.
+
 Example:
     >>> import keras
     >>> kind_of(keras.layers.Conv2D(8, 3))  # doctest: +NORMALIZE_WHITESPACE
@@ -27,6 +33,10 @@ Example:
     >>> relu6 = keras.layers.ReLU(max_value=6.0)
     >>> activation_name(relu6), is_fusable_activation(relu6)
     ('relu6', True)
+    >>> x = keras.Input((4,))
+    >>> _, add, mean = keras.Model(x, keras.ops.mean(x + 3.0, 1)).operations
+    >>> kind_of(add).merge, kind_of(mean).output_range  # operator nodes, not layers
+    ('elementwise', 'own')
 """
 
 from __future__ import annotations
@@ -36,16 +46,20 @@ from typing import Callable, Dict, Optional, Tuple
 
 import keras
 
+from tfcompress import _compat
+
 __all__ = [
     "ARGUMENT",
     "FUSABLE_ACTIVATIONS",
     "KERNELS",
     "LayerKind",
     "MERGES",
+    "OPERATIONS",
     "OUTPUT_RANGES",
     "UNKNOWN",
     "acts_per_channel",
     "activation_name",
+    "is_operation",
     "is_fusable_activation",
     "is_softmax",
     "kind_of",
@@ -53,7 +67,7 @@ __all__ = [
     "registered",
 ]
 
-KERNELS = ("dense", "conv", "conv_transpose", "depthwise", "separable")
+KERNELS = ("dense", "conv", "conv_transpose", "depthwise", "separable", "embedding")
 MERGES = ("elementwise", "concatenate")
 OUTPUT_RANGES = ("input", "own")
 # The activation of a layer like keras.layers.Activation is its `activation` argument.
@@ -71,8 +85,9 @@ class LayerKind:
     Attributes:
         kernel: the layout of the main weights: ``"dense"`` ``(in, out)``, ``"conv"``
             ``(..., in, out)``, ``"conv_transpose"`` ``(..., out, in)``, ``"depthwise"``
-            ``(..., in, multiplier)`` or ``"separable"`` (``depthwise_kernel`` then
-            ``pointwise_kernel``); None for layers without one.
+            ``(..., in, multiplier)``, ``"separable"`` (``depthwise_kernel`` then
+            ``pointwise_kernel``) or ``"embedding"`` (``embeddings``, ``(ids, out)``,
+            read by index); None for layers without one.
         mixes_channels: writes fresh output channels, each computed from all input
             channels (Dense, Conv, SeparableConv...). Channel pruning masks what it
             reads and can remove what it writes.
@@ -86,7 +101,11 @@ class LayerKind:
             "softmax"...), or :data:`ARGUMENT` when its ``activation`` argument says
             (``keras.layers.Activation``). See :func:`activation_name`.
         normalization: a BatchNormalization: quantization folds it into the
-            Conv / DepthwiseConv / Dense before it, channel pruning slices its entries.
+            Conv / DepthwiseConv / Dense before it (or, after anything else, runs it
+            as a 1x1 depthwise convolution), channel pruning slices its entries.
+        affine: a fixed per-channel affine map ``x * scale + offset`` given by its
+            arguments or statistics (Rescaling, Normalization): quantization runs it
+            as a 1x1 depthwise convolution, which TFLite runs in int8.
         fuses_activation: TFLite fuses a following ReLU / ReLU6 into this op, so no
             activation quantizer goes between the two.
         quantize_weights: quantization-aware training runs this layer inside a
@@ -104,6 +123,7 @@ class LayerKind:
     flattens: bool = False
     activation: Optional[str] = None
     normalization: bool = False
+    affine: bool = False
     fuses_activation: bool = False
     quantize_weights: bool = False
     output_range: Optional[str] = None
@@ -134,6 +154,7 @@ UNKNOWN = LayerKind()
 
 _L = keras.layers
 _PASS = {"channelwise": True, "output_range": "input"}  # per channel, keeps the input's range
+_KEEPS_INPUT = {"output_range": "input"}
 _WEIGHTED = {"fuses_activation": True, "quantize_weights": True}
 
 # Order matters only for listings (error messages name the classes in this order).
@@ -144,7 +165,7 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     (_L.Conv2D, dict(kernel="conv", mixes_channels=True, factorable=True, **_WEIGHTED)),
     (_L.Conv3D, dict(kernel="conv", mixes_channels=True)),
     (_L.Conv1DTranspose, dict(kernel="conv_transpose", mixes_channels=True)),
-    (_L.Conv2DTranspose, dict(kernel="conv_transpose", mixes_channels=True)),
+    (_L.Conv2DTranspose, dict(kernel="conv_transpose", mixes_channels=True, **_WEIGHTED)),
     (_L.Conv3DTranspose, dict(kernel="conv_transpose", mixes_channels=True)),
     (_L.SeparableConv1D, dict(kernel="separable", mixes_channels=True)),
     (_L.SeparableConv2D, dict(kernel="separable", mixes_channels=True)),
@@ -180,16 +201,24 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     (_L.Cropping1D, _PASS),
     (_L.Cropping2D, _PASS),
     (_L.Cropping3D, dict(channelwise=True)),
-    (_L.UpSampling1D, dict(channelwise=True)),
-    (_L.UpSampling2D, dict(channelwise=True, output_range="own")),
+    (_L.UpSampling1D, _PASS),
+    # TFLite's int8 RESIZE_* kernels keep the input's scale (the converter forces it).
+    (_L.UpSampling2D, _PASS),
     (_L.UpSampling3D, dict(channelwise=True)),
     (_L.Identity, _PASS),
     (_L.ActivityRegularization, dict(channelwise=True)),
+    # Per-channel affine preprocessing (x * scale + offset).
+    (_L.Rescaling, dict(affine=True)),
+    # A table read by index (GATHER keeps the table's range).
+    (_L.Embedding, dict(kernel="embedding", quantize_weights=True, output_range="input")),
+    (_L.Normalization, dict(affine=True)),
     # Layers that mix channels of one position, without weights.
     (_L.Softmax, dict(activation="softmax")),
     # Layers that move values around.
+    (_L.Resizing, _KEEPS_INPUT),
     (_L.Flatten, dict(flattens=True, output_range="input")),
     (_L.Reshape, dict(output_range="input")),
+    (_L.Permute, dict(output_range="input")),
     # Layers that combine several inputs.
     (_L.Add, dict(merge="elementwise", fuses_activation=True)),
     (_L.Subtract, dict(merge="elementwise", fuses_activation=True)),
@@ -201,14 +230,63 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
 ]}
 
 
+_BINARY = {"merge": "elementwise", "fuses_activation": True}  # TFLite fuses a ReLU into it
+_KEEPS_RANGE = {"output_range": "input"}
+
+# Built-in keras.ops operations, by class name (the nodes of `x + 3.0`, `x * y`,
+# `x[:, :8]`, `keras.ops.mean(x, 1)`). An elementwise op whose other operand is a
+# constant has the kind of its two-tensor form; the converter quantizes the constant.
+OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in [
+    ("Add", _BINARY), ("Subtract", _BINARY), ("Multiply", _BINARY),
+    ("TrueDivide", dict(merge="elementwise")), ("Divide", dict(merge="elementwise")),
+    ("Maximum", dict(merge="elementwise")), ("Minimum", dict(merge="elementwise")),
+    ("Concatenate", dict(merge="concatenate", fuses_activation=True)),
+    ("Relu", dict(channelwise=True, activation="relu")),
+    ("Relu6", dict(channelwise=True, activation="relu6")),
+    ("Sigmoid", dict(channelwise=True, activation="sigmoid")),
+    ("Tanh", dict(channelwise=True, activation="tanh")),
+    ("HardSilu", dict(channelwise=True, activation="hard_silu")),
+    ("HardSigmoid", dict(channelwise=True, activation="hard_sigmoid")),
+    ("Silu", dict(channelwise=True, activation="silu")),
+    ("Gelu", dict(channelwise=True, activation="gelu")),
+    ("Softmax", dict(activation="softmax")),
+    ("Mean", dict(output_range="own")),
+    ("Max", _KEEPS_RANGE), ("Min", _KEEPS_RANGE), ("Amax", _KEEPS_RANGE),
+    ("Amin", _KEEPS_RANGE),
+    ("GetItem", _KEEPS_RANGE), ("Slice", _KEEPS_RANGE), ("Reshape", _KEEPS_RANGE),
+    ("ExpandDims", _KEEPS_RANGE), ("Squeeze", _KEEPS_RANGE), ("Transpose", _KEEPS_RANGE),
+]}
+
+
+def is_operation(layer) -> bool:
+    """Whether ``layer`` (an instance or a class) is a ``keras.Operation`` that is no Layer.
+
+    >>> import keras
+    >>> x = keras.Input((2,))
+    >>> [is_operation(op) for op in keras.Model(x, keras.layers.Add()([x, x * 2.0])).operations]
+    [False, True, False]
+    """
+    if isinstance(layer, type):
+        return issubclass(layer, keras.Operation) and not issubclass(layer, keras.layers.Layer)
+    return _compat.is_operation(layer)
+
+
+def _builtin_operation_name(layer) -> Optional[str]:
+    if isinstance(layer, type):
+        builtin = is_operation(layer) and layer.__module__.startswith("keras.src.ops.")
+        return layer.__name__ if builtin else None
+    return _compat.builtin_operation_name(layer)
+
+
 def register(layer_class: type, **properties) -> LayerKind:
     """Tells every transform what ``layer_class`` (and its subclasses) does.
 
     The record replaces any earlier one of the same class; properties not given are
-    off (see :class:`LayerKind`). One call is all a new layer needs.
+    off (see :class:`LayerKind`). One call is all a new layer needs. An operation
+    class (a ``keras.Operation`` subclass that is not a layer) registers the same way.
 
     Args:
-        layer_class: a subclass of ``keras.layers.Layer``.
+        layer_class: a subclass of ``keras.layers.Layer`` (or of ``keras.Operation``).
         **properties: fields of :class:`LayerKind`.
 
     Returns:
@@ -231,8 +309,9 @@ def register(layer_class: type, **properties) -> LayerKind:
         >>> kind_of(BiggerSwish()).channelwise, activation_name(BiggerSwish())
         (True, 'swish')
     """
-    if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):
-        raise TypeError("`layer_class` must be a subclass of keras.layers.Layer. "
+    if not isinstance(layer_class, type) or not issubclass(layer_class, keras.Operation):
+        raise TypeError("`layer_class` must be a keras.Operation class, normally a "
+                        "subclass of keras.layers.Layer. "
                         f"Received: layer_class={layer_class!r}")
     allowed = [f.name for f in dataclasses.fields(LayerKind)]
     unknown = sorted(set(properties) - set(allowed))
@@ -246,6 +325,9 @@ def register(layer_class: type, **properties) -> LayerKind:
 def kind_of(layer) -> LayerKind:
     """The record of a layer (or layer class): its nearest registered class's, or UNKNOWN.
 
+    A built-in ``keras.ops`` operation without a registered class gets the record of
+    its class name in :data:`OPERATIONS`.
+
     >>> import keras
     >>> kind_of(keras.layers.LSTM) is UNKNOWN
     True
@@ -255,7 +337,8 @@ def kind_of(layer) -> LayerKind:
         kind = _TABLE.get(base)
         if kind is not None:
             return kind
-    return UNKNOWN
+    name = _builtin_operation_name(layer)
+    return OPERATIONS.get(name, UNKNOWN) if name is not None else UNKNOWN
 
 
 def registered(where: Optional[Callable[[LayerKind], bool]] = None) -> Tuple[type, ...]:

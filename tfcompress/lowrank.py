@@ -8,6 +8,12 @@ with the singular values split evenly between ``U`` and ``V``). A Conv2D kernel
 * ``"spatial"``: a ``(kh, 1)`` convolution to ``r`` channels, then a ``(1, kw)`` one
   (the SVD of the kernel seen as a ``(kh * cin) x (kw * cout)`` matrix).
 
+An ``EinsumDense`` whose equation is a matrix product (``"abc,cde->abde"``: its
+input's trailing axes contract with the kernel's leading ones, the kernel's other axes
+are the output's trailing ones) is the same matrix reshaped, and becomes two
+``EinsumDense`` layers through ``r`` values. The projections inside a
+``MultiHeadAttention`` are left as they are (``.factor_notes`` says so).
+
 The first layer of a pair has no bias and no activation; the second keeps the
 original bias and activation, so at full rank the pair computes what the layer did.
 The result is a plain Functional model: it fine-tunes, saves, loads and converts.
@@ -29,7 +35,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+import re
+import string
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -95,7 +103,7 @@ class FactorPlan:
 
     Attributes:
         layer: the name of the original layer (the pair is ``<layer>_u``, ``<layer>_v``).
-        method: ``"dense"``, ``"channel"`` or ``"spatial"``.
+        method: ``"dense"``, ``"einsum"``, ``"channel"`` or ``"spatial"``.
         rank: the number of units / filters of the first layer of the pair.
         params_before: the original kernel's size.
         params_after: the two kernels' sizes together.
@@ -108,12 +116,54 @@ class FactorPlan:
     params_after: int
 
 
+def _is_einsum(layer) -> bool:
+    return isinstance(layer, keras.layers.EinsumDense)
+
+
 def _is_dense(layer) -> bool:
-    return layer_kinds.kind_of(layer).kernel == "dense"
+    return not _is_einsum(layer) and layer_kinds.kind_of(layer).kernel == "dense"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Einsum:
+    """An EinsumDense equation ``X C, C O -> X O``: a matrix product, reshaped."""
+
+    ellipsis: str   # "..." when the equation starts with one, else ""
+    free: str       # X: input axes that pass to the output (the batch axis first)
+    contracted: str  # C: the input's trailing axes, the kernel's leading ones
+    out: str        # O: the kernel's trailing axes, the output's trailing ones
+
+    def equation(self, contracted: str, out: str) -> str:
+        e, x = self.ellipsis, self.free
+        return f"{e}{x}{contracted},{contracted}{out}->{e}{x}{out}"
+
+
+def _einsum(layer) -> Optional[_Einsum]:
+    """The matrix-product reading of an EinsumDense, or None when it is something else."""
+    found = re.fullmatch(r"(\.\.\.)?([a-z]*),([a-z]+)->(\.\.\.)?([a-z]*)",
+                         layer.equation.replace(" ", ""))
+    if found is None or bool(found.group(1)) != bool(found.group(4)):
+        return None
+    ellipsis, inputs, kernel, output = (found.group(1) or "", found.group(2), found.group(3),
+                                        found.group(5))
+    contracted = "".join(c for c in inputs if c in kernel and c not in output)
+    free, out = inputs[:len(inputs) - len(contracted)], kernel[len(contracted):]
+    if (not contracted or not out or inputs != free + contracted or kernel != contracted + out
+            or output != free + out or (not ellipsis and not free)
+            or len(set(inputs + kernel)) != len(free + contracted + out)
+            or getattr(layer, "lora_enabled", False)
+            or getattr(layer, "quantization_mode", None) is not None
+            or "input_shape" not in _compat.built_input_shapes(layer)):
+        return None
+    return _Einsum(ellipsis, free, contracted, out)
 
 
 def _matrix(layer, method: str) -> np.ndarray:
     k = layer.kernel.numpy()
+    if _is_einsum(layer):
+        split = _einsum(layer)
+        rows = int(np.prod(k.shape[:len(split.contracted)]))
+        return k.reshape(rows, -1)
     if _is_dense(layer):
         return k
     kh, kw, cin, cout = k.shape
@@ -124,9 +174,13 @@ def _matrix(layer, method: str) -> np.ndarray:
 
 # What each kernel layout needs to be factored.
 _CONDITIONS = {"dense": "2-D kernel", "conv": "2-D kernel window, groups=1, channels_last"}
+_EINSUM_CONDITION = ("EinsumDense (a matrix product: the input's trailing axes contract with "
+                     "the kernel's leading ones, e.g. 'abc,cde->abde')")
 
 
 def _factorable(layer) -> bool:
+    if _is_einsum(layer):
+        return _einsum(layer) is not None and len(layer.kernel.shape) >= 2
     kind = layer_kinds.kind_of(layer)
     if not kind.factorable:
         return False
@@ -137,11 +191,15 @@ def _factorable(layer) -> bool:
 
 
 def _supported() -> str:
-    return ", ".join(f"{cls.__name__} ({_CONDITIONS.get(layer_kinds.kind_of(cls).kernel, '?')})"
-                     for cls in layer_kinds.registered(lambda kind: kind.factorable))
+    listed = [f"{cls.__name__} ({_CONDITIONS.get(layer_kinds.kind_of(cls).kernel, '?')})"
+              for cls in layer_kinds.registered(lambda kind: kind.factorable)
+              if not issubclass(cls, keras.layers.EinsumDense)]
+    return ", ".join(listed + [_EINSUM_CONDITION])
 
 
 def _choose_method(layer, method: str) -> str:
+    if _is_einsum(layer):
+        return "einsum"
     if _is_dense(layer):
         return "dense"
     if method != "auto":
@@ -150,11 +208,15 @@ def _choose_method(layer, method: str) -> str:
     return "spatial" if kh > 1 and kw > 1 else "channel"
 
 
+def _matrix_for(layer, kind: str) -> np.ndarray:
+    return _matrix(layer, "channel" if kind in ("dense", "einsum") else kind)
+
+
 def _plan(layer, *, method, energy, ratio) -> Optional[FactorPlan]:
     kind = _choose_method(layer, method)
     if kind == "spatial" and (layer.kernel_size[0] == 1 or layer.kernel_size[1] == 1):
         return None
-    m = _matrix(layer, "channel" if kind == "dense" else kind)
+    m = _matrix_for(layer, kind)
     rows, cols = m.shape
     if energy is not None:
         rank = rank_for_energy(np.linalg.svd(m, compute_uv=False), energy)
@@ -167,8 +229,32 @@ def _plan(layer, *, method, energy, ratio) -> Optional[FactorPlan]:
     return FactorPlan(layer.name, kind, rank, before, after)
 
 
+def _einsum_pair(layer, plan: FactorPlan):
+    split = _einsum(layer)
+    kernel = layer.kernel.numpy()
+    a, b = svd_factors(_matrix(layer, "einsum"), plan.rank)
+    used = set(layer.equation)
+    r = next(c for c in string.ascii_lowercase if c not in used)
+    # output_shape leaves out the batch axis (or the axes of the ellipsis); the free
+    # axes are the original output's, before the kernel's own.
+    full = list(layer.compute_output_shape(_compat.built_input_shapes(layer)["input_shape"]))
+    free = full[len(full) - len(split.out) - len(split.free):len(full) - len(split.out)]
+    first_shape = free[0 if split.ellipsis else 1:] + [plan.rank]
+    first = keras.layers.EinsumDense(split.equation(split.contracted, r), output_shape=first_shape,
+                                     name=f"{layer.name}_u")
+    config = layer.get_config()
+    second = keras.layers.EinsumDense.from_config(dict(
+        config, name=f"{layer.name}_v", equation=split.equation(r, split.out)))
+    n_contracted = len(split.contracted)
+    bias = [layer.bias.numpy()] if layer.bias is not None else []
+    return (first, [a.reshape(kernel.shape[:n_contracted] + (plan.rank,))], second,
+            [b.reshape((plan.rank,) + kernel.shape[n_contracted:])] + bias)
+
+
 def _make_pair(layer, plan: FactorPlan):
     """Two new layers (unbuilt) and their weights."""
+    if plan.method == "einsum":
+        return _einsum_pair(layer, plan)
     config = layer.get_config()
     bias = [layer.bias.numpy()] if layer.use_bias else []
     m = _matrix(layer, "channel" if plan.method == "dense" else plan.method)
@@ -199,6 +285,21 @@ def _make_pair(layer, plan: FactorPlan):
     return first, [k1], second, [k2] + bias
 
 
+def _skipped(model) -> List[str]:
+    """Notes on the layers with matrices inside that factorization leaves whole."""
+    notes = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            notes.append(
+                f"{layer.name} (MultiHeadAttention): its query/key/value/output projections are "
+                "EinsumDense layers inside it, which factorization does not rewrite; left whole "
+                "(write the attention with EinsumDense layers to factor them)")
+        elif _is_einsum(layer) and not _factorable(layer):
+            notes.append(f"{layer.name} (EinsumDense {layer.equation!r}): not a matrix product "
+                         "of its input's trailing axes; left whole")
+    return notes
+
+
 def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] = None,
               layers: Optional[Sequence[str]] = None, method: str = "auto",
               ranks: Optional[Dict[str, int]] = None):
@@ -217,7 +318,9 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
     Returns:
         A new Functional model; ``.factor_plans`` lists what was done (an attribute
         that a `.keras` file does not keep; :func:`factor_plans` reads the same
-        plans back from the layers of any factored model).
+        plans back from the layers of any factored model), and ``.factor_notes`` the
+        layers with a matrix inside that were left whole (the projections of a
+        ``MultiHeadAttention``, an ``EinsumDense`` that is not a matrix product).
 
     Raises:
         ValueError: neither or both of ``energy`` and ``ratio``; an unknown method or
@@ -244,7 +347,7 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
         layer = by_name[name]
         if ranks and name in ranks:
             kind = _choose_method(layer, method)
-            rows, cols = _matrix(layer, "channel" if kind == "dense" else kind).shape
+            rows, cols = _matrix_for(layer, kind).shape
             rank = ranks[name]
             if not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(rows, cols):
                 raise ValueError(
@@ -276,15 +379,19 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
         pending.extend([(first, w1), (second, w2)])
         return out
 
-    clone = _graph.clone_model(model, clone_function=clone_function, call_function=call_function)
+    clone = _graph.clone_model(model, clone_function=clone_function, call_function=call_function,
+                               keep_operations=True)
     for new, weights in pending:
         new.set_weights(weights)
     clone.factor_plans = tuple(plans.values())
+    clone.factor_notes = tuple(_skipped(model))
     return clone
 
 
 def _pair_plan(first, second) -> Optional[FactorPlan]:
     """The plan that made ``first -> second``, read from their configs and kernels."""
+    if _is_einsum(first) or _is_einsum(second):
+        return _einsum_pair_plan(first, second)
     if layer_kinds.kind_of(first).kernel != layer_kinds.kind_of(second).kernel or not (
             _factorable(first) and _factorable(second)) or first.use_bias or \
             layer_kinds.activation_name(first) != "linear":
@@ -303,13 +410,27 @@ def _pair_plan(first, second) -> Optional[FactorPlan]:
     return FactorPlan(first.name[:-2], "spatial", u[3], u[0] * v[1] * u[2] * v[3], after)
 
 
+def _einsum_pair_plan(first, second) -> Optional[FactorPlan]:
+    if not (_is_einsum(first) and _is_einsum(second) and _factorable(first)
+            and _factorable(second)) or first.bias is not None or \
+            layer_kinds.activation_name(first) != "linear":
+        return None
+    a, b = _einsum(first), _einsum(second)
+    if len(a.out) != 1 or len(b.contracted) != 1 or a.free != b.free:
+        return None
+    u, v = tuple(first.kernel.shape), tuple(second.kernel.shape)
+    rank = u[-1]
+    before = int(np.prod(u[:-1]) * np.prod(v[1:]))
+    return FactorPlan(first.name[:-2], "einsum", rank, before, int(np.prod(u) + np.prod(v)))
+
+
 def factor_plans(model) -> Tuple[FactorPlan, ...]:
     """The plans of the factored pairs in ``model``, read from its layers, in graph order.
 
     What ``factorize(...).factor_plans`` says, also for a model loaded from a `.keras`
     file (the attribute does not survive saving): a pair is a layer ``<name>_u``
-    without bias or activation whose output only ``<name>_v`` reads, both Dense or
-    both Conv2D.
+    without bias or activation whose output only ``<name>_v`` reads, both Dense, both
+    Conv2D or both EinsumDense.
 
     Args:
         model: a Sequential or Functional model.
@@ -387,7 +508,7 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
 
 
 def count_macs(model) -> int:
-    """Multiply-accumulates of one inference of the Dense and convolution layers."""
+    """Multiply-accumulates of one inference of the Dense, EinsumDense and convolution layers."""
     total = 0
     for layer in _compat.flatten_layers(model):
         if not getattr(layer, "built", False) or not hasattr(layer, "kernel"):
@@ -398,6 +519,9 @@ def count_macs(model) -> int:
             continue
         kernel = layer.kernel.shape
         positions = int(np.prod([d for d in out_shape[1:-1]])) if len(out_shape) > 2 else 1
+        split = _einsum(layer) if _is_einsum(layer) else None
+        if split is not None:  # the output's trailing axes are the kernel's
+            positions = int(np.prod(out_shape[1:len(out_shape) - len(split.out)]))
         total += positions * int(np.prod(kernel))  # depthwise kernels too: (kh, kw, in, mult)
     return total
 

@@ -169,7 +169,7 @@ def correct_bias(model, data, *, num_samples: int = CALIBRATION_SAMPLES,
         delta = np.mean(shifts, axis=0)
         if layer.batchnorm is not None and layer.batchnorm.center:
             layer.batchnorm.beta.assign(layer.batchnorm.beta - delta)
-        elif layer.layer.use_bias:
+        elif getattr(layer.layer, "use_bias", False):
             layer.layer.bias.assign(layer.layer.bias - delta)
         else:
             continue
@@ -203,6 +203,12 @@ def _input_channel_ranges(wrapper) -> np.ndarray:
     return np.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1).max(axis=1)
 
 
+def _equalizable(layer) -> bool:
+    """A wrapper whose kernel is laid out (..., in, out): not a transposed convolution."""
+    return (isinstance(layer, QuantizeWrapper) and layer.quantize_config is None
+            and layer_kinds.kind_of(layer.layer).kernel in ("dense", "conv", "depthwise"))
+
+
 def equalize(model) -> List[Tuple[str, str]]:
     """Cross-layer equalization (Nagel et al. 2019) of a QAT model, before calibration.
 
@@ -224,7 +230,7 @@ def equalize(model) -> List[Tuple[str, str]]:
     pairs = []
     for node in nodes:
         a = node.operation
-        if not isinstance(a, QuantizeWrapper) or a.quantize_config is not None:
+        if not _equalizable(a):
             continue
         activation = layer_kinds.activation_name(a.layer)
         if activation not in ("linear", "relu") or a.pre_activation is not None:
@@ -242,7 +248,7 @@ def equalize(model) -> List[Tuple[str, str]]:
                 relu_seen = relu_seen or not isinstance(op, FakeQuant)
                 tensor = after[0].output_tensors[0]
                 continue
-            if isinstance(op, QuantizeWrapper) and op.quantize_config is None:
+            if _equalizable(op):
                 b = op
             break
         if b is None or (not relu_seen and activation != "linear"):

@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _compat, _graph, schedules
+from tfcompress import _compat, _graph, layer_kinds, schedules
 from tfcompress.schedules import (AutomatedGradualPruning, ConstantSparsity, PolynomialDecay,
                                   PruningSchedule)
 
@@ -158,7 +158,18 @@ _SUPPORTED = (
 _M_BY_N_SUPPORTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
                      keras.layers.Conv3D)
 SUPPORTED_LAYERS = tuple(c.__name__ for c in _SUPPORTED) + (
-    "any layer with a `get_prunable_weights()` method",)
+    "any layer with a `get_prunable_weights()` method",
+    "layers without weights (pooling, Dropout, Flatten, Reshape, Add, activations...: "
+    "wrapped as no-ops)",)
+
+# Keras layers without weights that the layer-kind table does not list. Wrapped one by
+# one (tfmot's `prune_low_magnitude(keras.layers.Dropout(0.2))`), they become no-op
+# wrappers, as tfmot's registry makes them, so that a list of wrapped layers works.
+_WEIGHTLESS = (
+    keras.layers.Permute, keras.layers.RepeatVector, keras.layers.Masking, keras.layers.Lambda,
+    keras.layers.Rescaling, keras.layers.Resizing, keras.layers.CenterCrop,
+    keras.layers.AlphaDropout, keras.layers.UnitNormalization, keras.layers.Dot,
+)
 
 
 def _is_supported(layer) -> bool:
@@ -170,11 +181,35 @@ def _is_supported(layer) -> bool:
     return isinstance(layer, _SUPPORTED)
 
 
+def _holds_no_weights(layer) -> bool:
+    """Whether ``layer``'s class is one of Keras' layers that never hold weights.
+
+    Those the layer-kind table describes without a kernel or normalization parameters
+    (pooling, padding, dropout, activations, Flatten, Reshape, merges...), and
+    :data:`_WEIGHTLESS`. A built layer that holds weights anyway is not one.
+    """
+    if isinstance(layer, _LEAVE_ALONE) or (getattr(layer, "built", False) and layer.weights):
+        return False
+    if isinstance(layer, _WEIGHTLESS):
+        return True
+    kind = layer_kinds.kind_of(layer)
+    return (kind != layer_kinds.UNKNOWN and kind.kernel is None and not kind.normalization
+            and not kind.mixes_channels and not kind.quantize_weights
+            and type(layer).__module__.startswith("keras."))
+
+
 def _unsupported_error(layer) -> ValueError:
+    if isinstance(layer, _LEAVE_ALONE):
+        return ValueError(
+            f"Layer {layer.name!r} of class {type(layer).__name__} cannot be pruned: its "
+            "weights are normalization or activation parameters, which pruning never masks. "
+            "Leave it unwrapped (a model-level `prune_low_magnitude(model)` leaves it as it "
+            f"is). Supported: {', '.join(SUPPORTED_LAYERS)}.")
     return ValueError(
         f"Layer {layer.name!r} of class {type(layer).__name__} cannot be pruned. "
         f"Supported: {', '.join(SUPPORTED_LAYERS)}. To prune a custom layer, give it a "
-        "`get_prunable_weights()` method that returns the weights to prune."
+        "`get_prunable_weights()` method that returns the weights to prune; to keep it "
+        "dense in a model, pass `layers=` with the names of the layers to prune."
     )
 
 
@@ -182,17 +217,20 @@ def prunable_weights(layer) -> List:
     """The weights of a built ``layer`` that pruning masks.
 
     Kernels, recurrent kernels, embeddings and depthwise/pointwise kernels; never
-    biases or normalization parameters. A layer may declare its own list with a
-    ``get_prunable_weights()`` method (tfmot's ``PrunableLayer`` contract).
+    biases or normalization parameters; none for a layer without weights. A layer may
+    declare its own list with a ``get_prunable_weights()`` method (tfmot's
+    ``PrunableLayer`` contract).
 
     Raises:
         ValueError: the layer is not supported (the message lists what is).
     """
     if hasattr(layer, "get_prunable_weights"):
         return list(layer.get_prunable_weights())
-    if not _is_supported(layer):
-        raise _unsupported_error(layer)
-    return [w for w in layer.trainable_weights if w.path.split("/")[-1] in _PRUNABLE_NAMES]
+    if _is_supported(layer):
+        return [w for w in layer.trainable_weights if w.path.split("/")[-1] in _PRUNABLE_NAMES]
+    if _holds_no_weights(layer):
+        return []
+    raise _unsupported_error(layer)
 
 
 # Built-in layers that hold weights but nothing worth pruning; a model-level
@@ -235,6 +273,9 @@ def _check_options(block_size, block_pooling_type, sparsity_m_by_n):
 class PruneLowMagnitude(keras.layers.Wrapper):
     """Wraps a layer so that its prunable weights are masked by magnitude.
 
+    A layer without weights (pooling, Dropout, Flatten, Add...) gets a wrapper that
+    masks nothing but keeps a pruning step, as tfmot's does.
+
     Args:
         layer: the layer to prune (see :data:`SUPPORTED_LAYERS`).
         pruning_schedule: a schedule; default ``ConstantSparsity(0.5, 0, -1, 100)``.
@@ -258,11 +299,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             layer = keras.saving.deserialize_keras_object(layer)
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(f"PruneLowMagnitude wraps a Keras layer. Received: {layer!r}")
-        if not _is_supported(layer):
+        if not (_is_supported(layer) or _holds_no_weights(layer)):
             raise _unsupported_error(layer)
         _check_options(block_size, block_pooling_type, sparsity_m_by_n)
         if sparsity_m_by_n is not None and not (
-                isinstance(layer, _M_BY_N_SUPPORTED) or hasattr(layer, "get_prunable_weights")):
+                isinstance(layer, _M_BY_N_SUPPORTED) or hasattr(layer, "get_prunable_weights")
+                or _holds_no_weights(layer)):
             raise ValueError(
                 f"`sparsity_m_by_n` needs input channels on kernel axis -2; layer "
                 f"{layer.name!r} of class {type(layer).__name__} does not have them. "
@@ -284,7 +326,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     f"one input shape ({input_shape}). Build the layer (for example by "
                     "calling it on its inputs) before wrapping it.") from e
         self._weights_to_prune = prunable_weights(self.layer)
-        if not self._weights_to_prune:
+        if not self._weights_to_prune and not _holds_no_weights(self.layer):
             raise _unsupported_error(self.layer)
         self.masks = []
         for w in self._weights_to_prune:
@@ -413,7 +455,8 @@ def _clone_replacing(model, replace):
         pending.append((new, weights))
         return new
 
-    clone = _graph.clone_model(model, clone_function=clone_function, recursive=True)
+    clone = _graph.clone_model(model, clone_function=clone_function, recursive=True,
+                               keep_operations=True)
     for new, weights in pending:
         if weights is not None:
             new.set_weights(weights)
@@ -428,8 +471,12 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
     Same name and arguments as tfmot's function. A Sequential or Functional model
     (nested models included) is cloned with every supported layer wrapped; its
     weights are copied, so training the result does not change ``target``. Layers
-    without prunable weights (pooling, normalization, activations...) stay as they
-    are. A subclassed model cannot be cloned: wrap its layers in ``__init__``.
+    without prunable weights (pooling, normalization, activations...) and operator
+    nodes (``x + y``, ``x[:, :8]``, ``keras.ops`` calls) stay as they are. A layer
+    without weights wrapped on its own (``prune_low_magnitude(keras.layers.Dropout(0.2))``)
+    becomes a no-op wrapper, as in tfmot, and strips back to itself; a normalization
+    layer wrapped on its own is refused. A subclassed model cannot be cloned: wrap its
+    layers in ``__init__``.
 
     Args:
         target: a layer, a list of layers, or a Sequential / Functional model.
@@ -469,8 +516,9 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
             if _is_supported(layer) and not isinstance(layer, _LEAVE_ALONE):
                 if sparsity_m_by_n and not isinstance(layer, _M_BY_N_SUPPORTED):
                     return config_copy, weights
-                if not config_copy.built and hasattr(layer, "_build_shapes_dict"):
-                    config_copy.build(**layer._build_shapes_dict)
+                shapes = _compat.built_input_shapes(layer)
+                if not config_copy.built and shapes:
+                    config_copy.build(**shapes)
                 config_copy.set_weights(weights)
                 return PruneLowMagnitude(config_copy, **options), None
             if isinstance(layer, _LEAVE_ALONE) or type(layer).__module__.startswith("keras."):
@@ -511,8 +559,9 @@ def strip_pruning(model):
     """
     if isinstance(model, PruneLowMagnitude):
         layer = type(model.layer).from_config(model.layer.get_config())
-        if hasattr(model.layer, "_build_shapes_dict"):
-            layer.build(**model.layer._build_shapes_dict)
+        shapes = _compat.built_input_shapes(model.layer)
+        if shapes:
+            layer.build(**shapes)
         layer.set_weights(_masked_weights(model))
         return layer
     if not isinstance(model, keras.Model):

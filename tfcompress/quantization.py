@@ -12,11 +12,20 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
 * no fake-quant between a layer and a ReLU / ReLU6 that TFLite fuses into it; Add
   and GlobalAveragePooling get their own output range; the inputs of a Concatenate
   share its output range (as TFLite requires); pooling, reshape, flatten, padding and
-  dropout keep their input's range; a softmax output has TFLite's fixed
-  range (scale 1/256, zero point -128);
+  dropout keep their input's range; softmax and sigmoid outputs have TFLite's fixed
+  range (scale 1/256, zero point -128), tanh outputs scale 1/128;
+* operator nodes (``x + 3.0``, ``x * y``, ``x[:, :8]``, ``keras.ops.mean(x, 1)``) are
+  kept as they are, each quantized as TFLite runs it (see ``layer_kinds.OPERATIONS``);
+* a BatchNorm after anything else, and a Rescaling or Normalization (an affine map of
+  each channel, usually at the input), become a 1x1 ``DepthwiseConv2D`` (the BatchNorm
+  folded into it), which TFLite runs as one int8 DEPTHWISE_CONV_2D;
 * an ``AveragePooling2D`` that covers its whole input becomes
   ``GlobalAveragePooling2D(keepdims=True)`` (the same numbers), because XNNPACK runs
   int8 MEAN but not int8 AVERAGE_POOL_2D; the report says so.
+
+What TFLite cannot run in int8 from a fake-quant graph (ELU, softplus, LSTM,
+attention, LayerNormalization...) is refused with one line that names the layer, says
+why and what to do.
 
 Which layer is which (weighted, BatchNorm, fusable activation, keeps its input's
 range...) comes from :mod:`tfcompress.layer_kinds`. :func:`quantize_apply` first makes
@@ -233,6 +242,33 @@ class FakeQuant(keras.layers.Layer):
 # Weight and activation rules of each layer class are in tfcompress.layer_kinds.
 # Activations after which the wrapper needs no quantizer of its own (TFLite fuses them).
 _NO_PRE_ACTIVATION = ("linear",) + layer_kinds.FUSABLE_ACTIVATIONS
+# Output ranges fixed by TFLite's int8 kernels (scale 1/256, zero point -128; tanh 1/128,
+# 0): the quantizer after these activations uses them, so the converter adds no QUANTIZE.
+FIXED_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0),
+                "tanh": (-1.0, 127.0 / 128.0)}
+# Activation functions that TF 2.21's converter writes as int8 ops from a fake-quant
+# graph (measured: LOGISTIC, TANH, HARD_SWISH, LOGISTIC + MUL, GELU, LEAKY_RELU...).
+# It keeps the others (elu, selu, softplus, hard_sigmoid's float ADD...) in float.
+INT8_ACTIVATIONS = ("linear", "relu", "relu6", "leaky_relu", "hard_tanh", "softmax",
+                    "sigmoid", "tanh", "hard_silu", "hard_swish", "silu", "swish", "gelu",
+                    "hard_sigmoid")
+# x * sigmoid(x): TFLite runs LOGISTIC, whose int8 output has its fixed range, then MUL.
+_SIGMOID_TIMES = ("silu", "swish")
+# relu6(x + 3) / 6: the converter keeps Keras' form in float; written as ADD (RELU6
+# fused, range [0, 6]) then MUL by 1/6, TFLite runs it in int8 (as MobileNetV3's own).
+_HARD_SIGMOID = ("hard_sigmoid",)
+_RELU6_RANGE = (0.0, 6.0)
+
+
+def _tflite_activation(name: str, y, quantize):
+    """The activation ``name`` on ``y`` as TFLite runs it in int8, where that differs from
+    Keras' float function; ``quantize(t, range, label)`` fake-quantizes an inner tensor.
+    None when Keras' function is what TFLite runs."""
+    if name in _SIGMOID_TIMES:
+        return y * quantize(ops.sigmoid(y), FIXED_RANGES["sigmoid"], "sigmoid")
+    if name in _HARD_SIGMOID:
+        return quantize(ops.relu6(y + 3.0), _RELU6_RANGE, "relu6") * (1.0 / 6.0)
+    return None
 
 
 def _kernel_layout(layer) -> Optional[str]:
@@ -322,6 +358,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def _kernel_variable(self):
         if self.quantize_config is not None:
             return None
+        if _kernel_layout(self.layer) == "embedding":
+            return self.layer.embeddings
         return self.layer.kernel
 
     def preserve_zeros(self) -> None:
@@ -344,13 +382,38 @@ class QuantizeWrapper(keras.layers.Wrapper):
         shifts, self._bias_shift = self._bias_shift, None
         return list(shifts) if shifts is not None else []
 
+    def _one_d(self) -> bool:
+        return _kernel_layout(self.layer) in ("conv", "depthwise") and self.layer.rank == 1
+
     def _op(self, x, kernel):
         layer = self.layer
         layout = _kernel_layout(layer)
         if layout == "dense":
             return ops.matmul(x, kernel)
+        if layout == "embedding":  # GATHER: the output keeps the table's range
+            return ops.take(kernel, ops.cast(x, "int32"), axis=0)
+        if self._one_d():
+            # A 1-D convolution as the 2-D one TFLite runs (on a (1, k, in, out) kernel):
+            # the kernel is reshaped before its fake-quant, never after, because a
+            # per-channel int8 RESHAPE has no TFLite kernel.
+            if len(kernel.shape) == 3:
+                kernel = ops.expand_dims(kernel, 0)
+            padding = layer.padding
+            if padding == "causal":
+                left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+                x = ops.pad(x, [[0, 0], [left, 0], [0, 0]])
+                padding = "valid"
+            conv = ops.depthwise_conv if layout == "depthwise" else ops.conv
+            y = conv(ops.expand_dims(x, 1), kernel, strides=(1, layer.strides[0]),
+                     padding=padding, dilation_rate=(1, layer.dilation_rate[0]))
+            return ops.squeeze(y, 1)
         if layout == "depthwise":
             return ops.depthwise_conv(x, kernel, strides=layer.strides, padding=layer.padding,
+                                      dilation_rate=layer.dilation_rate,
+                                      data_format=layer.data_format)
+        if layout == "conv_transpose":
+            return ops.conv_transpose(x, kernel, strides=list(layer.strides),
+                                      padding=layer.padding, output_padding=layer.output_padding,
                                       dilation_rate=layer.dilation_rate,
                                       data_format=layer.data_format)
         return layer.convolution_op(x, kernel)
@@ -358,10 +421,21 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def _quantize_kernel(self, kernel):
         bits = self.weight_bits
         layout = _kernel_layout(self.layer)
-        if layout == "dense":
+        if self._one_d():
+            kernel = ops.expand_dims(kernel, 0)  # see _op
+        if layout in ("dense", "embedding"):
             m = symmetric_max(kernel, per_channel=False)
             return fake_quant(kernel, -m, m, num_bits=bits, narrow_range=True)
         shape = kernel.shape
+        if layout == "conv_transpose":  # (..., out, in): per output channel, axis -2
+            # Rounded to the grid the converter quantizes it on (symmetric, per output
+            # channel); a fake-quant op would have to run on the swapped axes, and the
+            # converter cannot fold a per-channel int8 TRANSPOSE.
+            m = ops.reshape(symmetric_max(ops.swapaxes(kernel, -1, -2), per_channel=True),
+                            (-1, 1))
+            step = m / (2 ** (bits - 1) - 1)
+            rounded = ops.round(kernel / ops.stop_gradient(step)) * ops.stop_gradient(step)
+            return kernel + ops.stop_gradient(rounded - kernel)  # straight-through
         if layout == "depthwise":  # TFLite's channels are in * multiplier
             kernel = ops.reshape(kernel, tuple(shape[:-2]) + (1, shape[-2] * shape[-1]))
         m = symmetric_max(kernel, per_channel=True)
@@ -393,6 +467,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         scale = gamma / ops.sqrt(var + bn.epsilon)
         if _kernel_layout(self.layer) == "depthwise":
             folded = kernel * ops.reshape(scale, tuple(kernel.shape[-2:]))
+        elif _kernel_layout(self.layer) == "conv_transpose":
+            folded = kernel * ops.reshape(scale, (-1, 1))
         else:
             folded = kernel * scale
         new_bias = beta + ((0.0 if bias is None else bias) - mean) * scale
@@ -406,21 +482,26 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 w.assign(fake_quant(w, -m, m, num_bits=self.weight_bits, narrow_range=True))
             return self.layer(inputs, training=training)
         layer = self.layer
-        kernel = layer.kernel * self.sparsity_mask
-        bias = layer.bias if layer.use_bias else None
+        kernel = self._kernel_variable() * self.sparsity_mask
+        bias = layer.bias if getattr(layer, "use_bias", False) else None
         if self.batchnorm is not None:
             kernel, bias = self._fold(inputs, kernel, bias, training)
         y = self._op(inputs, self._quantize_kernel(kernel))
         if bias is not None:
             y = y + bias
-        if self._bias_shift is not None and tf.executing_eagerly():
+        if self._bias_shift is not None and tf.executing_eagerly() and bias is not None:
             # correct_bias(): how far weight rounding moves each output channel.
             exact = self._op(inputs, kernel) + (0.0 if bias is None else bias)
             axes = tuple(range(len(y.shape) - 1))
             self._bias_shift.append(np.asarray(ops.mean(y - exact, axis=axes)))
         if self.pre_activation is not None:
             y = self.pre_activation(y, training=training)
-        return layer.activation(y) if layer.activation is not None else y
+        inner = _tflite_activation(layer_kinds.activation_name(layer), y,
+                                   lambda t, fixed, label: fake_quant(t, *fixed))
+        if inner is not None:
+            return inner
+        activation = getattr(layer, "activation", None)
+        return activation(y) if activation is not None else y
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -481,18 +562,45 @@ def quantize_annotate_layer(to_annotate, quantize_config=None):
     Args:
         to_annotate: the layer.
         quantize_config: a :class:`QuantizeConfig` for a layer this module does not know.
+
+    Raises:
+        TypeError: ``to_annotate`` is not a layer.
+        ValueError: a layer this module cannot quantize (without a QuantizeConfig).
     """
     if not isinstance(to_annotate, keras.layers.Layer) or isinstance(to_annotate, keras.Model):
         raise TypeError("`to_annotate` must be a Keras layer (use quantize_annotate_model for a "
                         f"model). Received: {type(to_annotate).__name__}")
+    if quantize_config is None:
+        why = _refusal(to_annotate)
+        if why is not None:
+            raise _unsupported(to_annotate, "?", *why)
     return QuantizeAnnotate(to_annotate, quantize_config)
 
 
 def quantize_annotate_model(to_annotate):
-    """Marks every layer of a Sequential / Functional model (tfmot's name)."""
+    """Marks every layer of a Sequential / Functional model (tfmot's name).
+
+    Operator nodes (``x + y``, ``x[:, :8]``, ``keras.ops.mean(x, 1)``) are no layers
+    and carry no annotation: they are kept as they are, and :func:`quantize_apply`
+    quantizes those that read quantized tensors.
+
+    Raises:
+        ValueError: a subclassed model, or a layer this module cannot quantize (named,
+            with why and what to do).
+    """
     model = _graph.functional(to_annotate, purpose="quantization", inline=True)
+    for position, node in enumerate(_compat.graph_nodes(model)):
+        layer = node.operation
+        if (isinstance(layer, keras.layers.InputLayer) or _compat.is_operation(layer)
+                or (_annotated(layer) and layer.quantize_config is not None)):
+            continue
+        why = _refusal(_inner(layer), node)
+        if why is not None:
+            raise _unsupported(_inner(layer), position, *why)
 
     def clone_function(layer):
+        if _compat.is_operation(layer):
+            return layer  # stateless: the same op, called on the new tensors
         new = type(layer).from_config(layer.get_config())
         pending.append((new, layer.get_weights()))
         return new if isinstance(new, QuantizeAnnotate) else QuantizeAnnotate(new)
@@ -511,21 +619,174 @@ def quantize_annotate_model(to_annotate):
 
 
 def _supported_layers() -> Tuple[str, ...]:
-    """What quantization knows, from the layer table (plus what it rewrites)."""
-    known = layer_kinds.registered(lambda kind: (
-        kind.quantize_weights or kind.normalization or kind.merge is not None
-        or kind.activation is not None or kind.output_range is not None))
-    return tuple(cls.__name__ for cls in known) + (
-        "SeparableConv2D (split into DepthwiseConv2D + 1x1 Conv2D)",
+    """What quantization knows, from the layer table (plus what it rewrites), in short."""
+    weighted = layer_kinds.registered(lambda kind: kind.quantize_weights)
+    affine = layer_kinds.registered(lambda kind: kind.normalization or kind.affine)
+    return tuple(cls.__name__ for cls in weighted) + ("SeparableConv2D",) + tuple(
+        cls.__name__ for cls in affine) + (
+        "the weightless layers of tfcompress.layer_kinds (activations, pooling, padding, "
+        "reshapes, merges)", "operator nodes (x + y, x * 0.5, x[:, :8], keras.ops.mean...)",
         "any layer given a QuantizeConfig")
 
 
-def _unsupported(layer, position, why: str = "") -> ValueError:
+_FLOAT_INSTEAD = ("convert the float model with tfcompress.convert(model, "
+                  "representative_data=...) (post-training int8) instead")
+# Why quantization-aware training cannot model a layer class, and what to do instead.
+_CANNOT = {
+    **{name: "a Keras 3 recurrent loop has no fake-quant form that TFLite's int8 kernels "
+             f"run; {_FLOAT_INSTEAD}"
+       for name in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D",
+                    "ConvLSTM2D", "ConvLSTM3D", "TimeDistributed")},
+    **{name: "the converter writes attention as BATCH_MATMUL, SOFTMAX and FULLY_CONNECTED "
+             "ops whose ranges this QAT does not model yet; " + _FLOAT_INSTEAD
+       for name in ("MultiHeadAttention", "GroupQueryAttention", "EinsumDense", "Attention",
+                    "AdditiveAttention")},
+    **{name: "TFLite has no int8 kernel for it: the converter splits it into MEAN, "
+             "SQUARED_DIFFERENCE, RSQRT, MUL and ADD ops whose ranges this QAT does not "
+             "model; " + _FLOAT_INSTEAD
+       for name in ("LayerNormalization", "GroupNormalization", "RMSNormalization",
+                    "UnitNormalization", "SpectralNormalization")},
+    **{name: "its weights are not fake-quantized by this QAT yet; " + _FLOAT_INSTEAD
+       for name in ("Conv1DTranspose", "Conv3DTranspose", "Conv3D", "SeparableConv1D")},
+}
+
+
+def _unsupported(layer, position, why: str = "", todo: str = "") -> ValueError:
+    """The one-line refusal: the layer, its class and position, why, and what to do."""
+    cannot = _CANNOT.get(type(layer).__name__)
+    todo = todo or (f"{type(layer).__name__}: {cannot}." if cannot else "")
+    what = "Operator node" if _compat.is_operation(layer) else "Layer"
     return ValueError(
-        f"Layer {layer.name!r} (class {type(layer).__name__}, position {position}) cannot be "
-        f"quantized{why}. Supported: {', '.join(_supported_layers())}. Give it a QuantizeConfig "
-        "with quantize_annotate_layer(layer, quantize_config=...), or leave it unannotated to "
-        "keep it in float.")
+        f"{what} {layer.name!r} (class {type(layer).__name__}, position {position}) cannot be "
+        f"quantized{why}. Supported: {', '.join(_supported_layers())}. "
+        + (todo + " " if todo else "")
+        + "Give it a QuantizeConfig with quantize_annotate_layer(layer, quantize_config=...), "
+        "or leave it unannotated to keep it in float.")
+
+
+def _activation_refusal(layer) -> Optional[Tuple[str, str]]:
+    """Why an activation TFLite keeps in float is refused (``(why, todo)``), else None."""
+    name = layer_kinds.activation_name(layer)
+    if name in INT8_ACTIVATIONS or name.startswith("relu("):  # ReLU variants: MIN / MAX
+        return None
+    why = (f" (activation {name!r}: the TFLite converter keeps it in float in an int8 "
+           "model)")
+    todo = (f"Activations TFLite runs in int8: {', '.join(INT8_ACTIVATIONS)}; use one of them"
+            + (", or write hard_sigmoid as keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0), "
+               "which is quantized op by op" if name == "hard_sigmoid" else "")
+            + ".")
+    return why, todo
+
+
+def _channels(node) -> Optional[int]:
+    shape = node.input_tensors[0].shape if node is not None and node.input_tensors else None
+    return shape[-1] if shape else None
+
+
+def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
+    """``(why, todo)`` when ``layer`` (not annotated with a QuantizeConfig) cannot be
+    quantized, else None. ``node`` is its graph node, when known (shapes)."""
+    kind = layer_kinds.kind_of(layer)
+    if type(layer).__name__ in _CANNOT and not kind.quantize_weights:
+        return "", ""
+    if kind.kernel == "separable":  # split into the two halves TFLite runs
+        if type(layer) is not keras.layers.SeparableConv2D or \
+                layer.data_format != "channels_last":
+            return " (only a channels_last SeparableConv2D is split and quantized)", ""
+        return _activation_refusal(layer)
+    if kind.kernel == "conv" and getattr(layer, "rank", None) in (1, 2) and layer.groups != 1:
+        return f" (a grouped convolution, groups={layer.groups})", ""
+    if kind.kernel in ("conv", "depthwise") and getattr(layer, "data_format",
+                                                        "channels_last") != "channels_last":
+        return (f" (data_format={layer.data_format!r}: TFLite runs channels_last "
+                "convolutions)", "")
+    if kind.activation is not None or (kind.quantize_weights and hasattr(layer, "activation")):
+        why = _activation_refusal(layer)
+        if why is not None:
+            return why
+    if kind.normalization and node is not None:
+        rank = len(node.input_tensors[0].shape)
+        if layer.axis not in (-1, rank - 1):
+            return (f" (a BatchNormalization over axis {layer.axis}, not the channels of its "
+                    f"{rank}-D input)", "")
+    if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
+        return (" (an Embedding with mask_zero=True: the layers after it use the mask, which "
+                "the converter writes as float ops)", "Build it with mask_zero=False.")
+    if isinstance(layer, keras.layers.Resizing) and (
+            layer.interpolation not in ("nearest", "bilinear") or layer.crop_to_aspect_ratio
+            or layer.pad_to_aspect_ratio):
+        return (" (TFLite runs int8 RESIZE_NEAREST_NEIGHBOR and RESIZE_BILINEAR only: "
+                f"interpolation={layer.interpolation!r}, no cropping or padding to an aspect "
+                "ratio)", "")
+    if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation not in (
+            "nearest", "bilinear"):
+        return (" (TFLite runs int8 RESIZE_NEAREST_NEIGHBOR and RESIZE_BILINEAR only: "
+                f"interpolation={layer.interpolation!r})", "")
+    if (kind.normalization or kind.affine) and node is not None:
+        rank = len(node.input_tensors[0].shape)
+        if rank not in (2, 3, 4) or _channels(node) is None:
+            return (f" (a per-channel affine map of a {rank}-D input: quantization runs it "
+                    "as a 1x1 DepthwiseConv2D, on 2-D to 4-D inputs with known channels)", "")
+        if kind.affine:
+            params = _affine_parameters(layer, _channels(node))
+            if isinstance(params, str):
+                return f" ({params})", ""
+    if layer.weights and not (kind.quantize_weights or kind.normalization or kind.affine):
+        return "", ""
+    return None
+
+
+def _operation_refusal(node) -> Optional[Tuple[str, str]]:
+    """``(why, todo)`` when an operator node cannot be quantized, else None."""
+    op = node.operation
+    kind = layer_kinds.kind_of(op)
+    known = ", ".join(layer_kinds.OPERATIONS)
+    if kind == layer_kinds.UNKNOWN:
+        return (" (an operator node TFLite's int8 kernels are not known to run from a "
+                "fake-quant graph)",
+                f"Operator nodes quantized: {known}; compute it with those or with layers, "
+                "or register its class with tfcompress.layer_kinds.register().")
+    if kind.activation is not None:
+        why = _activation_refusal(op)
+        if why is not None:
+            return why
+    if len(node.output_tensors) != 1:
+        return f" (an operator node with {len(node.output_tensors)} outputs)", ""
+    if kind.merge == "elementwise" and type(op).__name__ in ("TrueDivide", "Divide") and \
+            len(node.input_tensors) > 1:
+        return (" (a division by a tensor: TFLite has no int8 DIV)",
+                "Divide by a constant, or multiply by a reciprocal computed another way.")
+    return None
+
+
+def _affine_parameters(layer, channels: int):
+    """``(scale, offset)`` per channel of a Rescaling / Normalization, or why not (a str)."""
+    def per_channel(value, what):
+        v = np.asarray(value, "float32")
+        if v.size == 1:
+            return np.full((channels,), float(v.reshape(())), "float32")
+        if v.shape[-1] == channels and v.size == channels:
+            return v.reshape(channels)
+        return (f"its {what} of shape {v.shape} is not one value per channel of the last "
+                f"axis ({channels})")
+
+    if isinstance(layer, keras.layers.Rescaling):
+        scale, offset = per_channel(layer.scale, "scale"), per_channel(layer.offset, "offset")
+    elif isinstance(layer, keras.layers.Normalization):
+        if layer.mean is None:
+            return "a Normalization that was neither adapted nor given its mean and variance"
+        mean = per_channel(keras.ops.convert_to_numpy(layer.mean), "mean")
+        variance = per_channel(keras.ops.convert_to_numpy(layer.variance), "variance")
+        if isinstance(mean, str) or isinstance(variance, str):
+            return mean if isinstance(mean, str) else variance
+        std = np.maximum(np.sqrt(variance), keras.backend.epsilon())
+        scale, offset = (std, mean) if layer.invert else (1.0 / std, -mean / std)
+    else:
+        return f"no affine parameters known for class {type(layer).__name__}"
+    for value in (scale, offset):
+        if isinstance(value, str):
+            return value
+    return scale.astype("float32"), offset.astype("float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -558,14 +819,22 @@ class LayerPlan:
         action: ``"input"`` (a model input), ``"wrap"`` (a :class:`QuantizeWrapper`
             runs it on fake-quantized weights), ``"fold"`` (a BatchNorm folded into
             ``folded_into``), ``"global_pool"`` (an AveragePooling2D over its whole
-            input, rebuilt as ``GlobalAveragePooling2D(keepdims=True)``), ``"copy"``
-            (annotated, without weights: copied as it is) or ``"float"`` (not
-            annotated: copied and left in float).
+            input, rebuilt as ``GlobalAveragePooling2D(keepdims=True)``), ``"affine"``
+            (a BatchNorm that follows no foldable layer, or a Rescaling /
+            Normalization: a :class:`QuantizeWrapper` runs it as a 1x1
+            ``DepthwiseConv2D``, a BatchNorm folded in), ``"copy"`` (annotated, without
+            weights: copied as it is), ``"operation"`` (an operator node such as
+            ``x + 3.0`` or ``x[:, :8]`` that reads quantized tensors: the same op) or
+            ``"float"`` (not annotated: copied and left in float).
         new_name: its name in the QAT model (None for a folded BatchNorm).
         output: where the quantization range of its output comes from:
             ``"learned"`` (a FakeQuant with a moving-average range follows it),
-            ``"softmax"`` (a FakeQuant with TFLite's fixed softmax range),
+            ``"softmax"``, ``"sigmoid"``, ``"tanh"`` (a FakeQuant with the fixed range
+            TFLite's int8 kernel writes: :data:`FIXED_RANGES`),
             ``"input_range"`` (none follows: it keeps its input's range),
+            ``"input_grid"`` (it keeps its input's range, and its outputs, averages
+            of its inputs, are rounded to that range again, as TFLite's
+            AVERAGE_POOL_2D and RESIZE_BILINEAR do: its input's quantizer runs again),
             ``"fused_activation"`` (none: the ReLU / ReLU6 after it, which TFLite fuses
             into it, is quantized instead), ``"concat_output"`` (none: the
             Concatenate it feeds is quantized, and its inputs share that range),
@@ -573,7 +842,8 @@ class LayerPlan:
             folded BatchNorm: its quantizer, if any, follows the layer it is folded
             into) or ``"float"`` (not quantized).
         quantizer: the name of the FakeQuant that follows it, if any.
-        batchnorm: for ``"wrap"``: the BatchNorm folded into it, if any.
+        batchnorm: for ``"wrap"``: the BatchNorm folded into it, if any; for
+            ``"affine"``: the layer's own name when it is a BatchNorm.
         folded_into: for ``"fold"``: the layer it is folded into.
         has_weights: whether the layer has weights.
         notes: notes on rewrites that its QAT layers record in their configs (its
@@ -596,13 +866,16 @@ class LayerPlan:
     def describe(self) -> str:
         """One line: what happens to the layer and what follows it."""
         what = {"input": "input", "float": "left in float", "copy": "copied",
+                "operation": "operator node, kept",
                 "fold": f"folded into {_short(self.folded_into or '')}",
                 "global_pool": f"-> GlobalAveragePooling2D(keepdims=True) {self.new_name}",
+                "affine": f"-> QuantizeWrapper {self.new_name} (1x1 DepthwiseConv2D)",
                 "wrap": f"-> QuantizeWrapper {self.new_name}"}[self.action]
-        if self.batchnorm:
+        if self.batchnorm and self.action == "wrap":
             what += f" (BatchNorm {_short(self.batchnorm)} folded in)"
         after = f"FakeQuant {self.quantizer} ({self.output})" if self.quantizer else {
             "input_range": "no quantizer: keeps its input's range",
+            "input_grid": "no quantizer of its own: rounded to its input's range again",
             "fused_activation": "no quantizer: the fused activation after it has it",
             "concat_output": "no quantizer: shares the Concatenate's output range",
             "quantize_config": "no quantizer: its QuantizeConfig says so",
@@ -639,11 +912,11 @@ class QuantizePlan:
 
     def report(self) -> QuantizeReport:
         """The :class:`QuantizeReport` the rebuilt model will carry."""
-        wraps = [step for step in self.layers if step.action == "wrap"]
+        wraps = [step for step in self.layers if step.action in ("wrap", "affine")]
         return QuantizeReport(
             self.scheme, tuple(step.layer for step in wraps),
             tuple((_short(step.name), _short(step.batchnorm)) for step in wraps
-                  if step.batchnorm),
+                  if step.batchnorm and step.action == "wrap"),
             tuple(step.name for step in self.layers
                   if step.action == "float" and step.has_weights),
             self.rewrites)
@@ -683,6 +956,15 @@ def _whole_input_average_pool(layer, input_shape) -> bool:
             and layer.padding == "valid")
 
 
+def _averages(layer) -> bool:
+    """An op that keeps its input's scale and writes averages of input values (which
+    TFLite rounds to that scale): average pooling, bilinear resizing."""
+    if isinstance(layer, (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D)):
+        return True
+    return isinstance(layer, (keras.layers.UpSampling2D, keras.layers.Resizing)) and \
+        layer.interpolation == "bilinear"
+
+
 def _annotated(layer) -> bool:
     return isinstance(layer, QuantizeAnnotate)
 
@@ -714,21 +996,52 @@ class _Graph:
     def __init__(self, model):
         self.nodes = _compat.graph_nodes(model)
         self.readers: Dict[int, list] = {}
+        self.producers: Dict[int, object] = {}
         for node in self.nodes:
             for t in node.input_tensors:
                 self.readers.setdefault(id(t), []).append(node.operation)
+            for t in node.output_tensors:
+                self.producers[id(t)] = node.operation
         self.by_name = {node.operation.name: node for node in self.nodes}
+        self.operations = self._quantized_operations()
+
+    def _quantized_operations(self) -> set:
+        """Names of the operator nodes to quantize: those that read a quantized tensor,
+        and those that read only model inputs when a quantized layer reads them."""
+        quantized, undecided = set(), []
+        for node in self.nodes:
+            if not _compat.is_operation(node.operation):
+                continue
+            sources = [self.producers.get(id(t)) for t in node.input_tensors]
+            if any(self.quantized(source, quantized) for source in sources):
+                quantized.add(node.operation.name)
+            else:
+                undecided.append(node)
+        for node in reversed(undecided):
+            after = [r for t in node.output_tensors for r in self.readers.get(id(t), [])]
+            if any(self.quantized(r, quantized) for r in after):
+                quantized.add(node.operation.name)
+        return quantized
+
+    def quantized(self, layer, operations=None) -> bool:
+        """Whether ``layer`` (an annotated layer or an operator node) is quantized."""
+        if _compat.is_operation(layer):
+            return layer.name in (self.operations if operations is None else operations)
+        return _annotated(layer)
 
     def reader(self, node):
-        """The only reader of the node's output when it is annotated, else None."""
+        """The only reader of the node's output when it is quantized, else None."""
         after = self.readers.get(id(node.output_tensors[0]), [])
-        return after[0] if len(after) == 1 and _annotated(after[0]) else None
+        return after[0] if len(after) == 1 and self.quantized(after[0]) else None
 
     def only_concatenated(self, node) -> bool:
         # TFLite gives a concatenation's inputs the output's scale; quantizing the
         # output alone computes exactly that (quantize(concat(a, b)) with one range).
+        # MAXIMUM / MINIMUM want one scale too, and rounding commutes with them.
         reader = self.reader(node)
-        return reader is not None and layer_kinds.kind_of(_inner(reader)).merge == "concatenate"
+        return reader is not None and (
+            layer_kinds.kind_of(_inner(reader)).merge == "concatenate"
+            or type(_inner(reader)).__name__ in ("Maximum", "Minimum"))
 
     def fused_after(self, node) -> bool:
         reader = self.reader(node)
@@ -740,28 +1053,32 @@ def _folds(graph: _Graph) -> Dict[str, str]:
     fold = {}
     for position, node in enumerate(graph.nodes):
         layer = node.operation
+        if _compat.is_operation(layer):
+            why = _operation_refusal(node) if graph.quantized(layer) else None
+            if why is not None:
+                raise _unsupported(layer, position, *why)
+            continue
         if not _annotated(layer) or isinstance(layer, keras.layers.InputLayer):
             continue
         base = _inner(layer)
         kind = layer_kinds.kind_of(base)
-        if layer.quantize_config is None and base.weights and not (
-                kind.quantize_weights or kind.normalization):
-            raise _unsupported(base, position)
-        if kind.kernel == "conv" and getattr(base, "rank", None) == 2 and base.groups != 1:
-            raise _unsupported(base, position, f" (a grouped convolution, groups={base.groups})")
+        if layer.quantize_config is None:
+            why = _refusal(base, node)
+            if why is not None:
+                raise _unsupported(base, position, *why)
         reader = graph.reader(node)
         if (kind.quantize_weights and layer_kinds.activation_name(base) == "linear"
-                and reader is not None and layer_kinds.kind_of(_inner(reader)).normalization):
+                and reader is not None and _annotated(reader)
+                and layer_kinds.kind_of(_inner(reader)).normalization
+                and reader.quantize_config is None):
             fold[reader.name] = layer.name
-    for position, node in enumerate(graph.nodes):
-        layer = node.operation
-        if _annotated(layer) and layer_kinds.kind_of(_inner(layer)).normalization \
-                and layer.name not in fold:
-            raise ValueError(
-                f"BatchNormalization {_inner(layer).name!r} (position {position}) does not "
-                "follow a Conv / DepthwiseConv / Dense with a linear activation, so it cannot "
-                f"be folded. Supported: {', '.join(_supported_layers())}.")
     return fold
+
+
+def _standalone(layer) -> bool:
+    """A layer run as a 1x1 DepthwiseConv2D: an affine map, or a BatchNorm not folded."""
+    kind = layer_kinds.kind_of(_inner(layer))
+    return (kind.affine or kind.normalization) and getattr(layer, "quantize_config", None) is None
 
 
 def _output(graph: _Graph, fold: Dict[str, str], node) -> str:
@@ -770,18 +1087,21 @@ def _output(graph: _Graph, fold: Dict[str, str], node) -> str:
     base = _inner(layer)
     if layer.name in fold:
         return "folded"  # the BN's output is quantized after the layer it folds into
-    if layer_kinds.activation_name(base) == "softmax":
-        return "softmax"
+    quantize_config = getattr(layer, "quantize_config", None)
+    if quantize_config is None and layer_kinds.activation_name(base) in FIXED_RANGES:
+        return layer_kinds.activation_name(base)
     if graph.only_concatenated(node):
         return "concat_output"
     kind = layer_kinds.kind_of(base)
     if kind.output_range == "input":
         if _whole_input_average_pool(base, node.input_tensors[0].shape):
             return "learned"  # becomes MEAN, which has its own range
-        return "input_range"
-    if layer.quantize_config is not None and not layer.quantize_config.quantize_output(base):
+        return "input_grid" if _averages(base) else "input_range"
+    if quantize_config is not None and not quantize_config.quantize_output(base):
         return "quantize_config"
-    if kind.fuses_activation and graph.fused_after(node):
+    if _standalone(layer) and len(node.input_tensors[0].shape) != 4:
+        return "learned"  # a RESHAPE back from 4-D stands between it and any activation
+    if (kind.fuses_activation or _standalone(layer)) and graph.fused_after(node):
         return "fused_activation"  # quantized after the activation TFLite fuses into it
     return "learned"  # activations, merges, weighted layers and anything else elementwise
 
@@ -790,9 +1110,20 @@ def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
     layer = node.operation
     if isinstance(layer, keras.layers.InputLayer):
         name = node.output_tensors[0].name  # what the rebuilt model's input is called
-        read = any(_annotated(r) for r in graph.readers.get(id(node.output_tensors[0]), []))
+        read = any(graph.quantized(r) for r in graph.readers.get(id(node.output_tensors[0]), []))
+        # Integer inputs (token ids, indices) are not activations: they stay as they are.
+        read = read and "float" in str(node.output_tensors[0].dtype)
         return LayerPlan(name, name, "InputLayer", "input", name,
                          "learned" if read else "float", f"quant_{name}" if read else None)
+    if _compat.is_operation(layer):
+        common = dict(name=layer.name, layer=layer.name, class_name=type(layer).__name__,
+                      new_name=layer.name)
+        if not graph.quantized(layer):
+            return LayerPlan(**common, action="float", output="float")
+        output = _output(graph, fold, node)
+        quantizer = f"quant_out_{layer.name}" if output in ("learned",) + tuple(FIXED_RANGES) \
+            else None
+        return LayerPlan(**common, action="operation", output=output, quantizer=quantizer)
     if not _annotated(layer):
         return LayerPlan(layer.name, layer.name, type(layer).__name__, "float", layer.name,
                          "float", has_weights=bool(layer.weights))
@@ -802,35 +1133,53 @@ def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
     if layer.name in fold:
         return LayerPlan(**common, action="fold", new_name=None, output="folded",
                          folded_into=fold[layer.name])
+    notes = ()
     if _whole_input_average_pool(base, node.input_tensors[0].shape):
         action = "global_pool"
     elif layer_kinds.kind_of(base).quantize_weights or layer.quantize_config is not None:
         action = "wrap"
+    elif _standalone(layer):
+        action = "affine"
+        rank = len(node.input_tensors[0].shape)
+        shape = "" if rank == 4 else f", reshaped to 4-D and back from its {rank}-D input"
+        if layer_kinds.kind_of(base).normalization:
+            before = graph.producers.get(id(node.input_tensors[0]))
+            after = type(_inner(before)).__name__ if before is not None else "the input"
+            notes = (f"{base.name}: BatchNormalization after {after} (nothing to fold it "
+                     f"into) -> 1x1 DepthwiseConv2D with it folded in{shape} (TFLite's int8 "
+                     "DEPTHWISE_CONV_2D)",)
+        else:
+            notes = (f"{base.name}: {type(base).__name__} (x * scale + offset per channel) -> "
+                     f"1x1 DepthwiseConv2D{shape} (TFLite's int8 DEPTHWISE_CONV_2D; the raw "
+                     "input keeps its own quantizer)",)
     else:
         action = "copy"
     batchnorm = next((bn for bn, into in fold.items() if into == layer.name), None)
-    if batchnorm is None:
+    if action == "affine" and layer_kinds.kind_of(base).normalization:
+        batchnorm = layer.name  # folded into its own 1x1 depthwise convolution
+    if batchnorm is None or action == "affine":
         output, target = _output(graph, fold, node), layer.name
     else:  # the folded BatchNorm's output is this layer's
         bn_node = graph.by_name[batchnorm]
         output = ("fused_activation" if graph.fused_after(bn_node) else
                   "concat_output" if graph.only_concatenated(bn_node) else "learned")
         target = batchnorm
-    quantizer = f"quant_out_{_short(target)}" if output in ("learned", "softmax") else None
+    quantizer = (f"quant_out_{_short(target)}" if output in ("learned",) + tuple(FIXED_RANGES)
+                 else None)
     return LayerPlan(**common, action=action,
-                     new_name=f"quant_{base.name}" if action == "wrap" else base.name,
-                     output=output, quantizer=quantizer, batchnorm=batchnorm)
+                     new_name=f"quant_{base.name}" if action in ("wrap", "affine") else base.name,
+                     output=output, quantizer=quantizer, batchnorm=batchnorm, notes=notes)
 
 
 def _with_notes(graph: _Graph, steps: Dict[str, LayerPlan], split_notes) -> Tuple[str, ...]:
     """Gives each rewrite note to the QAT layer that will record it; returns all notes."""
     def record(step: Optional[LayerPlan], note: str) -> None:
         # Follow the tensor to the layer whose quantizer sets its range.
-        while step is not None and step.action != "wrap" and step.quantizer is None \
+        while step is not None and step.action not in _WRAPS and step.quantizer is None \
                 and step.output in ("concat_output", "fused_activation"):
             reader = graph.reader(graph.by_name[step.name])
             step = steps.get(reader.name) if reader is not None else None
-        if step is not None and (step.action == "wrap" or step.quantizer is not None):
+        if step is not None and (step.action in _WRAPS or step.quantizer is not None):
             steps[step.name] = dataclasses.replace(step, notes=step.notes + (note,))
 
     for note in split_notes:  # "<name>: SeparableConv2D -> ..."; its depthwise half records it
@@ -844,7 +1193,14 @@ def _with_notes(graph: _Graph, steps: Dict[str, LayerPlan], split_notes) -> Tupl
                     "GlobalAveragePooling2D(keepdims=True) (XNNPACK runs int8 MEAN)")
             pool_notes.append(note)
             record(step, note)
-    return tuple(split_notes) + tuple(pool_notes)
+    # An affine step's wrapper records its own note (made with the step).
+    affine_notes = [note for step in steps.values() if step.action == "affine"
+                    for note in step.notes]
+    # Wrappers' notes first, then quantizers' (the order quantize_report reads them in).
+    return tuple(split_notes) + tuple(affine_notes) + tuple(pool_notes)
+
+
+_WRAPS = ("wrap", "affine")  # actions whose QuantizeWrapper records the notes
 
 
 def _make_plan(model, scheme: str, split_notes) -> QuantizePlan:
@@ -896,6 +1252,8 @@ def plan_quantization(model, *, scheme: str = "default_8bit") -> QuantizePlan:
 
 def _new_layer(model, layer, step: LayerPlan, bits: Scheme, pending: list):
     """The layer that stands for ``layer`` in the QAT model (weights go to ``pending``)."""
+    if _compat.is_operation(layer):
+        return layer  # stateless: the same op, called on the new tensors
     if step.action == "float":
         new = type(layer).from_config(layer.get_config())
         if layer.weights:
@@ -906,6 +1264,8 @@ def _new_layer(model, layer, step: LayerPlan, bits: Scheme, pending: list):
         return keras.layers.Identity(name=base.name)  # never called: lives in the wrapper
     if step.action == "global_pool":
         return keras.layers.GlobalAveragePooling2D(keepdims=True, name=step.new_name)
+    if step.action == "affine":
+        return _affine_wrapper(base, step, bits, pending)
     copy = type(base).from_config(base.get_config())
     if base.weights:
         pending.append((copy, base.get_weights()))
@@ -922,12 +1282,46 @@ def _new_layer(model, layer, step: LayerPlan, bits: Scheme, pending: list):
                            name=step.new_name)
 
 
+def _affine_wrapper(base, step: LayerPlan, bits: Scheme, pending: list):
+    """A QuantizeWrapper running ``base`` (a BatchNorm, Rescaling or Normalization) as a
+    1x1 DepthwiseConv2D; the weights are set once its input's channels are known."""
+    normalization = layer_kinds.kind_of(base).normalization
+    depthwise = keras.layers.DepthwiseConv2D(1, use_bias=not normalization, name=base.name,
+                                             trainable=False)
+    bn = None
+    if normalization:
+        bn = type(base).from_config(base.get_config())
+        pending.append((bn, base.get_weights()))
+    return QuantizeWrapper(depthwise, batchnorm=bn, weight_bits=bits.weight_bits,
+                           activation_bits=bits.activation_bits, notes=step.notes,
+                           name=step.new_name)
+
+
+def _call_affine(wrapper, base, x, pending: list):
+    """Calls an affine wrapper on ``x`` (2-D to 4-D): reshaped to 4-D and back if needed."""
+    shape = tuple(x.shape)
+    channels = shape[-1]
+    if wrapper.batchnorm is not None:
+        weights = [np.ones((1, 1, channels, 1), "float32")]  # identity; the BN is folded in
+    else:
+        scale, offset = _affine_parameters(base, channels)
+        weights = [scale.reshape(1, 1, channels, 1), offset]
+    pending.append((wrapper.layer, weights))
+    if len(shape) == 4:
+        return wrapper(x)
+    to_4d = (1, 1, channels) if len(shape) == 2 else (-1, 1, channels)
+    y = keras.layers.Reshape(to_4d, name=f"{base.name}_to_4d")(x)
+    back = (channels,) if len(shape) == 2 else (-1, channels)
+    return keras.layers.Reshape(back, name=f"{base.name}_from_4d")(wrapper(y))
+
+
 def _output_quantizer(step: LayerPlan, bits: Scheme) -> Optional[FakeQuant]:
     if step.quantizer is None:
         return None
-    notes = () if step.action == "wrap" else step.notes  # a wrapper records its own
-    if step.output == "softmax":
-        return FakeQuant(8, fixed_range=(0.0, 255.0 / 256.0), notes=notes, name=step.quantizer)
+    notes = () if step.action in _WRAPS else step.notes  # a wrapper records its own
+    if step.output in FIXED_RANGES:
+        return FakeQuant(8, fixed_range=FIXED_RANGES[step.output], notes=notes,
+                         name=step.quantizer)
     return FakeQuant(bits.activation_bits, notes=notes, name=step.quantizer)
 
 
@@ -938,6 +1332,7 @@ def _rebuild(model, plan: QuantizePlan):
     pending: list = []
     origin: Dict[int, str] = {}  # new layer -> the name of the layer it stands for
     quantized_inputs: Dict[int, object] = {}
+    ranges: Dict[int, FakeQuant] = {}  # tensor -> the quantizer that set its range
 
     def clone_function(layer):
         new = _new_layer(model, layer, steps[layer.name], bits, pending)
@@ -946,12 +1341,14 @@ def _rebuild(model, plan: QuantizePlan):
 
     def quantize_input(tensor):
         source = _compat.producer(tensor)
-        if not isinstance(source, keras.layers.InputLayer):
-            return tensor
+        if not isinstance(source, keras.layers.InputLayer) or "float" not in str(tensor.dtype):
+            return tensor  # integer inputs (token ids) are not activations
         if id(tensor) not in quantized_inputs:
             step = steps.get(source.name)
             name = step.quantizer if step is not None and step.quantizer else f"quant_{source.name}"
-            quantized_inputs[id(tensor)] = FakeQuant(bits.activation_bits, name=name)(tensor)
+            quantizer = FakeQuant(bits.activation_bits, name=name)
+            quantized_inputs[id(tensor)] = quantizer(tensor)
+            ranges[id(quantized_inputs[id(tensor)])] = quantizer
         return quantized_inputs[id(tensor)]
 
     def call_function(layer, *args, **kwargs):
@@ -960,9 +1357,29 @@ def _rebuild(model, plan: QuantizePlan):
             return args[0]
         if step.action != "float":
             args = tuple(keras.tree.map_structure(quantize_input, a) for a in args)
-        out = layer(*args, **kwargs)
+        if step.action == "affine":
+            base = _inner(model.get_layer(step.name))
+            out = _call_affine(layer, base, args[0], pending)
+        elif step.action in ("copy", "operation") and not kwargs and \
+                layer_kinds.activation_name(layer) in _SIGMOID_TIMES + _HARD_SIGMOID:
+            out = _tflite_activation(
+                layer_kinds.activation_name(layer), args[0],
+                lambda t, fixed, label: FakeQuant(8, fixed_range=fixed,
+                                                  name=f"quant_{step.layer}_{label}")(t))
+        else:
+            out = layer(*args, **kwargs)
+        source = ranges.get(id(args[0])) if args and not isinstance(out, (list, tuple)) else None
+        if step.output == "input_grid" and source is not None:
+            # The same quantizer again, without updating its range from these values.
+            out = source(out, training=False)
         quantizer = _output_quantizer(step, bits)
-        return out if quantizer is None else quantizer(out)
+        if quantizer is None:
+            if step.output in ("input_range", "input_grid") and source is not None:
+                ranges[id(out)] = source
+            return out
+        out = quantizer(out)
+        ranges[id(out)] = quantizer
+        return out
 
     clone = _graph.clone_model(model, clone_function=clone_function,
                                call_function=call_function)
@@ -1060,7 +1477,9 @@ def quantize_report(model) -> QuantizeReport:
                   f"{weight_bits}-bit weights, {activation_bits}-bit activations")
     return QuantizeReport(
         scheme, tuple(w.layer.name for w in wrappers),
-        tuple((w.layer.name, w.batchnorm.name) for w in wrappers if w.batchnorm is not None),
+        # A BatchNorm in its own 1x1 depthwise convolution (same name) is not folded.
+        tuple((w.layer.name, w.batchnorm.name) for w in wrappers
+              if w.batchnorm is not None and w.batchnorm.name != w.layer.name),
         tuple(layer.name for layer in layers
               if not isinstance(layer, (QuantizeWrapper, FakeQuant)) and layer.weights),
         tuple(note for w in wrappers for note in w.notes)
@@ -1098,6 +1517,8 @@ def strip_quantization(model):
     pending = []
 
     def clone_function(layer):
+        if _compat.is_operation(layer):
+            return layer  # stateless: the same op, called on the new tensors
         if not isinstance(layer, QuantizeWrapper) or layer.quantize_config is not None:
             base = layer.layer if isinstance(layer, QuantizeWrapper) else layer
             new = type(base).from_config(base.get_config())
@@ -1105,6 +1526,10 @@ def strip_quantization(model):
                 pending.append((new, base.get_weights()))
             return new
         config = layer.layer.get_config()
+        if _kernel_layout(layer.layer) == "embedding":
+            new = type(layer.layer).from_config(config)
+            pending.append((new, [np.asarray(layer.layer.embeddings * layer.sparsity_mask)]))
+            return new
         config["use_bias"] = True
         new = type(layer.layer).from_config(config)
         kernel = layer.layer.kernel * layer.sparsity_mask
@@ -1113,8 +1538,9 @@ def strip_quantization(model):
             kernel, bias = layer._fold(None, kernel, bias, training=False)
         if bias is None:
             shape = tuple(kernel.shape)
-            depthwise = _kernel_layout(layer.layer) == "depthwise"
-            channels = shape[-2] * shape[-1] if depthwise else shape[-1]
+            layout = _kernel_layout(layer.layer)
+            channels = (shape[-2] * shape[-1] if layout == "depthwise" else
+                        shape[-2] if layout == "conv_transpose" else shape[-1])
             bias = np.zeros(channels, "float32")
         pending.append((new, [np.asarray(kernel), np.asarray(bias)]))
         return new

@@ -11,8 +11,20 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from absl import flags
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# For the smoke runs of tests/test_tools.py: a tool's code path end to end in seconds.
+flags.DEFINE_integer("smoke_train_images", 0,
+                     "Smoke runs only: keep the first N training images of the data sets "
+                     "loaded by load_images() and cifar_and_resnet8() (0: all of them). "
+                     "The numbers then mean nothing.")
+
+
+def _smoke_limit(x, y):
+    n = flags.FLAGS.smoke_train_images
+    return (x[:n], y[:n]) if n > 0 else (x, y)
 
 
 def data_dir() -> Path:
@@ -137,6 +149,11 @@ def cifar_and_resnet8():
     from tfcompress import data
 
     cifar = data.load_dataset("cifar10", data_dir=data_dir(), fallback=False)
+    if flags.FLAGS.smoke_train_images > 0:
+        import dataclasses
+
+        x, y = _smoke_limit(cifar.x_train, cifar.y_train)
+        cifar = dataclasses.replace(cifar, x_train=x, y_train=y)
     return cifar, keras.models.load_model(resnet8_h5(), compile=False)
 
 
@@ -144,7 +161,8 @@ def load_images(name: str):
     from tfcompress import data
 
     ds = data.load_dataset(name, data_dir=data_dir(), fallback=False)
-    return (ds.x_train.astype("float32") / 255.0, ds.y_train.astype("int64"),
+    x, y = _smoke_limit(ds.x_train, ds.y_train)
+    return (x.astype("float32") / 255.0, y.astype("int64"),
             ds.x_test.astype("float32") / 255.0, ds.y_test.astype("int64"))
 
 

@@ -210,7 +210,7 @@ def _tfmot_run(x, y, xt, yt, weights, sched, epochs, batch_size, lr) -> dict:
 def two_four() -> dict:
     import keras
 
-    from tfcompress import pruning
+    from tfcompress import inspector, pruning
 
     build, compile_model = _common.arch()
     x, y, xt, yt = _common.load_images("mnist")

@@ -12,7 +12,7 @@ Targets (issue "The spine"):
 
 Usage:
     TFCOMPRESS_DATA_DIR=../shared/data .venv/bin/python tools/spine_benchmark.py \
-        --out=results/spine.json
+        --out=results/spine.json [--quick] [--runs=1000]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import _common  # noqa: E402
 flags.DEFINE_string("out", "results/spine.json", "JSON output; a .md table is written beside it.")
 flags.DEFINE_integer("runs", 1000, "Timed rounds per model for latency.")
 flags.DEFINE_integer("pin_cpu", 1, "Core to pin the latency measurement to; -1 to not pin.")
+flags.DEFINE_bool("quick", False, "The first calibration subset only (a smoke run, not the "
+                  "reported numbers).")
 FLAGS = flags.FLAGS
 
 SUBSETS = ((0, 500), (500, 1000), (2000, 2500))
@@ -49,9 +51,9 @@ def main(argv):
     cifar = data.load_dataset("cifar10", data_dir=root, fallback=False)
     x_test, y_test = cifar.x_test.astype("float32"), cifar.y_test
     model = keras.models.load_model(h5, compile=False)
-    results = {"subsets": []}
+    results = {"quick": FLAGS.quick, "subsets": []}
 
-    for start, stop in SUBSETS:
+    for start, stop in (SUBSETS[:1] if FLAGS.quick else SUBSETS):
         calib = cifar.x_train[start:stop]
         t0 = time.perf_counter()
         plain = _common.plain_int8(model, calib)

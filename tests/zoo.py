@@ -1,0 +1,1258 @@
+"""The model zoo: the architectures people bring, and one runner per (model, operation) cell.
+
+A test helper (not part of the package), shared by ``tests/test_zoo.py`` and
+``tools/zoo_benchmark.py`` (issue 15). Every model is a builder ``build(size)``:
+
+* ``"small"``: a few thousand to a few hundred thousand parameters, inputs like 32x32
+  or tens of timesteps; built in well under a second; for the test suite. The
+  keras.applications networks are built with their own Keras builders at the smallest
+  width and depth (``keras.src.applications``: the same blocks, fewer and narrower), so
+  that they hit exactly the layers and operator nodes the real networks have;
+* ``"full"``: the real architecture at a moderately small input (96x96 for the
+  keras.applications networks), for the tool.
+
+Every model has random weights (``weights=None``: no downloads), seeded. Its
+:class:`ZooModel` says its task (``classification``, ``regression``, ``multi_output``,
+``autoencoder``), how to make inputs (int32 token ids for text models) and targets,
+and the loss to train it with.
+
+:func:`run_cell` runs one operation of the public API on one model, in this process,
+and returns a JSON-ready dict whose ``status`` is exactly one of:
+
+* ``"verified"``: it ran and its check passed (see :data:`OPS` for each check);
+* ``"refused"``: the library raised a clean exception of its own (raised in a
+  ``tfcompress`` frame: ``ValueError``, ``TypeError``, ``NotImplementedError``,
+  ``RuntimeError`` and their subclasses ``ConversionError`` / ``InvalidModelError``);
+  ``error_type`` and ``message`` record it;
+* ``"failed"``: it ran but the check failed (wrong outputs, not fully integer, outputs
+  of two files that should be equal are not), or an exception that the library did not
+  raise itself (an ``AttributeError`` from Keras, a numpy broadcast error...), with
+  its traceback tail; any exception while *checking* a result also counts here;
+* ``"crashed"``: only :func:`run_cell_in_child` can say this: the child process died by
+  a signal (``signal``), or ran past its timeout.
+
+Example:
+    >>> sorted(OPS)[:3]
+    ['compress', 'dynamic', 'float16']
+    >>> ZOO["lstm_kws"].task, ZOO["transformer_text"].vocab > 0
+    ('classification', True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = ROOT / "tfcompress"
+
+SIZES = ("small", "full")
+TASKS = ("classification", "regression", "multi_output", "autoencoder")
+STATUSES = ("verified", "refused", "failed", "crashed")
+
+# The operations, in table order, and what "verified" means for each.
+OPS = {
+    "float32": "convert(mode='float32'); both kernel paths match Keras (max error <= "
+               "FLOAT_TOLERANCE['float32'] of the output's magnitude)",
+    "int8": "convert(representative_data=...); fully integer; XNNPACK vs reference kernels "
+            "p99 <= 2 output steps; p99 error vs Keras float <= INT8_P99_STEPS",
+    "int16x8": "convert(mode='int16x8'); integer activations; both paths match Keras within "
+               "FLOAT_TOLERANCE['int16x8']",
+    "dynamic": "convert(mode='dynamic'); both paths match Keras within FLOAT_TOLERANCE['dynamic']",
+    "float16": "convert(mode='float16'); both paths match Keras within FLOAT_TOLERANCE['float16']",
+    "validate": "validate(int8 file, x, reference=model) with its default thresholds: its "
+                "verdict must not say PASSED over a p99 error above INT8_P99_STEPS (or "
+                "XNNPACK-vs-reference outputs within 2 steps below 99%)",
+    "qat": "quantize_model + one training step + convert: Keras QAT model vs the int8 file, "
+           "max <= 2 output steps on both kernel paths",
+    "ptq": "post_training_quantize + convert: Keras PTQ model vs the int8 file, max <= 2 "
+           "output steps on both kernel paths",
+    "prune_sparse": "prune_low_magnitude (80%, one step) + strip_pruning + convert(sparse=True): "
+                    "the sparse file's outputs equal the dense file's bit for bit on both paths",
+    "prune_channels": "prune_channels (50%, one step) + strip_pruning: same output shapes, "
+                      "stripped outputs equal the masked model's, and the result converts to int8",
+    "lowrank": "lowrank.factorize(ratio=0.5): same output shapes, converts to int8",
+    "compress": "compress() with a recipe fit for the task (1 epoch): a fully-integer file "
+                "whose outputs are within 2 steps of the returned Keras model's on both paths",
+}
+
+# Limits of the checks (see OPS). Output steps are the int8 output's quantization scale.
+FLOAT_TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "dynamic": 5e-2, "int16x8": 2e-2}
+INT8_P99_STEPS = 8.0     # int8 file vs Keras float; a plain int8 PTQ file of these models
+                         # should stay well within it (the issue saw 60 steps pass validate)
+QAT_MAX_STEPS = 2.0      # Keras QAT / PTQ model vs its int8 file (issue 15)
+CHANNEL_EXACT = 1e-4     # stripped vs masked model, relative to the output's magnitude
+
+# How much data each cell uses. The calibration set is large enough that fresh inputs from
+# the same distribution stay inside the calibrated ranges: with 32 samples, a plain int8
+# file of the regression MLP was 13 steps (p99) from Keras on fresh inputs and 1.8 on
+# the calibration inputs; with 256, 1.0 and 1.2.
+SAMPLES = {"small": {"calib": 256, "eval": 16, "train": 16},
+           "full": {"calib": 128, "eval": 8, "train": 8}}
+
+VOCAB_SMALL, VOCAB_FULL = 100, 2000  # token ids of the text model
+
+_CLEAN_TYPES = (ValueError, TypeError, NotImplementedError, RuntimeError, FileNotFoundError)
+
+
+def _keras():
+    # Keras (and TensorFlow) load only when a model is built, so that importing the zoo
+    # (pytest's doctest collection, the tool's parent process) stays cheap.
+    import keras
+
+    return keras
+
+
+# ---------------------------------------------------------------------------
+# The models.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooModel:
+    """One zoo architecture and what it takes to train and feed it.
+
+    Attributes:
+        name: the zoo name (``--models`` of the tool).
+        builder: ``builder(size) -> keras.Model`` with random weights.
+        task: one of :data:`TASKS`.
+        num_classes: classes of a classifier (the first output of a multi-output model).
+        from_logits: whether a classifier outputs logits (else probabilities).
+        input_range: float inputs are drawn uniformly from this range (0-255 for the
+            networks that include their own preprocessing).
+        vocab: int32 token inputs take ids in ``[0, vocab)`` (0: no token input).
+        output_tasks: per output of a multi-output model, ``classification`` or
+            ``regression``.
+        family: a label for the report (applications, tiny, sequence, text, structure,
+            operators).
+        note: what the model stands for.
+    """
+
+    name: str
+    builder: Callable[[str], Any]
+    task: str
+    num_classes: Optional[int] = None
+    from_logits: bool = False
+    input_range: Tuple[float, float] = (-1.0, 1.0)
+    vocab: int = 0
+    output_tasks: Tuple[str, ...] = ()
+    family: str = ""
+    note: str = ""
+
+    def build(self, size: str = "small"):
+        if size not in SIZES:
+            raise ValueError(f"`size` must be one of {SIZES}. Received: size={size!r}")
+        _keras().utils.set_random_seed(0)
+        return self.builder(size)
+
+    def inputs(self, model, n: int, seed: int = 0):
+        """``n`` random inputs: one array, or a dict keyed by input name (multi-input)."""
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for spec in _input_specs(model):
+            shape = (n,) + tuple(spec["shape"][1:])
+            if np.issubdtype(np.dtype(spec["dtype"]), np.integer):
+                arrays[spec["name"]] = rng.integers(0, self.vocab, size=shape).astype(spec["dtype"])
+            else:
+                low, high = self.input_range
+                arrays[spec["name"]] = rng.uniform(low, high, size=shape).astype("float32")
+        return arrays if len(arrays) > 1 else next(iter(arrays.values()))
+
+    def targets(self, model, x, seed: int = 0):
+        """Random targets for ``x``: one array, or a list in output order."""
+        rng = np.random.default_rng(seed + 1)
+        n = len(next(iter(x.values())) if isinstance(x, dict) else x)
+        tasks = self.output_tasks or (self.task,)
+        head = {k: v[:1] for k, v in x.items()} if isinstance(x, dict) else x[:1]
+        shapes = [o.shape for o in keras_outputs(model, head)]
+        out = []
+        for task, shape in zip(tasks, shapes):
+            if task == "classification":
+                out.append(rng.integers(0, shape[-1], size=(n,)).astype("int64"))
+            elif task == "autoencoder":
+                out.append(np.asarray(x, dtype="float32"))
+            else:
+                out.append(rng.normal(size=(n,) + shape[1:]).astype("float32"))
+        return out if len(out) > 1 else out[0]
+
+    def loss(self):
+        """The training loss (a list for a multi-output model)."""
+        keras = _keras()
+        tasks = self.output_tasks or (self.task,)
+        losses = [keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits)
+                  if t == "classification" else keras.losses.MeanSquaredError() for t in tasks]
+        return losses if len(losses) > 1 else losses[0]
+
+    def recipe(self) -> dict:
+        """The compress() recipe used for this model's task (small epochs)."""
+        validate = {"max_accuracy_drop": 1.0} if self.task == "classification" else {}
+        return {"name": f"zoo {self.task}",
+                "prune": {"kind": "unstructured", "sparsity": 0.5, "epochs": 1},
+                "quantize": {"method": "qat", "epochs": 1},
+                "validate": validate, "benchmark": None}
+
+
+def _input_specs(model) -> List[dict]:
+    if getattr(model, "_zoo_inputs", None):  # a subclassed model has no symbolic inputs
+        return model._zoo_inputs
+    return [{"name": t.name, "shape": tuple(t.shape), "dtype": str(t.dtype)} for t in model.inputs]
+
+
+# --- keras.applications -------------------------------------------------------------
+# Small: the Keras builders with the fewest, narrowest blocks. MobileNet and MobileNetV2
+# take a width (alpha) publicly; the others are built with keras.src.applications'
+# own block functions (private: a test helper may use them; the package may not).
+
+def _mobilenet(size):
+    A = _keras().applications
+    if size == "small":
+        return A.MobileNet(input_shape=(32, 32, 3), alpha=0.125, weights=None, classes=10)
+    return A.MobileNet(input_shape=(96, 96, 3), weights=None)
+
+
+def _mobilenet_v2(size):
+    A = _keras().applications
+    if size == "small":
+        return A.MobileNetV2(input_shape=(32, 32, 3), alpha=0.1, weights=None, classes=10)
+    return A.MobileNetV2(input_shape=(96, 96, 3), weights=None)
+
+
+def _mobilenet_v3(model_type: str, preprocessing: bool):
+    def build(size):
+        keras = _keras()
+        if size == "full":
+            fn = (keras.applications.MobileNetV3Small if model_type == "small"
+                  else keras.applications.MobileNetV3Large)
+            return fn(input_shape=(96, 96, 3), weights=None, include_preprocessing=preprocessing)
+        from keras.src.applications import mobilenet_v3 as mv3
+
+        def stack_fn(x, kernel, activation, se_ratio):
+            def depth(d):
+                return mv3._depth(d * 0.5)
+
+            if model_type == "small":   # the first blocks of MobileNetV3Small
+                x = mv3._inverted_res_block(x, 1, depth(16), 3, 2, se_ratio, mv3.relu, 0)
+                x = mv3._inverted_res_block(x, 72.0 / 16, depth(24), 3, 2, None, mv3.relu, 1)
+                x = mv3._inverted_res_block(x, 88.0 / 24, depth(24), 3, 1, None, mv3.relu, 2)
+                x = mv3._inverted_res_block(x, 4, depth(40), kernel, 2, se_ratio, activation, 3)
+                return mv3._inverted_res_block(x, 6, depth(40), kernel, 1, se_ratio, activation, 4)
+            x = mv3._inverted_res_block(x, 1, depth(16), 3, 1, None, mv3.relu, 0)
+            x = mv3._inverted_res_block(x, 4, depth(24), 3, 2, None, mv3.relu, 1)
+            x = mv3._inverted_res_block(x, 3, depth(40), kernel, 2, se_ratio, mv3.relu, 2)
+            x = mv3._inverted_res_block(x, 6, depth(80), 3, 2, None, activation, 3)
+            return mv3._inverted_res_block(x, 6, depth(80), kernel, 1, se_ratio, activation, 4)
+
+        return mv3.MobileNetV3(stack_fn, 64, input_shape=(32, 32, 3), alpha=0.5,
+                               model_type=model_type, weights=None, classes=10,
+                               include_preprocessing=preprocessing,
+                               name=f"MobileNetV3{model_type.title()}_mini")
+    return build
+
+
+def _efficientnet_b0(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.EfficientNetB0(input_shape=(96, 96, 3), weights=None)
+    from keras.src.applications import efficientnet
+
+    return efficientnet.EfficientNet(0.25, 0.15, 32, weights=None, input_shape=(32, 32, 3),
+                                     classes=10, name="efficientnetb0_mini")
+
+
+def _efficientnet_v2_b0(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.EfficientNetV2B0(input_shape=(96, 96, 3), weights=None)
+    from keras.src.applications import efficientnet_v2
+
+    return efficientnet_v2.EfficientNetV2(0.25, 0.15, 32, weights=None, input_shape=(32, 32, 3),
+                                          classes=10, name="efficientnetv2b0_mini",
+                                          blocks_args=efficientnet_v2.DEFAULT_BLOCKS_ARGS[
+                                              "efficientnetv2-b0"])
+
+
+def _resnet50_v2(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.ResNet50V2(input_shape=(96, 96, 3), weights=None)
+    from keras.src.applications import resnet
+
+    def stack_fn(x):  # three of ResNet50V2's stacks, two bottleneck blocks each, narrow
+        x = resnet.stack_residual_blocks_v2(x, 8, 2, name="conv2")
+        x = resnet.stack_residual_blocks_v2(x, 16, 2, name="conv3")
+        return resnet.stack_residual_blocks_v2(x, 32, 2, stride1=1, name="conv5")
+
+    return resnet.ResNet(stack_fn, True, True, weights=None, input_shape=(32, 32, 3), classes=10,
+                         name="resnet50v2_mini")
+
+
+def _xception(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.Xception(input_shape=(96, 96, 3), weights=None)
+    # Xception has no width parameter: its entry, middle and exit flows, narrow, with
+    # the same layers (SeparableConv2D without bias, BN, ReLU, strided 1x1 residuals).
+    L = keras.layers
+    inputs = keras.Input((32, 32, 3))
+    x = L.Conv2D(8, 3, strides=2, use_bias=False, name="block1_conv1")(inputs)
+    x = L.BatchNormalization(name="block1_conv1_bn")(x)
+    x = L.Activation("relu", name="block1_conv1_act")(x)
+    for i, filters in enumerate((16, 32), start=2):
+        residual = L.Conv2D(filters, 1, strides=2, padding="same", use_bias=False)(x)
+        residual = L.BatchNormalization()(residual)
+        if i > 2:
+            x = L.Activation("relu")(x)
+        x = L.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        x = L.Activation("relu")(x)
+        x = L.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        x = L.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = L.add([x, residual])
+    residual = x  # one middle-flow block
+    for _ in range(3):
+        x = L.Activation("relu")(x)
+        x = L.SeparableConv2D(32, 3, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+    x = L.add([x, residual])
+    x = L.SeparableConv2D(64, 3, padding="same", use_bias=False)(x)  # exit flow
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10, activation="softmax", name="predictions")(x),
+                       name="xception_mini")
+
+
+# --- MLPerf Tiny style and sequence models -------------------------------------------
+
+def _ds_cnn(size):
+    """MLPerf Tiny keyword spotting DS-CNN (49x10 MFCCs, 12 classes)."""
+    keras = _keras()
+    L = keras.layers
+    filters, blocks = (16, 2) if size == "small" else (64, 4)
+    inputs = keras.Input((49, 10, 1), name="mfcc")
+    x = L.Conv2D(filters, (10, 4), strides=(2, 2), padding="same", use_bias=False)(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    for _ in range(blocks):
+        x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        x = L.Activation("relu")(x)
+        x = L.Conv2D(filters, 1, use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        x = L.Activation("relu")(x)
+    x = L.Dropout(0.4)(x)
+    x = L.AveragePooling2D(pool_size=x.shape[1:3])(x)
+    x = L.Flatten()(x)
+    return keras.Model(inputs, L.Dense(12, activation="softmax")(x), name="ds_cnn")
+
+
+def _recurrent(kind: str):
+    def build(size):
+        keras = _keras()
+        cell = keras.layers.LSTM if kind == "lstm" else keras.layers.GRU
+        inputs = keras.Input((49, 10), name="mfcc")
+        if size == "small":
+            x = cell(64)(inputs)
+        else:
+            x = cell(128, return_sequences=True)(inputs)
+            x = cell(128)(x)
+        return keras.Model(inputs, keras.layers.Dense(12)(x), name=f"{kind}_kws")
+    return build
+
+
+def _conv1d_audio(size):
+    """A raw-audio Conv1D net, written Conv1D -> ReLU -> BatchNormalization."""
+    keras = _keras()
+    L = keras.layers
+    if size == "small":
+        length, widths, first_kernel, first_stride = 128, (16, 32), 9, 2
+    else:
+        length, widths, first_kernel, first_stride = 8000, (64, 64, 128), 80, 4
+    inputs = keras.Input((length, 1), name="audio")
+    x = inputs
+    for i, w in enumerate(widths):
+        x = L.Conv1D(w, first_kernel if i == 0 else 3, strides=first_stride if i == 0 else 1,
+                     padding="same")(x)
+        x = L.ReLU()(x)
+        x = L.BatchNormalization()(x)
+        if i < len(widths) - 1:
+            x = L.MaxPooling1D(4 if size == "full" else 2)(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(12)(x), name="conv1d_audio")
+
+
+# --- Transformers --------------------------------------------------------------------
+
+def _transformer_block(keras, x, dim, heads, ff, *, pre_norm: bool):
+    L = keras.layers
+    if pre_norm:
+        h = L.LayerNormalization(epsilon=1e-6)(x)
+        h = L.MultiHeadAttention(num_heads=heads, key_dim=dim // heads)(h, h)
+        x = L.Add()([x, h])
+        h = L.LayerNormalization(epsilon=1e-6)(x)
+        h = L.Dense(ff, activation="gelu")(h)
+        return L.Add()([x, L.Dense(dim)(h)])
+    h = L.MultiHeadAttention(num_heads=heads, key_dim=dim // heads)(x, x)
+    x = L.LayerNormalization(epsilon=1e-6)(L.Add()([x, h]))
+    h = L.Dense(ff, activation="gelu")(x)
+    return L.LayerNormalization(epsilon=1e-6)(L.Add()([x, L.Dense(dim)(h)]))
+
+
+def _transformer_text(size):
+    """A text classifier: int32 token ids -> Embedding -> encoder block(s) -> pooling."""
+    keras = _keras()
+    L = keras.layers
+    length, vocab, dim, heads, ff, blocks, classes = (
+        (16, VOCAB_SMALL, 16, 2, 32, 1, 2) if size == "small" else (64, VOCAB_FULL, 64, 4, 128, 2, 4))
+    inputs = keras.Input((length,), dtype="int32", name="tokens")
+    x = L.Embedding(vocab, dim)(inputs)
+    for _ in range(blocks):
+        x = _transformer_block(keras, x, dim, heads, ff, pre_norm=False)
+    x = L.GlobalAveragePooling1D()(x)
+    x = L.Dropout(0.1)(x)
+    return keras.Model(inputs, L.Dense(classes)(x), name="transformer_text")
+
+
+
+_POSITION_EMBEDDING = None
+
+
+def _position_embedding_class():
+    """A learned position embedding added to the patches (as the Keras ViT example writes it)."""
+    global _POSITION_EMBEDDING
+    if _POSITION_EMBEDDING is None:
+        keras = _keras()
+
+        @keras.saving.register_keras_serializable(package="tfcompress_zoo")
+        class PositionEmbedding(keras.layers.Layer):
+            def build(self, input_shape):
+                self.position = self.add_weight(shape=tuple(input_shape[1:]), name="position",
+                                                initializer=keras.initializers.RandomNormal(0.02))
+
+            def call(self, x):
+                return x + self.position
+
+        _POSITION_EMBEDDING = PositionEmbedding
+    return _POSITION_EMBEDDING
+
+
+def _vit(size):
+    """A ViT-style patch transformer: Conv2D patchify, Reshape, position embedding, encoder."""
+    keras = _keras()
+    L = keras.layers
+    image, patch, dim, heads, ff, blocks = ((32, 8, 16, 2, 32, 1) if size == "small"
+                                            else (32, 4, 64, 4, 128, 4))
+    inputs = keras.Input((image, image, 3), name="image")
+    x = L.Conv2D(dim, patch, strides=patch, name="patchify")(inputs)
+    x = L.Reshape(((image // patch) ** 2, dim))(x)
+    x = _position_embedding_class()(name="position_embedding")(x)
+    for _ in range(blocks):
+        x = _transformer_block(keras, x, dim, heads, ff, pre_norm=True)
+    x = L.LayerNormalization(epsilon=1e-6)(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(10)(x), name="vit")
+
+
+# --- Other tasks and model structures ------------------------------------------------
+
+def _dense_autoencoder(size):
+    keras = _keras()
+    L = keras.layers
+    dims = (64, 32, 8) if size == "small" else (784, 256, 64)
+    inputs = keras.Input((dims[0],), name="x")
+    x = L.Dense(dims[1], activation="relu")(inputs)
+    x = L.Dense(dims[2], activation="relu", name="code")(x)
+    x = L.Dense(dims[1], activation="relu")(x)
+    return keras.Model(inputs, L.Dense(dims[0], activation="sigmoid")(x), name="dense_autoencoder")
+
+
+def _regression_mlp(size):
+    keras = _keras()
+    L = keras.layers
+    features, width = (13, 64) if size == "small" else (64, 256)
+    inputs = keras.Input((features,), name="features")
+    x = L.Dense(width, activation="relu")(inputs)
+    x = L.Dense(width, activation="relu")(x)
+    return keras.Model(inputs, L.Dense(1)(x), name="regression_mlp")
+
+
+def _two_in_two_out(size):
+    keras = _keras()
+    L = keras.layers
+    side, width = (16, 16) if size == "small" else (64, 64)
+    image = keras.Input((side, side, 1), name="image")
+    features = keras.Input((8,), name="features")
+    x = L.Conv2D(8, 3, activation="relu")(image)
+    x = L.MaxPooling2D()(x)
+    x = L.Conv2D(16, 3, activation="relu")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    f = L.Dense(width, activation="relu")(features)
+    h = L.Dense(width, activation="relu")(L.Concatenate()([x, f]))
+    label = L.Dense(3, activation="softmax", name="label")(h)
+    value = L.Dense(1, name="value")(h)
+    return keras.Model([image, features], [label, value], name="two_in_two_out")
+
+
+def _nested(size):
+    keras = _keras()
+    L = keras.layers
+    side, width = (32, 8) if size == "small" else (96, 32)
+    backbone = keras.Sequential([
+        keras.Input((side, side, 3)),
+        L.Conv2D(width, 3, padding="same", use_bias=False), L.BatchNormalization(), L.ReLU(),
+        L.MaxPooling2D(),
+        L.Conv2D(2 * width, 3, padding="same", use_bias=False), L.BatchNormalization(), L.ReLU(),
+    ], name="backbone")
+    inputs = keras.Input((side, side, 3), name="image")
+    x = backbone(inputs)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10)(x), name="nested")
+
+
+def _subclassed(size):
+    keras = _keras()
+    L = keras.layers
+    side, width = (32, 8) if size == "small" else (96, 32)
+
+    class SubclassedCNN(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv1 = L.Conv2D(width, 3, activation="relu")
+            self.pool = L.MaxPooling2D()
+            self.conv2 = L.Conv2D(2 * width, 3, activation="relu")
+            self.gap = L.GlobalAveragePooling2D()
+            self.head = L.Dense(10)
+
+        def call(self, x):
+            return self.head(self.gap(self.conv2(self.pool(self.conv1(x)))))
+
+    model = SubclassedCNN(name="subclassed")
+    model(np.zeros((1, side, side, 3), "float32"))  # built, as a user would have it
+    model._zoo_inputs = [{"name": "x", "shape": (None, side, side, 3), "dtype": "float32"}]
+    return model
+
+
+def _op_add(size):
+    keras = _keras()
+    width = 16 if size == "small" else 64
+    inp = keras.Input((width,), name="x")
+    return keras.Model(inp, keras.layers.Dense(4)(keras.layers.Dense(width)(inp) + inp),
+                       name="op_add")
+
+
+def _op_mul(size):
+    keras = _keras()
+    L = keras.layers
+    width = 16 if size == "small" else 64
+    inp = keras.Input((width,), name="x")
+    x = L.Dense(width)(inp)
+    y = L.Dense(width, activation="sigmoid")(inp)
+    return keras.Model(inp, L.Dense(4)(x * y), name="op_mul")
+
+
+def _op_slice(size):
+    keras = _keras()
+    L = keras.layers
+    width = 16 if size == "small" else 64
+    inp = keras.Input((width,), name="x")
+    h = L.Dense(width, activation="relu")(inp)
+    return keras.Model(inp, L.Dense(4)(h[:, : width // 2]), name="op_slice")
+
+
+def _op_keras_ops(size):
+    keras = _keras()
+    L = keras.layers
+    steps, width = (8, 16) if size == "small" else (32, 64)
+    inp = keras.Input((steps, width), name="x")
+    h = L.Dense(width, activation="relu")(inp)
+    pooled = keras.ops.concatenate([keras.ops.mean(h, axis=1), keras.ops.max(h, axis=1)], axis=-1)
+    return keras.Model(inp, L.Dense(4)(pooled), name="op_keras_ops")
+
+
+_IMAGE = (0.0, 255.0)   # networks with their own preprocessing take raw pixels
+_UNIT = (-1.0, 1.0)     # the others take preprocess_input's range
+
+ZOO: Dict[str, ZooModel] = {m.name: m for m in [
+    ZooModel("mobilenet", _mobilenet, "classification", 10, family="applications"),
+    ZooModel("mobilenet_v2", _mobilenet_v2, "classification", 10, family="applications"),
+    ZooModel("mobilenet_v3_small", _mobilenet_v3("small", True), "classification", 10,
+             input_range=_IMAGE, family="applications", note="include_preprocessing=True"),
+    ZooModel("mobilenet_v3_small_nopre", _mobilenet_v3("small", False), "classification", 10,
+             family="applications", note="include_preprocessing=False"),
+    ZooModel("mobilenet_v3_large", _mobilenet_v3("large", True), "classification", 10,
+             input_range=_IMAGE, family="applications", note="include_preprocessing=True"),
+    ZooModel("mobilenet_v3_large_nopre", _mobilenet_v3("large", False), "classification", 10,
+             family="applications", note="include_preprocessing=False"),
+    ZooModel("efficientnet_b0", _efficientnet_b0, "classification", 10, input_range=_IMAGE,
+             family="applications", note="Rescaling + Normalization inside"),
+    ZooModel("efficientnet_v2_b0", _efficientnet_v2_b0, "classification", 10, input_range=_IMAGE,
+             family="applications", note="include_preprocessing=True"),
+    ZooModel("resnet50_v2", _resnet50_v2, "classification", 10, family="applications"),
+    ZooModel("xception", _xception, "classification", 10, family="applications",
+             note="small: a hand-written miniature (Keras has no width option)"),
+    ZooModel("ds_cnn", _ds_cnn, "classification", 12, family="tiny",
+             note="MLPerf Tiny keyword spotting"),
+    ZooModel("lstm_kws", _recurrent("lstm"), "classification", 12, from_logits=True,
+             family="sequence"),
+    ZooModel("gru_kws", _recurrent("gru"), "classification", 12, from_logits=True,
+             family="sequence"),
+    ZooModel("conv1d_audio", _conv1d_audio, "classification", 12, from_logits=True,
+             family="sequence", note="Conv1D -> ReLU -> BatchNormalization"),
+    ZooModel("transformer_text", _transformer_text, "classification", 2, from_logits=True,
+             vocab=VOCAB_SMALL, family="text", note="int32 tokens, Embedding, MHA, LayerNorm, GELU"),
+    ZooModel("vit", _vit, "classification", 10, from_logits=True, input_range=(0.0, 1.0),
+             family="text", note="Conv2D patches, custom position embedding, pre-norm MHA"),
+    ZooModel("dense_autoencoder", _dense_autoencoder, "autoencoder", input_range=(0.0, 1.0),
+             family="structure", note="MSE, sigmoid output"),
+    ZooModel("regression_mlp", _regression_mlp, "regression", family="structure"),
+    ZooModel("two_in_two_out", _two_in_two_out, "multi_output", 3, input_range=(0.0, 1.0),
+             output_tasks=("classification", "regression"), family="structure"),
+    ZooModel("nested", _nested, "classification", 10, from_logits=True, input_range=(0.0, 1.0),
+             family="structure", note="a Sequential backbone inside a Functional model"),
+    ZooModel("subclassed", _subclassed, "classification", 10, from_logits=True,
+             input_range=(0.0, 1.0), family="structure"),
+    ZooModel("op_add", _op_add, "regression", family="operators", note="Dense(4)(Dense(16)(x) + x)"),
+    ZooModel("op_mul", _op_mul, "regression", family="operators", note="x * y"),
+    ZooModel("op_slice", _op_slice, "regression", family="operators", note="x[:, :8]"),
+    ZooModel("op_keras_ops", _op_keras_ops, "regression", family="operators",
+             note="keras.ops.mean / max / concatenate"),
+]}
+
+
+def spec_for(name: str, size: str) -> ZooModel:
+    """The zoo entry, with the full-size text model's vocabulary."""
+    if name not in ZOO:
+        raise ValueError(f"Unknown zoo model {name!r}. Known: {sorted(ZOO)}")
+    spec = ZOO[name]
+    if spec.vocab and size == "full":
+        spec = dataclasses.replace(spec, vocab=VOCAB_FULL)
+    return spec
+
+
+# ---------------------------------------------------------------------------
+# Running a cell.
+# ---------------------------------------------------------------------------
+
+
+class _Cell:
+    """The state of one cell: the current stage, written to a progress file as it goes.
+
+    A stage is ``"op: ..."`` (a call of the library under test: a clean exception there is
+    a refusal), ``"check: ..."`` (our comparison of its result: any exception is a
+    failure) or ``"zoo: ..."`` (building the model or its data: a failure of the zoo).
+    """
+
+    def __init__(self, progress_file: Optional[str]):
+        self.stage = "zoo: start"
+        self.progress_file = progress_file
+        self.details: Dict[str, Any] = {}
+
+    def at(self, stage: str) -> None:
+        self.stage = stage
+        if self.progress_file:
+            with open(self.progress_file, "a") as f:
+                f.write(stage + "\n")
+
+
+def _in_package(filename: str, package_dir: Path = PACKAGE_DIR) -> bool:
+    try:
+        return Path(filename).resolve().is_relative_to(package_dir)
+    except (OSError, ValueError):
+        return False
+
+
+def _where(frame) -> str:
+    name = frame.filename.replace(str(ROOT) + "/", "").split("site-packages/")[-1]
+    return f"{name}:{frame.lineno} in {frame.name}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:400] if text else ""
+
+
+def _raised_by(frame) -> bool:
+    """Whether the innermost frame raised the exception with a ``raise`` statement.
+
+    A TypeError of a bad call (``build()`` missing an argument) or an error from C code
+    (numpy's "inhomogeneous shape") has the calling line as its innermost frame too.
+    Python reports a multi-line ``raise`` at the line of the keyword.
+    """
+    return (frame.line or "").lstrip().startswith("raise")
+
+
+def classify_exception(exc: BaseException, stage: str, *, package_dir: Path = PACKAGE_DIR) -> dict:
+    """``refused`` for a clean exception the library raised itself during an op stage.
+
+    Args:
+        exc: the exception, with its traceback.
+        stage: the cell's stage when it was raised (``"op: ..."``, ``"check: ..."``).
+        package_dir: the library's source folder (``tfcompress/``).
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    raised_in_library = (bool(frames) and _in_package(frames[-1].filename, package_dir)
+                         and _raised_by(frames[-1]))
+    where = _where(frames[-1]) if frames else ""
+    ours = [f for f in frames if _in_package(f.filename, package_dir)]
+    out = {"error_type": type(exc).__name__, "message": _first_line(exc),
+           "full_message": str(exc)[:1500], "raised_at": where, "stage": stage}
+    if frames:
+        out["raised_line"] = (frames[-1].line or "").strip()[:200]
+    if ours and ours[-1] is not frames[-1]:
+        out["library_frame"] = f"{_where(ours[-1])}: {(ours[-1].line or '').strip()[:160]}"
+    if stage.startswith("op") and raised_in_library and isinstance(exc, _CLEAN_TYPES):
+        out["status"] = "refused"
+    else:
+        out["status"] = "failed"
+        out["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)
+                                   )[-3000:]
+        out["reason"] = (f"{type(exc).__name__} at {stage}: {_first_line(exc)}"
+                         + ("" if raised_in_library else f" (raised at {where})"))
+    return out
+
+
+def _as_list(outputs) -> List[np.ndarray]:
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return [np.asarray(o) for o in outputs]
+    return [np.asarray(outputs)]
+
+
+def keras_outputs(model, x) -> List[np.ndarray]:
+    """The model's outputs on ``x`` in inference mode, one array per output."""
+    if isinstance(x, dict):
+        x = [x[t.name] for t in model.inputs] if getattr(model, "inputs", None) else x
+    outs = []
+    n = len(x[0]) if isinstance(x, list) else len(x)
+    for start in range(0, n, 8):
+        part = [a[start:start + 8] for a in x] if isinstance(x, list) else x[start:start + 8]
+        outs.append(_as_list(model(part, training=False)))
+    return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
+def tflite_outputs(model_bytes: bytes, x, *, xnnpack: bool) -> Tuple[List[np.ndarray], List[dict]]:
+    """Dequantized outputs of a ``.tflite`` on one kernel path, and the output details."""
+    from tfcompress import runtime
+
+    interpreter = runtime.make_interpreter(model_bytes, xnnpack=xnnpack)
+    return runtime.predict(interpreter, x), interpreter.get_output_details()
+
+
+def match_outputs(keras_outs: Sequence[np.ndarray], tfl_outs: Sequence[np.ndarray],
+                  details: Sequence[dict]) -> List[Tuple[np.ndarray, np.ndarray, dict]]:
+    """Pairs each Keras output with the file's output of the same shape (the converter may
+    reorder outputs); falls back to file order when shapes repeat."""
+    if len(keras_outs) != len(tfl_outs):
+        raise AssertionError(f"the file has {len(tfl_outs)} outputs, the Keras model "
+                             f"{len(keras_outs)}")
+    pairs, used = [], set()
+    for k in keras_outs:
+        same = [i for i, t in enumerate(tfl_outs) if t.shape == k.shape and i not in used]
+        if not same:
+            raise AssertionError(f"no output of shape {k.shape} in the file: "
+                                 f"{[t.shape for t in tfl_outs]}")
+        used.add(same[0])
+        pairs.append((k, tfl_outs[same[0]], details[same[0]]))
+    return pairs
+
+
+def error_in_steps(keras_outs, tfl_outs, details) -> Dict[str, float]:
+    """max and p99 of |Keras - file| over every output, in each output's quantization step."""
+    errs = []
+    for k, t, d in match_outputs(keras_outs, tfl_outs, details):
+        scale = d["quantization"][0]
+        if not scale:
+            raise AssertionError(f"output {d['name']!r} is not quantized ({np.dtype(d['dtype'])})")
+        errs.append((np.abs(k.astype(np.float64) - t.astype(np.float64)) / scale).ravel())
+    e = np.concatenate(errs)
+    if not np.all(np.isfinite(e)):
+        return {"max": float("inf"), "p99": float("inf")}
+    return {"max": float(e.max()), "p99": float(np.percentile(e, 99))}
+
+
+def relative_error(keras_outs, tfl_outs, details) -> float:
+    """max |Keras - file| / max |Keras| over the outputs (the worst output)."""
+    worst = 0.0
+    for k, t, _ in match_outputs(keras_outs, tfl_outs, details):
+        if not np.all(np.isfinite(t)):
+            return float("inf")
+        worst = max(worst, float(np.max(np.abs(k - t)) / max(float(np.max(np.abs(k))), 1e-6)))
+    return worst
+
+
+def _for_tflite(x):
+    return x  # one array, or a dict keyed by the Keras input names (runtime.match_inputs)
+
+
+def _compile_and_step(model, spec: ZooModel, x, y) -> None:
+    keras = _keras()
+    model.compile(keras.optimizers.Adam(1e-4), spec.loss())
+    n = len(next(iter(x.values())) if isinstance(x, dict) else x)
+    xs = [x[t.name] for t in model.inputs] if isinstance(x, dict) else x
+    model.fit(xs, y, batch_size=n, epochs=1, verbose=0, callbacks=list(_fit_callbacks))
+
+
+_fit_callbacks: list = []
+
+
+def _fully_integer(report, spec: ZooModel) -> Tuple[bool, List[str]]:
+    allow = ("int32",) if spec.vocab else ()
+    bad = report.non_integer_tensors(allow_io=allow)
+    return not bad, [f"{t.name} ({t.dtype})" for t in bad][:5]
+
+
+def _both_paths_vs_keras(cell: _Cell, file_bytes: bytes, keras_outs, x, metric: str):
+    results = {}
+    for path in ("xnnpack", "reference"):
+        cell.at(f"check: run the file ({path})")
+        outs, details = tflite_outputs(file_bytes, _for_tflite(x), xnnpack=path == "xnnpack")
+        cell.at(f"check: compare with Keras ({path})")
+        results[path] = (error_in_steps(keras_outs, outs, details) if metric == "steps"
+                         else relative_error(keras_outs, outs, details))
+    return results
+
+
+def _op_convert(cell, spec, model, data, mode, workdir):
+    import tfcompress as tc
+
+    kwargs = {"mode": mode, "progress": False}
+    if mode in ("int8", "int16x8"):
+        kwargs["representative_data"] = data["calib"]
+    cell.at(f"op: convert(mode={mode!r})")
+    result = tc.convert(model, **kwargs)
+    cell.details["size_bytes"] = result.size_bytes
+    cell.details["ops"] = result.report.op_histogram
+    if workdir:
+        Path(workdir, f"{mode}.tflite").write_bytes(result.model_bytes)
+    cell.at("check: Keras outputs")
+    ref = keras_outputs(model, data["eval"])
+    if mode == "int8":
+        ok_int, bad = _fully_integer(result.report, spec)
+        errs = _both_paths_vs_keras(cell, result.model_bytes, ref, data["eval"], "steps")
+        cell.at("check: XNNPACK vs reference kernels")
+        out_x, det = tflite_outputs(result.model_bytes, data["eval"], xnnpack=True)
+        out_r, _ = tflite_outputs(result.model_bytes, data["eval"], xnnpack=False)
+        paths = error_in_steps(out_r, out_x, det)
+        cell.details.update(error_steps_vs_float=errs, xnnpack_vs_reference_steps=paths,
+                            fully_integer=ok_int)
+        problems = []
+        if not ok_int:
+            problems.append(f"not fully integer: {', '.join(bad)}")
+        if paths["p99"] > 2.0:
+            problems.append(f"XNNPACK and reference kernels differ: p99 {paths['p99']:.1f} steps")
+        worst = max(e["p99"] for e in errs.values())
+        if worst > INT8_P99_STEPS:
+            problems.append(f"p99 error vs Keras float {worst:.1f} steps > {INT8_P99_STEPS}")
+        return problems
+    if mode == "int16x8":
+        report = result.report
+        floats = [t.name for t in report.tensors if not t.is_constant and t.dtype == "float32"
+                  and t.index not in {u.index for u in report.inputs + report.outputs}]
+        cell.details["float_activations"] = floats[:5]
+    errs = _both_paths_vs_keras(cell, result.model_bytes, ref, data["eval"], "relative")
+    cell.details["relative_error"] = errs
+    tol = FLOAT_TOLERANCE[mode]
+    problems = [f"{p}: max error {e:.3g} of the output's magnitude > {tol}"
+                for p, e in errs.items() if not e <= tol]
+    if mode == "int16x8" and cell.details["float_activations"]:
+        problems.append("float activations in an int16x8 file: "
+                        + ", ".join(cell.details["float_activations"]))
+    return problems
+
+
+def _op_validate(cell, spec, model, data, workdir):
+    import tfcompress as tc
+
+    cell.at("op: convert(mode='int8')")
+    result = tc.convert(model, representative_data=data["calib"], progress=False)
+    y = data["eval_y"] if spec.task == "classification" else None
+    cell.at("op: validate(int8 file, x, reference=model)")
+    report = tc.validate(result.model_bytes, data["eval"], y=y, reference=model, progress=False)
+    p99 = {p: (getattr(report, p).error_steps or {}).get("p99") for p in ("xnnpack", "reference")}
+    cell.details.update(passed=report.passed, failures=list(report.failures), p99_steps=p99,
+                        xnnpack_vs_reference_within_2_steps=report.xnnpack_vs_reference_within_2_steps,
+                        fully_integer=report.fully_integer,
+                        delegation=report.delegation.describe())
+    problems = []
+    worst = max((v for v in p99.values() if v is not None), default=None)
+    agree = report.xnnpack_vs_reference_within_2_steps
+    if report.passed and worst is not None and worst > INT8_P99_STEPS:
+        problems.append(f"validate says PASSED over a p99 error of {worst:.1f} steps vs float")
+    if report.passed and agree is not None and agree < 0.99:
+        problems.append(f"validate says PASSED with XNNPACK vs reference within 2 steps on "
+                        f"only {100 * agree:.1f}% of outputs")
+    if worst is None:
+        cell.details["note"] = "no error in steps (float output or no reference)"
+    return problems
+
+
+def _qat_like(cell, spec, model, data, method, workdir):
+    import tfcompress as tc
+
+    if method == "qat":
+        from tfcompress.quantization import quantize_model
+
+        cell.at("op: quantize_model")
+        qmodel = quantize_model(model)
+        cell.at("op: one training step of the QAT model")
+        _compile_and_step(qmodel, spec, data["train"], data["train_y"])
+    else:
+        from tfcompress.post_training import post_training_quantize
+
+        cell.at("op: post_training_quantize")
+        qmodel = post_training_quantize(model, data["calib"], progress=False)
+    cell.at("op: convert(QAT/PTQ model)")
+    result = tc.convert(qmodel, progress=False)
+    cell.details["size_bytes"] = result.size_bytes
+    ok_int, bad = _fully_integer(result.report, spec)
+    cell.at("check: Keras QAT/PTQ outputs")
+    ref = keras_outputs(qmodel, data["eval"])
+    errs = _both_paths_vs_keras(cell, result.model_bytes, ref, data["eval"], "steps")
+    cell.details.update(keras_vs_file_steps=errs, fully_integer=ok_int)
+    problems = [f"{p}: Keras {method.upper()} model vs file max {e['max']:.1f} steps > "
+                f"{QAT_MAX_STEPS}" for p, e in errs.items() if not e["max"] <= QAT_MAX_STEPS]
+    if not ok_int:
+        problems.append(f"not fully integer: {', '.join(bad)}")
+    return problems
+
+
+def _op_prune_sparse(cell, spec, model, data, workdir):
+    import tfcompress as tc
+    from tfcompress import pruning
+
+    cell.at("op: prune_low_magnitude")
+    pruned = pruning.prune_low_magnitude(
+        model, pruning_schedule=pruning.ConstantSparsity(0.8, begin_step=0, frequency=1))
+    cell.at("op: one training step with UpdatePruningStep")
+    _fit_callbacks[:] = [pruning.UpdatePruningStep()]
+    try:
+        _compile_and_step(pruned, spec, data["train"], data["train_y"])
+    finally:
+        _fit_callbacks.clear()
+    cell.at("op: strip_pruning")
+    stripped = pruning.strip_pruning(pruned)
+    cell.details["sparsity"] = float(pruning.sparsity_report(stripped).total_sparsity)
+    cell.at("op: convert (dense)")
+    dense = tc.convert(stripped, representative_data=data["calib"], progress=False)
+    cell.at("op: convert(sparse=True)")
+    sparse = tc.convert(stripped, representative_data=data["calib"], progress=False, sparse=True)
+    cell.details.update(dense_bytes=dense.size_bytes, sparse_bytes=sparse.size_bytes,
+                        sparse_ops=sparse.report.op_histogram)
+    problems = []
+    for path in ("xnnpack", "reference"):
+        cell.at(f"check: dense file ({path})")
+        a, da = tflite_outputs(dense.model_bytes, data["eval"], xnnpack=path == "xnnpack")
+        cell.at(f"check: sparse file ({path})")
+        b, db = tflite_outputs(sparse.model_bytes, data["eval"], xnnpack=path == "xnnpack")
+        pairs = match_outputs(a, b, db)
+        diff = []
+        for (x, z, d), d0 in zip(pairs, da):
+            if x.shape != z.shape or not np.array_equal(x, z):
+                scale = d["quantization"][0] or 1.0
+                diff.append(float(np.max(np.abs(x - z)) / scale) if x.shape == z.shape
+                            else float("inf"))
+        cell.details[f"sparse_vs_dense_{path}"] = "equal" if not diff else f"max {max(diff):.1f} steps"
+        if diff:
+            problems.append(f"{path}: sparse file differs from the dense file by up to "
+                            f"{max(diff):.1f} output steps")
+    if cell.details["sparsity"] < 0.5:
+        cell.details["note"] = f"only {cell.details['sparsity']:.2f} of the weights are zero"
+    return problems
+
+
+def _op_prune_channels(cell, spec, model, data, workdir):
+    import tfcompress as tc
+    from tfcompress import channel_pruning, pruning
+
+    cell.at("op: prune_channels")
+    pruned = channel_pruning.prune_channels(
+        model, pruning_schedule=pruning.ConstantSparsity(0.5, begin_step=0, frequency=1))
+    cell.at("op: one training step with UpdatePruningStep")
+    _fit_callbacks[:] = [pruning.UpdatePruningStep()]
+    try:
+        _compile_and_step(pruned, spec, data["train"], data["train_y"])
+    finally:
+        _fit_callbacks.clear()
+    cell.at("check: masked model outputs")
+    masked = keras_outputs(pruned, data["eval"])
+    cell.at("op: strip_pruning")
+    stripped = pruning.strip_pruning(pruned)
+    cell.details.update(params_before=int(model.count_params()),
+                        params_after=int(stripped.count_params()))
+    cell.at("check: stripped model outputs")
+    outs = keras_outputs(stripped, data["eval"])
+    original = keras_outputs(model, data["eval"])
+    problems = []
+    if [o.shape for o in outs] != [o.shape for o in original]:
+        problems.append(f"output shapes changed: {[o.shape for o in original]} -> "
+                        f"{[o.shape for o in outs]}")
+    else:
+        err = max(float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-6))
+                  for a, b in zip(masked, outs))
+        cell.details["stripped_vs_masked"] = err
+        if not err <= CHANNEL_EXACT:
+            problems.append(f"stripped model differs from the masked model by {err:.3g} of the "
+                            "output's magnitude (removal should be exact)")
+    cell.at("op: convert(stripped model)")
+    result = tc.convert(stripped, representative_data=data["calib"], progress=False)
+    cell.details["size_bytes"] = result.size_bytes
+    if cell.details["params_after"] >= cell.details["params_before"]:
+        cell.details["note"] = "no channel was removed"
+    return problems
+
+
+def _op_lowrank(cell, spec, model, data, workdir):
+    import tfcompress as tc
+    from tfcompress import lowrank
+
+    cell.at("op: lowrank.factorize(ratio=0.5)")
+    small = lowrank.factorize(model, ratio=0.5)
+    plans = getattr(small, "factor_plans", None) or []
+    cell.details.update(factored_layers=len(plans), params_before=int(model.count_params()),
+                        params_after=int(small.count_params()))
+    cell.at("check: factored model outputs")
+    outs, original = keras_outputs(small, data["eval"]), keras_outputs(model, data["eval"])
+    problems = []
+    if [o.shape for o in outs] != [o.shape for o in original]:
+        problems.append(f"output shapes changed: {[o.shape for o in original]} -> "
+                        f"{[o.shape for o in outs]}")
+    else:
+        cell.details["relative_change"] = max(
+            float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-6))
+            for a, b in zip(original, outs))
+    cell.at("op: convert(factored model)")
+    result = tc.convert(small, representative_data=data["calib"], progress=False)
+    cell.details["size_bytes"] = result.size_bytes
+    if not plans:
+        cell.details["note"] = "no layer was factored"
+    return problems
+
+
+def _op_compress(cell, spec, model, data, workdir):
+    import tfcompress as tc
+    from tfcompress import inspector
+
+    cell.at("op: compress")
+    result = tc.compress(model, (data["train"], data["train_y"], data["eval"], data["eval_y"]),
+                         recipe=spec.recipe(), output_dir=None, verbose=0,
+                         batch_size=len(data["eval"]) if not isinstance(data["eval"], dict) else 8)
+    cell.details.update(size_ratio=result.size_ratio,
+                        validation_passed=None if result.validation is None
+                        else result.validation.passed)
+    report = inspector.load(result.tflite).report
+    ok_int, bad = _fully_integer(report, spec)
+    cell.at("check: returned Keras model outputs")
+    ref = keras_outputs(result.model, data["eval"])
+    errs = _both_paths_vs_keras(cell, result.tflite, ref, data["eval"], "steps")
+    cell.details.update(keras_vs_file_steps=errs, fully_integer=ok_int)
+    problems = [f"{p}: compress()'s Keras model vs its file max {e['max']:.1f} steps > "
+                f"{QAT_MAX_STEPS}" for p, e in errs.items() if not e["max"] <= QAT_MAX_STEPS]
+    if not ok_int:
+        problems.append(f"not fully integer: {', '.join(bad)}")
+    return problems
+
+
+_RUNNERS = {
+    "float32": lambda c, s, m, d, w: _op_convert(c, s, m, d, "float32", w),
+    "int8": lambda c, s, m, d, w: _op_convert(c, s, m, d, "int8", w),
+    "int16x8": lambda c, s, m, d, w: _op_convert(c, s, m, d, "int16x8", w),
+    "dynamic": lambda c, s, m, d, w: _op_convert(c, s, m, d, "dynamic", w),
+    "float16": lambda c, s, m, d, w: _op_convert(c, s, m, d, "float16", w),
+    "validate": _op_validate,
+    "qat": lambda c, s, m, d, w: _qat_like(c, s, m, d, "qat", w),
+    "ptq": lambda c, s, m, d, w: _qat_like(c, s, m, d, "ptq", w),
+    "prune_sparse": _op_prune_sparse,
+    "prune_channels": _op_prune_channels,
+    "lowrank": _op_lowrank,
+    "compress": _op_compress,
+}
+
+
+def package_hash() -> str:
+    """A hash of the library's sources: which code a cell measured (others edit it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def make_data(spec: ZooModel, model, size: str) -> dict:
+    """The cell's data: calibration, evaluation and training inputs (and targets)."""
+    n = SAMPLES[size]
+    calib = spec.inputs(model, n["calib"], seed=1)
+    ev = spec.inputs(model, n["eval"], seed=2)
+    train = spec.inputs(model, n["train"], seed=3)
+    return {"calib": calib, "eval": ev, "eval_y": spec.targets(model, ev, seed=2),
+            "train": train, "train_y": spec.targets(model, train, seed=3)}
+
+
+def run_cell(model_name: str, op: str, size: str = "small", *, workdir: Optional[str] = None,
+             progress_file: Optional[str] = None) -> dict:
+    """Runs one operation on one zoo model in this process; see the module docstring.
+
+    Args:
+        model_name: a key of :data:`ZOO`.
+        op: a key of :data:`OPS`.
+        size: ``"small"`` or ``"full"``.
+        workdir: where the ``float32`` and ``int8`` cells leave their files (for latency).
+        progress_file: each stage is appended to it as it starts (what a crash was doing).
+
+    Returns:
+        ``{"model", "op", "size", "status", "stage", "seconds", ...}`` (JSON-ready).
+    """
+    if op not in OPS:
+        raise ValueError(f"Unknown op {op!r}. Known: {list(OPS)}")
+    spec = spec_for(model_name, size)
+    cell = _Cell(progress_file)
+    start = time.perf_counter()
+    out: Dict[str, Any] = {"model": model_name, "op": op, "size": size,
+                           "package": package_hash()}
+    try:
+        cell.at("zoo: build")
+        model = spec.build(size)
+        out["params"] = int(model.count_params())
+        cell.at("zoo: data")
+        data = make_data(spec, model, size)
+        problems = _RUNNERS[op](cell, spec, model, data, workdir)
+        out["status"] = "failed" if problems else "verified"
+        if problems:
+            out["reason"] = "; ".join(problems)
+            out["stage"] = "check"
+    except Exception as exc:  # noqa: BLE001 - every exception is the measurement here
+        out.update(classify_exception(exc, cell.stage))
+    out["details"] = _jsonable(cell.details)
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if isinstance(o, np.generic)
+                                 else str(o)))
+
+
+# ---------------------------------------------------------------------------
+# The same cell in a child process: a crash becomes a "crashed" cell.
+# ---------------------------------------------------------------------------
+
+_CHILD = r"""
+import faulthandler, json, sys
+faulthandler.enable()
+sys.path.insert(0, {tests!r})
+import zoo
+args = json.loads(sys.argv[1])
+results = []
+for model_name, op in args["cells"]:
+    with open(args["progress"], "a") as f:
+        f.write("cell " + json.dumps([model_name, op]) + "\n")
+    r = zoo.run_cell(model_name, op, args["size"], workdir=args.get("workdir"),
+                     progress_file=args["progress"])
+    with open(args["results"], "a") as f:
+        f.write(json.dumps(r) + "\n")
+"""
+
+
+def _child_env() -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONFAULTHANDLER="1")
+    env.setdefault("TFCOMPRESS_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    return env
+
+
+def run_cells_in_child(cells: Sequence[Tuple[str, str]], size: str = "small", *,
+                       timeout: float = 300.0, workdir: Optional[str] = None) -> List[dict]:
+    """Runs cells one after another in child processes; a crash costs only its cell.
+
+    Each child runs the remaining cells in turn and appends each result to a file. When
+    a child dies by a signal or runs past ``timeout`` (for the whole batch it was
+    given), the cell it was running is recorded as ``crashed`` with the signal (or
+    ``timeout``), its last stage and the tail of its stderr (Python's fault handler
+    prints the stack there), and a new child takes the rest.
+    """
+    results: List[dict] = []
+    pending = list(cells)
+    with tempfile.TemporaryDirectory(prefix="zoo_cell_") as tmp:
+        attempt = 0
+        while pending:
+            attempt += 1
+            res_file, prog_file = Path(tmp, f"r{attempt}.jsonl"), Path(tmp, f"p{attempt}.txt")
+            res_file.touch()
+            prog_file.touch()
+            args = {"cells": pending, "size": size, "results": str(res_file),
+                    "progress": str(prog_file), "workdir": workdir}
+            script = _CHILD.format(tests=str(Path(__file__).resolve().parent))
+            start = time.perf_counter()
+            try:
+                proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)],
+                                      capture_output=True, text=True, timeout=timeout,
+                                      env=_child_env(), cwd=str(ROOT))
+                rc, stderr, timed_out = proc.returncode, proc.stderr, False
+            except subprocess.TimeoutExpired as e:
+                rc, timed_out = None, True
+                stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            done = [json.loads(line) for line in res_file.read_text().splitlines() if line.strip()]
+            results.extend(done)
+            pending = pending[len(done):]
+            if not pending:
+                break
+            # The child stopped before the next cell finished: that cell crashed.
+            stages = [s for s in prog_file.read_text().splitlines() if s.strip()]
+            last = next((s for s in reversed(stages) if not s.startswith("cell ")), "")
+            model_name, op = pending[0]
+            crash = {"model": model_name, "op": op, "size": size, "status": "crashed",
+                     "stage": last, "seconds": round(time.perf_counter() - start, 2),
+                     "stderr_tail": _stderr_tail(stderr)}
+            crash["crash_frame"] = crash_frame(crash["stderr_tail"])
+            if timed_out:
+                crash.update(signal="timeout", reason=f"timed out after {timeout:.0f} s at {last}")
+            elif rc is not None and rc < 0:
+                name = signal.Signals(-rc).name
+                crash.update(signal=name, reason=f"killed by {name} at {last}"
+                             + (f" ({crash['crash_frame']})" if crash["crash_frame"] else ""))
+            else:
+                crash.update(signal=None, exit_code=rc,
+                             reason=f"child exited with code {rc} at {last}")
+            results.append(crash)
+            pending = pending[1:]
+    return results
+
+
+def run_cell_in_child(model_name: str, op: str, size: str = "small", *, timeout: float = 300.0,
+                      workdir: Optional[str] = None) -> dict:
+    """:func:`run_cell` in its own child process (see :func:`run_cells_in_child`)."""
+    return run_cells_in_child([(model_name, op)], size, timeout=timeout, workdir=workdir)[0]
+
+
+def _stderr_tail(stderr: str, lines: int = 25) -> str:
+    """The fault handler's dump (the Python stack at the crash), else stderr's last lines."""
+    text = stderr or ""
+    if "Fatal Python error" in text:
+        return "\n".join(text[text.index("Fatal Python error"):].splitlines()[:lines])
+    keep = [line for line in text.splitlines()
+            if line.strip() and not line.startswith(("WARNING: All log messages", "I0000",
+                                                     "W0000", "E0000", "To enable the following"))]
+    return "\n".join(keep[-lines:])
+
+
+def crash_frame(stderr_tail: str) -> str:
+    """The innermost Python frame of a fault-handler dump: ``file.py:line in function``."""
+    for line in stderr_tail.splitlines():
+        line = line.strip()
+        if line.startswith("File "):
+            path, _, rest = line[len("File "):].partition(", line ")
+            return f"{path.strip(chr(34)).split('site-packages/')[-1]}:{rest}"
+    return ""
