@@ -272,7 +272,7 @@ def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, sam
     except _compat.ConverterError as e:
         raise ConversionError(_explain(str(e), mode, source.keras_model)) from None
     except RuntimeError as e:  # the calibrator's quantizer raises plain RuntimeErrors
-        head = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        head = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise ConversionError(
             f"Conversion to {mode!r} failed while quantizing: {head}. "
             + ("int16x8 covers fewer ops than int8; try mode='int8'."
