@@ -235,3 +235,13 @@ def test_clone_model_can_keep_operations_and_show_only_layers():
     np.testing.assert_allclose(clone.predict(x, verbose=0), model.predict(x, verbose=0))
     with pytest.raises(AttributeError):  # what Keras does with an op without keep_operations
         _graph.clone_model(model, clone_function=lambda layer: layer.weights and layer)
+
+
+def test_producer_node_gives_the_node_and_what_it_read():
+    inputs = keras.Input((4,), name="x")
+    dense = keras.layers.Dense(3, name="d")
+    first, second = dense(inputs), dense(inputs * 2.0)  # a shared layer: two nodes
+    node = _compat.producer_node(second)
+    assert node.operation is dense and node is not _compat.producer_node(first)
+    assert type(_compat.producer(node.input_tensors[0])).__name__ == "Multiply"
+    assert _compat.producer_node(np.zeros(2)) is None

@@ -174,3 +174,35 @@ def test_a_registered_activation_is_fused_like_relu():
     assert plan.layer("clamp").quantizer == "quant_out_clamp"
     names = [layer.name for layer in quantize_model(model).layers]
     assert names.index("clamp") == names.index("quant_stem") + 1  # nothing in between
+
+
+def test_operator_nodes_have_records_by_their_class_name():
+    x = keras.Input((4, 6))
+    model = keras.Model(x, [x + 3.0, x[:, :2], ops.mean(x, 1), ops.exp(x),
+                            ops.concatenate([x, x], -1)])
+    kinds = {type(op).__name__: kind_of(op) for op in model.operations[1:]}
+    assert kinds["Add"].merge == "elementwise" and kinds["Add"].fuses_activation
+    assert kinds["GetItem"].output_range == "input"
+    assert kinds["Mean"].output_range == "own"
+    assert kinds["Concatenate"].merge == "concatenate"
+    assert kinds["Exp"] is UNKNOWN  # not one TFLite runs in int8 from fake-quant ranges
+    assert layer_kinds.is_operation(model.operations[1]) and not layer_kinds.is_operation(L.Add)
+    assert kind_of(L.Add()).merge == "elementwise"  # the layer's own record, not the op's
+
+
+def test_an_operation_class_of_ones_own_registers_like_a_layer():
+    class Halve(keras.Operation):
+        def call(self, x):
+            return x[:, ::2]
+
+        def compute_output_spec(self, x):
+            return keras.KerasTensor((x.shape[0], (x.shape[1] + 1) // 2) + x.shape[2:], x.dtype)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 4), name="x")
+    model = keras.Model(inputs, L.Dense(2)(Halve(name="halve")(L.Dense(4)(inputs))))
+    with pytest.raises(ValueError, match="Operator node 'halve' \\(class Halve"):
+        plan_quantization(quantize_annotate_model(model))
+    register(Halve, output_range="input")
+    step = plan_quantization(quantize_annotate_model(model)).layer("halve")
+    assert (step.action, step.output, step.quantizer) == ("operation", "input_range", None)

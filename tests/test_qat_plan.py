@@ -231,3 +231,29 @@ def test_wrapper_and_quantizer_configs_carry_their_notes():
     wrapper = qat.get_layer("quant_conv")
     assert QuantizeWrapper.from_config(wrapper.get_config()).notes == ()
     assert quantization.is_quantized(qat)
+
+
+def test_plan_describes_operator_nodes_affine_layers_and_standalone_batchnorms(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = L.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = L.ReLU(name="relu")(L.Conv2D(4, 3, name="conv")(x))
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x) * 0.5
+    annotated = quantize_annotate_model(keras.Model(inputs, L.Dense(2, name="head")(x)))
+    plan = plan_quantization(annotated)
+    text = plan.summary()
+    assert "  rescale (Rescaling): -> QuantizeWrapper quant_rescale (1x1 DepthwiseConv2D); " \
+           "FakeQuant quant_out_rescale (input_image)" in text
+    assert "  bn (BatchNormalization): -> QuantizeWrapper quant_bn (1x1 DepthwiseConv2D); " \
+           "FakeQuant quant_out_bn (learned)" in text
+    multiply = next(s for s in plan.layers if s.class_name == "Multiply")
+    assert multiply.describe() == (f"{multiply.name} (Multiply): operator node, kept; "
+                                   f"FakeQuant quant_out_{multiply.name} (learned)")
+    assert plan.report().quantized == ("rescale", "conv", "bn", "head")
+    assert QuantizePlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    qat = rebuild(annotated, plan)
+    qat.save(tmp_path / "qat.keras")
+    reloaded = quantize_report(keras.models.load_model(tmp_path / "qat.keras"))
+    assert reloaded.rewrites == qat.quantize_report.rewrites == plan.rewrites
+    assert [r.split(":")[0] for r in reloaded.rewrites] == ["rescale", "bn"]

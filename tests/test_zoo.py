@@ -33,9 +33,11 @@ SAMPLED_CELLS = {
         "the QAT file names its inputs after FakeQuant ops, so predicting by input name "
         "('image', 'features') fails"),
     ("dense_autoencoder", "compress"): None,
-    ("lstm_kws", "int8"): _xfail(
+    # Not strict: the p99 moves between processes (2.0 passes in the suite's process,
+    # 2.1 fails in tools/zoo_benchmark.py's child process on 2026-12-03).
+    ("lstm_kws", "int8"): pytest.mark.xfail(strict=False, reason=(
         "the SIGSEGV is gone (the LSTM is unrolled), but over 49 unrolled steps XNNPACK and "
-        "the reference kernels differ by p99 2.1 output steps (the check allows 2)"),
+        "the reference kernels differ by p99 2.0 to 2.1 output steps (the check allows 2)")),
 }
 
 
@@ -48,6 +50,9 @@ def test_every_small_zoo_model_builds_and_runs_on_its_own_data(name):
     outs = zoo.keras_outputs(model, x)
     assert 0 < model.count_params() <= 150_000
     assert all(o.shape[0] == 4 and np.all(np.isfinite(o)) for o in outs)
+    # The outputs move with the input (BatchNorm statistics calibrated at build): a
+    # random network whose every output is the same would agree with any file.
+    assert all(np.ptp(o) > 0.05 * np.abs(o).max() for o in outs), [np.ptp(o) for o in outs]
     ys = y if isinstance(y, list) else [y]
     assert len(ys) == len(outs)
     for task, target, out in zip(spec.output_tasks or (spec.task,), ys, outs):

@@ -106,6 +106,19 @@ def producer(tensor):
     return None if history is None else history.operation
 
 
+def producer_node(tensor):
+    """The graph node that produced a symbolic Keras tensor, or None.
+
+    Its ``operation`` is :func:`producer`'s answer and its ``input_tensors`` are what
+    that operation read (Keras' ``_keras_history`` and ``_inbound_nodes``).
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    nodes = history.operation._inbound_nodes
+    return nodes[history.node_index] if history.node_index < len(nodes) else None
+
+
 def is_operation(obj) -> bool:
     """A graph node's operation that is not a Layer.
 
@@ -227,6 +240,7 @@ __all__ = [
     "load_keras_model",
     "node_arguments",
     "producer",
+    "producer_node",
     "quiet_stdout",
     "run_graph",
     "uncompiled",

@@ -8,7 +8,8 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
 * activations: asymmetric, with moving-average ranges (initialised from the first
   batch so that raw 0-255 inputs do not wait for an average to crawl there);
 * BatchNorm that follows a Conv / DepthwiseConv / Dense is folded into it, so training
-  sees the folded, quantized weights the converter will write;
+  sees the folded, quantized weights the converter will write; biases are rounded to
+  TFLite's int32 grid (input scale x weight scale), read from the input's quantizer;
 * no fake-quant between a layer and a ReLU / ReLU6 that TFLite fuses into it; Add
   and GlobalAveragePooling get their own output range; the inputs of a Concatenate
   share its output range (as TFLite requires); pooling, reshape, flatten, padding and
@@ -145,11 +146,18 @@ class FakeQuant(keras.layers.Layer):
         fixed_range: ``(min, max)`` to use instead of a learned range (softmax).
         notes: notes on the graph rewrites whose output this quantizer follows, kept
             in its config for :func:`quantize_report`.
+        grid_point: a value that the int8 grid must contain exactly, besides zero
+            (the scale is widened to ``|grid_point| / n``). The input quantizer of a
+            Rescaling(1 / 127.5, -1) gets 127.5, so that the rescaled grid holds zero.
+        follows: ``(scale, offset)``: instead of a range of its own, this quantizer
+            uses the image under ``x * scale + offset`` of the range of the quantizer
+            before the affine layer it follows (found in the graph), so that the
+            affine map is exact in int8.
         **kwargs: Keras layer arguments.
     """
 
     def __init__(self, num_bits: int = 8, decay: float = 0.999, fixed_range=None,
-                 notes=(), **kwargs):
+                 notes=(), grid_point=None, follows=None, **kwargs):
         super().__init__(**kwargs)
         if num_bits not in (8, 16):
             raise ValueError(f"`num_bits` must be 8 or 16. Received: num_bits={num_bits!r}")
@@ -159,7 +167,40 @@ class FakeQuant(keras.layers.Layer):
         self.decay = decay
         self.fixed_range = tuple(fixed_range) if fixed_range is not None else None
         self.notes = tuple(notes or ())
+        self.grid_point = float(grid_point) if grid_point else None
+        self.follows = tuple(float(v) for v in follows) if follows is not None else None
         self._observed = None  # a list while recording
+        # The quantizer whose range `follows` maps, found when called in a graph.
+        object.__setattr__(self, "_source", None)
+
+    def __call__(self, *args, **kwargs):
+        if self.follows is not None and args and isinstance(args[0], keras.KerasTensor):
+            object.__setattr__(self, "_source", _affine_source(args[0]))
+        return super().__call__(*args, **kwargs)
+
+    def _snapped(self, lo, hi):
+        """``(lo, hi)`` widened so that the grid holds ``grid_point`` (8 bits)."""
+        if self.grid_point is None or self.num_bits != 8:
+            return lo, hi
+        c = abs(self.grid_point)
+        n = ops.maximum(ops.floor(c / ops.maximum((hi - lo) / 255.0, 1e-12)), 1.0)
+        return lo, lo + 255.0 * c / n
+
+    def _followed_range(self):
+        """The image of the source's nudged int8 grid under ``follows``."""
+        source = self._source
+        lo, hi = source._snapped(source.min_value, source.max_value)
+        step = ops.maximum((hi - lo) / 255.0, 1e-12)
+        low = -ops.round(-lo / step) * step  # the nudged grid: zero on it
+        high = low + 255.0 * step
+        scale, offset = self.follows
+        ends = (low * scale + offset, high * scale + offset)
+        return (ends if scale > 0 else ends[::-1])
+
+    def _follows(self) -> bool:
+        source = self._source
+        return (self.follows is not None and self.num_bits == 8 and source is not None
+                and source.num_bits == 8 and source.fixed_range is None)
 
     def build(self, input_shape):
         def state(name, value=0.0):
@@ -176,12 +217,15 @@ class FakeQuant(keras.layers.Layer):
         if self.num_bits == 16:  # TFLite's int16 activations are symmetric
             m = ops.maximum(ops.abs(lo), ops.abs(hi))
             return fake_quant(x, -m, m, num_bits=16, narrow_range=True)
-        return fake_quant(x, lo, hi, num_bits=8)
+        return fake_quant(x, *self._snapped(lo, hi), num_bits=8)
 
     def call(self, inputs, training=None):
         if self.fixed_range is not None:
             return self._quantize(inputs, *self.fixed_range)
         lo, hi = self.min_value, self.max_value
+        if self._follows():
+            lo, hi = self._followed_range()
+            training = False  # nothing to learn
         if not training:
             if self._observed is not None and tf.executing_eagerly():
                 self._observed.append(_sample(np.asarray(inputs)))
@@ -232,6 +276,10 @@ class FakeQuant(keras.layers.Layer):
         config.update(num_bits=self.num_bits, decay=self.decay,
                       fixed_range=list(self.fixed_range) if self.fixed_range else None,
                       notes=list(self.notes))
+        if self.grid_point is not None:
+            config["grid_point"] = self.grid_point
+        if self.follows is not None:
+            config["follows"] = list(self.follows)
         return config
 
 
@@ -338,6 +386,38 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if quantize_config is None and layer_kinds.activation_name(layer) not in _NO_PRE_ACTIVATION:
             self.pre_activation = FakeQuant(activation_bits, name="pre_activation")
         self._bias_shift = None  # a list while recording
+        # The FakeQuant that sets the range of this layer's input, found when the layer
+        # is called on a symbolic tensor (in a Functional graph, also after loading); a
+        # plain attribute, not a tracked sublayer: the graph owns it.
+        object.__setattr__(self, "_input_quantizer", None)
+
+    def __call__(self, *args, **kwargs):
+        if args and isinstance(args[0], keras.KerasTensor):
+            object.__setattr__(self, "_input_quantizer", _range_source(args[0]))
+        return super().__call__(*args, **kwargs)
+
+    def _round_bias(self, bias, kernel):
+        """The bias on TFLite's int32 grid (scale: input scale x weight scale per channel),
+        straight-through; unchanged when the input's quantizer is unknown."""
+        source = self._input_quantizer
+        if bias is None or source is None or source.num_bits != 8 or \
+                source.fixed_range is not None:
+            return bias
+        input_scale = (source.max_value - source.min_value) / 255.0
+        layout = _kernel_layout(self.layer)
+        if layout in ("dense", "embedding"):
+            weight_scale = symmetric_max(kernel, per_channel=False) / 127.0
+        elif layout == "conv_transpose":
+            weight_scale = symmetric_max(ops.swapaxes(kernel, -1, -2), per_channel=True) / 127.0
+        else:
+            k = kernel
+            if layout == "depthwise":
+                k = ops.reshape(k, tuple(k.shape[:-2]) + (1, k.shape[-2] * k.shape[-1]))
+            weight_scale = symmetric_max(k, per_channel=True) / 127.0
+        step = ops.stop_gradient(ops.maximum(input_scale * weight_scale, 1e-30))
+        rounded = ops.round(bias / step) * step
+        calibrating = ops.greater(source.calibrating, 0.5)  # float pass-through: exact bias
+        return ops.where(calibrating, bias, bias + ops.stop_gradient(rounded - bias))
 
     def build(self, input_shape):
         if not self.layer.built:
@@ -488,7 +568,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             kernel, bias = self._fold(inputs, kernel, bias, training)
         y = self._op(inputs, self._quantize_kernel(kernel))
         if bias is not None:
-            y = y + bias
+            y = y + self._round_bias(bias, kernel)
         if self._bias_shift is not None and tf.executing_eagerly() and bias is not None:
             # correct_bias(): how far weight rounding moves each output channel.
             exact = self._op(inputs, kernel) + (0.0 if bias is None else bias)
@@ -655,13 +735,15 @@ def _unsupported(layer, position, why: str = "", todo: str = "") -> ValueError:
     """The one-line refusal: the layer, its class and position, why, and what to do."""
     cannot = _CANNOT.get(type(layer).__name__)
     todo = todo or (f"{type(layer).__name__}: {cannot}." if cannot else "")
-    what = "Operator node" if _compat.is_operation(layer) else "Layer"
+    operation = _compat.is_operation(layer)
+    tail = ("An operator node is quantized when it reads a quantized tensor: leave the "
+            "layers before it unannotated to keep it in float." if operation else
+            "Give it a QuantizeConfig with quantize_annotate_layer(layer, quantize_config=...), "
+            "or leave it unannotated to keep it in float.")
     return ValueError(
-        f"{what} {layer.name!r} (class {type(layer).__name__}, position {position}) cannot be "
-        f"quantized{why}. Supported: {', '.join(_supported_layers())}. "
-        + (todo + " " if todo else "")
-        + "Give it a QuantizeConfig with quantize_annotate_layer(layer, quantize_config=...), "
-        "or leave it unannotated to keep it in float.")
+        f"{'Operator node' if operation else 'Layer'} {layer.name!r} (class "
+        f"{type(layer).__name__}, position {position}) cannot be quantized{why}. Supported: "
+        f"{', '.join(_supported_layers())}. " + (todo + " " if todo else "") + tail)
 
 
 def _activation_refusal(layer) -> Optional[Tuple[str, str]]:
@@ -832,6 +914,9 @@ class LayerPlan:
             ``"softmax"``, ``"sigmoid"``, ``"tanh"`` (a FakeQuant with the fixed range
             TFLite's int8 kernel writes: :data:`FIXED_RANGES`),
             ``"input_range"`` (none follows: it keeps its input's range),
+            ``"input_image"`` (a Rescaling / Normalization of a model input with one
+            scale and offset for all channels: a FakeQuant whose range is the image of
+            the input's range, so that int8 computes it exactly),
             ``"input_grid"`` (it keeps its input's range, and its outputs, averages
             of its inputs, are rounded to that range again, as TFLite's
             AVERAGE_POOL_2D and RESIZE_BILINEAR do: its input's quantizer runs again),
@@ -956,11 +1041,39 @@ def _whole_input_average_pool(layer, input_shape) -> bool:
             and layer.padding == "valid")
 
 
+def _affine_source(tensor) -> Optional["FakeQuant"]:
+    """The input quantizer of the affine QuantizeWrapper that produced ``tensor`` (through
+    the RESHAPE back from 4-D, if any)."""
+    source = _compat.producer(tensor)
+    if isinstance(source, keras.layers.Reshape):
+        node = _compat.producer_node(tensor)
+        source = _compat.producer(node.input_tensors[0]) if node is not None else None
+    return source._input_quantizer if isinstance(source, QuantizeWrapper) else None
+
+
+def _range_source(tensor) -> Optional["FakeQuant"]:
+    """The FakeQuant whose range a symbolic tensor has: its producer, or the producer's
+    input for layers and operator nodes that keep their input's range (pooling, padding,
+    reshapes...)."""
+    for _ in range(64):
+        source = _compat.producer(tensor)
+        if isinstance(source, FakeQuant):
+            return source
+        if source is None or layer_kinds.kind_of(source).output_range != "input" \
+                or isinstance(source, keras.layers.InputLayer):
+            return None
+        node = _compat.producer_node(tensor)
+        if node is None or len(node.input_tensors) != 1:
+            return None
+        tensor = node.input_tensors[0]
+    return None
+
+
 def _averages(layer) -> bool:
-    """An op that keeps its input's scale and writes averages of input values (which
-    TFLite rounds to that scale): average pooling, bilinear resizing."""
-    if isinstance(layer, (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D)):
-        return True
+    """An op that keeps its input's scale and writes averages of input values, which
+    TFLite rounds to that scale: bilinear resizing. (AVERAGE_POOL_2D rounds halves of
+    its int8 sums away from zero, not up; measured, its outputs are closer to the
+    quantizer's input left unrounded.)"""
     return isinstance(layer, (keras.layers.UpSampling2D, keras.layers.Resizing)) and \
         layer.interpolation == "bilinear"
 
@@ -993,7 +1106,8 @@ def _prepare(model):
 class _Graph:
     """Read-only facts about an annotated Functional graph, asked by the planner."""
 
-    def __init__(self, model):
+    def __init__(self, model, scheme: str = "default_8bit"):
+        self.scheme = scheme
         self.nodes = _compat.graph_nodes(model)
         self.readers: Dict[int, list] = {}
         self.producers: Dict[int, object] = {}
@@ -1043,6 +1157,16 @@ class _Graph:
             layer_kinds.kind_of(_inner(reader)).merge == "concatenate"
             or type(_inner(reader)).__name__ in ("Maximum", "Minimum"))
 
+    def concatenates_kept_range(self, node) -> bool:
+        """A concatenation with an input from an op that keeps its input's range."""
+        for t in node.input_tensors:
+            source = self.producers.get(id(t))
+            if source is not None and self.quantized(source) and \
+                    layer_kinds.kind_of(_inner(source)).output_range == "input" and \
+                    not isinstance(source, keras.layers.InputLayer):
+                return True
+        return False
+
     def fused_after(self, node) -> bool:
         reader = self.reader(node)
         return reader is not None and layer_kinds.is_fusable_activation(_inner(reader))
@@ -1075,6 +1199,24 @@ def _folds(graph: _Graph) -> Dict[str, str]:
     return fold
 
 
+def _scalar_affine_of_input(graph: "_Graph", node) -> Optional[Tuple[float, float]]:
+    """``(scale, offset)`` of a Rescaling / Normalization that reads a model input and
+    has one scale and offset for every channel; None otherwise."""
+    layer = node.operation
+    if not _annotated(layer) or not layer_kinds.kind_of(_inner(layer)).affine or \
+            layer.quantize_config is not None:
+        return None
+    if not isinstance(graph.producers.get(id(node.input_tensors[0])), keras.layers.InputLayer):
+        return None
+    params = _affine_parameters(_inner(layer), _channels(node) or 1)
+    if isinstance(params, str):
+        return None
+    scale, offset = params
+    if not (np.all(scale == scale[0]) and np.all(offset == offset[0])) or scale[0] == 0:
+        return None
+    return float(scale[0]), float(offset[0])
+
+
 def _standalone(layer) -> bool:
     """A layer run as a 1x1 DepthwiseConv2D: an affine map, or a BatchNorm not folded."""
     kind = layer_kinds.kind_of(_inner(layer))
@@ -1090,15 +1232,25 @@ def _output(graph: _Graph, fold: Dict[str, str], node) -> str:
     quantize_config = getattr(layer, "quantize_config", None)
     if quantize_config is None and layer_kinds.activation_name(base) in FIXED_RANGES:
         return layer_kinds.activation_name(base)
-    if graph.only_concatenated(node):
-        return "concat_output"
     kind = layer_kinds.kind_of(base)
+    keeps_range = kind.output_range == "input" and not _whole_input_average_pool(
+        base, node.input_tensors[0].shape)
+    if graph.only_concatenated(node) and not keeps_range:
+        return "concat_output"
+    if kind.merge == "concatenate" and graph.concatenates_kept_range(node):
+        # An input that keeps its own input's scale (REDUCE_MAX, MAX_POOL_2D...) cannot
+        # take the Concatenate's: the converter would force that range back onto the
+        # tensor it reads, clipping what its other readers see. So the Concatenate
+        # takes that input's range, as TFLite then does.
+        return "input_grid"
     if kind.output_range == "input":
-        if _whole_input_average_pool(base, node.input_tensors[0].shape):
-            return "learned"  # becomes MEAN, which has its own range
+        if not keeps_range:
+            return "learned"  # an average pool over the whole input becomes MEAN
         return "input_grid" if _averages(base) else "input_range"
     if quantize_config is not None and not quantize_config.quantize_output(base):
         return "quantize_config"
+    if graph.scheme == "default_8bit" and _scalar_affine_of_input(graph, node) is not None:
+        return "input_image"
     if _standalone(layer) and len(node.input_tensors[0].shape) != 4:
         return "learned"  # a RESHAPE back from 4-D stands between it and any activation
     if (kind.fuses_activation or _standalone(layer)) and graph.fused_after(node):
@@ -1121,8 +1273,7 @@ def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
         if not graph.quantized(layer):
             return LayerPlan(**common, action="float", output="float")
         output = _output(graph, fold, node)
-        quantizer = f"quant_out_{layer.name}" if output in ("learned",) + tuple(FIXED_RANGES) \
-            else None
+        quantizer = f"quant_out_{layer.name}" if output in _QUANTIZED_OUTPUTS else None
         return LayerPlan(**common, action="operation", output=output, quantizer=quantizer)
     if not _annotated(layer):
         return LayerPlan(layer.name, layer.name, type(layer).__name__, "float", layer.name,
@@ -1164,8 +1315,7 @@ def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
         output = ("fused_activation" if graph.fused_after(bn_node) else
                   "concat_output" if graph.only_concatenated(bn_node) else "learned")
         target = batchnorm
-    quantizer = (f"quant_out_{_short(target)}" if output in ("learned",) + tuple(FIXED_RANGES)
-                 else None)
+    quantizer = f"quant_out_{_short(target)}" if output in _QUANTIZED_OUTPUTS else None
     return LayerPlan(**common, action=action,
                      new_name=f"quant_{base.name}" if action in ("wrap", "affine") else base.name,
                      output=output, quantizer=quantizer, batchnorm=batchnorm, notes=notes)
@@ -1201,10 +1351,12 @@ def _with_notes(graph: _Graph, steps: Dict[str, LayerPlan], split_notes) -> Tupl
 
 
 _WRAPS = ("wrap", "affine")  # actions whose QuantizeWrapper records the notes
+# Outputs followed by a FakeQuant of their own.
+_QUANTIZED_OUTPUTS = ("learned", "input_image") + tuple(FIXED_RANGES)
 
 
 def _make_plan(model, scheme: str, split_notes) -> QuantizePlan:
-    graph = _Graph(model)
+    graph = _Graph(model, scheme)
     fold = _folds(graph)
     steps: Dict[str, LayerPlan] = {}
     for node in graph.nodes:
@@ -1333,6 +1485,18 @@ def _rebuild(model, plan: QuantizePlan):
     origin: Dict[int, str] = {}  # new layer -> the name of the layer it stands for
     quantized_inputs: Dict[int, object] = {}
     ranges: Dict[int, FakeQuant] = {}  # tensor -> the quantizer that set its range
+    graph = _Graph(model, plan.scheme)
+    follows: Dict[str, Tuple[float, float]] = {}  # affine layer -> (scale, offset)
+    grid_points: Dict[str, float] = {}  # model input -> the value its grid must hold
+    for node in graph.nodes:
+        step = steps.get(node.operation.name)
+        if step is not None and step.output == "input_image":
+            params = _scalar_affine_of_input(graph, node)
+            if params is not None:
+                follows[step.name] = params
+                source = graph.producers[id(node.input_tensors[0])]
+                if params[1] != 0.0:  # the raw value the affine maps to zero
+                    grid_points[source.name] = -params[1] / params[0]
 
     def clone_function(layer):
         new = _new_layer(model, layer, steps[layer.name], bits, pending)
@@ -1346,7 +1510,8 @@ def _rebuild(model, plan: QuantizePlan):
         if id(tensor) not in quantized_inputs:
             step = steps.get(source.name)
             name = step.quantizer if step is not None and step.quantizer else f"quant_{source.name}"
-            quantizer = FakeQuant(bits.activation_bits, name=name)
+            quantizer = FakeQuant(bits.activation_bits, grid_point=grid_points.get(source.name),
+                                  name=name)
             quantized_inputs[id(tensor)] = quantizer(tensor)
             ranges[id(quantized_inputs[id(tensor)])] = quantizer
         return quantized_inputs[id(tensor)]
@@ -1368,11 +1533,17 @@ def _rebuild(model, plan: QuantizePlan):
                                                   name=f"quant_{step.layer}_{label}")(t))
         else:
             out = layer(*args, **kwargs)
-        source = ranges.get(id(args[0])) if args and not isinstance(out, (list, tuple)) else None
+        source = None
+        if args and not isinstance(out, (list, tuple)):
+            source = next((ranges[id(t)] for t in keras.tree.flatten(args[0])
+                           if id(t) in ranges), None)
         if step.output == "input_grid" and source is not None:
             # The same quantizer again, without updating its range from these values.
             out = source(out, training=False)
         quantizer = _output_quantizer(step, bits)
+        if quantizer is not None and step.name in follows:
+            quantizer = FakeQuant(bits.activation_bits, follows=follows[step.name],
+                                  notes=quantizer.notes, name=quantizer.name)
         if quantizer is None:
             if step.output in ("input_range", "input_grid") and source is not None:
                 ranges[id(out)] = source
