@@ -17,10 +17,6 @@ import pytest
 import zoo
 
 
-def _xfail(reason):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 # (model, op) -> the failure measured by tools/zoo_benchmark.py --size=small, or None.
 SAMPLED_CELLS = {
     ("ds_cnn", "int8"): None,
@@ -29,9 +25,7 @@ SAMPLED_CELLS = {
     ("subclassed", "int8"): None,            # refused: "has no defined inputs"
     ("transformer_text", "int8"): None,      # refused: int32 token ids are "not fully integer"
     ("op_add", "qat"): None,  # fixed: operator nodes in QAT (was AttributeError on `+`)
-    ("two_in_two_out", "qat"): _xfail(
-        "the QAT file names its inputs after FakeQuant ops, so predicting by input name "
-        "('image', 'features') fails"),
+    ("two_in_two_out", "qat"): None,
     ("dense_autoencoder", "compress"): None,
     # Not strict: the p99 moves between processes (2.0 passes in the suite's process,
     # 2.1 fails in tools/zoo_benchmark.py's child process on 2026-12-03).

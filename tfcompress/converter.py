@@ -321,7 +321,7 @@ def _outputs_differ(sparse: bytes, dense: bytes, samples: list,
                     specs: Sequence[calibration.InputSpec]) -> Optional[str]:
     for xnnpack in (True, False):
         reference = runtime.make_interpreter(dense, xnnpack=xnnpack)
-        details = reference.get_input_details()
+        details = runtime.input_details(reference)
         if samples:
             batch = samples[:SPARSE_CHECK_SAMPLES]
             x = {spec.name: np.concatenate([np.asarray(s[i]) for s in batch])

@@ -27,6 +27,7 @@ __all__ = [
     "DelegationReport",
     "delegation",
     "dequantize",
+    "input_details",
     "input_name",
     "intermediate_outputs",
     "make_interpreter",
@@ -123,7 +124,7 @@ def predict(
     Returns:
         One float32 array per model output, samples first.
     """
-    inputs = interpreter.get_input_details()
+    inputs = input_details(interpreter)
     outputs = interpreter.get_output_details()
     xs = match_inputs(inputs, x)
     check_shapes(inputs, xs)
@@ -150,9 +151,27 @@ def predict(
 
 
 def input_name(detail: dict) -> str:
-    """The signature name of an input (``serving_default_image:0`` -> ``image``)."""
+    """The signature name of an input (``serving_default_image:0`` -> ``image``).
+
+    Details from :func:`input_details` carry the name the file's signature gives the
+    input, which is the Keras ``Input`` name even where the tensor itself is named
+    after an op (a QAT model's input tensors take their FakeQuant's name).
+    """
+    if detail.get("signature_name"):
+        return detail["signature_name"]
     name = detail["name"].split(":")[0]
     return name[len("serving_default_"):] if name.startswith("serving_default_") else name
+
+
+def input_details(interpreter: Interpreter) -> List[dict]:
+    """The interpreter's input details, each with its ``signature_name`` (or None)."""
+    details = interpreter.get_input_details()
+    names: Dict[int, str] = {}
+    signatures = interpreter.get_signature_list()
+    if len(signatures) == 1:  # one signature: its input names are the model's
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        names = {d["index"]: key for key, d in runner.get_input_details().items()}
+    return [dict(d, signature_name=names.get(d["index"])) for d in details]
 
 
 def match_inputs(details: Sequence[dict], x) -> List[np.ndarray]:
