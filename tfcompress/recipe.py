@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -41,14 +44,74 @@ __all__ = [
 ]
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+
+
+def _type_ok(value, hint) -> bool:
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:  # numpy integers too, never booleans
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) \
+            and type(value).__name__ != "bool_"
+    if hint is float:
+        return _is_number(value) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    return True
+
+
+def _describe_hint(hint) -> str:
+    if typing.get_origin(hint) is typing.Union:
+        parts = [_describe_hint(h) for h in typing.get_args(hint) if h is not type(None)]
+        return " or ".join(parts) + " or null"
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        return "a list of " + ("strings" if item is str else _describe_hint(item))
+    return {bool: "true or false", int: "an integer", float: "a finite number",
+            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_types(step: str, obj) -> None:
+    """Every field of a step has its annotated type (``epochs: true`` is not 1).
+
+    Raises:
+        TypeError: naming the field, the value received and what is allowed.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if not _type_ok(value, hints[field.name]):
+            raise TypeError(f"{step}.{field.name} must be {_describe_hint(hints[field.name])}. "
+                            f"Received: {value!r}")
+
+
+def _check_positive(step: str, name: str, value, *, integer: bool = False) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{step}.{name} must be a positive {'integer' if integer else 'number'}"
+                         f"{'' if integer else ' or null'}. Received: {value!r}")
+
+
+def _check_choice(step: str, name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{step}.{name} must be one of {tuple(allowed)}. Received: {value!r}")
+
+
 def _check_fraction(step: str, name: str, value, *, closed: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and 0 <= value and (value <= 1 if closed else value < 1)
+    ok = _is_number(value) and 0 <= value and (value <= 1 if closed else value < 1)
     if not ok:
         raise ValueError(f"{step}.{name} must be in [0, 1{']' if closed else ')'}. Received: {value!r}")
 
 
 def _check_epochs(step: str, epochs) -> None:
-    if not isinstance(epochs, int) or epochs < 0:
+    if not _type_ok(epochs, int) or epochs < 0:
         raise ValueError(f"{step}.epochs must be a non-negative integer. Received: {epochs!r}")
 
 
@@ -68,6 +131,8 @@ class LowRank:
     reconstruct: bool = False
 
     def __post_init__(self):
+        _check_types("lowrank", self)
+        _check_positive("lowrank", "learning_rate", self.learning_rate)
         if (self.energy is None) == (self.ratio is None):
             raise ValueError("lowrank needs exactly one of energy and ratio. Received: "
                              f"energy={self.energy!r}, ratio={self.ratio!r}")
@@ -105,6 +170,9 @@ class Prune:
     KINDS = ("unstructured", "2:4", "channels")
 
     def __post_init__(self):
+        _check_types("prune", self)
+        _check_positive("prune", "learning_rate", self.learning_rate)
+        _check_choice("prune", "criterion", self.criterion, ("l1", "l2"))
         if self.kind not in self.KINDS:
             raise ValueError(f"prune.kind must be one of {self.KINDS}. Received: {self.kind!r}")
         _check_fraction("prune", "sparsity", self.sparsity)
@@ -123,7 +191,8 @@ class Distill:
     alpha: float = 0.1
 
     def __post_init__(self):
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+        _check_types("distill", self)
+        if not _is_number(self.temperature) or not self.temperature > 0:
             raise ValueError(f"distill.temperature must be positive. Received: {self.temperature!r}")
         _check_fraction("distill", "alpha", self.alpha, closed=True)
 
@@ -138,10 +207,17 @@ class Quantize:
     calibration_samples: int = CALIBRATION_SAMPLES
     learning_rate: Optional[float] = None
 
+    # post_training.ESTIMATORS (not imported: this module stays free of Keras)
+    ESTIMATORS = ("minmax", "moving_average", "percentile", "mse")
+
     def __post_init__(self):
+        _check_types("quantize", self)
         if self.method not in ("qat", "ptq"):
             raise ValueError(f"quantize.method must be 'qat' or 'ptq'. Received: {self.method!r}")
         _check_epochs("quantize", self.epochs)
+        _check_choice("quantize", "estimator", self.estimator, self.ESTIMATORS)
+        _check_positive("quantize", "calibration_samples", self.calibration_samples, integer=True)
+        _check_positive("quantize", "learning_rate", self.learning_rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +227,11 @@ class Validate:
     max_accuracy_drop: Optional[float] = None  # in accuracy points (0..1) below the original
     require_fully_integer: bool = True
 
+    def __post_init__(self):
+        _check_types("validate", self)
+        if self.max_accuracy_drop is not None:
+            _check_fraction("validate", "max_accuracy_drop", self.max_accuracy_drop, closed=True)
+
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
@@ -158,6 +239,11 @@ class Benchmark:
 
     runs: int = 100
     num_threads: int = 1
+
+    def __post_init__(self):
+        _check_types("benchmark", self)
+        _check_positive("benchmark", "runs", self.runs, integer=True)
+        _check_positive("benchmark", "num_threads", self.num_threads, integer=True)
 
 
 _STEPS = {"lowrank": LowRank, "prune": Prune, "distill": Distill, "quantize": Quantize,
@@ -203,6 +289,8 @@ class Recipe:
             raise ValueError(f"Unknown recipe steps {sorted(unknown)}. Allowed: "
                              f"{sorted(_STEPS)} and 'name'.")
         kwargs: Dict[str, Any] = {"name": config.get("name", "recipe")}
+        if not isinstance(kwargs["name"], str):
+            raise TypeError(f"name must be a string. Received: {kwargs['name']!r}")
         for key, step_cls in _STEPS.items():
             if key not in config:
                 continue
@@ -231,17 +319,30 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"No such recipe file. Received: {str(path)!r}.")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
+        if path.suffix not in (".json", ".yaml", ".yml"):
+            raise ValueError(f"A recipe file ends in .json, .yaml or .yml. Received: {str(path)!r}.")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"The recipe {str(path)!r} is not UTF-8 text ({e}).") from None
+        if path.suffix == ".json":
+            try:
+                config = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"The recipe {str(path)!r} is not valid JSON: {e}.") from None
+        else:
             # Optional: PyYAML is needed only for YAML recipes.
             import yaml
 
-            config = yaml.safe_load(text)
-        elif path.suffix == ".json":
-            config = json.loads(text)
-        else:
-            raise ValueError(f"A recipe file ends in .json, .yaml or .yml. Received: {str(path)!r}.")
-        return cls.from_dict(config or {})
+            try:  # safe_load: tags such as !!python/object are refused, never executed
+                config = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                where = getattr(e, "problem_mark", None)
+                at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+                problem = getattr(e, "problem", None) or str(e)
+                raise ValueError(f"The recipe {str(path)!r} is not valid YAML{at}: "
+                                 f"{' '.join(str(problem).split())}.") from None
+        return cls.from_dict(config if config is not None else {})
 
 
 def as_recipe(recipe) -> Recipe:
