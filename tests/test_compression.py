@@ -286,3 +286,98 @@ def test_search_refuses_a_regression_model():
     model, data = _regression_mlp()
     with pytest.raises(ValueError, match=r"search\(\) ranks recipes by top-1 accuracy"):
         search(model, data, verbose=0)
+
+
+PTQ_ONLY = {"quantize": {"method": "ptq"}, "validate": None, "benchmark": None}
+
+
+def test_a_second_run_on_one_output_is_refused_naming_the_first_ones_pid(digits_model, tmp_path):
+    import os
+
+    from tfcompress import _io
+
+    model, ds = digits_model
+    with _io.exclusive_lock(tmp_path / "o.partial.lock", what="o"):
+        with pytest.raises(BlockingIOError, match=f"pid {os.getpid()}"):
+            tc.compress(model, ds, recipe=PTQ_ONLY, output_dir=tmp_path / "o", verbose=0)
+    assert not (tmp_path / "o.partial").exists()
+
+
+def test_a_kill_while_writing_the_results_resumes_instead_of_retraining(
+        digits_model, tmp_path, monkeypatch):
+    model, ds = digits_model
+    out = tmp_path / "o"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while publishing")
+
+    monkeypatch.setattr(compression, "_publish", killed)
+    with pytest.raises(KeyboardInterrupt) as info:
+        tc.compress(model, ds, recipe=PTQ_ONLY, output_dir=out, verbose=0)
+    assert "run the same command again to resume" in " ".join(info.value.__notes__)
+    state = json.loads((tmp_path / "o.partial" / "state.json").read_text())
+    assert [c["step"] for c in state["completed"]] == ["quantize"]
+    assert not out.exists()
+    monkeypatch.undo()
+    trained = []
+    monkeypatch.setitem(compression._TRAINING_STEPS, "quantize",
+                        lambda *a: trained.append(1) or pytest.fail("retrained"))
+    r = tc.compress(model, ds, recipe=PTQ_ONLY, output_dir=out, verbose=0)
+    assert not trained and r.stages[1] == state["completed"][0]["metrics"]
+    assert (out / "model_int8.tflite").read_bytes() == r.tflite
+    assert not (tmp_path / "o.partial").exists() and not (tmp_path / "o.partial.lock").exists()
+    assert not {"steps", "state.json"} & {p.name for p in out.iterdir()}
+
+
+def test_an_output_another_run_created_meanwhile_is_never_replaced(
+        digits_model, tmp_path, monkeypatch):
+    model, ds = digits_model
+    out = tmp_path / "o"
+    write = compression._write_outputs
+
+    def and_someone_else_writes_the_output(work, *args):
+        write(work, *args)
+        out.mkdir()  # empty: a plain rename would replace it silently
+
+    monkeypatch.setattr(compression, "_write_outputs", and_someone_else_writes_the_output)
+    with pytest.raises(FileExistsError, match="created while this run worked") as info:
+        tc.compress(model, ds, recipe=PTQ_ONLY, output_dir=out, verbose=0)
+    assert "resume" in " ".join(info.value.__notes__)
+    assert out.is_dir() and not list(out.iterdir())
+    assert (tmp_path / "o.partial" / "final" / "model_int8.tflite").exists()
+
+
+def test_a_run_that_fails_before_any_step_leaves_nothing(digits_model, tmp_path, monkeypatch):
+    model, ds = digits_model
+
+    def broken(*args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setitem(compression._TRAINING_STEPS, "quantize", broken)
+    with pytest.raises(RuntimeError, match="disk on fire") as info:
+        tc.compress(model, ds, recipe=PTQ_ONLY, output_dir=tmp_path / "o", verbose=0)
+    assert "was removed" in " ".join(info.value.__notes__)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"learning_rate": float("nan")}, ValueError, r"learning_rate` must be a positive finite number. Received: learning_rate="),
+    ({"learning_rate": -1e-3}, ValueError, r"learning_rate` must be a positive finite number. Received: learning_rate="),
+    ({"batch_size": 0}, ValueError, r"batch_size` must be a positive integer. Received: 0"),
+    ({"batch_size": True}, ValueError, r"batch_size` must be a positive integer"),
+    ({"recipe": {"benchmark": {"runs": -5}}}, ValueError, r"benchmark.runs must be a positive"),
+    ({"recipe": {"quantize": {"epochs": True}}}, TypeError, r"quantize.epochs must be an integer"),
+])
+def test_arguments_are_refused_before_any_training(digits_model, tmp_path, monkeypatch, kwargs,
+                                                   error, message):
+    model, ds = digits_model
+    monkeypatch.setattr(compression, "_train", lambda *a: pytest.fail("trained"))
+    with pytest.raises(error, match=message):
+        tc.compress(model, ds, output_dir=tmp_path / "o", verbose=0, **kwargs)
+
+
+def test_an_output_dir_inside_a_file_is_refused_before_any_training(digits_model, tmp_path):
+    model, ds = digits_model
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="which is a file, not a folder"):
+        tc.compress(model, ds, output_dir=tmp_path / "file" / "sub", verbose=0)

@@ -179,6 +179,9 @@ def cmd_convert(args: List[str]) -> int:
     if not FLAGS.output:
         raise UsageError("convert needs --output=OUT.tflite")
 
+    if os.path.isdir(FLAGS.output):
+        raise IsADirectoryError(f"--output must be the path of a .tflite file, not a directory. "
+                                f"Received: --output={FLAGS.output!r}.")
     if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
         raise FileExistsError(f"Refusing to overwrite {FLAGS.output!r}; pass --overwrite.")
     data = None
@@ -209,7 +212,8 @@ def cmd_validate(args: List[str]) -> int:
         raise UsageError("validate takes one .tflite: tfcompress validate MODEL.tflite --data=DATA")
     if not FLAGS.data:
         raise UsageError("validate needs --data (an .npz with x/y arrays, an .npy, or an image folder)")
-    report = inspector.inspect(args[0])
+    model = inspector.load(args[0])  # read and verified once
+    report = model.report
     shape = report.inputs[0].shape if report.inputs else None
     x, y = _load_data(FLAGS.data, want_labels=True, image_size=_image_size(), input_shape=shape)
     x = _preprocess(x)
@@ -224,7 +228,7 @@ def cmd_validate(args: List[str]) -> int:
         max_error_steps_p99=FLAGS.max_error_steps_p99,
         require_fully_integer=FLAGS.require_fully_integer, max_size_ratio=FLAGS.max_size_ratio,
     )
-    result = validate(args[0], x, y=y, reference=FLAGS.reference, thresholds=thresholds,
+    result = validate(model, x, y=y, reference=FLAGS.reference, thresholds=thresholds,
                       num_threads=FLAGS.num_threads, progress=FLAGS.progress and not FLAGS.json)
     if FLAGS.json_out:
         result.save(FLAGS.json_out, overwrite=FLAGS.overwrite)
@@ -239,13 +243,14 @@ def cmd_inspect(args: List[str]) -> int:
 
     if len(args) != 1:
         raise UsageError("inspect takes one .tflite: tfcompress inspect MODEL.tflite")
-    report = inspector.inspect(args[0])
+    model = inspector.load(args[0])  # read and verified once
+    report = model.report
     if FLAGS.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.summary())
-
-        print(runtime.delegation(args[0]).describe())
+        # The XNNPACK interpreter is built in a child first (runtime.trial_run).
+        print(runtime.delegation(model).describe())
     return 0
 
 
@@ -446,7 +451,8 @@ def _report_error(command: str, e: Exception) -> int:
 
 
 def _one_line(e: Exception) -> str:
-    text = " ".join(str(e).split())
+    # Notes (compress adds how to resume or clean up) belong to the message.
+    text = " ".join(" ".join([str(e), *getattr(e, "__notes__", ())]).split())
     return text if len(text) <= 2000 else text[:2000] + " ..."
 
 

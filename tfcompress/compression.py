@@ -11,8 +11,12 @@ training step it saves the model there (``steps/NN_step.keras``) with the step's
 numbers in ``state.json``. A second call with the same model, data and recipe
 continues after the last completed step. Each step seeds Keras' random generators
 with ``seed + step index``, so a resumed run redoes the interrupted step exactly as
-an uninterrupted run would. When everything is done, the directory is renamed to
-``output_dir`` in one move. An existing ``output_dir`` is never overwritten silently.
+an uninterrupted run would. The results are written to ``<output_dir>.partial/final``,
+which is renamed to ``output_dir`` in one move; the checkpoints are deleted only after
+that. An existing ``output_dir`` is never replaced without ``overwrite=True``, even one
+another process created during the run. One run at a time works on an output: the
+second gets an error naming the first one's pid (``<output_dir>.partial.lock``). A run
+that fails says what it kept and how to resume or clean up.
 
 Example (trains; see tests/test_compression.py):
     >>> import tfcompress as tc
@@ -634,12 +638,12 @@ def compress(
         A :class:`CompressionResult`.
     """
     recipe = as_recipe(recipe)
+    _check_run_arguments(batch_size=batch_size, learning_rate=learning_rate, seed=seed)
     data = CompressionData.from_any(data)
     augment = _augmentation(augment)
     fit_kwargs = _checked_fit_kwargs(fit_kwargs)
-    if output_dir is not None and Path(output_dir).exists() and not overwrite:
-        raise FileExistsError(f"Refusing to overwrite the existing output directory "
-                              f"{str(output_dir)!r}. Pass overwrite=True (CLI: --overwrite).")
+    if output_dir is not None:
+        _check_output_dir(Path(output_dir), overwrite=overwrite)
 
     _graph.functional(model, purpose="compress")  # a clear error for subclassed models
     task = detect_task(model, data, task)
@@ -650,28 +654,101 @@ def compress(
                learning_rate=learning_rate, callbacks=callbacks, strategy=strategy, seed=seed,
                verbose=verbose, from_logits=from_logits, fit_kwargs=fit_kwargs, augment=augment,
                task=task)
-    state = None
-    if run.work is not None:
+    if run.work is None:
+        return _run_steps(run, None)[0]
+    final = Path(output_dir)
+    # One run at a time per output: a second one would share (and break) the checkpoints.
+    with _io.exclusive_lock(Path(str(run.work) + ".lock"), what=f"{str(run.work)!r}"):
+        _check_output_dir(final, overwrite=overwrite)  # again: another run may have finished
         fp = _fingerprint(model, data, recipe, seed, batch_size, learning_rate, augment)
         state = _load_state(run.work, fp, resume)
-    current, stages = _train(run, state)
-    int8, float_tflite, report, latency, int8_mse = _export_and_check(
-        run, current, stages[0]["accuracy"])
-    result = CompressionResult(current, int8.bytes, float_tflite.bytes, tuple(stages), report,
-                               latency, recipe, None, task, int8_mse)
-    if run.work is None:
-        return result
-    _write_outputs(run.work, result, int8)
-    final = Path(output_dir)
-    if final.exists():  # overwrite=True was checked above
-        shutil.rmtree(final)
-    os.replace(run.work, final)
+        try:
+            result, int8 = _run_steps(run, state)
+            # The results go to a folder of their own inside the work directory, which
+            # replaces nothing until the end: a kill anywhere before the rename resumes
+            # from the checkpoints, which are deleted only after it.
+            staged = run.work / "final"
+            _write_outputs(staged, result, int8)
+            _publish(staged, final, overwrite=overwrite)
+        except BaseException as e:
+            _explain_failure(e, run.work, state)
+            raise
+        shutil.rmtree(run.work, ignore_errors=True)
     return dataclasses.replace(result, output_dir=str(final))
 
 
+def _run_steps(run: "_Run", state: Optional[dict]):
+    """Training steps, then export and checks: (CompressionResult, verified int8 file)."""
+    current, stages = _train(run, state)
+    int8, float_tflite, report, latency, int8_mse = _export_and_check(
+        run, current, stages[0]["accuracy"])
+    return CompressionResult(current, int8.bytes, float_tflite.bytes, tuple(stages), report,
+                             latency, run.recipe, None, run.task, int8_mse), int8
+
+
+def _check_run_arguments(*, batch_size, learning_rate, seed) -> None:
+    """compress()'s numeric arguments, checked before any work."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.floating)) \
+            or not np.isfinite(learning_rate) or learning_rate <= 0:
+        raise ValueError("`learning_rate` must be a positive finite number. Received: "
+                         f"learning_rate={learning_rate!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an integer. Received: {seed!r}")
+
+
+def _check_output_dir(final: Path, *, overwrite: bool) -> None:
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"Refusing to overwrite the existing output directory "
+                              f"{str(final)!r}. Pass overwrite=True (CLI: --overwrite).")
+    for parent in final.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(
+                    f"The output directory {str(final)!r} would be inside {str(parent)!r}, "
+                    "which is a file, not a folder. Choose another output_dir.")
+            break
+
+
+def _publish(staged: Path, final: Path, *, overwrite: bool) -> None:
+    """Moves the finished results to ``final``; replaces it only with ``overwrite``."""
+    aside = None
+    if overwrite and final.exists():
+        aside = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        os.rename(final, aside)
+    try:
+        _io.rename_no_replace(staged, final)
+    except FileExistsError:
+        raise FileExistsError(
+            f"Refusing to overwrite {str(final)!r}: it was created while this run worked. The "
+            f"results are in {str(staged)!r}; run again with overwrite=True (CLI: --overwrite) "
+            "to replace it (the run resumes from its checkpoints).") from None
+    if aside is not None:
+        if aside.is_dir():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
+
+
+def _explain_failure(e: BaseException, work: Path, state: Optional[dict]) -> None:
+    """Says on ``e`` what is left of the run and how to resume or clean up."""
+    done = [c["step"] for c in (state or {}).get("completed", [])]
+    if not done:  # nothing worth resuming: leave nothing behind
+        shutil.rmtree(work, ignore_errors=True)
+        note = f"No training step had completed, so {str(work)!r} was removed."
+    else:
+        note = (f"The completed step(s) {', '.join(done)} are checkpointed in {str(work)!r}: "
+                "run the same command again to resume after them, or pass resume=False "
+                f"(CLI: --noresume) to start over, or delete {str(work)!r}.")
+    if hasattr(e, "add_note"):
+        e.add_note(note)
+
+
 def _write_outputs(work: Path, result: CompressionResult, int8: inspector.VerifiedModel) -> None:
-    shutil.rmtree(work / "steps", ignore_errors=True)
-    (work / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted export left
+    work.mkdir(parents=True)
     _io.atomic_write_bytes(work / "model_int8.tflite", result.tflite)
     _io.atomic_write_bytes(work / "original_float.tflite", result.float_tflite)
     result.model.save(work / "model.keras")
