@@ -1,7 +1,10 @@
 """The CLI: documented exit codes, one-line errors, no tracebacks, no partial files."""
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +213,49 @@ def test_debug_shows_the_traceback(tmp_path):
                            str(tmp_path / "missing.tflite"), "--debug"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" in proc.stderr and "error: No such" in proc.stderr
+
+
+_FAKE_MAIN = """
+import os, sys
+from tfcompress import cli
+
+def fake(argv):
+    print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"), "tensorflow" in sys.modules)
+    os.write(2, b"native chatter\\n")
+    print("python stderr", file=sys.stderr)
+    return int(os.environ["FAKE_EXIT"])
+
+cli.main = fake
+cli.run(["tfcompress", "inspect"] + sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("exit_code", [0, 2])
+def test_quiet_by_default_sets_the_log_level_before_tensorflow_loads(exit_code):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["FAKE_EXIT"] = str(exit_code)
+    quiet = subprocess.run([sys.executable, "-c", _FAKE_MAIN], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert quiet.returncode == exit_code
+    assert quiet.stdout.split() == ["3", "False"]  # set, and TensorFlow not loaded yet
+    assert "python stderr" in quiet.stderr and "native chatter" not in quiet.stderr
+    # A failed command names the file that kept the native log lines; a good one deletes it.
+    kept = re.findall(r"own log lines: (\S+?);", quiet.stderr)
+    assert len(kept) == (exit_code != 0)
+    for path in kept:
+        assert "native chatter" in Path(path).read_text()
+        os.unlink(path)
+    loud = subprocess.run([sys.executable, "-c", _FAKE_MAIN, "--verbose"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert loud.stdout.split() == ["None", "False"] and "native chatter" in loud.stderr
+
+
+def test_inspect_hides_litert_info_lines_unless_verbose(models_dir):
+    model = str(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite")
+    quiet = subprocess.run([sys.executable, "-m", "tfcompress.cli", "inspect", model],
+                           capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and "XNNPACK took" in quiet.stdout
+    assert quiet.stderr == ""
+    loud = subprocess.run([sys.executable, "-m", "tfcompress.cli", "inspect", model, "--verbose"],
+                          capture_output=True, text=True, timeout=120)
+    assert "Created TensorFlow Lite XNNPACK delegate" in loud.stderr

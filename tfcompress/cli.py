@@ -56,6 +56,8 @@ flags.DEFINE_boolean("overwrite", False, "convert/demo: replace an existing outp
 flags.DEFINE_string("mode", "int8", "convert: conversion mode: int8 | int16x8 | float16 | "
                     "dynamic | float32.")
 flags.DEFINE_boolean("debug", False, "On an error, show the whole traceback too.")
+flags.DEFINE_boolean("verbose", False, "Show TensorFlow's and LiteRT's own log lines and "
+                     "library warnings, which are hidden by default.")
 flags.DEFINE_string("input_type", None, "convert: int8 | uint8 | float32 (int16 in int16x8 mode).")
 flags.DEFINE_string("output_type", None, "convert: like --input_type, for outputs.")
 flags.DEFINE_string("data", None,
@@ -93,7 +95,8 @@ flags.DEFINE_boolean("resume", True, "compress: continue an interrupted run of t
 flags.DEFINE_float("budget", 0.01, "search: largest top-1 drop allowed (fraction, 0.01 = 1 pp).")
 flags.DEFINE_enum("objective", "size", ["size", "latency"], "search: what to minimise.")
 flags.DEFINE_integer("search_epochs", 3, "search: fine-tuning epochs per training step.")
-flags.DEFINE_integer("epochs", 20, "demo: training epochs.")
+flags.DEFINE_integer("epochs", None, "demo: training epochs of the float model (default: "
+                     "30 on digits, 5 on the other datasets).")
 flags.DEFINE_string("output_dir", None,
                     "demo: write models and reports here; benchmark: write benchmark.json, "
                     ".csv, .md and .png here.")
@@ -396,13 +399,19 @@ def cmd_demo(args: List[str]) -> int:
                     verbose=1 if FLAGS.progress else 0)
     result = demo.result
     print()
-    if result.validation is not None:
-        print(result.validation.summary())
-        print()
-    print(f"Results ({demo.dataset}, from {demo.source}; recipe: {result.recipe.name}):")
-    print(result.table())
+    print(f"Results on {demo.dataset} (recipe: {result.recipe.name}):")
+    print(demo.table())
+    print(demo.verdict())
+    if result.validation is not None and not result.validation.passed:
+        print("Validation FAILED: " + "; ".join(result.validation.failures))
     if result.output_dir:
-        print(f"Models written to {result.output_dir}; report: {result.output_dir}/report.md")
+        out = result.output_dir
+        print()
+        print(f"Written to {out}/: model_int8.tflite (the compressed model), "
+              "original_float.tflite, model.keras, test_data.npz, report.html, report.md.")
+        print("Next: inspect, validate and benchmark the int8 file:")
+        for command in demo.next_steps():
+            print("  " + command)
     return 0
 
 
@@ -456,9 +465,108 @@ def _one_line(e: Exception) -> str:
     return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
+# What TensorFlow's C++ logging reads when it loads (level 3 hides the oneDNN, cuInit
+# and cpu_feature_guard lines and the converter's SavedModel chatter). Set by the
+# command-line process only, before any command imports TensorFlow; the library never
+# changes the environment. A value the user set is kept.
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR"}
+# Warnings from these packages carry nothing a user of the command can act on
+# (tf.function retracing, deprecations inside TensorFlow and Keras).
+_QUIET_WARNING_MODULES = r"(tensorflow|keras|tf_keras|absl|google|h5py|ml_dtypes|optree)(\.|$)"
+
+
+def _quiet_python() -> None:
+    """Hides library warnings and TensorFlow's Python log below errors."""
+    import logging
+    import warnings
+
+    from absl import logging as absl_logging
+
+    os.environ.update({k: v for k, v in QUIET_ENVIRONMENT.items() if k not in os.environ})
+    warnings.filterwarnings("ignore", module=_QUIET_WARNING_MODULES)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("h5py").setLevel(logging.ERROR)
+    # TensorFlow's SavedModel and converter code logs through absl (INFO lines per save).
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+class _NativeLog:
+    """Sends what C and C++ code writes to file descriptor 2 into a temporary file.
+
+    Some TensorFlow and LiteRT lines (cudart_stub, the converter's ``fully_quantize``,
+    LiteRT's "Created TensorFlow Lite XNNPACK delegate") ignore TF_CPP_MIN_LOG_LEVEL.
+    Python's ``sys.stderr`` (errors, warnings, progress) keeps the real standard error.
+    The file is deleted after a successful command, and named after a failed one.
+    """
+
+    def __enter__(self) -> "_NativeLog":
+        import tempfile
+
+        sys.stderr.flush()
+        self._saved_fd = os.dup(2)
+        self._file = tempfile.NamedTemporaryFile(prefix="tfcompress-native-", suffix=".log",
+                                                 delete=False)
+        self.path = self._file.name
+        os.dup2(self._file.fileno(), 2)
+        self._old_stderr = sys.stderr
+        sys.stderr = open(self._saved_fd, "w", buffering=1, closefd=False,
+                          encoding=getattr(self._old_stderr, "encoding", None) or "utf-8",
+                          errors="backslashreplace")
+        self._repoint_log_handlers(self._old_stderr, sys.stderr)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.stderr.flush()
+        new = sys.stderr
+        sys.stderr = self._old_stderr
+        self._repoint_log_handlers(new, self._old_stderr)
+        os.dup2(self._saved_fd, 2)
+        os.close(self._saved_fd)
+        self._file.close()
+
+    def finish(self, exit_code: int) -> None:
+        """Keeps the log (and says where it is) after a failure; deletes it otherwise."""
+        if exit_code != 0 and os.path.getsize(self.path):
+            print(f"(TensorFlow's and LiteRT's own log lines: {self.path}; --verbose shows "
+                  "them as they come)", file=sys.stderr)
+        else:
+            os.unlink(self.path)
+
+    @staticmethod
+    def _repoint_log_handlers(old, new) -> None:
+        # Python log handlers (absl's among them) hold the stream they were made with.
+        import logging
+
+        handlers = list(logging.getLogger().handlers)
+        try:
+            from absl import logging as absl_logging
+
+            handlers.append(absl_logging.get_absl_handler().python_handler)
+        except (ImportError, AttributeError):  # pragma: no cover - absl is a requirement
+            pass
+        for h in handlers:
+            if getattr(h, "stream", None) is old:
+                h.stream = new
+
+
+def _main_quietly(argv: List[str]) -> int:
+    """``main``, quiet unless --verbose: runs before any command imports TensorFlow."""
+    if FLAGS.verbose:
+        return main(argv)
+    _quiet_python()
+    code = 2
+    log = _NativeLog()
+    with log:
+        code = main(argv)
+    log.finish(code)
+    return code
+
+
 def run(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point."""
-    app.run(lambda a: sys.exit(main(a)), argv=argv)
+    app.run(lambda a: sys.exit(_main_quietly(a)), argv=argv)
 
 
 if __name__ == "__main__":

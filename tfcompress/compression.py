@@ -760,70 +760,131 @@ def _write_outputs(work: Path, result: CompressionResult, int8: inspector.Verifi
     write_report(work, result, verified=int8)
 
 
-def _short_name(name: str, width: int = 38) -> str:
-    name = name.split(";")[0]
-    return name if len(name) <= width else "..." + name[-(width - 3):]
+def _user_layer_names(model) -> List[str]:
+    """The Keras layer names of ``model``, a wrapper's wrapped layer's name included."""
+    names = []
+    for layer in getattr(model, "layers", ()):
+        inner = getattr(layer, "layer", None)
+        names.append(layer.name)
+        if isinstance(inner, keras.layers.Layer):
+            names.append(inner.name)
+    return names
+
+
+def _weights_per_layer(model: inspector.VerifiedModel, names) -> dict:
+    out: dict = {}
+    for t in model.report.weight_tensors:
+        layer = report_lib.user_layer_name(t.name, names)
+        out[layer] = out.get(layer, 0) + int(np.prod(t.shape))
+    return out
 
 
 def write_report(directory, result: "CompressionResult", *,
-                 verified: Optional[inspector.VerifiedModel] = None) -> Path:
-    """Writes ``report.md`` and its plots for a :class:`~tfcompress.compression.CompressionResult`.
+                 verified: Optional[inspector.VerifiedModel] = None,
+                 overwrite: bool = False) -> Path:
+    """Writes ``report.md``, ``report.html`` and their plots for a :class:`CompressionResult`.
 
-    Plots: accuracy and parameters after each stage; the share of zero weights
-    per layer in the int8 file; the per-layer quantization error (in output
-    quantization steps) when validation ran.
+    ``report.html`` is self-contained (the plots are embedded), ``report.md`` links the
+    PNG files beside it. Plots: accuracy (or test error) after each stage and of the
+    int8 file, on an axis scaled to the numbers; parameters after each stage; weights
+    per layer in the float and int8 files; the share of zero weights per layer when
+    pruning left any; the per-layer quantization error (in output quantization steps)
+    when validation measured it. Layers carry their Keras names.
 
     Args:
         directory: an existing folder.
         result: what :func:`compress` returned.
         verified: the int8 file of ``result`` already verified (not parsed again).
+        overwrite: replace the report and plots already in ``directory``.
 
     Returns:
         The path of ``report.md``.
     """
     directory = Path(directory)
-    lines = [f"# Compression report: {result.recipe.name}", "",
-             "## What each step bought", "", result.table(), ""]
-    if result.task == "regression":
-        key, label, scale, title = "mse", "test MSE", 1.0, "Test error after each stage"
-    else:
-        key, label, scale, title = "accuracy", "top-1 accuracy (%)", 100.0, "Accuracy after each stage"
-    stages = [s for s in result.stages if s.get(key) is not None]
-    report_lib.bar_chart(directory / "stages.png", [s["stage"] for s in stages],
-                         {label: [scale * s[key] for s in stages]},
-                         xlabel=f"{label} on the test data, Keras model after the stage",
-                         title=title)
-    report_lib.bar_chart(directory / "params.png", [s["stage"] for s in stages],
-                         {"parameters": [float(s["params"]) for s in stages]},
-                         xlabel="trainable parameters after the stage",
-                         title="Model size after each stage")
-    lines += [f"![{'test MSE' if key == 'mse' else 'accuracy'} after each stage](stages.png)", "",
-              "![parameters after each stage](params.png)", ""]
+    names = _user_layer_names(result.model)
+    int8 = verified or inspector.load(result.tflite)
+    doc = report_lib.Document(f"Compression report: {result.recipe.name}")
+    regression = result.task == "regression"
+    v = result.validation
+    headline = (f"The int8 file is {len(result.tflite) / 1000:.1f} KB, "
+                f"{result.size_ratio:.3f}x the float file ({len(result.float_tflite) / 1000:.1f} KB).")
+    if v is not None and not regression and v.xnnpack.accuracy is not None:
+        headline += (f" Top-1 on the test data: {100 * v.xnnpack.accuracy:.2f}% (XNNPACK), "
+                     f"against {100 * result.stages[0]['accuracy']:.2f}% for the original model.")
+    if v is not None:
+        headline += " Validation " + ("passed." if v.passed else
+                                      "FAILED: " + "; ".join(v.failures) + ".")
+    doc.paragraph(headline)
+    doc.heading("What each step bought")
+    doc.markdown_table(result.table())
 
-    weights = inspector.load(verified or result.tflite).report.weight_tensors
-    if weights:
-        report_lib.bar_chart(directory / "sparsity.png", [_short_name(t.name) for t in weights],
-                  {"zero weights (%)": [100 * (t.zero_fraction or 0.0) for t in weights]},
-                  xlabel="share of weights that are exactly zero in the int8 file (%)",
-                  title="Per-layer sparsity")
-        lines += ["## Per-layer sparsity", "", "![per-layer sparsity](sparsity.png)", ""]
-    if result.validation is not None:
-        lines += ["## Validation (int8 file, XNNPACK and reference kernels)", "", "```",
-                  result.validation.summary(), "```", ""]
-        errors = result.validation.per_layer
-        if errors:
-            report_lib.bar_chart(directory / "quantization_error.png",
-                      [_short_name(e.layer or e.tensor) for e in errors],
-                      {"RMSE / scale": [e.rmse_over_scale for e in errors]},
-                      xlabel="RMS error against the float model, in quantization steps",
-                      title="Per-layer quantization error")
-            lines += ["![per-layer quantization error](quantization_error.png)", ""]
+    key = "mse" if regression else "accuracy"
+    stages = [s for s in result.stages if s.get(key) is not None]
+    labels = [s["stage"] for s in stages]
+    values = [s[key] if regression else 100 * s[key] for s in stages]
+    if regression and result.int8_mse is not None:
+        labels.append("int8 file (XNNPACK)")
+        values.append(result.int8_mse["xnnpack"])
+    elif v is not None and v.xnnpack.accuracy is not None:
+        labels.append("int8 file (XNNPACK)")
+        values.append(100 * v.xnnpack.accuracy)
+    label = "test MSE" if regression else "top-1 accuracy on the test data (%)"
+    report_lib.dot_chart(directory / "stages.png", labels, values, xlabel=label,
+                         title="Test error after each stage" if regression
+                         else "Accuracy after each stage (axis zoomed to the values)",
+                         fmt="{:.4g}" if regression else "{:.2f}", overwrite=overwrite)
+    doc.image(directory / "stages.png",
+              "test MSE after each stage" if regression else "accuracy after each stage")
+    report_lib.bar_chart(directory / "params.png", [s["stage"] for s in result.stages],
+                         {"parameters": [float(s["params"]) for s in result.stages]},
+                         xlabel="trainable parameters after the stage",
+                         title="Model size after each stage", overwrite=overwrite)
+    doc.image(directory / "params.png", "parameters after each stage")
+
+    per_layer_int8 = _weights_per_layer(int8, names)
+    per_layer_float = _weights_per_layer(inspector.load(result.float_tflite), names)
+    layers = list(per_layer_float) + [n for n in per_layer_int8 if n not in per_layer_float]
+    if layers:
+        doc.heading("Weights per layer")
+        report_lib.bar_chart(
+            directory / "weights.png", layers,
+            {"float file": [float(per_layer_float.get(n, np.nan)) for n in layers],
+             "int8 file": [float(per_layer_int8.get(n, np.nan)) for n in layers]},
+            xlabel="weights per layer (elements, biases included)",
+            title="Weights per layer: original float file and int8 file", overwrite=overwrite)
+        doc.image(directory / "weights.png", "weights per layer")
+    zeros = {}
+    for t in int8.report.weight_tensors:
+        if len(t.shape) >= 2:  # kernels; biases and scales are never pruned
+            zeros[report_lib.user_layer_name(t.name, names)] = 100 * (t.zero_fraction or 0.0)
+    if zeros and max(zeros.values()) >= 5.0:
+        doc.heading("Per-layer sparsity")
+        report_lib.bar_chart(directory / "sparsity.png", list(zeros),
+                             {"zero weights (%)": list(zeros.values())},
+                             xlabel="share of kernel weights that are exactly zero in the int8 file (%)",
+                             title="Per-layer sparsity", overwrite=overwrite)
+        doc.image(directory / "sparsity.png", "per-layer sparsity")
+    elif zeros:
+        doc.paragraph(f"No layer's kernel has 5% or more zero weights (at most "
+                      f"{max(zeros.values()):.1f}%), so no sparsity plot: "
+                      + ("channel pruning removes whole channels instead of zeroing weights."
+                         if result.recipe.prune is not None and result.recipe.prune.kind == "channels"
+                         else "the model was not pruned to zeros."))
+    if v is not None:
+        doc.heading("Validation (int8 file, XNNPACK and reference kernels)")
+        doc.code(v.summary())
+        if v.per_layer:
+            report_lib.bar_chart(
+                directory / "quantization_error.png",
+                [report_lib.user_layer_name(e.tensor, names) for e in v.per_layer],
+                {"RMSE / scale": [e.rmse_over_scale for e in v.per_layer]},
+                xlabel="RMS error against the float model, in quantization steps",
+                title="Per-layer quantization error", overwrite=overwrite)
+            doc.image(directory / "quantization_error.png", "per-layer quantization error")
     if result.latency is not None:
-        lat = result.latency
-        lines += ["## Latency (host, XNNPACK, interleaved)", "",
-                  f"float {lat['float_ms']:.4f} ms, int8 {lat['int8_ms']:.4f} ms: "
-                  f"{lat['ratio']:.3f}x ({lat['runs']} runs, {lat['num_threads']} thread(s)). "
-                  "Per-op times on a phone: examples/android_benchmark with "
-                  "--enable_op_profiling=true.", ""]
-    lines += ["## Recipe", "", "```json", json.dumps(result.recipe.to_dict(), indent=2), "```", ""]
-    return _io.atomic_write_bytes(directory / "report.md", "\n".join(lines).encode())
+        doc.heading("Latency (host, XNNPACK, interleaved)")
+        doc.paragraph(report_lib.latency_text(result.latency) + " Per-op times on a phone: "
+                      "examples/android_benchmark with `--enable_op_profiling=true`.")
+    doc.heading("Recipe")
+    doc.code(json.dumps(result.recipe.to_dict(), indent=2), "json")
+    return doc.save(directory, overwrite=overwrite)

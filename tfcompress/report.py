@@ -15,8 +15,11 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
+import re
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -25,11 +28,15 @@ import numpy as np
 from tfcompress import _io
 
 __all__ = [
+    "Document",
     "bar_chart",
     "csv_text",
+    "dot_chart",
+    "latency_text",
     "markdown_table",
     "pareto_front",
     "tradeoff_plot",
+    "user_layer_name",
 ]
 
 
@@ -38,6 +45,199 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _parse_markdown_table(text: str) -> Tuple[List[str], List[List[str]]]:
+    lines = [l.strip() for l in text.strip().splitlines()]
+    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    return cells[0], [c for c in cells[2:]]
+
+
+# A Keras 3 model or layer cloned or rebuilt gets "_1", "_2", ... after its name in
+# the TensorFlow graph; the QAT rebuild names its wrappers "quant_<layer>".
+_KERAS_SUFFIX = re.compile(r"_\d+$")
+
+
+def user_layer_name(tensor_name: str, known: Iterable[str] = ()) -> str:
+    """The Keras layer name, as the user wrote it, behind a TFLite tensor name.
+
+    Each ``/``-separated part of the name (right to left, the op name last) is tried
+    without the QAT wrapper's ``quant_`` prefix and Keras' ``_N`` suffix, then as
+    written; the first that is one of the ``known`` layer names wins. With no
+    ``known`` names, the layer part loses the prefix and the suffix.
+
+    Example:
+        >>> t = "small_cnn_1/small_cnn_1/quant_conv1_1/convolution;small_cnn_1/x/y"
+        >>> user_layer_name(t, ["conv1", "conv2"])
+        'conv1'
+        >>> user_layer_name("functional_1/dense_3_1/MatMul")
+        'dense_3'
+        >>> user_layer_name("serving_default_input:0", ["conv1"])
+        'serving_default_input:0'
+    """
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    known = set(known)
+
+    def candidates(part):
+        bare = part[len("quant_"):] if part.startswith("quant_") else part
+        return [_KERAS_SUFFIX.sub("", bare), bare, _KERAS_SUFFIX.sub("", part), part]
+
+    if known:
+        for part in reversed(parts):
+            for c in candidates(part):
+                if c in known:
+                    return c
+        return first
+    if len(parts) >= 3:
+        return candidates(parts[-2])[0]
+    return first
+
+
+class Document:
+    """A report written once as markdown and once as a self-contained HTML page.
+
+    The HTML page embeds every plot as a base64 PNG, so it can be mailed or attached
+    on its own; the markdown file links the PNG files beside it.
+
+    Example:
+        >>> doc = Document("Report")
+        >>> doc.heading("Numbers"); doc.table(("a", "b"), [(1, 2)])
+        >>> print(doc.markdown())
+        # Report
+        <BLANKLINE>
+        ## Numbers
+        <BLANKLINE>
+        | a | b |
+        |---|---|
+        | 1 | 2 |
+        <BLANKLINE>
+        >>> "<td>2</td>" in doc.html()
+        True
+    """
+
+    def __init__(self, title: str):
+        self.title = title
+        self._blocks: List[Tuple[str, Any]] = []
+
+    def heading(self, text: str) -> None:
+        self._blocks.append(("h2", text))
+
+    def paragraph(self, text: str) -> None:
+        self._blocks.append(("p", text))
+
+    def table(self, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        self._blocks.append(("table", (list(header), [list(r) for r in rows])))
+
+    def markdown_table(self, text: str) -> None:
+        """A table given as markdown (what ``markdown_table`` and ``.table()`` methods return)."""
+        self._blocks.append(("table", _parse_markdown_table(text)))
+
+    def code(self, text: str, language: str = "") -> None:
+        self._blocks.append(("pre", (text, language)))
+
+    def image(self, path, alt: str) -> None:
+        """A PNG written beside the report (``path``); the HTML embeds its bytes."""
+        self._blocks.append(("img", (Path(path), alt)))
+
+    def markdown(self) -> str:
+        lines = [f"# {self.title}", ""]
+        for kind, value in self._blocks:
+            if kind == "h2":
+                lines += [f"## {value}", ""]
+            elif kind == "p":
+                lines += [value, ""]
+            elif kind == "table":
+                lines += [markdown_table(*value), ""]
+            elif kind == "pre":
+                lines += [f"```{value[1]}", value[0], "```", ""]
+            elif kind == "img":
+                lines += [f"![{value[1]}]({value[0].name})", ""]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        e = html.escape
+        body = [f"<h1>{e(self.title)}</h1>"]
+        for kind, value in self._blocks:
+            if kind == "h2":
+                body.append(f"<h2>{e(value)}</h2>")
+            elif kind == "p":
+                text = re.sub(r"`([^`]+)`", r"<code>\1</code>", e(value))
+                body.append(f"<p>{text}</p>")
+            elif kind == "table":
+                header, rows = value
+                head = "".join(f"<th>{e(str(c))}</th>" for c in header)
+                trs = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>"
+                              for r in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+            elif kind == "pre":
+                body.append(f"<pre>{e(value[0])}</pre>")
+            elif kind == "img":
+                data = base64.b64encode(Path(value[0]).read_bytes()).decode("ascii")
+                body.append(f'<figure><img alt="{e(value[1])}" '
+                            f'src="data:image/png;base64,{data}"></figure>')
+        return _HTML.format(title=e(self.title), body="\n".join(body))
+
+    def save(self, directory, *, name: str = "report", overwrite: bool = False) -> Path:
+        """Writes ``<name>.md`` and ``<name>.html`` in ``directory``; returns the markdown path."""
+        directory = Path(directory)
+        _io.atomic_write_bytes(directory / f"{name}.html", self.html().encode(),
+                               overwrite=overwrite)
+        return _io.atomic_write_bytes(directory / f"{name}.md", self.markdown().encode(),
+                                      overwrite=overwrite)
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
+       max-width: 1000px; margin: 2em auto; padding: 0 1em; line-height: 1.45; }}
+h1 {{ font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }}
+h2 {{ font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #eee; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: .92em; }}
+th, td {{ border: 1px solid #ccc; padding: .3em .7em; text-align: left; }}
+th {{ background: #f3f5f7; }}
+tbody tr:nth-child(even) {{ background: #fafafa; }}
+td:not(:first-child) {{ font-variant-numeric: tabular-nums; }}
+pre {{ background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: .85em; }}
+code {{ background: #f3f3f3; padding: 0 .2em; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; height: auto; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def _time(ms: float) -> str:
+    return f"{1e3 * ms:.1f} us" if ms < 1 else f"{ms:.3f} ms"
+
+
+def latency_text(lat: Mapping[str, Any]) -> str:
+    """A sentence for a float-vs-int8 latency dict (``compress()``'s or the demo's).
+
+    With the demo's confidence intervals and noise floor (see
+    :func:`tfcompress.pipeline.compare_latency`), it says whether the difference is
+    within noise.
+
+    Example:
+        >>> print(latency_text({"float_ms": 2.0, "int8_ms": 1.0, "ratio": 0.5, "runs": 100,
+        ...                     "num_threads": 1}))
+        int8 / float latency 0.50x (p50 1.000 ms against 2.000 ms; median of 100 interleaved rounds, 1 thread).
+    """
+    text = (f"int8 / float latency {lat['ratio']:.2f}x (p50 {_time(lat['int8_ms'])} against "
+            f"{_time(lat['float_ms'])}; median of {lat['runs']} interleaved rounds, "
+            f"{lat['num_threads']} thread{'s' if lat['num_threads'] != 1 else ''})")
+    if "ratio_ci95" not in lat:
+        return text + "."
+    lo, hi = lat["ratio_ci95"]
+    nlo, nhi = lat["noise_ci95"]
+    verdict = ("within noise" if lat["within_noise"] else
+               ("faster" if lat["ratio"] < 1 else "slower") + ", beyond noise")
+    return (f"{text}, 95% CI {lo:.2f}-{hi:.2f}; the float file timed against itself gives "
+            f"{lat['noise_ratio']:.2f}x ({nlo:.2f}-{nhi:.2f}): {verdict}.")
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -136,6 +336,57 @@ def bar_chart(
         ax.legend(fontsize=8, loc="best")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path, overwrite)
+
+
+def dot_chart(
+    path,
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    xlabel: str,
+    title: str,
+    fmt: str = "{:.2f}",
+    overwrite: bool = False,
+) -> Path:
+    """One dot per label on an axis scaled to the values (not from zero).
+
+    For numbers that differ by little against their size, like accuracies of 99.2%
+    and 99.4%: bars from zero would all look the same.
+
+    Args:
+        path: the PNG to write.
+        labels: one per value, top to bottom.
+        values: NaN values draw no dot.
+        xlabel: axis label, with units.
+        title: the chart title.
+        fmt: how each value is written next to its dot.
+        overwrite: replace an existing file.
+    """
+    plt = _pyplot()
+    v = np.asarray(values, dtype=float)
+    finite = v[np.isfinite(v)]
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * len(labels)))
+    y = np.arange(len(labels))
+    ax.hlines(y, *(_padded_range(finite) if finite.size else (0, 1)), color="#ddd", zorder=1)
+    ax.scatter(v, y, color="tab:blue", zorder=2)
+    for yi, vi in zip(y, v):
+        if np.isfinite(vi):
+            ax.annotate(fmt.format(vi), (vi, yi), xytext=(0, 7), textcoords="offset points",
+                        ha="center", fontsize=8)
+    if finite.size:
+        ax.set_xlim(*_padded_range(finite))
+    ax.set_yticks(y, labels)
+    ax.set_ylim(len(labels) - 0.4, -0.7)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path, overwrite)
+
+
+def _padded_range(v: np.ndarray) -> Tuple[float, float]:
+    lo, hi = float(v.min()), float(v.max())
+    pad = max((hi - lo) * 0.25, abs(hi) * 0.002, 1e-9)
+    return lo - pad, hi + pad
 
 
 def tradeoff_plot(
