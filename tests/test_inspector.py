@@ -197,6 +197,17 @@ def _set(holder, attr, index, value):
      r"writes into constant tensor"),
     (lambda m, g: _set(g.tensors[int(g.inputs[0])], "shape", 1, 33554448),
      r"elements, over the limit"),
+    # 100,000 entries sharing one tensor: refused before the tree is unpacked (19 s before)
+    (lambda m, g: setattr(g, "outputs", np.full(100_000, g.outputs[0], np.int32)),
+     r"too large to read: subgraph 0 lists 100000 outputs, more than its 38 tensors"),
+    (lambda m, g: setattr(_first(g, m, "ADD"), "inputs",
+                          np.full(100_000, _first(g, m, "ADD").inputs[0], np.int32)),
+     r"too large to read: subgraph 0 op 3 lists 100000 inputs, more than 256"),
+    (lambda m, g: setattr(_first(g, m, "ADD"), "inputs",
+                          np.array(list(_first(g, m, "ADD").inputs) * 2, np.int32)),
+     r"\(ADD\) has 4 inputs; ADD takes 2"),
+    (lambda m, g: setattr(_first(g, m, "SOFTMAX"), "outputs", np.array([], np.int32)),
+     r"\(SOFTMAX\) has 0 outputs; SOFTMAX takes 1"),
 ])
 def test_files_the_interpreter_would_trust_wrongly_are_refused(models_dir, edit, message):
     with pytest.raises(inspector.InvalidModelError, match=message):
@@ -208,3 +219,12 @@ def test_the_published_and_third_party_files_still_verify(models_dir):
                  "mlperf_tiny_resnet8_cifar10_float.tflite",
                  "coral_mobilenet_v2_1.0_224_quant.tflite"):
         inspector.load(models_dir / name)
+
+
+def test_graphs_over_the_operator_limit_are_refused_before_parsing(models_dir, monkeypatch):
+    monkeypatch.setenv("TFCOMPRESS_MAX_OPS", "10")
+    monkeypatch.setattr(inspector, "_parse", lambda buf: pytest.fail("parsed"))
+    with pytest.raises(inspector.InvalidModelError,
+                       match=r"subgraph 0 has 16 operators, over the limit of 10 "
+                             r"\(TFCOMPRESS_MAX_OPS\)"):
+        inspector.load(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite")

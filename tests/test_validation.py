@@ -155,3 +155,25 @@ def test_labels_that_cannot_index_the_outputs_are_refused(models_dir, cifar, lab
         validate(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
                  cifar["x_test"][:4].astype("float32"), y=np.asarray(labels), progress=False,
                  per_layer=False)
+
+
+def test_a_reference_of_another_model_is_refused_before_running(models_dir, monkeypatch):
+    monkeypatch.setattr(runtime, "predict", lambda *a, **k: pytest.fail("ran the models"))
+    with pytest.raises(ValueError, match=r"The reference model does not match the model: its "
+                                         r"inputs have sample shapes \[\(224, 224, 3\)\], the "
+                                         r"model's \[\(32, 32, 3\)\]"):
+        validate(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
+                 np.zeros((2, 32, 32, 3), "float32"),
+                 reference=models_dir / "coral_mobilenet_v2_1.0_224_quant.tflite", progress=False)
+
+
+def test_both_kernel_paths_are_tried_in_one_child_before_validation(models_dir, monkeypatch):
+    calls = []
+    real = runtime._run_child
+    monkeypatch.setattr(runtime, "_fork_is_safe", lambda: True)  # TensorFlow may be loaded
+    monkeypatch.setattr(runtime, "_run_child",
+                        lambda buf, kernels, *a, **k: calls.append(list(kernels)) or
+                        real(buf, kernels, *a, **k))
+    validate(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
+             np.zeros((2, 32, 32, 3), "float32"), progress=False)
+    assert calls == [["xnnpack", "reference"]]

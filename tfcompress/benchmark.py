@@ -116,6 +116,9 @@ def measure_latency(
     interpreters, init_ms, sizes = {}, {}, {}
     for name, model in models.items():
         buf = inspector.load(model)  # verified before timing: init_ms is LiteRT's alone
+        # ... and tried in a child process (once per model and kernel path) likewise.
+        runtime.trial_run(buf, kernels=("xnnpack" if xnnpack else "reference",),
+                          num_threads=num_threads)
         start = time.perf_counter()
         interpreter = runtime.make_interpreter(buf, xnnpack=xnnpack, num_threads=num_threads)
         init_ms[name] = 1e3 * (time.perf_counter() - start)
@@ -332,6 +335,8 @@ def benchmark_models(
                          f"and the timings measure that. Received: num_threads={num_threads!r}, "
                          f"cpus={cpus!r}.")
     buffers = {name: inspector.load(m) for name, m in models.items()}
+    for buf in buffers.values():  # every kernel path in one child per model
+        runtime.trial_run(buf, kernels=kernels, num_threads=max(int(t) for t in num_threads))
     gzip_bytes = {name: inspector.gzip_size(buf) for name, buf in buffers.items()}
     configs = [(k, int(t)) for k in kernels for t in num_threads]
     bar = None

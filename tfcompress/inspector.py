@@ -30,6 +30,7 @@ from tfcompress._compat_litert import tflite_schema as _fb
 __all__ = [
     "InvalidModelError",
     "MAX_FILE_BYTES",
+    "MAX_OPS",
     "MAX_TENSOR_ELEMENTS",
     "MByNCheck",
     "ModelReport",
@@ -44,6 +45,7 @@ __all__ = [
     "inspect",
     "layer_name",
     "load",
+    "max_tensor_elements",
     "numpy_dtype",
     "op_name",
     "read_model",
@@ -341,6 +343,8 @@ class VerifiedModel:
         self.bytes = buf
         self.tree = tree
         self.source = source
+        # Outcomes of runtime.trial_run: {(kernel, invoked): True, (kernel, "error"): exc}.
+        self.trials: Dict[tuple, object] = {}
 
     @functools.cached_property
     def report(self) -> "ModelReport":
@@ -403,8 +407,14 @@ def _verify_bytes(buf: bytes, what: str):
             f"{bytes(buf[4:8])!r}, expected b'TFL3'. Received: {what}."
         )
     try:
+        too_big = list(_graph_size_problems(buf))
+        if too_big:
+            raise InvalidModelError(f"The graph is too large to read: {'; '.join(too_big[:3])}. "
+                                    f"Received: {what}.")
         tree = _parse(buf)
     except (struct.error, ValueError, IndexError, TypeError, OverflowError, UnicodeDecodeError) as e:
+        if isinstance(e, InvalidModelError):
+            raise
         raise InvalidModelError(
             f"Corrupted or truncated TFLite file ({len(buf)} bytes): the flatbuffer "
             f"could not be read ({type(e).__name__}: {e}). Received: {what}."
@@ -416,6 +426,65 @@ def _verify_bytes(buf: bytes, what: str):
             f"Corrupted or truncated TFLite file ({len(buf)} bytes): {shown}. Received: {what}."
         )
     return tree
+
+
+# The most operators a subgraph may have unless the caller allows more (TFCOMPRESS_MAX_OPS):
+# reading a graph in Python takes about half a millisecond per operator here, and a crafted
+# 1.2 MB file with 20,000 operators took 10 s. Tensors and buffers may be four times as many.
+MAX_OPS = 10_000
+
+
+def _max_ops() -> int:
+    value = os.environ.get("TFCOMPRESS_MAX_OPS")
+    if not value:
+        return MAX_OPS
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"TFCOMPRESS_MAX_OPS must be a number of operators. Received: "
+                         f"{value!r}.") from None
+
+
+def _graph_size_problems(buf: bytes):
+    """Counts read with the flatbuffer's lazy accessors, before the whole tree is unpacked.
+
+    Bounds what the full parse and every later loop over the graph cost: operators,
+    tensors and buffers per file, and how many tensor entries an operator or a
+    subgraph's input / output list may have (a list of 100,000 copies of one tensor
+    took 19 s to report). Raises the reader's own exceptions on a corrupted file.
+    """
+    limit = _max_ops()
+    model = _fb.Model.GetRootAs(buf, 0)
+    if model.SubgraphsLength() > limit:
+        yield f"{model.SubgraphsLength()} subgraphs, over the limit of {limit} (TFCOMPRESS_MAX_OPS)"
+        return
+    if model.BuffersLength() > 4 * limit:
+        yield (f"{model.BuffersLength()} buffers, over the limit of {4 * limit} "
+               "(four times TFCOMPRESS_MAX_OPS)")
+    for s_i in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s_i)
+        n_ops, n_tensors = sg.OperatorsLength(), sg.TensorsLength()
+        if n_ops > limit:
+            yield f"subgraph {s_i} has {n_ops} operators, over the limit of {limit} (TFCOMPRESS_MAX_OPS)"
+            return
+        if n_tensors > 4 * limit:
+            yield (f"subgraph {s_i} has {n_tensors} tensors, over the limit of {4 * limit} "
+                   "(four times TFCOMPRESS_MAX_OPS)")
+            return
+        for which in ("Inputs", "Outputs"):
+            n = getattr(sg, which + "Length")()
+            if n > n_tensors:
+                yield (f"subgraph {s_i} lists {n} {which.lower()}, more than its {n_tensors} "
+                       "tensors")
+        most = max(n_tensors, 256)  # an op may read one tensor several times, not endlessly
+        for o_i in range(n_ops):
+            op = sg.Operators(o_i)
+            for which in ("Inputs", "Outputs", "Intermediates"):
+                n = getattr(op, which + "Length")()
+                if n > most:
+                    yield (f"subgraph {s_i} op {o_i} lists {n} {which.lower()}, more than "
+                           f"{most} (the subgraph has {n_tensors} tensors)")
+                    return
 
 
 # Input slots an op may leave empty (-1); every other slot of these ops must name a tensor.
@@ -435,7 +504,24 @@ MAX_TENSOR_ELEMENTS = 2 ** 24
 
 def _max_elements(size: int) -> int:
     value = os.environ.get("TFCOMPRESS_MAX_TENSOR_ELEMENTS")
-    return int(value) if value else max(MAX_TENSOR_ELEMENTS, 256 * size)
+    if not value:
+        return max(MAX_TENSOR_ELEMENTS, 256 * size)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("TFCOMPRESS_MAX_TENSOR_ELEMENTS must be a number of elements. "
+                         f"Received: {value!r}.") from None
+
+
+def max_tensor_elements(size: int) -> int:
+    """The most elements one tensor of a ``size``-byte file may have (see :data:`MAX_TENSOR_ELEMENTS`).
+
+    All the tensors of a subgraph together may have four times as many.
+
+    >>> max_tensor_elements(1000) == MAX_TENSOR_ELEMENTS
+    True
+    """
+    return _max_elements(size)
 
 
 def _tensor_problems(s_i: int, t_i: int, t, limit: int):
@@ -463,9 +549,41 @@ def _tensor_problems(s_i: int, t_i: int, t, limit: int):
                f"dimension {q.quantizedDimension} of shape {shape}")
 
 
+# (fewest inputs, most inputs, fewest outputs, most outputs) of common builtin ops, as
+# their kernels check them (None: any number). The kernels assume these counts in places.
+_UNARY = (1, 1, 1, 1)
+_BINARY = (2, 2, 1, 1)
+_ARITY = {
+    "CONV_2D": (2, 3, 1, 1), "DEPTHWISE_CONV_2D": (2, 3, 1, 1), "FULLY_CONNECTED": (2, 3, 1, 2),
+    "TRANSPOSE_CONV": (3, 4, 1, 1), "ADD": _BINARY, "SUB": _BINARY, "MUL": _BINARY,
+    "DIV": _BINARY, "MAXIMUM": _BINARY, "MINIMUM": _BINARY, "SQUARED_DIFFERENCE": _BINARY,
+    "PRELU": _BINARY, "BATCH_MATMUL": _BINARY, "MEAN": _BINARY, "SUM": _BINARY,
+    "REDUCE_MAX": _BINARY, "REDUCE_MIN": _BINARY, "REDUCE_PROD": _BINARY, "TRANSPOSE": _BINARY,
+    "EXPAND_DIMS": _BINARY, "GATHER": _BINARY, "ARG_MAX": _BINARY, "ARG_MIN": _BINARY,
+    "RESIZE_BILINEAR": _BINARY, "RESIZE_NEAREST_NEIGHBOR": _BINARY,
+    "AVERAGE_POOL_2D": _UNARY, "MAX_POOL_2D": _UNARY, "L2_POOL_2D": _UNARY, "SOFTMAX": _UNARY,
+    "LOGISTIC": _UNARY, "TANH": _UNARY, "RELU": _UNARY, "RELU6": _UNARY,
+    "RELU_N1_TO_1": _UNARY, "HARD_SWISH": _UNARY, "LEAKY_RELU": _UNARY, "QUANTIZE": _UNARY,
+    "DEQUANTIZE": _UNARY, "DENSIFY": _UNARY, "SQUEEZE": _UNARY, "SHAPE": _UNARY,
+    "CAST": _UNARY, "ABS": _UNARY, "EXP": _UNARY, "LOG": _UNARY, "SQRT": _UNARY,
+    "RSQRT": _UNARY, "NEG": _UNARY, "FLOOR": _UNARY, "L2_NORMALIZATION": _UNARY,
+    "RESHAPE": (1, 2, 1, 1), "PAD": (2, 3, 1, 1), "PADV2": (3, 3, 1, 1),
+    "SLICE": (3, 3, 1, 1), "STRIDED_SLICE": (4, 4, 1, 1), "CONCATENATION": (1, None, 1, 1),
+    "PACK": (1, None, 1, 1), "SPLIT": (2, 2, 1, None), "UNPACK": (1, 1, 1, None),
+}
+
+
 def _op_problems(s_i: int, o_i: int, op, name: str, tensors, buffers):
     ins = [int(i) for i in (op.inputs if op.inputs is not None else [])]
     outs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
+    if name in _ARITY:
+        lo_in, hi_in, lo_out, hi_out = _ARITY[name]
+        for what, n, lo, hi in (("inputs", len(ins), lo_in, hi_in),
+                                ("outputs", len(outs), lo_out, hi_out)):
+            if n < lo or (hi is not None and n > hi):
+                allowed = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi else f"at least {lo}"
+                yield f"subgraph {s_i} op {o_i} ({name}) has {n} {what}; {name} takes {allowed}"
+                return
     optional = _OPTIONAL_INPUTS.get(name, set())
     for slot, i in enumerate(ins):
         if i == -1 and name not in _MANY_OPTIONAL and slot not in optional:
@@ -494,6 +612,11 @@ def _semantic_problems(tree, size: int):
     for s_i, sg in enumerate(subgraphs):
         tensors = sg.tensors or []
         n = len(tensors)
+        total = sum(float(np.prod([max(int(d), 0) for d in t.shape], dtype=np.float64))
+                    if t.shape is not None else 1.0 for t in tensors)
+        if total > 4 * limit:
+            yield (f"subgraph {s_i}'s tensors have {int(total)} elements together, over the "
+                   f"limit of {4 * limit} (four times TFCOMPRESS_MAX_TENSOR_ELEMENTS)")
         for t_i, t in enumerate(tensors):
             yield from _tensor_problems(s_i, t_i, t, limit)
             if t.buffer >= len(buffers) and t.buffer != 0:

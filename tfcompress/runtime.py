@@ -8,13 +8,22 @@ the benchmark always compare the same two kernel paths:
   kernels (called the *reference* kernels in reports).
 
 Every model passes :func:`tfcompress.inspector.verify` before an interpreter
-sees it.
+sees it. What the verifier cannot rule out (a kernel that crashes on a combination of
+shapes and options it accepts) is tried first in a forked child process
+(:func:`trial_run`): the child builds, allocates and invokes the interpreter once, and
+only if it survives does this process do the same. A SIGSEGV there becomes an
+:class:`~tfcompress.inspector.InvalidModelError` here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import os
+import signal
+import sys
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,6 +34,7 @@ from tfcompress._compat_litert import Interpreter, OpResolverType, ops_details
 
 __all__ = [
     "DelegationReport",
+    "TRIAL_TIMEOUT_S",
     "delegation",
     "dequantize",
     "input_details",
@@ -37,7 +47,11 @@ __all__ = [
     "predict",
     "quantize",
     "top1",
+    "trial_run",
 ]
+
+# A trial that takes longer than this is a hang: the child is killed and the file refused.
+TRIAL_TIMEOUT_S = 30.0
 
 
 def make_interpreter(
@@ -46,6 +60,7 @@ def make_interpreter(
     xnnpack: bool = True,
     num_threads: int = 1,
     preserve_all_tensors: bool = False,
+    isolate: Optional[bool] = None,
 ) -> Interpreter:
     """Builds and allocates an interpreter for a verified `.tflite` model.
 
@@ -57,10 +72,24 @@ def make_interpreter(
             kernels are single-threaded).
         preserve_all_tensors: keep intermediate tensors readable after
             ``invoke`` (needed for per-layer errors; disables buffer reuse).
+        isolate: first build, allocate and invoke the model in a child process
+            (:func:`trial_run`) so that a crashing kernel cannot take this process
+            down. None (the default) does it where a fork is safe, i.e. in processes
+            that have not imported TensorFlow (whose threads make a fork unsafe), which
+            are the ones reading files from outside: ``inspect``, ``validate``,
+            ``benchmark``. True: always (a fresh LiteRT-only process when TensorFlow is
+            loaded); False: never.
+
+    Raises:
+        InvalidModelError: the file does not verify, or the trial's child process
+            died (a signal) or hung.
+        RuntimeError: LiteRT refused the model (allocation or the trial's invoke).
     """
     verified = inspector.load(model)
     if num_threads < 1:
         raise ValueError(f"`num_threads` must be at least 1. Received: num_threads={num_threads}")
+    trial_run(verified, kernels=("xnnpack" if xnnpack else "reference",),
+              num_threads=num_threads, isolate=isolate)
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     interpreter = Interpreter(
         model_content=verified.bytes,
@@ -287,7 +316,9 @@ def delegation(model: inspector.ModelSource, *, num_threads: int = 1) -> Delegat
     """
     verified = inspector.load(model)
     report = verified.report
-    interpreter = make_interpreter(verified, xnnpack=True, num_threads=num_threads)
+    trial_run(verified, kernels=("xnnpack",), invoke=False, num_threads=num_threads)
+    interpreter = make_interpreter(verified, xnnpack=True, num_threads=num_threads,
+                                   isolate=False)
     nodes = ops_details(interpreter)
     n = len(report.ops)
     producer: Dict[int, int] = {}
@@ -351,3 +382,285 @@ def intermediate_outputs(
 def top1(outputs: Sequence[np.ndarray]) -> np.ndarray:
     """Arg-max of the first output over its last axis."""
     return np.argmax(outputs[0].reshape(len(outputs[0]), -1), axis=-1)
+
+
+def _fork_is_safe() -> bool:
+    """No TensorFlow in this process: its thread pools make a forked child unsafe."""
+    return hasattr(os, "fork") and "tensorflow" not in sys.modules
+
+
+def trial_run(
+    model: inspector.ModelSource,
+    *,
+    kernels: Sequence[str] = ("xnnpack", "reference"),
+    invoke: bool = True,
+    num_threads: int = 1,
+    isolate: Optional[bool] = None,
+    timeout: Optional[float] = None,
+) -> None:
+    """Builds, allocates and (optionally) invokes the model once in a child process.
+
+    The verifier checks what it can; a kernel's prepare or eval can still crash on
+    a file it accepts (LiteRT trusts shapes and options), which would kill the
+    whole process. The child runs the same steps on random inputs first; if it dies,
+    this raises instead. The outcome is remembered on the
+    :class:`~tfcompress.inspector.VerifiedModel`, so each model is tried once per
+    kernel path (a trial with ``invoke`` also covers one without).
+
+    Args:
+        model: the model (a ``VerifiedModel`` keeps the outcome for later calls).
+        kernels: the paths to try: ``"xnnpack"`` and / or ``"reference"``.
+        invoke: run one invocation after allocating (``False``: building only, as
+            ``inspect`` needs for the XNNPACK partitions).
+        num_threads: interpreter threads in the child.
+        isolate: see :func:`make_interpreter` (None: only where a fork is safe).
+        timeout: seconds before the child counts as hung (default
+            :data:`TRIAL_TIMEOUT_S`).
+
+    Raises:
+        InvalidModelError: the child was killed by a signal or hung.
+        RuntimeError: LiteRT refused the model in the child, with its message.
+    """
+    verified = inspector.load(model)
+    unknown = [k for k in kernels if k not in ("xnnpack", "reference")]
+    if unknown:
+        raise ValueError(f"Unknown kernel path(s) {unknown}. Allowed: 'xnnpack', 'reference'.")
+    if isolate is False or (isolate is None and not _fork_is_safe()):
+        return
+    done = verified.trials
+    todo = [k for k in kernels if not (done.get((k, True)) or (not invoke and done.get((k, False))))]
+    for k in kernels:
+        error = done.get((k, "error"))
+        if error is not None:
+            raise error
+    if not todo:
+        return
+    steps = _run_child(verified.bytes, todo, invoke, num_threads,
+                       TRIAL_TIMEOUT_S if timeout is None else timeout,
+                       fork=_fork_is_safe())
+    # steps: [(kernel, step, error or None)], the last one unfinished if the child died
+    for kernel, step, outcome in steps:
+        if outcome == "ok":
+            continue
+        where = ("XNNPACK" if kernel == "xnnpack" else "the reference kernels") + f" ({step})"
+        if outcome.startswith("RuntimeError: "):
+            error: Exception = RuntimeError(f"{outcome[len('RuntimeError: '):]} [{where}]")
+        elif outcome.startswith("Invalid: "):
+            error = inspector.InvalidModelError(
+                f"{outcome[len('Invalid: '):]} [{where}] Received: {verified.source}.")
+        elif outcome.startswith("ValueError: "):  # the interpreter could not read the file
+            error = inspector.InvalidModelError(
+                f"LiteRT could not load the model with {where}: "
+                f"{outcome[len('ValueError: '):]} Received: {verified.source}.")
+        else:
+            error = inspector.InvalidModelError(
+                f"LiteRT {outcome} on this file with {where}; the file was tried in a child "
+                f"process first, so only the child died. Received: {verified.source}.")
+        done[(kernel, "error")] = error
+        raise error
+    for k in todo:
+        done[(k, invoke)] = True
+
+
+def _trial_steps(buf: bytes, kernels: Sequence[str], invoke: bool, num_threads: int, report):
+    """The child's work; ``report(kernel, step)`` before each step."""
+    for kernel in kernels:
+        report(kernel, "build")
+        resolver = (OpResolverType.AUTO if kernel == "xnnpack"
+                    else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it = Interpreter(model_content=buf, num_threads=num_threads,
+                         experimental_op_resolver_type=resolver)
+        report(kernel, "allocate")
+        it.allocate_tensors()
+        _check_planned_sizes(it, len(buf))
+        report(kernel, "list ops")
+        ops_details(it)
+        if invoke:
+            report(kernel, "invoke")
+            for d, a in zip(it.get_input_details(), random_inputs(it)):
+                it.set_tensor(d["index"], a)
+            it.invoke()
+            for d in it.get_output_details():
+                it.get_tensor(d["index"])
+        report(kernel, "done")
+
+
+def _check_planned_sizes(interpreter, file_size: int) -> None:
+    """Tensor sizes after the kernels' prepare, which derives shapes from the inputs.
+
+    The verifier bounds the shapes stored in the file; an input dimension within that
+    bound can still grow every tensor after it (one changed input size made a 98 KB
+    file's tensors take gigabytes), so the same bound is applied to the shapes the
+    interpreter planned, before anything runs on them.
+    """
+    limit = inspector.max_tensor_elements(file_size)
+    total = 0
+    for d in interpreter.get_tensor_details():
+        n = int(np.prod(d["shape"], dtype=np.float64)) if len(d["shape"]) else 1
+        total += n
+        if n > limit:
+            raise inspector.InvalidModelError(
+                f"Tensor {d['index']} ({d['name']}) has shape {[int(v) for v in d['shape']]} "
+                f"once the kernels derive it from the inputs: {n} elements, over the limit of "
+                f"{limit} "
+                "(TFCOMPRESS_MAX_TENSOR_ELEMENTS raises it).")
+    if total > 4 * limit:
+        raise inspector.InvalidModelError(
+            f"The interpreter's tensors have {total} elements together once the kernels "
+            f"derive their shapes from the inputs, over the limit of {4 * limit} (four times "
+            "TFCOMPRESS_MAX_TENSOR_ELEMENTS).")
+
+
+def random_inputs(interpreter, seed: int = 0) -> List[np.ndarray]:
+    """Random data of each input's shape and dtype (full integer range, or [0, 1))."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for d in interpreter.get_input_details():
+        dtype = np.dtype(d["dtype"])
+        if dtype == np.bool_:
+            arrays.append(rng.integers(0, 2, size=d["shape"]).astype(dtype))
+        elif np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            arrays.append(rng.integers(info.min, info.max, size=d["shape"], endpoint=True)
+                          .astype(dtype))
+        else:
+            arrays.append(rng.random(d["shape"]).astype(dtype))
+    return arrays
+
+
+def _run_child(buf: bytes, kernels, invoke: bool, num_threads: int, timeout: float, *,
+               fork: bool):
+    """Runs :func:`_trial_steps` in a child; returns [(kernel, step, outcome)]."""
+    if fork:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 0
+            try:
+                os.close(read_fd)
+                import faulthandler
+
+                faulthandler.disable()  # its dump of a crash here would reach the terminal
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)  # LiteRT's own log lines would repeat the parent's
+
+                def report(kernel, step):
+                    os.write(write_fd, (json.dumps([kernel, step]) + "\n").encode())
+
+                try:
+                    _trial_steps(buf, kernels, invoke, num_threads, report)
+                except Exception as e:  # LiteRT's refusal, reported to the parent
+                    os.write(write_fd, (json.dumps(["error", _refusal(e)]) + "\n").encode())
+            except BaseException:  # the child must never return into the caller's code
+                code = 3
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        lines, status = _collect(read_fd, pid, timeout)
+    else:
+        lines, status = _spawn_child(buf, kernels, invoke, num_threads, timeout)
+    return _outcomes(lines, status)
+
+
+def _first(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _refusal(e: Exception) -> str:
+    """How the child reports an exception: ``RuntimeError: ...`` or ``ValueError: ...``."""
+    if isinstance(e, inspector.InvalidModelError):
+        return f"Invalid: {_first(e)}"
+    kind = "RuntimeError" if isinstance(e, RuntimeError) else "ValueError"
+    return f"{kind}: {type(e).__name__}: {_first(e)}" if kind == "ValueError" and not \
+        isinstance(e, ValueError) else f"{kind}: {_first(e)}"
+
+
+def _collect(read_fd: int, pid: int, timeout: float):
+    """Reads the child's progress lines until it exits or ``timeout`` passes."""
+    import select
+
+    chunks, deadline, status = [], time.monotonic() + timeout, None
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                status = "hang"
+                break
+            ready, _, _ = select.select([read_fd], [], [], min(left, 1.0))
+            if ready:
+                chunk = os.read(read_fd, 65536)
+                if chunk:
+                    chunks.append(chunk)
+                    continue
+                _, raw = os.waitpid(pid, 0)
+                status = raw
+                break
+    finally:
+        os.close(read_fd)
+    return b"".join(chunks).decode("utf-8", "replace").splitlines(), status
+
+
+# The spawned variant for processes where fork is unsafe: LiteRT only, model on stdin.
+_TRIAL_PROBE = r"""
+import json, sys
+from tfcompress import runtime
+a = json.loads(sys.argv[1])
+def report(kernel, step):
+    sys.stdout.write(json.dumps([kernel, step]) + "\n"); sys.stdout.flush()
+try:
+    runtime._trial_steps(sys.stdin.buffer.read(), a["kernels"], a["invoke"], a["threads"], report)
+except Exception as e:
+    report("error", runtime._refusal(e))
+"""
+
+
+def _spawn_child(buf: bytes, kernels, invoke: bool, num_threads: int, timeout: float):
+    import subprocess
+
+    args = json.dumps({"kernels": list(kernels), "invoke": invoke, "threads": num_threads})
+    try:
+        out = subprocess.run([sys.executable, "-c", _TRIAL_PROBE, args], input=buf,
+                             capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [], "hang"
+    code = out.returncode
+    status = (-code) & 0x7F if code < 0 else code << 8  # as os.waitpid reports it
+    return out.stdout.decode("utf-8", "replace").splitlines(), status
+
+
+def _outcomes(lines, status):
+    current, outcomes = None, []
+    for line in lines:
+        try:
+            kernel, step = json.loads(line)
+        except ValueError:
+            continue
+        if kernel == "error":
+            if current is not None:
+                outcomes.append((current[0], current[1], step))
+            return outcomes
+        if step == "done":
+            outcomes.append((kernel, "done", "ok"))
+            current = None
+        else:
+            current = (kernel, step)
+    if status == "hang":
+        what = "did not finish within the trial's time limit (hung)"
+    elif os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        what = f"crashed ({name})"
+    elif os.WEXITSTATUS(status) != 0:
+        what = f"failed (its process exited with status {os.WEXITSTATUS(status)})"
+    else:
+        return outcomes
+    kernel, step = current if current is not None else ("xnnpack", "start")
+    outcomes.append((kernel, step, what))
+    return outcomes

@@ -243,7 +243,13 @@ def validate(
     """
     buf = inspector.load(model)  # verified once; everything below reuses it
     report = buf.report
+    # Both kernel paths tried in a child first (one fork, before a Keras reference loads
+    # TensorFlow, after which forking is unsafe): a crashing kernel becomes an error.
+    runtime.trial_run(buf, num_threads=num_threads)
     float_buf = _float_reference(reference)
+    if float_buf is not None:
+        _check_reference_matches(report, float_buf.report)
+        runtime.trial_run(float_buf, kernels=("xnnpack",), num_threads=num_threads)
     if thresholds is None or thresholds == Thresholds():
         thresholds = default_thresholds(with_reference=float_buf is not None
                                         and runtime.output_step(report) is not None)
@@ -343,6 +349,18 @@ def _error_stats(out: np.ndarray, ref: np.ndarray, step: float) -> Dict[str, flo
         "within_1": float(np.mean(err <= 1.0 + 1e-6)),
         "within_2": float(np.mean(err <= 2.0 + 1e-6)),
     }
+
+
+def _check_reference_matches(model: inspector.ModelReport, ref: inspector.ModelReport) -> None:
+    """The float reference must take and give tensors of the model's shapes."""
+    for kind in ("inputs", "outputs"):
+        got = [tuple(t.shape[1:]) for t in getattr(ref, kind)]
+        want = [tuple(t.shape[1:]) for t in getattr(model, kind)]
+        if sorted(got) != sorted(want):
+            raise ValueError(
+                f"The reference model does not match the model: its {kind} have sample "
+                f"shapes {got}, the model's {want}. Pass the float model this file was "
+                "converted from.")
 
 
 def _float_reference(reference) -> Optional[inspector.VerifiedModel]:
