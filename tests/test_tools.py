@@ -175,6 +175,11 @@ def _check_zoo(r, out):
     assert sum(r["summary"].values()) == 2, r["summary"]
 
 
+def _check_fuzz(r, out):
+    assert r["mutants"] == 20 and (r["crashes"], r["tracebacks"], r["hangs"]) == (0, 0, 0), r["bad"]
+    assert set(r["runs_per_command"].values()) == {20}
+
+
 # tool -> (flags of its cheapest mode, check of the JSON it writes). The times were
 # measured here, one tool at a time, on 2 cores (with other work on the machine); about
 # 7 s of each is importing TensorFlow and most of the rest tracing and conversion.
@@ -189,6 +194,9 @@ SMOKE = {
     # 45 s) needs all 4000 images to reach its 50% on the 50-step pruning turn.
     "distillation_benchmark.py": (["--parts=gain", "--seeds=0", "--epochs=1",
                                    "--smoke_train_images=1000"], _check_distillation),
+    # 5 s: 20 mutants of the data folder's files through the four check commands (the
+    # project's own seed files need a TensorFlow conversion first; tests/test_fuzz.py).
+    "fuzz_tflite.py": (["--mutants=20", "--seed_files=data"], _check_fuzz),
     # 2 s: every command once (--quick runs only `inspect --json`, 0.5 s).
     "inspect_benchmark.py": (["--repeats=1"], _check_inspect),
     # 2 s, TensorFlow-free. The compress part (25 s with --runs=5) is the compress() call of
