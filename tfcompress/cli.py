@@ -24,14 +24,18 @@ Exit codes:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import tempfile
 import traceback
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 
 # Only the TensorFlow-free layers at module level: inspect, validate and benchmark
 # must run where TensorFlow is not installed.
@@ -477,11 +481,6 @@ _QUIET_WARNING_MODULES = r"(tensorflow|keras|tf_keras|absl|google|h5py|ml_dtypes
 
 def _quiet_python() -> None:
     """Hides library warnings and TensorFlow's Python log below errors."""
-    import logging
-    import warnings
-
-    from absl import logging as absl_logging
-
     os.environ.update({k: v for k, v in QUIET_ENVIRONMENT.items() if k not in os.environ})
     warnings.filterwarnings("ignore", module=_QUIET_WARNING_MODULES)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -502,8 +501,6 @@ class _NativeLog:
     """
 
     def __enter__(self) -> "_NativeLog":
-        import tempfile
-
         sys.stderr.flush()
         self._saved_fd = os.dup(2)
         self._file = tempfile.NamedTemporaryFile(prefix="tfcompress-native-", suffix=".log",
@@ -537,15 +534,8 @@ class _NativeLog:
     @staticmethod
     def _repoint_log_handlers(old, new) -> None:
         # Python log handlers (absl's among them) hold the stream they were made with.
-        import logging
-
         handlers = list(logging.getLogger().handlers)
-        try:
-            from absl import logging as absl_logging
-
-            handlers.append(absl_logging.get_absl_handler().python_handler)
-        except (ImportError, AttributeError):  # pragma: no cover - absl is a requirement
-            pass
+        handlers.append(absl_logging.get_absl_handler().python_handler)
         for h in handlers:
             if getattr(h, "stream", None) is old:
                 h.stream = new

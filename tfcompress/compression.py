@@ -838,7 +838,8 @@ def write_report(directory, result: "CompressionResult", *,
     report_lib.bar_chart(directory / "params.png", [s["stage"] for s in result.stages],
                          {"parameters": [float(s["params"]) for s in result.stages]},
                          xlabel="trainable parameters after the stage",
-                         title="Model size after each stage", overwrite=overwrite)
+                         title="Model size after each stage", fmt="{:,.0f}",
+                         overwrite=overwrite)
     doc.image(directory / "params.png", "parameters after each stage")
 
     per_layer_int8 = _weights_per_layer(int8, names)
@@ -851,7 +852,8 @@ def write_report(directory, result: "CompressionResult", *,
             {"float file": [float(per_layer_float.get(n, np.nan)) for n in layers],
              "int8 file": [float(per_layer_int8.get(n, np.nan)) for n in layers]},
             xlabel="weights per layer (elements, biases included)",
-            title="Weights per layer: original float file and int8 file", overwrite=overwrite)
+            title="Weights per layer: original float file and int8 file", fmt="{:,.0f}",
+            overwrite=overwrite)
         doc.image(directory / "weights.png", "weights per layer")
     zeros = {}
     for t in int8.report.weight_tensors:

@@ -156,9 +156,9 @@ def _latency_verdict(lat: Dict) -> str:
     nlo, nhi = lat["noise_ci95"]
     verdict = ("within noise" if lat["within_noise"] else
                ("faster" if lat["ratio"] < 1 else "slower") + ", beyond noise")
-    return (f"Latency int8 / float {lat['ratio']:.2f}x (95% CI {lo:.2f}-{hi:.2f}, "
+    return (f"Latency int8 / float {lat['ratio']:.3f}x (95% CI {lo:.3f}-{hi:.3f}, "
             f"{lat['runs']} interleaved rounds; the float file against itself "
-            f"{lat['noise_ratio']:.2f}x, {nlo:.2f}-{nhi:.2f}): {verdict}.")
+            f"{lat['noise_ratio']:.3f}x, {nlo:.3f}-{nhi:.3f}): {verdict}.")
 
 
 def _median_ci(values: np.ndarray):

@@ -236,8 +236,8 @@ def latency_text(lat: Mapping[str, Any]) -> str:
     nlo, nhi = lat["noise_ci95"]
     verdict = ("within noise" if lat["within_noise"] else
                ("faster" if lat["ratio"] < 1 else "slower") + ", beyond noise")
-    return (f"{text}, 95% CI {lo:.2f}-{hi:.2f}; the float file timed against itself gives "
-            f"{lat['noise_ratio']:.2f}x ({nlo:.2f}-{nhi:.2f}): {verdict}.")
+    return (f"{text}, 95% CI {lo:.3f}-{hi:.3f}; the float file timed against itself gives "
+            f"{lat['noise_ratio']:.3f}x ({nlo:.3f}-{nhi:.3f}): {verdict}.")
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -298,6 +298,7 @@ def bar_chart(
     xlabel: str,
     title: str,
     errors: Optional[Mapping[str, Sequence[float]]] = None,
+    fmt: str = "{:.3g}",
     overwrite: bool = False,
 ) -> Path:
     """Horizontal grouped bars: one group per label, one bar per series.
@@ -310,6 +311,7 @@ def bar_chart(
         title: the chart title.
         errors: optional ``{series name: upper whisker per label}`` (for example
             p90 - p50), drawn as one-sided error bars.
+        fmt: how each value is written at the end of its bar (``"{:,.0f}"`` for counts).
         overwrite: replace an existing file.
     """
 
@@ -326,7 +328,7 @@ def bar_chart(
         bars = ax.barh(pos, values, height=height * 0.95, label=name, xerr=err, capsize=2)
         for b, v in zip(bars, values):
             if v == v:  # skip NaN
-                ax.annotate(f"{v:.3g}", (b.get_width(), b.get_y() + b.get_height() / 2),
+                ax.annotate(fmt.format(v), (b.get_width(), b.get_y() + b.get_height() / 2),
                             xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
