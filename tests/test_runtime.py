@@ -116,3 +116,11 @@ def test_shapes_the_kernels_derive_from_a_grown_input_are_bounded_too(models_dir
                        match=r"has shape \[1, 32, 3200, 16\] once the kernels derive it from "
                              r"the inputs: 1638400 elements, over the limit of 1000000"):
         runtime.trial_run(model)
+
+
+def test_bad_thread_counts_are_refused_before_any_child(models_dir, monkeypatch):
+    monkeypatch.setattr(runtime, "_run_child", lambda *a, **k: pytest.fail("forked"))
+    for n in (0, -2):
+        with pytest.raises(ValueError, match=f"num_threads` must be at least 1. Received: "
+                                             f"num_threads={n}"):
+            runtime.make_interpreter(inspector.load(models_dir / RESNET8), num_threads=n)

@@ -422,6 +422,8 @@ def trial_run(
         RuntimeError: LiteRT refused the model in the child, with its message.
     """
     verified = inspector.load(model)
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"`num_threads` must be at least 1. Received: num_threads={num_threads}")
     unknown = [k for k in kernels if k not in ("xnnpack", "reference")]
     if unknown:
         raise ValueError(f"Unknown kernel path(s) {unknown}. Allowed: 'xnnpack', 'reference'.")
