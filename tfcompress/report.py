@@ -234,8 +234,9 @@ def latency_text(lat: Mapping[str, Any]) -> str:
         return text + "."
     lo, hi = lat["ratio_ci95"]
     nlo, nhi = lat["noise_ci95"]
+    band = f" (+-{100 * lat['noise_band']:.0f}%)" if "noise_band" in lat else ""
     verdict = ("within noise" if lat["within_noise"] else
-               ("faster" if lat["ratio"] < 1 else "slower") + ", beyond noise")
+               ("faster" if lat["ratio"] < 1 else "slower") + ", beyond noise") + band
     return (f"{text}, 95% CI {lo:.3f}-{hi:.3f}; the float file timed against itself gives "
             f"{lat['noise_ratio']:.3f}x ({nlo:.3f}-{nhi:.3f}): {verdict}.")
 
@@ -332,6 +333,7 @@ def bar_chart(
                             xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
+    ax.margins(x=0.1)  # room for the value written after the longest bar
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     if len(series) > 1:
