@@ -9,19 +9,26 @@ from tfcompress import benchmark, pipeline
 from tfcompress.pipeline import DEMO_RECIPE, compare_latency, run_demo
 
 
-def test_demo_on_digits_runs_the_whole_pipeline(tmp_path):
+@pytest.fixture(scope="module")
+def digits_demo(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pipeline")
     out = io.StringIO()
     demo = run_demo(dataset="digits", epochs=3, output_dir=str(tmp_path / "demo"), stream=out)
+    return demo, out.getvalue(), tmp_path
+
+
+def test_demo_on_digits_runs_the_whole_pipeline(digits_demo):
+    demo, printed, tmp_path = digits_demo
     r = demo.result
     assert demo.dataset == "digits" and r.recipe.name == DEMO_RECIPE["name"]
     assert [s["stage"] for s in r.stages] == ["original", "prune", "quantize"]
     assert r.validation.fully_integer and r.size_ratio < 0.3
     # One line per stage, no Keras progress bars.
-    lines = out.getvalue().splitlines()
+    lines = printed.splitlines()
     stages = [l for l in lines if l.startswith("[")]
     assert [l[:5] for l in stages] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
     assert "epoch 3/3" in stages[0] and "epoch 4/4" in stages[1] and "epoch 2/2" in stages[2]
-    assert len(lines) <= 7 and "\r" not in out.getvalue()
+    assert len(lines) <= 7 and "\r" not in printed
     # The latency came from thousands of interleaved rounds, with the noise floor.
     assert r.latency["runs"] == DEMO_RECIPE["benchmark"]["runs"] >= 2000
     assert r.latency["noise_ci95"][0] <= r.latency["noise_ratio"] <= r.latency["noise_ci95"][1]
@@ -35,6 +42,25 @@ def test_demo_on_digits_runs_the_whole_pipeline(tmp_path):
     steps = demo.next_steps()
     assert [s.split()[1] for s in steps] == ["inspect", "validate", "benchmark"]
     assert all(str(tmp_path / "demo" / "model_int8.tflite") in s for s in steps)
+
+
+def test_demo_command_prints_results_and_next_commands_in_few_lines(digits_demo, monkeypatch,
+                                                                     capsys):
+    from absl import flags
+
+    from tfcompress import cli
+
+    demo, _, _ = digits_demo
+    monkeypatch.setattr(pipeline, "run_demo", lambda **kwargs: demo)
+    flags.FLAGS.unparse_flags()
+    assert cli.main(flags.FLAGS(["tfcompress", "demo", "--output_dir=x"])) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) <= 25  # with the stage lines, make main stays under 40
+    assert "| int8 .tflite |" in out and "int8 against float: top-1" in out
+    assert "Latency int8 / float" in out and "interleaved rounds" in out
+    assert sum(l.startswith("  tfcompress ") for l in lines) == 3
+    assert "report.html" in out
 
 
 def test_demo_refuses_an_existing_output_dir(tmp_path):
