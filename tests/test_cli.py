@@ -196,10 +196,18 @@ def test_validate_with_data_of_the_wrong_shape_exits_2_without_a_traceback(model
     (["benchmark", "{model}", "--cpus=99", "--runs=2"], "`cpus` must be cores this process may"),
     (["convert", "{model}", "--output={tmp}/o.tflite", "--mode=int3"], "Unknown --mode"),
     (["inspect", "/dev/zero"], "not a regular file"),
+    (["validate", "{model}", "--data={tmp}/pickled.npy"], "as a numeric array: Object arrays"),
+    (["validate", "{model}", "--data={tmp}/x.npy", "--num_threads=0"],
+     "`num_threads` must be at least 1. Received: num_threads=0"),
+    (["validate", "{model}", "--data={tmp}/x.npy", "--reference={coral}"],
+     "The reference model does not match the model"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(models_dir, tmp_path, args, message):
     model = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
-    args = [a.format(model=model, tmp=tmp_path) for a in args]
+    coral = models_dir / "coral_mobilenet_v2_1.0_224_quant.tflite"
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "x.npy", np.zeros((2, 32, 32, 3), "float32"))
+    args = [a.format(model=model, tmp=tmp_path, coral=coral) for a in args]
     proc = subprocess.run([sys.executable, "-m", "tfcompress.cli", *args], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])

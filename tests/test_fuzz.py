@@ -21,7 +21,8 @@ def _env(data_dir):
 
 def _run(data_dir, tmp_path, *args, script=None):
     out = tmp_path / "fuzz.json"
-    argv = [*args, "--seed_files=data", f"--out={out}", f"--keep_dir={tmp_path / 'cases'}"]
+    argv = [*args, "--seed_files=data", "--parts=mutants", f"--out={out}",
+            f"--keep_dir={tmp_path / 'cases'}"]
     cmd = [sys.executable, str(TOOL), *argv] if script is None else \
         [sys.executable, "-c", script, *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,

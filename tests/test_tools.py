@@ -196,7 +196,7 @@ SMOKE = {
                                    "--smoke_train_images=1000"], _check_distillation),
     # 5 s: 20 mutants of the data folder's files through the four check commands (the
     # project's own seed files need a TensorFlow conversion first; tests/test_fuzz.py).
-    "fuzz_tflite.py": (["--mutants=20", "--seed_files=data"], _check_fuzz),
+    "fuzz_tflite.py": (["--mutants=20", "--seed_files=data", "--parts=mutants"], _check_fuzz),
     # 2 s: every command once (--quick runs only `inspect --json`, 0.5 s).
     "inspect_benchmark.py": (["--repeats=1"], _check_inspect),
     # 2 s, TensorFlow-free. The compress part (25 s with --runs=5) is the compress() call of

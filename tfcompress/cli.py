@@ -141,7 +141,10 @@ def _load_data(path: str, *, want_labels: bool, image_size=None, input_shape=Non
                                          label_regex=FLAGS.label_regex if want_labels else None)
         return x, y
     if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False), None
+        try:
+            return np.load(path, allow_pickle=False), None
+        except ValueError as e:  # pickled objects (never loaded: they run code), not numpy
+            raise UsageError(f"Cannot read --data={path!r} as a numeric array: {e}.") from None
     if not path.endswith(".npz"):
         raise UsageError(f"--data must be an .npz or .npy file or an image folder. Received: {path!r}.")
     with np.load(path, allow_pickle=False) as f:

@@ -26,9 +26,15 @@ a file first, the largest ``ru_maxrss`` of the worker's children.
 The small int8 seed files are converted once, by a separate Python process that imports
 TensorFlow (never this one: the workers fork from it), and cached in ``--seed_cache``.
 
+``--parts=bad_inputs`` runs issue 17's list of bad command lines and files instead (each in
+a fresh ``tfcompress`` process: exit code, the one error line, and whether anything was
+left behind), including a second ``compress`` on an output a first one holds.
+
 Usage:
     TFCOMPRESS_DATA_DIR=../shared/data nice -n 10 .venv/bin/python tools/fuzz_tflite.py \
-        --mutants=10000 --out=results/fuzz.json
+        --mutants=10000 --parts=mutants --out=results/fuzz.json
+    TFCOMPRESS_DATA_DIR=../shared/data .venv/bin/python tools/fuzz_tflite.py \
+        --parts=bad_inputs --out=results/bad_inputs.json
     .venv/bin/python tools/fuzz_tflite.py --case=1234 --keep_dir=/tmp/case  # one mutant
 """
 
@@ -78,6 +84,10 @@ flags.DEFINE_list("seed_files", ["data", "project"],
                   "tfcompress.convert (converted once by a TensorFlow process, then cached).")
 flags.DEFINE_string("seed_cache", os.path.join(tempfile.gettempdir(), "tfcompress_fuzz_seeds"),
                     "Folder for the converted project seed files.")
+flags.DEFINE_list("parts", ["mutants", "bad_inputs"],
+                  "mutants: the fuzzing; bad_inputs: issue 17's list of bad command lines and "
+                  "files, one fresh `tfcompress` process each (converts the project seed files "
+                  "first, about 3 minutes).")
 flags.DEFINE_string("keep_dir", None, "Where the mutants that crash, hang or raise are "
                     "written (default: a folder beside --out).")
 FLAGS = flags.FLAGS
@@ -407,6 +417,13 @@ def sparse_cnn():
             layer.kernel.assign(w)
     return m
 
+keras.utils.set_random_seed(0)
+model = cnn()
+model.save(os.path.join(out, "cnn.keras"))
+x = rng.random((64, 8, 8, 1)).astype("float32")
+y = rng.integers(0, 10, 64)
+np.savez(os.path.join(out, "train.npz"), x_train=x, y_train=y, x_test=x[:16], y_test=y[:16])
+
 for name, build, kw in [("cnn_int8", cnn, {}), ("branches_int8", branches, {}),
                         ("mlp_int8", mlp, {}), ("cnn_sparse_int8", sparse_cnn, {"sparse": True}),
                         ("mlp_float32", mlp, {"mode": "float32"})]:
@@ -430,6 +447,226 @@ def project_seeds(cache: Path) -> Dict[str, bytes]:
             raise RuntimeError(f"Converting the project seed files failed:\n{proc.stderr[-3000:]}")
         (folder / "done").write_text("ok\n")
     return {f"project/{p.name}": p.read_bytes() for p in sorted(folder.glob("*.tflite"))}
+
+
+def project_folder(cache: Path) -> Path:
+    project_seeds(cache)
+    return cache / hashlib.sha256(_PROJECT_SCRIPT.encode()).hexdigest()[:12]
+
+
+# -- the bad-input table (issue 17's list), each row a fresh `tfcompress` process ------------
+
+def _edited(buf: bytes, edit) -> bytes:
+    """``buf`` with one edit made through the schema's object API."""
+    import flatbuffers
+
+    from tfcompress._compat_litert import tflite_schema as fb
+
+    tree = fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0))
+    edit(tree, tree.subgraphs[0], fb)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _op(tree, graph, fb, name):
+    code = getattr(fb.BuiltinOperator, name)
+    return next(op for op in graph.operators
+                if max(tree.operatorCodes[op.opcodeIndex].builtinCode,
+                       tree.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) == code)
+
+
+def _set(holder, attr, index, value):
+    values = np.array(getattr(holder, attr))
+    values[index] = value
+    setattr(holder, attr, values)
+
+
+def bad_input_cases(work: Path, project: Path) -> List[Tuple[str, List[str], Optional[str]]]:
+    """(what, CLI arguments, what must not be left behind) for each row; writes the inputs."""
+    models = _common.data_dir().resolve() / "models"
+    int8 = str(models / "mlperf_tiny_resnet8_cifar10_int8.tflite")
+    coral = str(models / "coral_mobilenet_v2_1.0_224_quant.tflite")
+    cnn_tflite, keras_model = str(project / "cnn_int8.tflite"), str(project / "cnn.keras")
+    train = str(project / "train.npz")
+    rng = np.random.default_rng(0)
+    w = lambda name: str(work / name)  # noqa: E731
+    calib = rng.random((16, 8, 8, 1)).astype("float32")
+    bad = calib.copy()
+    bad[3, 2, 2, 0] = np.inf
+    np.save(w("inf.npy"), bad)
+    bad[3, 2, 2, 0] = np.nan
+    np.save(w("nan.npy"), bad)
+    np.save(w("calib.npy"), calib)
+    np.savez(w("cifar.npz"), x=rng.integers(0, 255, (4, 32, 32, 3)).astype("float32"),
+             y=np.zeros(4, "int64"))
+    np.savez(w("wrong_shape.npz"), x=rng.random((20, 5, 5, 1)).astype("float32"),
+             y=np.zeros(20, "int64"))
+    for name, y in (("label_1000", [1000, 0]), ("label_minus3", [-3, 0]), ("label_2_7", [2.7, 0])):
+        np.savez(w(name + ".npz"), x=calib[:2], y=np.array(y))
+    np.save(w("pickled.npy"), np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with np.load(train) as f:
+        arrays = dict(f)
+    np.savez(w("train_bad_labels.npz"), **dict(arrays, y_train=arrays["y_train"] + 50))
+    recipes = {
+        "broken.yaml": "prune: {sparsity: [0.5\n",
+        "tag.yaml": "prune: !!python/object/apply:os.system ['touch PWNED']\n",
+        "nan.yaml": "quantize:\n  learning_rate: .nan\n",
+        "epochs_true.yaml": "quantize:\n  epochs: true\n",
+        "runs_minus5.yaml": "benchmark: {runs: -5}\n",
+    }
+    for name, text in recipes.items():
+        (work / name).write_text(text)
+    (work / "a_file").write_text("not a folder")
+    os.mkfifo(w("fifo.tflite"))
+    with open(w("sparse_4gib.tflite"), "wb") as f:
+        f.truncate(4 * 2 ** 30)
+    buf = Path(int8).read_bytes()
+    edits = {
+        "flipped_shape.tflite": lambda t, g, fb: _set(g.tensors[int(g.inputs[0])], "shape", 1,
+                                                      33554448),
+        "shared_100k.tflite": lambda t, g, fb: setattr(g, "outputs",
+                                                       np.full(100_000, g.outputs[0], np.int32)),
+        "conv_filter_minus1.tflite": lambda t, g, fb: _set(_op(t, g, fb, "CONV_2D"), "inputs", 1, -1),
+        "fc_weights_minus1.tflite": lambda t, g, fb: _set(_op(t, g, fb, "FULLY_CONNECTED"),
+                                                          "inputs", 1, -1),
+        "add_input_minus1.tflite": lambda t, g, fb: _set(_op(t, g, fb, "ADD"), "inputs", 0, -1),
+        "reshape_shape_other_constant.tflite": lambda t, g, fb: _set(
+            _op(t, g, fb, "RESHAPE"), "inputs", 1, _op(t, g, fb, "CONV_2D").inputs[1]),
+        "output_into_constant.tflite": lambda t, g, fb: _set(
+            _op(t, g, fb, "CONV_2D"), "outputs", 0, _op(t, g, fb, "CONV_2D").inputs[1]),
+        "scales_without_zero_points.tflite": lambda t, g, fb: setattr(
+            g.tensors[_op(t, g, fb, "CONV_2D").inputs[1]].quantization, "zeroPoint", []),
+    }
+    for name, edit in edits.items():
+        (work / name).write_bytes(_edited(buf, edit))
+    zeroed = bytearray(buf)
+    zeroed[0:4] = bytes(4)  # the root table offset
+    (work / "zeroed_offset.tflite").write_bytes(bytes(zeroed))
+    (work / "random_behind_identifier.tflite").write_bytes(
+        struct.pack("<I", 28) + b"TFL3" + bytes(rng.integers(0, 256, 4000, dtype=np.uint8)))
+    (work / "truncated.tflite").write_bytes(buf[:len(buf) // 2])
+    out = lambda name: w(name)  # noqa: E731
+    return [
+        ("calibration data with one +inf", ["convert", keras_model, f"--data={w('inf.npy')}",
+                                            f"--output={out('o1.tflite')}"], "o1.tflite"),
+        ("NaN calibration data", ["convert", keras_model, f"--data={w('nan.npy')}",
+                                  f"--output={out('o2.tflite')}"], "o2.tflite"),
+        ("convert --output=. --overwrite", ["convert", keras_model, f"--data={w('calib.npy')}",
+                                            "--output=.", "--overwrite"], None),
+        ("convert --mode=int3", ["convert", keras_model, "--mode=int3",
+                                 f"--output={out('o3.tflite')}"], "o3.tflite"),
+        ("benchmark --cpus=99", ["benchmark", int8, "--cpus=99", "--runs=2"], None),
+        ("benchmark --runs=0", ["benchmark", int8, "--runs=0"], None),
+        ("validate --num_threads=0", ["validate", int8, f"--data={w('cifar.npz')}",
+                                                "--num_threads=0"], None),
+        ("validate --reference with a mismatched model",
+         ["validate", int8, f"--data={w('cifar.npz')}", f"--reference={coral}"], None),
+        ("validate: inputs 20x5x5x1 for an 8x8 model",
+         ["validate", cnn_tflite, f"--data={w('wrong_shape.npz')}"], None),
+        ("validate: label 1000", ["validate", cnn_tflite, f"--data={w('label_1000.npz')}"], None),
+        ("validate: label -3", ["validate", cnn_tflite, f"--data={w('label_minus3.npz')}"], None),
+        ("validate: label 2.7", ["validate", cnn_tflite, f"--data={w('label_2_7.npz')}"], None),
+        ("validate: pickled object array", ["validate", cnn_tflite,
+                                            f"--data={w('pickled.npy')}"], None),
+        ("compress --output_dir=FILE/sub", ["compress", keras_model, f"--data={train}",
+                                            f"--output_dir={w('a_file')}/sub"], None),
+        ("compress: malformed YAML recipe", ["compress", keras_model, f"--data={train}",
+                                             f"--recipe={w('broken.yaml')}",
+                                             f"--output_dir={out('c1')}"], "c1.partial"),
+        ("compress: YAML python tag", ["compress", keras_model, f"--data={train}",
+                                       f"--recipe={w('tag.yaml')}", f"--output_dir={out('c2')}"],
+         "PWNED"),
+        ("compress: learning_rate: .nan in the recipe",
+         ["compress", keras_model, f"--data={train}", f"--recipe={w('nan.yaml')}",
+          f"--output_dir={out('c3')}"], "c3.partial"),
+        ("compress --learning_rate=nan", ["compress", keras_model, f"--data={train}",
+                                          "--learning_rate=nan", f"--output_dir={out('c4')}"],
+         "c4.partial"),
+        ("compress: epochs: true", ["compress", keras_model, f"--data={train}",
+                                    f"--recipe={w('epochs_true.yaml')}",
+                                    f"--output_dir={out('c5')}"], "c5.partial"),
+        ("compress: benchmark: {runs: -5}", ["compress", keras_model, f"--data={train}",
+                                             f"--recipe={w('runs_minus5.yaml')}",
+                                             f"--output_dir={out('c6')}"], "c6.partial"),
+        ("compress: training labels out of range", ["compress", keras_model,
+                                                    f"--data={w('train_bad_labels.npz')}",
+                                                    f"--output_dir={out('c7')}"], "c7.partial"),
+        ("inspect a FIFO", ["inspect", w("fifo.tflite")], None),
+        ("inspect /dev/zero", ["inspect", "/dev/zero"], None),
+        ("inspect a 4 GiB sparse file", ["inspect", w("sparse_4gib.tflite")], None),
+        ("inspect a directory", ["inspect", str(work)], None),
+        ("inspect a missing file", ["inspect", w("missing.tflite")], None),
+        ("one flipped bit: a shape 16 -> 33,554,448", ["inspect", w("flipped_shape.tflite")],
+         None),
+        ("100,000 entries sharing one tensor", ["inspect", "--json", w("shared_100k.tflite")],
+         None),
+        ("CONV_2D filter input -1", ["validate", w("conv_filter_minus1.tflite"),
+                                     f"--data={w('cifar.npz')}"], None),
+        ("FULLY_CONNECTED weights input -1", ["benchmark", w("fc_weights_minus1.tflite"),
+                                              "--runs=2"], None),
+        ("ADD input -1", ["inspect", w("add_input_minus1.tflite")], None),
+        ("RESHAPE shape input pointing at another constant",
+         ["inspect", w("reshape_shape_other_constant.tflite")], None),
+        ("op output redirected to a constant", ["inspect", w("output_into_constant.tflite")],
+         None),
+        ("scales with an empty zero-point list", ["inspect", w("scales_without_zero_points.tflite")],
+         None),
+        ("zeroed root table offset", ["inspect", w("zeroed_offset.tflite")], None),
+        ("random bytes behind a valid identifier", ["inspect", w("random_behind_identifier.tflite")],
+         None),
+        ("truncated file", ["benchmark", w("truncated.tflite")], None),
+    ]
+
+
+def run_bad_inputs(work: Path, project: Path) -> List[dict]:
+    rows = []
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    for what, args, left in bad_input_cases(work, project):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "tfcompress.cli", *args, "--noprogress"],
+                              capture_output=True, text=True, timeout=600, cwd=work, env=env)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+        rows.append({
+            "what": what, "command": "tfcompress " + " ".join(
+                a.replace(str(work) + "/", "").replace(str(project) + "/", "")
+                .replace(str(_common.data_dir().resolve() / "models") + "/", "") for a in args),
+            "exit": proc.returncode, "message": errors[0] if errors else "",
+            "one_line": len(errors) == 1 and "Traceback" not in proc.stderr,
+            "left_behind": bool(left) and (work / left).exists(),
+            "seconds": time.perf_counter() - start,
+        })
+        print(f"{rows[-1]['exit']} {what}: {rows[-1]['message'][:150]}", flush=True)
+    rows.append(_two_runs_on_one_output(work, project, env))
+    return rows
+
+
+def _two_runs_on_one_output(work: Path, project: Path, env) -> dict:
+    """A second compress on an output a first one is working on (the first is then killed)."""
+    (work / "long.yaml").write_text("quantize: {epochs: 500}\nbenchmark: null\n")
+    args = ["compress", str(project / "cnn.keras"), f"--data={project / 'train.npz'}",
+            f"--recipe={work / 'long.yaml'}", f"--output_dir={work / 'shared_out'}",
+            "--noprogress"]
+    first = subprocess.Popen([sys.executable, "-m", "tfcompress.cli", *args], cwd=work, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = work / "shared_out.partial.lock"
+        deadline = time.monotonic() + 300
+        while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "tfcompress.cli", *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        first.kill()
+        first.wait()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    return {"what": f"two compress runs on one output (the first is pid {first.pid})",
+            "command": "tfcompress " + " ".join(a.replace(str(work) + "/", "")
+                                                .replace(str(project) + "/", "") for a in args),
+            "exit": proc.returncode, "message": errors[0] if errors else "",
+            "one_line": len(errors) == 1 and "Traceback" not in proc.stderr,
+            "left_behind": False, "seconds": time.perf_counter() - start}
 
 
 # -- workers ---------------------------------------------------------------------------------
@@ -686,6 +923,12 @@ def main(argv):
         files.update(project_seeds(Path(FLAGS.seed_cache)))
     if not files:
         raise app.UsageError("--seed_files must name data and / or project.")
+    if "bad_inputs" in FLAGS.parts:
+        bad_rows = bad_input_table(out)
+    else:
+        bad_rows = None
+    if "mutants" not in FLAGS.parts:
+        return
     seed, timeout, commands = FLAGS.seed, FLAGS.timeout_s, list(FLAGS.commands)
     cases = ([FLAGS.case] if FLAGS.case is not None
              else list(range(FLAGS.first_case, FLAGS.first_case + FLAGS.mutants)))
@@ -714,7 +957,27 @@ def main(argv):
     for r in results["bad"][:20]:
         lines.append(f"- case {r['case']} {r['command']}: {r['outcome']} ({r['seed_file']}, "
                      f"{'+'.join(r['mutations'])}): {r['message']}")
+    if bad_rows is not None:
+        results["bad_inputs"] = bad_rows
+        lines += ["", "Bad inputs (one fresh process each):", ""] + _bad_input_lines(bad_rows)
     _common.write_results(out, results, lines)
+
+
+def _bad_input_lines(rows) -> List[str]:
+    return _common.table(
+        ["input", "command", "exit", "one line", "message"],
+        [(r["what"], f"`{r['command']}`", r["exit"], "yes" if r["one_line"] else "NO",
+          r["message"].replace("|", "/")[:300] + (" (LEFT FILES BEHIND)" if r["left_behind"]
+                                                  else "")) for r in rows])
+
+
+def bad_input_table(out: Path) -> List[dict]:
+    project = project_folder(Path(FLAGS.seed_cache))
+    with tempfile.TemporaryDirectory(prefix="bad_inputs_") as tmp:
+        rows = run_bad_inputs(Path(tmp), project)
+    if "mutants" not in FLAGS.parts:
+        _common.write_results(out, {"bad_inputs": rows}, _bad_input_lines(rows))
+    return rows
 
 
 if __name__ == "__main__":
