@@ -73,8 +73,11 @@ def readme_blocks(text: str):
         if m and not m.group(1):
             if lang is not None:
                 count[section] = count.get(section, 0) + 1
+                code = "\n".join(lines)
+                if lang == "console":  # commands follow "$ "; other lines are their output
+                    code = "\n".join(l[2:] for l in lines if l.startswith("$ "))
                 blocks.append((f"{section} [{count[section]}]",
-                               "python" if lang == "python" else "bash", "\n".join(lines)))
+                               "python" if lang == "python" else "bash", code))
             lines = None
             continue
         lines.append(line)
@@ -103,6 +106,8 @@ def test_extractor_finds_blocks_and_expands_synopses():
                                                      " \\\n    --epochs=2   # two")]
     assert shell_commands(readme_blocks(text)[1][2]) == [
         ["tfcompress", "demo", "--dataset=auto", "--epochs=2"]]
+    console = "## C\n```console\n$ tfcompress inspect m.tflite\nsize: 10 bytes\n```\n"
+    assert readme_blocks(console) == [("C [1]", "bash", "tfcompress inspect m.tflite")]
 
 
 BLOCKS = readme_blocks(README.read_text())
