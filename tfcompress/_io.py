@@ -91,6 +91,7 @@ def rename_no_replace(src: PathLike, dst: PathLike) -> None:
     """
     src, dst = os.fspath(src), os.fspath(dst)
     try:
+        # Only here: loading ctypes costs a few milliseconds every other write would pay.
         import ctypes
 
         renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -124,6 +125,7 @@ def exclusive_lock(path: PathLike, *, what: str) -> Iterator[None]:
     Raises:
         BlockingIOError: another process holds the lock (its pid is named).
     """
+    # POSIX only (the rest of this module works on Windows too).
     import fcntl
 
     path = Path(path)

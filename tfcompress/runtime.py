@@ -18,10 +18,13 @@ only if it survives does this process do the same. A SIGSEGV there becomes an
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import itertools
 import json
 import os
+import select
 import signal
+import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -540,8 +543,6 @@ def _run_child(buf: bytes, kernels, invoke: bool, num_threads: int, timeout: flo
             code = 0
             try:
                 os.close(read_fd)
-                import faulthandler
-
                 faulthandler.disable()  # its dump of a crash here would reach the terminal
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1)
@@ -581,8 +582,6 @@ def _refusal(e: Exception) -> str:
 
 def _collect(read_fd: int, pid: int, timeout: float):
     """Reads the child's progress lines until it exits or ``timeout`` passes."""
-    import select
-
     chunks, deadline, status = [], time.monotonic() + timeout, None
     try:
         while True:
@@ -621,8 +620,6 @@ except Exception as e:
 
 
 def _spawn_child(buf: bytes, kernels, invoke: bool, num_threads: int, timeout: float):
-    import subprocess
-
     args = json.dumps({"kernels": list(kernels), "invoke": invoke, "threads": num_threads})
     try:
         out = subprocess.run([sys.executable, "-c", _TRIAL_PROBE, args], input=buf,
