@@ -268,6 +268,13 @@ class _StageLine(keras.callbacks.Callback):
         self.line.done(self._text())
         self.seconds.append(time.perf_counter() - self.start)
         self.index += 1
+        if self.index == self.total - 1:  # training done: the export stage shows while it runs
+            self.line = StatusLine(self.stream)
+            self.line.show(f"[{self.total}/{self.total}] {self.labels[-1]} ...", force=True)
+
+    def finish(self, text: str) -> None:
+        """Ends the last stage's line with ``text``."""
+        self.line.done(f"[{self.total}/{self.total}] {self.labels[-1]}{text}")
 
     def _text(self) -> str:
         label = self.labels[self.index] if self.index < len(self.labels) else "training"
@@ -384,8 +391,7 @@ def run_demo(
         line.index = len(labels) - 1
         passed = "" if result.validation is None else (
             ": PASSED" if result.validation.passed else ": FAILED")
-        print(f"[{len(labels)}/{len(labels)}] {labels[-1]}{passed}, "
-              f"{time.perf_counter() - t0 - sum(line.seconds[1:]):.1f}s", file=out)
+        line.finish(f"{passed}, {time.perf_counter() - t0 - sum(line.seconds[1:]):.1f}s")
     return demo
 
 
