@@ -349,8 +349,9 @@ def run_demo(
     x_train, y_train = ds.x_train[:max_train].astype("float32"), ds.y_train[:max_train]
     recipe = as_recipe(DEMO_RECIPE if recipe is None else recipe)
     bench = recipe.benchmark
-    labels = ["train the float model"] + _stage_labels(recipe) + [
-        "convert to int8, validate" + (", time" if bench is not None else "")]
+    model = small_cnn(ds.input_shape, ds.num_classes)
+    labels = [f"train the float CNN ({model.count_params():,} parameters)"] + \
+        _stage_labels(recipe) + ["convert to int8, validate" + (", time" if bench else "")]
     if verbose:
         size = "x".join(str(d) for d in ds.input_shape[:2])
         print(f"Dataset: {ds.name}, {len(x_train):,} training / {len(ds.x_test):,} test images "
@@ -360,7 +361,6 @@ def run_demo(
                   "mnist/mnist.npz for the real thing)", file=out)
     epochs = DEFAULT_EPOCHS.get(ds.name, _OTHER_EPOCHS) if epochs is None else epochs
     line = _StageLine(labels, len(labels), out) if verbose else None
-    model = small_cnn(ds.input_shape, ds.num_classes)
     batch_size = 32
     decay = keras.optimizers.schedules.CosineDecay(
         3e-3, max(1, epochs * int(np.ceil(len(x_train) / batch_size))))
