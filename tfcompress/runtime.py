@@ -49,6 +49,7 @@ __all__ = [
     "output_step",
     "predict",
     "quantize",
+    "random_inputs",
     "top1",
     "trial_run",
 ]

@@ -847,6 +847,7 @@ def fuzz(seeds: Seeds, *, seed: int, cases, commands, workers: int, timeout: flo
     reasons = {c: collections.Counter() for c in commands}  # what the refusals said
     examples = {}  # reason -> (case, the whole line)
     seconds = collections.defaultdict(float)
+    cpu_seconds = collections.defaultdict(float)
     done = [0]
     total = len(cases) * len(commands)
     start = time.perf_counter()
@@ -856,6 +857,7 @@ def fuzz(seeds: Seeds, *, seed: int, cases, commands, workers: int, timeout: flo
         c = r["command"]
         counts[c][r["outcome"]] += 1
         seconds[c] += r["seconds"]
+        cpu_seconds[c] += r["cpu_seconds"] or 0.0
         if r["peak_kib"]:
             peak[c] = max(peak[c], r["peak_kib"])
         if r["children_peak_kib"]:
@@ -894,6 +896,7 @@ def fuzz(seeds: Seeds, *, seed: int, cases, commands, workers: int, timeout: flo
         "counts": {c: dict(counts[c]) for c in commands},
         "runs_per_command": {c: sum(counts[c].values()) for c in commands},
         "seconds_per_command": dict(seconds),
+        "cpu_seconds_per_command": dict(cpu_seconds),
         "slowest_s": {c: {"seconds": s, "case": k} for c, (s, k) in slowest.items()},
         "most_cpu_s": {c: {"seconds": s, "case": k} for c, (s, k) in most_cpu.items()},
         "peak_rss_mib": {c: v / 1024 for c, v in peak.items()},
@@ -949,7 +952,9 @@ def main(argv):
              f"{results['most_cpu_s'][c]['seconds']:.2f}", f"{results['peak_rss_mib'][c]:.0f}")
             for c in commands]
     lines = [f"Fuzzing: {results['mutants']} mutants (seed {seed}) of {len(files)} files, "
-             f"{results['wall_s']:.0f} s with {FLAGS.workers} worker(s); children's peak RSS "
+             f"{results['wall_s']:.0f} s with {FLAGS.workers} worker(s) "
+             f"({sum(results['cpu_seconds_per_command'].values()):.0f} CPU s in the runs); "
+             "children's peak RSS "
              f"{results['children_peak_rss_mib']:.0f} MiB.", ""]
     lines += _common.table(["command", "runs", "ok", "exit 1", "refused (exit 2)", "crash",
                             "traceback", "hang", "slowest s (wall)", "most CPU s",
