@@ -488,6 +488,10 @@ def _trial_steps(buf: bytes, kernels: Sequence[str], invoke: bool, num_threads: 
             it.invoke()
             for d in it.get_output_details():
                 it.get_tensor(d["index"])
+        # The child leaves through os._exit, which skips destructors: free it here, so a
+        # crash in LiteRT's teardown shows in the trial, not at the end of the real run.
+        report(kernel, "free")
+        del it
         report(kernel, "done")
 
 
