@@ -9,6 +9,7 @@ def test_public_names_are_pinned():
         "ValidationReport", "benchmark", "calibration", "convert", "converter", "data",
         "inspect", "inspector", "pipeline", "runtime", "validate", "validation",
         "channel_pruning", "distillation", "lowrank", "post_training", "pruning", "quantization", "schedules",
+        "default_8bit", "pruning_policy", "quantizers",
         "CompressionResult", "Recipe", "SearchResult", "android", "compress", "compression",
         "recipe", "recipe_search", "report", "search",
     ])

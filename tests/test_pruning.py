@@ -61,8 +61,9 @@ def test_every_supported_layer_reaches_its_target_sparsity(name):
     layer_fn, shape = LAYERS[name]
     model = _model_with(layer_fn, shape, "int32" if name == "Embedding" else "float32")
     pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, 0, frequency=1))
-    wrapped = [layer for layer in pruned.layers if isinstance(layer, PruneLowMagnitude)]
-    assert len(wrapped) == 2  # the layer under test and the Dense head
+    wrapped = [layer for layer in pruned.layers
+               if isinstance(layer, PruneLowMagnitude) and layer.prunable_weights]
+    assert len(wrapped) == 2  # the layer under test and the Dense head (Flatten: no-op)
     x, y = _data(shape)
     if name == "Embedding":
         x = (x * 20).astype("int32")
@@ -106,17 +107,22 @@ def test_unsupported_layer_is_named_with_its_class_and_the_supported_list():
     with pytest.raises(ValueError, match=r"'mystery' of class Custom cannot be pruned\. "
                                          r"Supported: Dense, .*Conv2D"):
         prune_low_magnitude(model)
-    with pytest.raises(ValueError, match="BatchNormalization cannot be pruned"):
-        prune_low_magnitude(L.BatchNormalization())
+    with pytest.raises(ValueError, match="GroupNormalization cannot be pruned"):
+        prune_low_magnitude(L.GroupNormalization(2))
 
 
-def test_model_level_pruning_leaves_normalization_and_pooling_alone():
+def test_model_level_pruning_wraps_layers_without_prunable_weights_as_no_ops():
+    # tfmot wraps every layer its registry knows, those with nothing to prune too.
     model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3), L.BatchNormalization(),
-                              L.MaxPooling2D(), L.Flatten(), L.Dense(2)])
+                              L.MaxPooling2D(), L.Dropout(0.1), L.Flatten(), L.Dense(2)])
     pruned = prune_low_magnitude(model)
-    kinds = [type(layer).__name__ for layer in pruned.layers]
-    assert kinds == ["PruneLowMagnitude", "BatchNormalization", "MaxPooling2D", "Flatten",
-                     "PruneLowMagnitude"]
+    assert all(isinstance(layer, PruneLowMagnitude) for layer in pruned.layers)
+    assert [len(layer.prunable_weights) for layer in pruned.layers] == [1, 0, 0, 0, 0, 1]
+    x = np.random.default_rng(0).random((4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert [type(layer).__name__ for layer in strip_pruning(pruned).layers] == [
+        "Conv2D", "BatchNormalization", "MaxPooling2D", "Dropout", "Flatten", "Dense"]
 
 
 def test_pruning_a_model_copies_weights_and_leaves_the_original_untouched():
@@ -152,7 +158,7 @@ def test_subclassed_model_is_refused_but_its_wrapped_layers_work():
             return self.d2(self.d1(x))
 
     net = Net()
-    with pytest.raises(ValueError, match="subclassed model of class Net"):
+    with pytest.raises(ValueError, match="You passed an object of type: Net"):
         prune_low_magnitude(net)
     x, y = _data((8,), outputs=2)
     with pytest.raises(RuntimeError, match="not built yet"):
@@ -176,11 +182,12 @@ def test_polynomial_schedule_is_followed_step_by_step():
                                          frequency=2))
     x, y = _data((8,), n=8)
     seen = []
-    for _ in range(3):  # one batch per epoch: steps 0, 1, 2
+    for _ in range(3):  # one batch per epoch: steps 1, 2, 3 as in tfmot
         _fit(pruned, x, y, batch_size=8)
         seen.append(round(sparsity_report(pruned).layers[0].sparsity, 3))
-    assert seen == [0.0, 0.0, round(round(0.4 * 128) / 128, 3)]
-    assert int(pruned.layers[1].pruning_step.numpy()) == 2
+    first = round(round(0.4 * 128) / 128, 3)
+    assert seen == [0.0, first, first]
+    assert int(pruned.layers[1].pruning_step.numpy()) == 3
 
 
 def test_block_sparsity_zeroes_whole_blocks():
@@ -268,11 +275,11 @@ def test_mid_pruning_keras_file_loads_with_plain_load_model_and_continues(tmp_pa
     pruned.save(tmp_path / "mid.keras")
     loaded = keras.models.load_model(tmp_path / "mid.keras")
     assert isinstance(loaded.layers[1], PruneLowMagnitude)
-    assert int(loaded.layers[1].pruning_step.numpy()) == 3
+    assert int(loaded.layers[1].pruning_step.numpy()) == 4
     assert loaded.layers[1].pruning_schedule == pruned.layers[1].pruning_schedule
     np.testing.assert_allclose(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0))
     loaded.fit(x, y, batch_size=8, verbose=0, callbacks=[UpdatePruningStep()])
-    assert int(loaded.layers[1].pruning_step.numpy()) == 7
+    assert int(loaded.layers[1].pruning_step.numpy()) == 8
     assert sparsity_report(loaded).total_sparsity == pytest.approx(0.6, abs=0.01)
 
 
@@ -290,7 +297,7 @@ def test_prune_stop_and_restart_ends_with_the_same_masks_and_step(tmp_path):
     resumed.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False,
                 callbacks=[UpdatePruningStep()])
     for a, b in zip(straight.layers[1:], resumed.layers[1:]):
-        assert int(a.pruning_step.numpy()) == int(b.pruning_step.numpy()) == 11
+        assert int(a.pruning_step.numpy()) == int(b.pruning_step.numpy()) == 12
         for ma, mb in zip(a.masks, b.masks):
             np.testing.assert_array_equal(ma.numpy(), mb.numpy())
         np.testing.assert_allclose(a.layer.kernel.numpy(), b.layer.kernel.numpy(), atol=1e-6)

@@ -290,7 +290,7 @@ def test_layers_without_weights_wrapped_one_by_one_are_no_op_wrappers(tmp_path):
     rows = sparsity_report(model).layers
     assert [r.weight.split("/")[-1] for r in rows] == ["kernel", "kernel"]
     assert all(r.sparsity == 0.5 for r in rows)
-    assert {int(layer.pruning_step.numpy()) for layer in model.layers} == {0}  # one batch
+    assert {int(layer.pruning_step.numpy()) for layer in model.layers} == {1}  # one batch
     model.save(tmp_path / "wrapped.keras")
     loaded = keras.models.load_model(tmp_path / "wrapped.keras")
     np.testing.assert_allclose(_predict(loaded, x), _predict(model, x), rtol=1e-6)
@@ -313,8 +313,12 @@ def test_merge_layer_wrapped_alone_is_a_no_op_and_needs_the_callback():
     assert type(strip_pruning(add)) is L.Add
 
 
-def test_layers_whose_weights_are_not_prunable_are_still_refused_one_by_one():
-    for layer in (L.BatchNormalization(), L.LayerNormalization()):
+def test_layers_whose_weights_are_not_prunable_are_no_ops_or_refused_one_by_one():
+    for layer in (L.BatchNormalization(), L.LayerNormalization()):  # tfmot: no-op wrappers
+        wrapper = prune_low_magnitude(layer)
+        wrapper.build((None, 4))
+        assert wrapper.prunable_weights == [] and layer.get_prunable_weights() == []
+    for layer in (L.GroupNormalization(2), L.PReLU()):
         with pytest.raises(ValueError, match=f"{type(layer).__name__} cannot be pruned: its "
                                              "weights are normalization"):
             prune_low_magnitude(layer)

@@ -1,7 +1,8 @@
 import keras
 import pytest
 
-from tfcompress.schedules import AutomatedGradualPruning, ConstantSparsity, PolynomialDecay
+from tfcompress.schedules import (AutomatedGradualPruning, ConstantSparsity, PolynomialDecay,
+                                  deserialize)
 
 
 def _at(schedule, step):
@@ -35,7 +36,7 @@ def test_agp_is_cubic_polynomial_decay():
     agp = AutomatedGradualPruning(0.0, 0.9, begin_step=0, end_step=100, frequency=10)
     poly = PolynomialDecay(0.0, 0.9, begin_step=0, end_step=100, power=3, frequency=10)
     assert all(_at(agp, t) == _at(poly, t) for t in range(0, 120, 5))
-    assert "power" not in agp.get_config()
+    assert "power" not in agp.get_config()["config"]
 
 
 @pytest.mark.parametrize("schedule", [
@@ -45,8 +46,11 @@ def test_agp_is_cubic_polynomial_decay():
 ])
 def test_schedule_config_round_trips(schedule):
     config = schedule.get_config()
-    assert type(schedule)(**config) == schedule
+    assert set(config) == {"class_name", "config"}  # tfmot's form
+    assert config["class_name"] == type(schedule).__name__
+    assert type(schedule)(**config["config"]) == schedule
     assert type(schedule).from_config(config) == schedule
+    assert type(schedule).from_config(config["config"]) == schedule
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert restored == schedule
 
@@ -56,6 +60,7 @@ def test_schedule_config_round_trips(schedule):
     (lambda: ConstantSparsity(-0.1), "target_sparsity=-0.1"),
     (lambda: PolynomialDecay(0.0, 1.2, 0, 10), "final_sparsity=1.2"),
     (lambda: PolynomialDecay(0.0, 0.5, begin_step=10, end_step=5), "end_step=5"),
+    (lambda: PolynomialDecay(0.0, 0.5, begin_step=10, end_step=-1), "end_step=-1"),
     (lambda: ConstantSparsity(0.5, begin_step=10, end_step=5), "end_step=5"),
     (lambda: ConstantSparsity(0.5, frequency=0), "frequency=0"),
     (lambda: ConstantSparsity(0.5, begin_step=-1), "begin_step=-1"),
@@ -69,3 +74,22 @@ def test_bad_schedule_arguments_name_the_value(make, message):
 def test_step_of_wrong_type_is_a_type_error():
     with pytest.raises(TypeError, match="begin_step"):
         ConstantSparsity(0.5, begin_step=1.5)
+
+
+@pytest.mark.parametrize("schedule", [
+    ConstantSparsity(0.7, 10, 20, 10),
+    PolynomialDecay(0.2, 0.6, 10, 20, 5, 10),
+])
+def test_tfmot_style_deserialize_of_get_config_returns_an_equal_schedule(schedule):
+    restored = keras.saving.deserialize_keras_object(
+        schedule.get_config(),
+        custom_objects={"ConstantSparsity": ConstantSparsity, "PolynomialDecay": PolynomialDecay})
+    assert restored.__dict__ == schedule.__dict__
+    assert deserialize(schedule.get_config()) == schedule
+
+
+def test_polynomial_decay_with_end_step_equal_to_begin_step_jumps_to_the_final_sparsity():
+    s = PolynomialDecay(0.2, 0.8, begin_step=10, end_step=10, frequency=1)
+    assert _at(s, 9) == (False, 0.2)
+    assert _at(s, 10) == (True, 0.8)
+    assert _at(s, 11) == (False, 0.8)

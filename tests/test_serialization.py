@@ -25,18 +25,28 @@ L = keras.layers
 
 # Every class registered with register_keras_serializable(package="tfcompress").
 REGISTERED = (
+    "AllValuesQuantizer",
     "AttentionTransfer",
     "AutomatedGradualPruning",
     "ChannelMask",
     "ConstantSparsity",
+    "Default8BitConvWeightsQuantizer",
+    "Default8BitOutputQuantizeConfig",
+    "Default8BitQuantizeConfig",
     "Distiller",
     "FakeQuant",
+    "FixedQuantizer",
     "HintDistillation",
     "LabelAndTeacherLoss",
+    "LastValueQuantizer",
+    "MovingAverageQuantizer",
+    "NoOpQuantizeConfig",
+    "NoQuantizer",
     "PolynomialDecay",
     "PruneLowMagnitude",
     "QuantizeAnnotate",
     "QuantizeWrapper",
+    "QuantizeWrapperV2",
     "SoftTargetDistillation",
 )
 
@@ -119,14 +129,32 @@ INSTANCES = {
         batchnorm=L.BatchNormalization(momentum=0.5, name="bn"), name="q"),
     "SoftTargetDistillation": lambda: _cls("SoftTargetDistillation")(temperature=2.0,
                                                                      from_logits=False),
+    # tfmot's quantizer API (tfcompress.quantizers, tfcompress.default_8bit).
+    "AllValuesQuantizer": lambda: _cls("AllValuesQuantizer")(8, False, True, False),
+    "Default8BitConvWeightsQuantizer": lambda: _cls("Default8BitConvWeightsQuantizer")(),
+    "Default8BitOutputQuantizeConfig": lambda: _cls("Default8BitOutputQuantizeConfig")(),
+    "Default8BitQuantizeConfig": lambda: _cls("Default8BitQuantizeConfig")(
+        ["kernel"], ["activation"], False),
+    "FixedQuantizer": lambda: _cls("FixedQuantizer")(8, -1.0, 3.0, False),
+    "LastValueQuantizer": lambda: _cls("LastValueQuantizer")(8, True, True, True),
+    "MovingAverageQuantizer": lambda: _cls("MovingAverageQuantizer")(8, False, False, False),
+    "NoOpQuantizeConfig": lambda: _cls("NoOpQuantizeConfig")(),
+    "NoQuantizer": lambda: _cls("NoQuantizer")(),
+    "QuantizeWrapperV2": lambda: _cls("QuantizeWrapperV2")(
+        L.Dense(3, activation="relu", name="d"),
+        _cls("Default8BitQuantizeConfig")(["kernel"], ["activation"], False), name="qv2"),
 }
 
 LAYERS = ("ChannelMask", "FakeQuant", "PruneLowMagnitude", "QuantizeAnnotate",
-          "QuantizeWrapper")
+          "QuantizeWrapper", "QuantizeWrapperV2")
 LOSSES = ("AttentionTransfer", "HintDistillation", "LabelAndTeacherLoss",
           "SoftTargetDistillation")
 SCHEDULES = ("AutomatedGradualPruning", "ConstantSparsity", "PolynomialDecay")
 MODELS = ("Distiller",)
+QUANTIZERS = ("AllValuesQuantizer", "Default8BitConvWeightsQuantizer", "FixedQuantizer",
+              "LastValueQuantizer", "MovingAverageQuantizer", "NoQuantizer")
+QUANTIZE_CONFIGS = ("Default8BitOutputQuantizeConfig", "Default8BitQuantizeConfig",
+                    "NoOpQuantizeConfig")
 
 
 def test_every_registered_class_is_listed_and_has_a_round_trip_case():
@@ -134,7 +162,8 @@ def test_every_registered_class_is_listed_and_has_a_round_trip_case():
                   if k.startswith("tfcompress>")}
     assert registered == set(REGISTERED)
     assert set(INSTANCES) == set(REGISTERED)
-    assert sorted(LAYERS + LOSSES + SCHEDULES + MODELS) == sorted(REGISTERED)
+    assert sorted(LAYERS + LOSSES + SCHEDULES + MODELS + QUANTIZERS
+                  + QUANTIZE_CONFIGS) == sorted(REGISTERED)
 
 
 @pytest.mark.parametrize("name", REGISTERED)
@@ -214,6 +243,15 @@ def _model_with(name):
         bn = model.get_layer("quant_c").batchnorm
         assert not np.allclose(bn.moving_mean.numpy(), 0.0)  # the step moved the statistics
         assert float(model.get_layer("quant_d").pre_activation.max_value.numpy()) > 0.0
+        return model, x
+    if name == "QuantizeWrapperV2":
+        inputs = keras.Input((6,))
+        wrapper = INSTANCES[name]()
+        model = keras.Model(inputs, wrapper(inputs))
+        x = rng.normal(size=(8, 6)).astype("float32")
+        _fit_one_step(model, x, rng.random((8, 3), dtype="float32"))
+        assert any(float(w.numpy()) > 0.0 for w in wrapper.non_trainable_weights
+                   if w.path.endswith("activation_0_max"))  # the activation range moved
         return model, x
     raise AssertionError(f"no model for {name}")
 
@@ -296,6 +334,35 @@ def test_schedule_gives_the_same_values_at_every_step_after_a_serialization_roun
 
     assert values(revived) == values(schedule)
     assert {prune for prune, _ in values(schedule)} == {True, False}  # turns and off-turns
+
+
+# ---------------------------------------------------------------------------
+# Quantizers and QuantizeConfigs: the same quantized values after a round trip.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", QUANTIZERS)
+def test_quantizer_quantizes_the_same_after_a_serialization_round_trip(name):
+    quantizer = INSTANCES[name]()
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(quantizer))
+    assert revived == quantizer
+    x = _rng().normal(size=(4, 3)).astype("float32")
+    holder_a, holder_b = L.Layer(), L.Layer()
+    a, b = quantizer.build(x.shape, "t", holder_a), revived.build(x.shape, "t", holder_b)
+    for training in (True, False):
+        np.testing.assert_array_equal(np.asarray(quantizer(x, training, a)),
+                                      np.asarray(revived(x, training, b)))
+
+
+@pytest.mark.parametrize("name", QUANTIZE_CONFIGS)
+def test_quantize_config_describes_the_same_quantizers_after_a_round_trip(name):
+    config = INSTANCES[name]()
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(config))
+    layer = L.Dense(3, activation="relu")
+    layer.build((None, 4))
+    assert [q for _, q in revived.get_weights_and_quantizers(layer)] == [
+        q for _, q in config.get_weights_and_quantizers(layer)]
+    assert revived.get_output_quantizers(layer) == config.get_output_quantizers(layer)
 
 
 # ---------------------------------------------------------------------------

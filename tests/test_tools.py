@@ -180,6 +180,10 @@ def _check_fuzz(r, out):
     assert set(r["runs_per_command"].values()) == {20}
 
 
+def _check_tfmot_port(r, out):
+    assert r["summary"]["total"] == 2 and r["summary"]["passed"] == 2, r["tests"]
+
+
 # tool -> (flags of its cheapest mode, check of the JSON it writes). The times were
 # measured here, one tool at a time, on 2 cores (with other work on the machine); about
 # 7 s of each is importing TensorFlow and most of the rest tracing and conversion.
@@ -213,6 +217,9 @@ SMOKE = {
     "quantization_benchmark.py": (["--quick", "--parts=equivalence"], _check_quantization),
     # 19 s: one calibration subset (33 s with all three and --runs=5).
     "spine_benchmark.py": (["--quick", "--runs=5"], _check_spine),
+    # 12 s: two ported tfmot tests (the full port, 200 tests, takes about 6 minutes).
+    "tfmot_port_benchmark.py": (["--k=testPruneMiscObject or testPolynomialDecay_PrunesCorrectly"],
+                                _check_tfmot_port),
     # 24 s: one small model, two cells (each its own child process), 5 latency rounds.
     "zoo_benchmark.py": (["--models=regression_mlp", "--ops=float32,int8", "--latency_runs=5"],
                          _check_zoo),

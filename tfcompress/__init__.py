@@ -23,9 +23,9 @@ from importlib import metadata as _metadata
 # Submodules, imported on first attribute access (PEP 562).
 _SUBMODULES = (
     "android", "benchmark", "calibration", "channel_pruning", "compression", "converter",
-    "data", "distillation", "inspector", "layer_kinds", "lowrank", "pipeline",
-    "post_training", "pruning", "quantization", "recipe", "recipe_search", "report",
-    "runtime", "schedules", "validation",
+    "data", "default_8bit", "distillation", "inspector", "layer_kinds", "lowrank",
+    "pipeline", "post_training", "pruning", "pruning_policy", "quantization", "quantizers",
+    "recipe", "recipe_search", "report", "runtime", "schedules", "validation",
 )
 # Names re-exported at the top level, and the submodule that defines each.
 _NAMES = {
@@ -37,7 +37,8 @@ _NAMES = {
     "Thresholds": "validation", "ValidationReport": "validation", "validate": "validation",
 }
 # The modules that register Keras objects (layers, losses, schedules).
-_KERAS_MODULES = ("schedules", "pruning", "channel_pruning", "quantization", "distillation")
+_KERAS_MODULES = ("schedules", "pruning", "channel_pruning", "quantizers", "quantization",
+                  "default_8bit", "distillation")
 
 try:
     __version__ = _metadata.version("tfcompress")
@@ -79,6 +80,7 @@ __all__ = [
     "convert",
     "converter",
     "data",
+    "default_8bit",
     "distillation",
     "inspect",
     "inspector",
@@ -86,7 +88,9 @@ __all__ = [
     "pipeline",
     "post_training",
     "pruning",
+    "pruning_policy",
     "quantization",
+    "quantizers",
     "recipe",
     "recipe_search",
     "report",

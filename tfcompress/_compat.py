@@ -160,6 +160,15 @@ def built_input_shapes(model) -> dict:
     return dict(getattr(model, "_build_shapes_dict", None) or {})
 
 
+def input_shape_argument(layer):
+    """The ``input_shape=`` a layer was made with (Keras' ``_input_shape_arg``), or None.
+
+    A Sequential model whose first layer has one starts with an Input of that shape,
+    so a wrapper passes it on to stay the first layer of a built model.
+    """
+    return getattr(layer, "_input_shape_arg", None)
+
+
 @contextlib.contextmanager
 def uncompiled(model):
     """Marks ``model`` and its nested models as not compiled while the block runs.
@@ -176,6 +185,31 @@ def uncompiled(model):
     finally:
         for m in models:
             m.compiled = True
+
+
+@contextlib.contextmanager
+def substituted_variables(substitutes, watched):
+    """Reads each variable of ``substitutes`` (``[(variable, tensor)]``) as its tensor.
+
+    Keras' ``StatelessScope``: a layer whose weights sit behind properties runs on
+    quantized tensors, and gradients reach the variables through them. Assignments
+    made inside the block (BatchNorm statistics, quantizer ranges) are collected by
+    the scope; those to the ``watched`` variables are applied when it closes.
+    """
+    from keras.src.backend.common.stateless_scope import StatelessScope  # private API
+
+    if not substitutes:
+        yield
+        return
+    with StatelessScope(state_mapping=list(substitutes), collect_losses=False) as scope:
+        yield
+    mapped = {id(v) for v, _ in substitutes}
+    for variable in watched:
+        if id(variable) in mapped:
+            continue
+        value = scope.get_current_value(variable)
+        if value is not None:
+            variable.assign(value)
 
 
 # ---------------------------------------------------------------------------

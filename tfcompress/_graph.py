@@ -97,8 +97,19 @@ def clone_model(model, *, keep_operations: bool = False, **kwargs):
     """
     if keep_operations:
         kwargs = _keeping_operations(**kwargs)
+    if (kwargs.get("input_tensors") is None and _compat.is_graph_model(model)
+            and not isinstance(model, keras.Sequential)):
+        # Keras names new inputs after the input tensors ("keras_tensor_3"); keep the
+        # input layers' names, so that the clone's config matches the model's.
+        kwargs["input_tensors"] = keras.tree.map_structure(_input_like, model.input)
     with _compat.uncompiled(model):
         return keras.models.clone_model(model, **kwargs)
+
+
+def _input_like(tensor):
+    layer = _compat.producer(tensor)
+    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, sparse=tensor.sparse,
+                       name=layer.name if layer is not None else None)
 
 
 def _keeping_operations(clone_function=None, call_function=None, **kwargs) -> dict:

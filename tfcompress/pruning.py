@@ -33,9 +33,15 @@ Example:
 
 from __future__ import annotations
 
+import abc
+import contextlib
+import copy
 import dataclasses
 import difflib
+import inspect
+import os
 import re
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
@@ -43,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress import _compat, _graph, layer_kinds, schedules
+from tfcompress.pruning_policy import PruneForLatencyOnXNNPack, PruningPolicy
 from tfcompress.schedules import (AutomatedGradualPruning, ConstantSparsity, PolynomialDecay,
                                   PruningSchedule)
 
@@ -50,17 +57,22 @@ __all__ = [
     "AutomatedGradualPruning",
     "ConstantSparsity",
     "PolynomialDecay",
+    "PrunableLayer",
+    "PruneForLatencyOnXNNPack",
     "PruneLowMagnitude",
+    "PruningPolicy",
     "PruningSchedule",
     "PruningSummaries",
     "SparsityReport",
     "UpdatePruningStep",
     "block_mask",
     "check_sparsity_m_by_n",
+    "collect_prunable_layers",
     "magnitude_mask",
     "m_by_n_mask",
     "prunable_weights",
     "prune_low_magnitude",
+    "prune_scope",
     "sparsity_report",
     "strip_pruning",
     "tflite_sizes",
@@ -124,20 +136,29 @@ def m_by_n_mask(weight, *, n: int, m: int):
 
     The groups run along the input-channel axis of a Keras kernel (axis -2), which
     is the innermost axis of TFLite's weight layout (OHWI for convolutions,
-    ``(out, in)`` for fully connected), the layout that 2:4 kernels read.
+    ``(out, in)`` for fully connected), the layout that 2:4 kernels read. When the
+    input channels are not a multiple of ``m``, the last group is padded with zeros,
+    as tfmot does, so its padding takes the pruned places first.
 
     >>> w = np.array([[4.0], [-1.0], [3.0], [0.5]], np.float32)  # Dense(4 -> 1)
     >>> m_by_n_mask(w, n=2, m=4).numpy().ravel().tolist()
     [1.0, 0.0, 1.0, 0.0]
+    >>> m_by_n_mask(w[:3], n=2, m=4).numpy().ravel().tolist()  # 3 inputs: one padded zero
+    [1.0, 0.0, 1.0]
     """
     weight = tf.convert_to_tensor(weight)
     rank = len(weight.shape)
     perm = list(range(rank - 2)) + [rank - 1, rank - 2]
     moved = tf.transpose(tf.abs(weight), perm)
+    channels = int(moved.shape[-1])
+    pad = -channels % m
+    if pad:
+        moved = tf.pad(moved, [[0, 0]] * (rank - 1) + [[0, pad]])
     groups = tf.reshape(moved, [-1, m])
     _, idx = tf.math.top_k(groups, k=n, sorted=False)
     mask = tf.reduce_sum(tf.one_hot(idx, m, dtype=weight.dtype), axis=1)
-    return tf.transpose(tf.reshape(mask, tf.shape(moved)), perm)
+    mask = tf.reshape(mask, tf.shape(moved))[..., :channels]
+    return tf.transpose(mask, perm)
 
 
 # ---------------------------------------------------------------------------
@@ -146,6 +167,9 @@ def m_by_n_mask(weight, *, n: int, m: int):
 
 _PRUNABLE_NAMES = ("kernel", "recurrent_kernel", "embeddings", "depthwise_kernel",
                    "pointwise_kernel")
+# Keras layers pruned by class, as tfmot's registry does: the exact class, so that a
+# subclass (`class MyDense(keras.layers.Dense)`) must say what it prunes with
+# `get_prunable_weights()`, since it may hold other weights or use them differently.
 _SUPPORTED = (
     keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv1D, keras.layers.Conv2D,
     keras.layers.Conv3D, keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
@@ -154,13 +178,17 @@ _SUPPORTED = (
     keras.layers.SimpleRNN, keras.layers.LSTM, keras.layers.GRU,
     keras.layers.MultiHeadAttention, keras.layers.Bidirectional, keras.layers.TimeDistributed,
 )
+# A generic `keras.layers.RNN` is supported when every cell (stacked cells included) is
+# one of these or declares `get_prunable_weights()`.
+_RNN_CELLS = (keras.layers.SimpleRNNCell, keras.layers.LSTMCell, keras.layers.GRUCell)
 # Layers whose input channels sit on kernel axis -2, so that N:M groups are meaningful.
 _M_BY_N_SUPPORTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
                      keras.layers.Conv3D)
 SUPPORTED_LAYERS = tuple(c.__name__ for c in _SUPPORTED) + (
-    "any layer with a `get_prunable_weights()` method",
-    "layers without weights (pooling, Dropout, Flatten, Reshape, Add, activations...: "
-    "wrapped as no-ops)",)
+    "RNN (with SimpleRNN, LSTM or GRU cells, stacked or not)",
+    "any layer with a `get_prunable_weights()` method (see PrunableLayer)",
+    "layers without weights (pooling, Dropout, Flatten, Reshape, Add, activations...) and "
+    "BatchNormalization / LayerNormalization: wrapped as no-ops, as in tfmot",)
 
 # Keras layers without weights that the layer-kind table does not list. Wrapped one by
 # one (tfmot's `prune_low_magnitude(keras.layers.Dropout(0.2))`), they become no-op
@@ -169,7 +197,40 @@ _WEIGHTLESS = (
     keras.layers.Permute, keras.layers.RepeatVector, keras.layers.Masking, keras.layers.Lambda,
     keras.layers.Rescaling, keras.layers.Resizing, keras.layers.CenterCrop,
     keras.layers.AlphaDropout, keras.layers.UnitNormalization, keras.layers.Dot,
+    keras.layers.ActivityRegularization, keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
 )
+# Layers with weights that tfmot's registry wraps with nothing to prune.
+_NO_OP_WITH_WEIGHTS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
+
+
+class PrunableLayer(abc.ABC):
+    """Mixin that makes a custom Keras layer prunable (tfmot's ``PrunableLayer``).
+
+    A layer says which of its weights pruning masks by implementing
+    ``get_prunable_weights()``; any layer with that method is accepted, so inheriting
+    this class is optional and only documents the contract.
+
+    Example:
+        >>> class MyDense(keras.layers.Dense, PrunableLayer):
+        ...     def get_prunable_weights(self):
+        ...         return [self.kernel]
+        >>> wrapper = prune_low_magnitude(MyDense(4))
+        >>> wrapper.build((None, 8)); [w.path.split("/")[-1] for w in wrapper._weights_to_prune]
+        ['kernel']
+    """
+
+    @abc.abstractmethod
+    def get_prunable_weights(self):
+        """The weights (variables) of this layer that pruning masks."""
+        raise NotImplementedError("PrunableLayer subclasses implement get_prunable_weights().")
+
+
+def _rnn_supported(layer) -> bool:
+    cell = getattr(layer, "cell", None)
+    cells = getattr(cell, "cells", None) or [cell]
+    return all(hasattr(c, "get_prunable_weights") or type(c) in _RNN_CELLS for c in cells)
 
 
 def _is_supported(layer) -> bool:
@@ -178,7 +239,9 @@ def _is_supported(layer) -> bool:
     if isinstance(layer, (keras.layers.Bidirectional, keras.layers.TimeDistributed)):
         inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None)
         return inner is not None and _is_supported(inner)
-    return isinstance(layer, _SUPPORTED)
+    if type(layer) is keras.layers.RNN:
+        return _rnn_supported(layer)
+    return type(layer) in _SUPPORTED
 
 
 def _holds_no_weights(layer) -> bool:
@@ -198,6 +261,11 @@ def _holds_no_weights(layer) -> bool:
             and type(layer).__module__.startswith("keras."))
 
 
+def _is_no_op(layer) -> bool:
+    """Wrapped with nothing to prune, as tfmot's registry does (Dropout, BatchNormalization...)."""
+    return type(layer) in _NO_OP_WITH_WEIGHTS or _holds_no_weights(layer)
+
+
 def _unsupported_error(layer) -> ValueError:
     if isinstance(layer, _LEAVE_ALONE):
         return ValueError(
@@ -205,8 +273,11 @@ def _unsupported_error(layer) -> ValueError:
             "weights are normalization or activation parameters, which pruning never masks. "
             "Leave it unwrapped (a model-level `prune_low_magnitude(model)` leaves it as it "
             f"is). Supported: {', '.join(SUPPORTED_LAYERS)}.")
+    subclass = next((c.__name__ for c in _SUPPORTED if isinstance(layer, c)), None)
+    hint = (f" It subclasses {subclass}, which is pruned by exact class only (as in tfmot): "
+            "say which weights to prune with `get_prunable_weights()`." if subclass else "")
     return ValueError(
-        f"Layer {layer.name!r} of class {type(layer).__name__} cannot be pruned. "
+        f"Layer {layer.name!r} of class {type(layer).__name__} cannot be pruned.{hint} "
         f"Supported: {', '.join(SUPPORTED_LAYERS)}. To prune a custom layer, give it a "
         "`get_prunable_weights()` method that returns the weights to prune; to keep it "
         "dense in a model, pass `layers=` with the names of the layers to prune."
@@ -228,13 +299,14 @@ def prunable_weights(layer) -> List:
         return list(layer.get_prunable_weights())
     if _is_supported(layer):
         return [w for w in layer.trainable_weights if w.path.split("/")[-1] in _PRUNABLE_NAMES]
-    if _holds_no_weights(layer):
+    if _is_no_op(layer):
         return []
     raise _unsupported_error(layer)
 
 
 # Built-in layers that hold weights but nothing worth pruning; a model-level
-# `prune_low_magnitude` leaves them alone instead of rejecting the model.
+# `prune_low_magnitude` leaves them alone instead of rejecting the model
+# (BatchNormalization and LayerNormalization get no-op wrappers, as in tfmot).
 _LEAVE_ALONE = (
     keras.layers.BatchNormalization, keras.layers.LayerNormalization,
     keras.layers.GroupNormalization, keras.layers.PReLU, keras.layers.Normalization,
@@ -261,12 +333,41 @@ def _check_options(block_size, block_pooling_type, sparsity_m_by_n):
               and all(isinstance(v, int) for v in sparsity_m_by_n)
               and 0 < sparsity_m_by_n[0] < sparsity_m_by_n[1])
         if not ok:
-            raise ValueError("`sparsity_m_by_n` must be (n, m) with 0 < n < m, e.g. (2, 4). "
+            raise ValueError("`sparsity_m_by_n` must be (zeros, group) with 0 < zeros < group, "
+                             "e.g. (2, 4). "
                              f"Received: sparsity_m_by_n={sparsity_m_by_n!r}")
         if tuple(block_size) != (1, 1):
             raise ValueError("`sparsity_m_by_n` and `block_size` cannot be combined. "
                              f"Received: block_size={block_size!r}, "
                              f"sparsity_m_by_n={sparsity_m_by_n!r}")
+
+
+def _first_argument(layer) -> Optional[str]:
+    params = [p for p in inspect.signature(layer.call).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return params[0].name if params else None
+
+
+class _BoundPrunableWeights:
+    """``layer.get_prunable_weights()`` for a built-in Keras layer (no reference cycle)."""
+
+    def __init__(self, layer):
+        self._layer = weakref.ref(layer)
+
+    def __call__(self):
+        layer = self._layer()
+        if _is_supported_builtin(layer):
+            return [w for w in layer.trainable_weights
+                    if w.path.split("/")[-1] in _PRUNABLE_NAMES]
+        return []
+
+
+def _is_supported_builtin(layer) -> bool:
+    if isinstance(layer, (keras.layers.Bidirectional, keras.layers.TimeDistributed)):
+        return True
+    if type(layer) is keras.layers.RNN:
+        return _rnn_supported(layer)
+    return type(layer) in _SUPPORTED
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -281,8 +382,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         pruning_schedule: a schedule; default ``ConstantSparsity(0.5, 0, -1, 100)``.
         block_size: prune whole ``(rows, cols)`` blocks of the weight viewed as a matrix.
         block_pooling_type: ``"AVG"`` or ``"MAX"``: how a block's magnitude is pooled.
-        sparsity_m_by_n: ``(n, m)`` to keep ``n`` of every ``m`` input channels
-            (2:4 is ``(2, 4)``). The schedule then only decides when masks update.
+        sparsity_m_by_n: ``(zeros, group)``: at least ``zeros`` zeros in every ``group``
+            consecutive input channels, tfmot's meaning (2:4 is ``(2, 4)``; ``(1, 4)``
+            keeps 3 of 4); a last partial group is padded with zeros, as in tfmot. The
+            schedule then only decides when masks update.
         **kwargs: Keras layer arguments (``name``...).
 
     Masks update only in calls with ``training=True``. Keras passes that flag down
@@ -298,19 +401,26 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if isinstance(layer, dict):
             layer = keras.saving.deserialize_keras_object(layer)
         if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(f"PruneLowMagnitude wraps a Keras layer. Received: {layer!r}")
-        if not (_is_supported(layer) or _holds_no_weights(layer)):
+            # tfmot raises ValueError here, so tfmot code catching it keeps working.
+            raise ValueError("PruneLowMagnitude wraps a Keras `Layer` instance. "
+                             f"Received: {layer!r}")
+        if not (_is_supported(layer) or _is_no_op(layer)):
             raise _unsupported_error(layer)
         _check_options(block_size, block_pooling_type, sparsity_m_by_n)
         if sparsity_m_by_n is not None and not (
                 isinstance(layer, _M_BY_N_SUPPORTED) or hasattr(layer, "get_prunable_weights")
-                or _holds_no_weights(layer)):
+                or _is_no_op(layer)):
             raise ValueError(
                 f"`sparsity_m_by_n` needs input channels on kernel axis -2; layer "
                 f"{layer.name!r} of class {type(layer).__name__} does not have them. "
                 f"Supported: {', '.join(c.__name__ for c in _M_BY_N_SUPPORTED)}.")
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        if _compat.input_shape_argument(layer) is not None:  # stays a Sequential's first layer
+            kwargs.setdefault("input_shape", _compat.input_shape_argument(layer))
         super().__init__(layer, **kwargs)
+        if not hasattr(layer, "get_prunable_weights"):
+            # tfmot's registry gives every wrapped Keras layer this method.
+            layer.get_prunable_weights = _BoundPrunableWeights(layer)
         self.pruning_schedule = schedules.deserialize(pruning_schedule)
         self.block_size = tuple(block_size)
         self.block_pooling_type = block_pooling_type
@@ -326,7 +436,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     f"one input shape ({input_shape}). Build the layer (for example by "
                     "calling it on its inputs) before wrapping it.") from e
         self._weights_to_prune = prunable_weights(self.layer)
-        if not self._weights_to_prune and not _holds_no_weights(self.layer):
+        if self.sparsity_m_by_n:
+            # As tfmot: N:M applies to rank-2 and rank-4 kernels (Dense, Conv2D) and to
+            # Conv1D's rank-3 one (a CONV_2D in TFLite); a Conv3D kernel stays dense.
+            self._weights_to_prune = [w for w in self._weights_to_prune if len(w.shape) <= 4]
+        if not self._weights_to_prune and not (_is_no_op(self.layer)
+                                               or hasattr(self.layer, "get_prunable_weights")):
             raise _unsupported_error(self.layer)
         self.masks = []
         for w in self._weights_to_prune:
@@ -347,16 +462,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 f"`block_size` {self.block_size} does not divide weight {w.path!r} of layer "
                 f"{self.layer.name!r} seen as a {rows}x{cols} matrix (shape {shape}). "
                 f"Received: block_size={self.block_size}")
-        if self.sparsity_m_by_n and (len(shape) < 2 or shape[-2] % self.sparsity_m_by_n[1]):
+        if self.sparsity_m_by_n and len(shape) < 2:
             raise ValueError(
-                f"`sparsity_m_by_n` {self.sparsity_m_by_n} needs the input channels of "
-                f"weight {w.path!r} (axis -2 of shape {shape}) to be a multiple of "
-                f"{self.sparsity_m_by_n[1]}.")
+                f"`sparsity_m_by_n` {self.sparsity_m_by_n} needs input channels on axis -2; "
+                f"weight {w.path!r} of layer {self.layer.name!r} has shape {shape}.")
 
     def _new_mask(self, weight, sparsity):
         if self.sparsity_m_by_n:
-            n, m = self.sparsity_m_by_n
-            return m_by_n_mask(weight, n=n, m=m)
+            zeros, m = self.sparsity_m_by_n  # tfmot's (m, n): m zeros in every n
+            return m_by_n_mask(weight, n=m - zeros, m=m)
         if self.block_size != (1, 1):
             return block_mask(weight, sparsity, block_size=self.block_size,
                               pooling=self.block_pooling_type)
@@ -364,7 +478,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def _prune(self):
         step = tf.convert_to_tensor(self.pruning_step)
-        check = tf.debugging.assert_greater_equal(step, tf.constant(0, tf.int64),
+        # The callback sets -1 to 0 when training begins and adds 1 before each batch,
+        # so the schedule sees steps 1..N over N batches, as tfmot's does.
+        check = tf.debugging.assert_greater_equal(step, tf.constant(1, tf.int64),
                                                   message=schedules.MISSING_CALLBACK)
         with tf.control_dependencies([check]):
             should, sparsity = self.pruning_schedule(step)
@@ -391,6 +507,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for w, m in zip(self._weights_to_prune, self.masks):
             w.assign(w * m)
 
+    def __call__(self, *args, **kwargs):
+        if not args:
+            # A layer called with keywords only (`mha(query=q, value=v)`): its first
+            # argument becomes this wrapper's `inputs`.
+            first = _first_argument(self.layer)
+            if first in kwargs:
+                args = (kwargs.pop(first),)
+        return super().__call__(*args, **kwargs)
+
     def call(self, inputs, *args, training=None, **kwargs):
         if training is True:
             self._prune()
@@ -403,10 +528,28 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         kwargs.pop("training", None)
         return self.layer.compute_output_spec(*args, **kwargs)
 
+    @property
+    def prunable_weights(self) -> List:
+        """The wrapped layer's weights that are masked (tfmot's attribute)."""
+        return list(getattr(self, "_weights_to_prune", []))
+
+    @property
+    def pruning_vars(self) -> List[tuple]:
+        """``[(weight, mask, None)]`` (tfmot's attribute; tfmot's third item, a threshold
+        variable, does not exist here: masks come from ``top_k``, not a threshold)."""
+        return [(w, m, None) for w, m in zip(getattr(self, "_weights_to_prune", []),
+                                              getattr(self, "masks", []))]
+
     def apply_masks(self) -> None:
         """Multiplies the weights by their masks now (eagerly)."""
         for w, m in zip(self._weights_to_prune, self.masks):
             w.assign(w * m)
+
+    @classmethod
+    def from_config(cls, config):
+        # Keras' Wrapper.from_config pops "layer" from the dict it is given; a copy keeps
+        # the caller's config (a model's get_config()) intact.
+        return super().from_config(copy.deepcopy(config))
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -463,25 +606,33 @@ def _clone_replacing(model, replace):
     return clone
 
 
+_NOT_PRUNABLE_TYPE = (
+    "`prune_low_magnitude` can only prune an object of the following types: "
+    "keras.models.Sequential, keras functional model, keras.layers.Layer, list of "
+    "keras.layers.Layer. You passed an object of type: {input}.")
+
+
 def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
-                        block_pooling_type="AVG", sparsity_m_by_n=None, *,
-                        layers: Optional[Sequence[str]] = None, **kwargs):
+                        block_pooling_type="AVG", pruning_policy=None, sparsity_m_by_n=None,
+                        *, layers: Optional[Sequence[str]] = None, **kwargs):
     """Wraps a layer, a list of layers or a whole model for magnitude pruning.
 
-    Same name and arguments as tfmot's function. A Sequential or Functional model
-    (nested models included) is cloned with every supported layer wrapped; its
-    weights are copied, so training the result does not change ``target``. Layers
-    without prunable weights (pooling, normalization, activations...) and operator
-    nodes (``x + y``, ``x[:, :8]``, ``keras.ops`` calls) stay as they are. A layer
-    without weights wrapped on its own (``prune_low_magnitude(keras.layers.Dropout(0.2))``)
-    becomes a no-op wrapper, as in tfmot, and strips back to itself; a normalization
-    layer wrapped on its own is refused. A subclassed model cannot be cloned: wrap its
+    Same name and arguments, in the same order, as tfmot's function. A Sequential
+    (built or not) or Functional model (nested models included) is cloned with every
+    layer wrapped, as tfmot does: layers with prunable weights get masks; layers with
+    none (pooling, Dropout, Flatten, Add, BatchNormalization...) get no-op wrappers
+    that strip back to themselves. Unlike tfmot, the clone gets copies of the weights,
+    so training the result does not change ``target``. Operator nodes (``x + y``,
+    ``x[:, :8]``, ``keras.ops`` calls) stay as they are, and so do GroupNormalization,
+    PReLU and Normalization layers. A subclassed model cannot be cloned: wrap its
     layers in ``__init__``.
 
     Args:
         target: a layer, a list of layers, or a Sequential / Functional model.
         pruning_schedule: a schedule (see :mod:`tfcompress.schedules`).
         block_size, block_pooling_type, sparsity_m_by_n: see :class:`PruneLowMagnitude`.
+        pruning_policy: a :class:`PruningPolicy` (models only): it checks the model and
+            says which layers to wrap (:class:`PruneForLatencyOnXNNPack`).
         layers: models only: wrap only the layers with these names (tfmot needs a
             ``clone_function`` for this). Small first convolutions and classifier
             heads are often worth keeping dense.
@@ -491,45 +642,85 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
         The wrapped layer, list of layers, or a new model.
 
     Raises:
-        ValueError: a layer with weights is not supported, an option is invalid, or
-            ``layers`` names a layer the model does not have.
+        ValueError: ``target`` is not a layer, a list of layers or a Sequential /
+            Functional model (tfmot's message); a layer with weights is not supported,
+            an option is invalid, or ``layers`` names a layer the model does not have.
     """
     _check_options(block_size, block_pooling_type, sparsity_m_by_n)
     if layers is not None and not isinstance(target, keras.Model):
         raise ValueError("`layers` selects layers of a model. Received: layers="
                          f"{list(layers)!r} with a {type(target).__name__}")
+    if pruning_policy is not None and not (
+            hasattr(pruning_policy, "allow_pruning")
+            and hasattr(pruning_policy, "ensure_model_supports_pruning")):
+        raise TypeError("`pruning_policy` must be a PruningPolicy (with `allow_pruning` and "
+                        f"`ensure_model_supports_pruning`). Received: {pruning_policy!r}")
     options = dict(pruning_schedule=schedules.deserialize(pruning_schedule),
                    block_size=block_size, block_pooling_type=block_pooling_type,
                    sparsity_m_by_n=sparsity_m_by_n)
     if isinstance(target, (list, tuple)):
-        return [prune_low_magnitude(t, **options) for t in target]
+        return [t if isinstance(t, PruneLowMagnitude)
+                else type(t).from_config(t.get_config()) if isinstance(t, keras.layers.InputLayer)
+                else prune_low_magnitude(t, **options) for t in target]
     if isinstance(target, keras.Model):
+        if not _compat.is_graph_model(target):
+            raise ValueError(_NOT_PRUNABLE_TYPE.format(input=type(target).__name__))
+        if pruning_policy is not None:
+            pruning_policy.ensure_model_supports_pruning(target)
         chosen = None if layers is None else _check_layer_names(target, layers)
 
         def replace(layer):
             config_copy = type(layer).from_config(layer.get_config())
             weights = layer.get_weights() if layer.weights else None
-            if hasattr(layer, "apply_masks") or not layer.weights:  # already a pruning layer
+            if hasattr(layer, "apply_masks"):  # already a pruning layer
                 return config_copy, weights
             if chosen is not None and layer.name not in chosen:
                 return config_copy, weights
-            if _is_supported(layer) and not isinstance(layer, _LEAVE_ALONE):
-                if sparsity_m_by_n and not isinstance(layer, _M_BY_N_SUPPORTED):
-                    return config_copy, weights
+            if pruning_policy is not None and not pruning_policy.allow_pruning(layer):
+                return config_copy, weights
+            if sparsity_m_by_n and not isinstance(layer, _M_BY_N_SUPPORTED):
+                return config_copy, weights
+            if _is_supported(layer) or _is_no_op(layer):
                 shapes = _compat.built_input_shapes(layer)
-                if not config_copy.built and shapes:
+                if weights is not None and not config_copy.built and shapes:
                     config_copy.build(**shapes)
-                config_copy.set_weights(weights)
+                if weights is not None:
+                    config_copy.set_weights(weights)
                 return PruneLowMagnitude(config_copy, **options), None
-            if isinstance(layer, _LEAVE_ALONE) or type(layer).__module__.startswith("keras."):
+            if isinstance(layer, _LEAVE_ALONE) or not _holds_trainable_weights(layer):
                 return config_copy, weights
             raise _unsupported_error(layer)
 
         return _clone_replacing(target, replace)
     if isinstance(target, keras.layers.Layer):
         return PruneLowMagnitude(target, **options, **kwargs)
-    raise TypeError("`target` must be a Keras layer, a list of layers or a Keras model. "
-                    f"Received: {type(target).__name__}")
+    raise ValueError(_NOT_PRUNABLE_TYPE.format(input=type(target).__name__))
+
+
+@contextlib.contextmanager
+def prune_scope():
+    """A no-op context manager, kept so that tfmot code runs unchanged.
+
+    tfmot needs ``with prune_scope(): load_model(path)`` to find its pruning classes.
+    tfcompress registers every pruning object with Keras
+    (``keras.saving.register_keras_serializable(package="tfcompress")``), so plain
+    ``keras.models.load_model(path)`` loads a pruned model, in or out of this scope.
+
+    >>> with prune_scope():
+    ...     pass
+    """
+    yield
+
+
+def _holds_trainable_weights(layer) -> bool:
+    """Whether ``layer`` has (or, unbuilt, may have) trainable weights pruning would ignore.
+
+    A built layer says so itself. An unbuilt one is judged by its class: Keras layers
+    the layer-kind table lists without a kernel are weightless; any other may not be.
+    """
+    if getattr(layer, "built", False):
+        return bool(layer.trainable_weights)
+    return not _holds_no_weights(layer)
 
 
 def _masked_weights(wrapper: PruneLowMagnitude) -> List[np.ndarray]:
@@ -570,7 +761,7 @@ def strip_pruning(model):
     def replace(layer):
         if isinstance(layer, PruneLowMagnitude):
             new = type(layer.layer).from_config(layer.layer.get_config())
-            return new, _masked_weights(layer)
+            return new, _masked_weights(layer) if layer.built else None  # unbuilt: no weights
         return type(layer).from_config(layer.get_config()), (
             layer.get_weights() if layer.weights else None)
 
@@ -595,6 +786,13 @@ def _layer_classes(model, hook: str) -> list:
     return kinds
 
 
+def collect_prunable_layers(model) -> List[PruneLowMagnitude]:
+    """Every :class:`PruneLowMagnitude` wrapper of ``model``, nested models included
+    (tfmot's function)."""
+    return [layer for layer in _compat.flatten_layers(model)
+            if isinstance(layer, PruneLowMagnitude)]
+
+
 def _pruning_layers(model) -> List[keras.layers.Layer]:
     return [layer for layer in _compat.flatten_layers(model)
             if hasattr(layer, "pruning_step") and hasattr(layer, "apply_masks")]
@@ -608,9 +806,23 @@ def _pruning_layers(model) -> List[keras.layers.Layer]:
 class UpdatePruningStep(keras.callbacks.Callback):
     """Advances the pruning step of every pruning layer once per training batch.
 
-    Also re-applies the masks before validation, at the end of each epoch and at the
-    end of training, so that evaluated and saved weights hold exact zeros.
-    Channel-pruning masks (:mod:`tfcompress.channel_pruning`) are updated here too.
+    As in tfmot, training begins by setting a fresh step (-1) to 0, and the schedule
+    then sees steps 1..N over N batches: after three one-batch epochs the step is 3. A
+    model loaded mid-pruning keeps its step. Masks are re-applied before validation,
+    at the end of each epoch and at the end of training, so that evaluated and saved
+    weights hold exact zeros. Channel-pruning masks (:mod:`tfcompress.channel_pruning`)
+    are updated here too. On a model without pruning layers it does nothing (tfmot's
+    behaviour).
+
+    In a custom training loop, call it as tfmot's guide does::
+
+        step_callback.set_model(model)
+        step_callback.on_train_begin()
+        for epoch in range(epochs):
+            for x, y in batches:
+                step_callback.on_train_batch_begin(batch=-1)
+                ...  # forward pass with training=True, gradients, apply
+            step_callback.on_epoch_end(batch=-1)
     """
 
     def on_train_begin(self, logs=None):
@@ -622,11 +834,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 "be advanced. Build the model before `fit` (call it once on a batch, or "
                 "`model.build(input_shape)`); subclassed models need this.")
         self._layers = _pruning_layers(self.model)
-        if not self._layers:
-            raise ValueError(
-                "UpdatePruningStep found no pruning layer in the model. Wrap the model "
-                "with prune_low_magnitude() or prune_channels() first.")
         steps = [layer.pruning_step for layer in self._layers]
+        for step in steps:
+            if int(step.numpy()) < 0:  # a fresh layer: the first batch is step 1
+                step.assign(0)
 
         @tf.function
         def advance():  # one call per batch instead of one eager op per layer
@@ -639,6 +850,8 @@ class UpdatePruningStep(keras.callbacks.Callback):
                              for kind in _layer_classes(self.model, "pruning_controller")]
 
     def on_train_batch_begin(self, batch, logs=None):
+        if not self._layers and not self._controllers:
+            return
         self._advance()
         for controller in self._controllers:
             controller.maybe_update()
@@ -650,7 +863,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_test_begin(self, logs=None):
         self._apply()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, batch, logs=None):  # tfmot's argument name: `batch`
         self._apply()
 
     def on_train_end(self, logs=None):
@@ -660,13 +873,23 @@ class UpdatePruningStep(keras.callbacks.Callback):
 class PruningSummaries(keras.callbacks.Callback):
     """Writes per-layer sparsity and the pruning step as TensorBoard scalars.
 
+    As tfmot's callback does, it writes when each epoch begins, at the optimizer's
+    iteration count (the pruning step when the model has no optimizer), so a custom
+    loop calls ``on_epoch_begin(epoch=...)``; it also writes when training ends, so
+    the final sparsity is logged.
+
     Args:
-        log_dir: folder for the event files.
+        log_dir: folder for the event files: a non-empty string (or a path).
         update_freq: ``"epoch"`` or a number of batches between writes.
+
+    Raises:
+        ValueError: ``log_dir`` is empty or not a string, or ``update_freq`` is invalid.
     """
 
-    def __init__(self, log_dir: str, *, update_freq="epoch"):
+    def __init__(self, log_dir, update_freq="epoch"):
         super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+            raise ValueError(f"`log_dir` must be a non-empty string. Received: log_dir={log_dir!r}")
         if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
             raise ValueError("`update_freq` must be 'epoch' or a positive int. "
                              f"Received: update_freq={update_freq!r}")
@@ -697,10 +920,18 @@ class PruningSummaries(keras.callbacks.Callback):
             layers = _pruning_layers(self.model)
             self._write(int(layers[0].pruning_step.numpy()) if layers else batch)
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._write(epoch)
+    def _iteration(self) -> int:
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        if iterations is not None:
+            return int(keras.ops.convert_to_numpy(iterations))
+        layers = _pruning_layers(self.model)
+        return max(int(layers[0].pruning_step.numpy()), 0) if layers else 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._write(self._iteration())
 
     def on_train_end(self, logs=None):
+        self._write(self._iteration())
         if self._writer is not None:
             self._writer.close()
             self._writer = None

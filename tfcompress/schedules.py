@@ -1,8 +1,11 @@
 """Pruning schedules: when to prune, and to what sparsity, at a training step.
 
 The math is a pair of pure functions of the step (:func:`should_prune` and
-:func:`polynomial_sparsity`); the classes are thin serializable shells around them
-whose ``get_config()`` returns exactly their constructor arguments.
+:func:`polynomial_sparsity`); the classes are thin serializable shells around them.
+Their ``get_config()`` has tfmot's form, ``{"class_name": ..., "config": {constructor
+arguments}}``, which tfmot-style code hands to ``deserialize_keras_object``;
+``from_config`` takes that form or the flat arguments, so ``keras.saving`` round trips
+work too.
 
 Every schedule follows tfmot's contract, ``schedule(step) -> (should_prune,
 sparsity)``, so any object with that ``__call__`` (a tfmot schedule included) can be
@@ -65,7 +68,10 @@ def polynomial_sparsity(step, *, initial_sparsity: float, final_sparsity: float,
     0.25
     """
     step = ops.cast(step, "float32")
-    p = ops.clip((step - begin_step) / float(end_step - begin_step), 0.0, 1.0)
+    if end_step == begin_step:  # no ramp: the final sparsity from begin_step on
+        p = ops.cast(ops.greater_equal(step, begin_step), "float32")
+    else:
+        p = ops.clip((step - begin_step) / float(end_step - begin_step), 0.0, 1.0)
     return final_sparsity + (initial_sparsity - final_sparsity) * ops.power(1.0 - p, power)
 
 
@@ -81,9 +87,9 @@ def _check_steps(begin_step, end_step, frequency, *, end_required: bool) -> None
             raise TypeError(f"`{name}` must be an int. Received: {name}={value!r}")
     if begin_step < 0:
         raise ValueError(f"`begin_step` must be >= 0. Received: begin_step={begin_step}")
-    if end_required and end_step <= begin_step:
+    if end_required and end_step < begin_step:
         raise ValueError(
-            "`end_step` must be greater than `begin_step`. "
+            "`end_step` must be at least `begin_step`. "
             f"Received: begin_step={begin_step}, end_step={end_step}"
         )
     if not end_required and end_step != -1 and end_step < begin_step:
@@ -103,24 +109,57 @@ MISSING_CALLBACK = (
 
 
 class PruningSchedule:
-    """Base class: ``__call__(step) -> (should_prune, sparsity)`` as tensors."""
+    """Base class: ``__call__(step) -> (should_prune, sparsity)`` as tensors.
+
+    Subclasses implement ``__call__`` and :meth:`arguments` (their constructor
+    arguments); :meth:`get_config` wraps those in tfmot's form.
+    """
 
     def __call__(self, step):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def get_config(self) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def arguments(self) -> dict:
+        """The constructor arguments, flat: ``type(self)(**self.arguments())`` is equal.
+
+        A tfmot-style subclass that overrides only ``get_config`` gets its arguments
+        read from there.
+        """
+        if type(self).get_config is not PruningSchedule.get_config:
+            config = self.get_config()
+            return config["config"] if set(config) == {"class_name", "config"} else config
+        raise NotImplementedError(f"{type(self).__name__} must implement arguments().")
+
+    # tfmot's helpers for custom schedules, under their names.
+    def _should_prune_in_step(self, step, begin_step, end_step, frequency):
+        return should_prune(step, begin_step=begin_step, end_step=end_step,
+                            frequency=frequency)
+
+    def _validate_step(self, begin_step, end_step, frequency, allow_negative_1):
+        _check_steps(begin_step, end_step, frequency, end_required=not allow_negative_1)
+
+    def _validate_sparsity(self, sparsity, variable_name):
+        _check_sparsity(variable_name, sparsity)
+
+    def get_config(self) -> dict:
+        """``{"class_name": <class>, "config": <constructor arguments>}``, as tfmot's."""
+        return {"class_name": type(self).__name__, "config": self.arguments()}
 
     @classmethod
     def from_config(cls, config: dict):
+        """The schedule from :meth:`get_config`'s form or from flat constructor arguments."""
+        if set(config) == {"class_name", "config"}:
+            config = config["config"]
         return cls(**config)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.arguments().items())
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
+        return type(self) is type(other) and self.arguments() == other.arguments()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.arguments().items()))))
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -152,7 +191,7 @@ class ConstantSparsity(PruningSchedule):
                              frequency=self.frequency)
         return prune, ops.convert_to_tensor(self.target_sparsity, "float32")
 
-    def get_config(self) -> dict:
+    def arguments(self) -> dict:
         return {"target_sparsity": self.target_sparsity, "begin_step": self.begin_step,
                 "end_step": self.end_step, "frequency": self.frequency}
 
@@ -168,7 +207,8 @@ class PolynomialDecay(PruningSchedule):
         initial_sparsity: sparsity at ``begin_step``, in [0, 1).
         final_sparsity: sparsity from ``end_step`` on, in [0, 1).
         begin_step: first pruning step.
-        end_step: last pruning step; must be greater than ``begin_step``.
+        end_step: last pruning step, at least ``begin_step`` (equal: the final
+            sparsity at once, where tfmot divides by zero).
         power: exponent of the decay (3 is automated gradual pruning).
         frequency: masks are recomputed every ``frequency`` steps.
     """
@@ -195,7 +235,7 @@ class PolynomialDecay(PruningSchedule):
             begin_step=self.begin_step, end_step=self.end_step, power=self.power)
         return prune, sparsity
 
-    def get_config(self) -> dict:
+    def arguments(self) -> dict:
         return {"initial_sparsity": self.initial_sparsity,
                 "final_sparsity": self.final_sparsity, "begin_step": self.begin_step,
                 "end_step": self.end_step, "power": self.power, "frequency": self.frequency}
@@ -215,8 +255,8 @@ class AutomatedGradualPruning(PolynomialDecay):
         super().__init__(initial_sparsity, final_sparsity, begin_step, end_step,
                          power=3, frequency=frequency)
 
-    def get_config(self) -> dict:
-        config = super().get_config()
+    def arguments(self) -> dict:
+        config = super().arguments()
         del config["power"]
         return config
 
@@ -233,6 +273,10 @@ def deserialize(schedule):
     if schedule is None:
         return ConstantSparsity(0.5, begin_step=0, end_step=-1, frequency=100)
     if isinstance(schedule, dict):
+        known = {cls.__name__: cls for cls in (ConstantSparsity, PolynomialDecay,
+                                               AutomatedGradualPruning)}
+        if set(schedule) == {"class_name", "config"} and schedule["class_name"] in known:
+            return known[schedule["class_name"]].from_config(schedule)  # tfmot's form
         return keras.saving.deserialize_keras_object(schedule)
     if not callable(schedule):
         raise TypeError("`pruning_schedule` must be a schedule: an object with "

@@ -1,0 +1,35 @@
+"""tfmot tests that do not pass here, and why: each is a documented difference
+(README, "Migrating from tfmot") or something Keras 3 cannot express.
+
+The normal test suite marks these ``xfail(strict=True)``, so one that starts passing is
+noticed; ``tools/tfmot_port_benchmark.py`` counts them as failures and prints the reason.
+"""
+
+KNOWN_DIFFERENCES = {
+    "testPruneModelValidLayersSuccessful": "pruning a model copies its layers and weights "
+        "(tfmot wraps the original layer objects, so training changes the original model)",
+    "testPruneModelDoesNotWrapAlreadyWrappedLayer": "pruning a model copies its layers",
+    "testPrunePretrainedModel_PreservesWeightObjects": "pruning a model copies its weights",
+    "testPruneScope_NeededForKerasModel": "objects are registered with Keras: loading needs "
+        "no prune_scope (the test asserts that loading without it fails)",
+    "testPruneThenLoadTFWeights_DoesNotPreserveWeights": "Keras 3 has no TF-format "
+        "checkpoints; `.weights.h5` refuses a model of another structure",
+    "testPruneThenLoadTFWeights_DifferentInferenceWithoutTraining": "as above",
+    "testEmbedding": "Keras 3: a Sequential given input_shape cannot be built with another shape",
+    "testCollectPrunableLayers": "Keras 3: a Sequential given input_shape cannot be built with "
+        "another shape",
+    "testConv3DWeightNotPrunedWithSparsityMbyN": "Keras 3: Conv3D takes no extra batch axes",
+    "testQuantizeCustomLayerWithoutQuantizeScope_RaisesError": "custom classes need no "
+        "registration (the test asserts tfmot's clone error)",
+    "testQuantize_UsesBuiltinQuantizeConfig": "built-in layers get tfcompress's folded "
+        "QuantizeWrapper, not a QuantizeWrapper with Default8BitQuantizeConfig, and the QAT "
+        "model has a FakeQuant at layers[1]",
+    "testQuantize_UsesQuantizeConfigFromUser_NoBuiltIn": "the QAT model is Functional with an "
+        "input FakeQuant at layers[1] (tfmot's wrapper sits there)",
+    "testQuantize_PreferenceToUserSpecifiedQuantizeConfig": "as above",
+}
+# Keras 3 cannot express these tests' mechanics (counted apart as well as in the total).
+KERAS3_IMPOSSIBLE = {"testEmbedding", "testCollectPrunableLayers",
+                     "testConv3DWeightNotPrunedWithSparsityMbyN",
+                     "testPruneThenLoadTFWeights_DoesNotPreserveWeights",
+                     "testPruneThenLoadTFWeights_DifferentInferenceWithoutTraining"}
