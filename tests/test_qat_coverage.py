@@ -507,3 +507,77 @@ def test_a_refused_layer_can_be_left_in_float_by_annotating_the_others():
     assert qat.quantize_report.left_in_float == ("d",)
     assert not any(isinstance(layer, FakeQuant) and "elu" in layer.name for layer in qat.layers)
     assert isinstance(qat.get_layer("quant_q"), QuantizeWrapper)
+
+
+# ---------------------------------------------------------------------------
+# 6. Opting in to float: what TFLite has no int8 kernel for stays float in both.
+# ---------------------------------------------------------------------------
+
+
+def _transformer(seq=8, vocab=50, width=16):
+    """Embedding -> MultiHeadAttention -> LayerNorm -> Dense, on int32 token ids."""
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((seq,), dtype="int32", name="tokens")
+    h = L.Embedding(vocab, width, name="embed")(tokens)
+    h = L.LayerNormalization(name="norm")(h + L.MultiHeadAttention(2, 8, name="mha")(h, h))
+    h = L.GlobalAveragePooling1D(name="pool")(L.Dense(width, activation="relu", name="ff")(h))
+    return keras.Model(tokens, L.Dense(4, name="head")(h))
+
+
+def _annotate_all_but(model, kept):
+    from tfcompress.quantization import quantize_annotate_layer
+
+    return keras.models.clone_model(model, clone_function=lambda layer: layer if (
+        type(layer).__name__ in kept or isinstance(layer, L.InputLayer)
+        or not isinstance(layer, L.Layer)  # operator nodes follow their inputs
+    ) else quantize_annotate_layer(layer))
+
+
+def test_attention_and_layernorm_left_in_float_convert_with_float_fallback_and_agree():
+    from tfcompress.quantization import quantize_apply
+
+    model = _transformer()
+    x = np.random.RandomState(0).randint(0, 50, (32, 8)).astype("int32")
+    qat = quantize_apply(_annotate_all_but(model, ("MultiHeadAttention", "LayerNormalization")))
+    assert set(qat.quantize_report.left_in_float) == {"mha", "norm"}
+    assert "ff" in qat.quantize_report.quantized and "head" in qat.quantize_report.quantized
+    # The float layers' outputs are quantized where int8 layers read them (the boundary).
+    assert isinstance(qat.get_layer("quant_norm_out"), FakeQuant)
+    _one_step(qat, x)
+    with pytest.raises(tc.ConversionError, match="not fully integer"):
+        tc.convert(qat, progress=False)  # float is an explicit opt-in
+    result = tc.convert(qat, progress=False, float_fallback=True)
+    note = [n for n in result.notes if n.startswith("float_fallback")]
+    assert note and "BATCH_MATMUL" in note[0] and "mha" in note[0], result.notes
+    # the layers after the boundary are int8 ops in the file
+    fc = [op for op in result.report.ops if op.op == "FULLY_CONNECTED" and "ff" in op.layer]
+    assert fc and all(result.report.tensors[t].dtype == "int8" for t in fc[0].outputs)
+    errors, span = _errors(qat, result.model_bytes, x)
+    assert span >= 10, span
+    assert all(e <= MAX_STEPS for e in errors.values()), errors
+
+
+def test_float_fallback_in_post_training_int8_and_its_argument_check():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8), name="x")
+    h = L.LayerNormalization(name="norm")(L.Dense(8, name="d")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
+    x = _uniform((6, 8), n=64)
+    result = tc.convert(model, representative_data=x, progress=False, float_fallback=True)
+    assert any(n.startswith("float_fallback") for n in result.notes), result.notes
+    out = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=False), x)[0]
+    reference = np.asarray(model(x))
+    assert np.mean(out.argmax(-1) == reference.argmax(-1)) >= 0.9
+    with pytest.raises(ValueError, match="float_fallback"):
+        tc.convert(model, progress=False, mode="float16", float_fallback=True)
+
+
+def test_a_qat_model_that_never_saw_data_is_refused_not_converted_wrong():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Dense(8, activation="relu")(inputs)))
+    qat = quantize_model(model)
+    with pytest.raises(tc.ConversionError, match="never saw data.*Train it"):
+        tc.convert(qat, progress=False)
+    _one_step(qat, _uniform((8,)))
+    assert tc.convert(qat, progress=False).model_bytes

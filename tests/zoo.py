@@ -78,6 +78,11 @@ OPS = {
            "max <= 2 output steps on both kernel paths",
     "ptq": "post_training_quantize + convert: Keras PTQ model vs the int8 file, max <= 2 "
            "output steps on both kernel paths",
+    "qat_float": "the float opt-in: quantize_annotate_layer on every layer QAT takes (the "
+                 "others left in float), quantize_apply + one training step + "
+                 "convert(float_fallback=True): Keras model vs file max <= 2 output steps on "
+                 "both kernel paths; the float ops listed in the notes (refused when QAT takes "
+                 "every layer: nothing to opt in)",
     "prune_sparse": "prune_low_magnitude (80%, one step) + strip_pruning + convert(sparse=True): "
                     "the sparse file's outputs equal the dense file's bit for bit on both paths",
     "prune_channels": "prune_channels (50%, one step) + strip_pruning: same output shapes, "
@@ -846,6 +851,37 @@ def _compile_and_step(model, spec: ZooModel, x, y) -> None:
 _fit_callbacks: list = []
 
 
+def _annotated_where_possible(model, cell):
+    """quantize_apply of ``model`` with every layer QAT takes annotated, the rest in float.
+
+    Raises ValueError (a refusal) when QAT takes every layer: then `qat` is the cell.
+    """
+    import keras
+
+    from tfcompress import quantization
+
+    from tfcompress import _graph
+
+    model = _graph.functional(model, purpose="selective annotation")  # refuses subclassed
+    kept = []
+
+    def annotate(layer):
+        if isinstance(layer, keras.layers.InputLayer) or not isinstance(layer, keras.layers.Layer):
+            return layer  # inputs; operator nodes follow what they read
+        try:
+            return quantization.quantize_annotate_layer(layer)
+        except (ValueError, TypeError):  # refused (a nested model is kept whole)
+            kept.append(f"{layer.name} ({type(layer).__name__})")
+            return layer
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    if not kept:
+        raise ValueError("quantize_model takes every layer of this model: nothing to keep in "
+                         "float (see the `qat` cell)")
+    cell.details["left_in_float"] = kept
+    return quantization.quantize_apply(annotated)
+
+
 def _fully_integer(report, spec: ZooModel) -> Tuple[bool, List[str]]:
     allow = ("int32",) if spec.vocab else ()
     bad = report.non_integer_tensors(allow_io=allow)
@@ -951,15 +987,24 @@ def _qat_like(cell, spec, model, data, method, workdir):
         qmodel = quantize_model(model)
         cell.at("op: one training step of the QAT model")
         _compile_and_step(qmodel, spec, data["train"], data["train_y"])
+    elif method == "qat_float":
+        cell.at("op: annotate what QAT takes, the rest in float")
+        qmodel = _annotated_where_possible(model, cell)
+        cell.at("op: one training step of the QAT model")
+        _compile_and_step(qmodel, spec, data["train"], data["train_y"])
     else:
         from tfcompress.post_training import post_training_quantize
 
         cell.at("op: post_training_quantize")
         qmodel = post_training_quantize(model, data["calib"], progress=False)
     cell.at("op: convert(QAT/PTQ model)")
-    result = tc.convert(qmodel, progress=False)
+    result = tc.convert(qmodel, progress=False, float_fallback=method == "qat_float")
     cell.details["size_bytes"] = result.size_bytes
+    if method == "qat_float":
+        cell.details["float_ops"] = [n for n in result.notes if n.startswith("float_fallback")]
     ok_int, bad = _fully_integer(result.report, spec)
+    if method == "qat_float":
+        ok_int, bad = True, []  # float ops are the point here; the notes list them
     cell.at("check: Keras QAT/PTQ outputs")
     ref = keras_outputs(qmodel, data["eval"])
     errs = _both_paths_vs_keras(cell, result.model_bytes, ref, data["eval"], "steps")
@@ -1116,6 +1161,7 @@ _RUNNERS = {
     "validate": _op_validate,
     "qat": lambda c, s, m, d, w: _qat_like(c, s, m, d, "qat", w),
     "ptq": lambda c, s, m, d, w: _qat_like(c, s, m, d, "ptq", w),
+    "qat_float": lambda c, s, m, d, w: _qat_like(c, s, m, d, "qat_float", w),
     "prune_sparse": _op_prune_sparse,
     "prune_channels": _op_prune_channels,
     "lowrank": _op_lowrank,

@@ -29,7 +29,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -130,6 +130,7 @@ def convert(
     signature_key: Optional[str] = None,
     progress: bool = True,
     sparse: bool = False,
+    float_fallback: bool = False,
 ) -> ConversionResult:
     """Converts a model to TFLite.
 
@@ -172,6 +173,13 @@ def convert(
             outputs, and takes the dense weights' memory. Other ops' weights stay
             dense, because XNNPACK cannot prepare them (an int8 FULLY_CONNECTED fed
             by DENSIFY fails at ``invoke``).
+        float_fallback: in int8 mode, let the ops that TFLite has no int8 kernel for
+            (or that a QAT model left in float, e.g. an unannotated
+            LayerNormalization or MultiHeadAttention) run in float32, between
+            QUANTIZE / DEQUANTIZE ops, instead of refusing the file. An explicit
+            opt-in: the file is then not fully integer (XNNPACK runs the float ops in
+            their own partitions), and ``result.notes`` lists the float ops and the
+            Keras layers they come from.
 
     Returns:
         A :class:`ConversionResult`.
@@ -210,6 +218,8 @@ def convert(
         source = _resolve(quantization.strip_quantization(source.keras_model),
                           batch_size=batch_size, signature_key=signature_key)
         qat = False
+    if qat and mode == "int8":
+        _check_ranges_set(source.keras_model)
     if mode in _CALIBRATED and not qat:
         samples = calibration.prepare_samples(
             representative_data, source.specs, num_samples=num_calibration_samples,
@@ -217,8 +227,11 @@ def convert(
         )
 
     start = time.perf_counter()
+    if float_fallback and mode != "int8":
+        raise ValueError("`float_fallback=True` applies to mode='int8' (the other modes are "
+                         f"not fully integer anyway). Received: mode={mode!r}")
     options = dict(mode=mode, qat=qat, samples=samples, input_type=input_type,
-                   output_type=output_type)
+                   output_type=output_type, float_fallback=float_fallback)
     model_bytes = _run_converter(source, sparse=False, progress=progress, **options)
     notes: Tuple[str, ...] = source.notes
     if sparse:
@@ -235,14 +248,17 @@ def convert(
     seconds = time.perf_counter() - start
     verified = inspector.load(model_bytes)
     _check_runs(verified, mode)
-    if mode == "int8":
+    if mode == "int8" and float_fallback:
+        notes += _float_ops_note(verified.report, allow_io=(input_type, output_type))
+    elif mode == "int8":
         _check_fully_integer(verified.report, allow_io=(input_type, output_type),
                              keras_model=source.keras_model)
     return ConversionResult(verified, mode, len(samples), seconds, notes)
 
 
 def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, samples: list,
-                   input_type: str, output_type: str, progress: bool) -> bytes:
+                   input_type: str, output_type: str, progress: bool,
+                   float_fallback: bool = False) -> bytes:
     """One TFLiteConverter run with the options of ``mode``."""
     converter = source.make_converter()
     if mode != "float32":
@@ -263,7 +279,7 @@ def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, sam
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if mode == "int8"
                 else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-            ]
+            ] + ([tf.lite.OpsSet.TFLITE_BUILTINS] if float_fallback else [])
         converter.inference_input_type = tf.as_dtype(input_type)
         converter.inference_output_type = tf.as_dtype(output_type)
     try:
@@ -344,6 +360,22 @@ def _outputs_differ(sparse: bytes, dense: bytes, samples: list,
 
 def _is_qat(model) -> bool:
     return quantization.is_quantized(model)
+
+
+def _check_ranges_set(model) -> None:
+    """A QAT model converted from its own ranges must have seen data: a quantizer that
+    never did has the range [0, 0], and the file would compute something else."""
+    unset = [layer.name for layer in _graph.all_layers(model)
+             if isinstance(layer, quantization.FakeQuant) and layer.built
+             and layer.fixed_range is None and layer.follows is None
+             and float(keras.ops.convert_to_numpy(layer.initialized)) == 0.0]
+    if unset:
+        raise ConversionError(
+            f"{len(unset)} activation quantizer(s) of this quantization-aware model never saw "
+            f"data, so their ranges are unset: {', '.join(unset[:5])}"
+            + (f" and {len(unset) - 5} more" if len(unset) > 5 else "")
+            + ". Train it (fit) or calibrate it (tfcompress.post_training.calibrate) before "
+            "converting, or pass representative_data= to calibrate the file instead.")
 
 
 def _io_type(arg: str, value: Optional[str], mode: str) -> str:
@@ -639,6 +671,25 @@ def _layers_for(locations: Sequence[str], keras_model) -> List[str]:
                 continue
             break
     return list(dict.fromkeys(found))
+
+
+def _float_ops_note(report: inspector.ModelReport, *, allow_io) -> Tuple[str, ...]:
+    """The note for a ``float_fallback`` file: which ops compute in float, from which layers."""
+    bad = {t.index for t in report.non_integer_tensors(allow_io=allow_io)}
+    float_ops = [op for op in report.ops
+                 if op.op not in ("QUANTIZE", "DEQUANTIZE") and any(
+                     t in bad for t in op.outputs)]
+    if not float_ops:
+        return ()
+    counts: Dict[str, int] = {}
+    for op in float_ops:
+        counts[op.op] = counts.get(op.op, 0) + 1
+    layers = list(dict.fromkeys(op.layer for op in float_ops if op.layer))
+    return (f"float_fallback: {len(float_ops)} of {len(report.ops)} ops run in float32 ("
+            + ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+            + ")" + (f", from layers {', '.join(layers[:8])}"
+                     + (f" and {len(layers) - 8} more" if len(layers) > 8 else "")
+                     if layers else "") + "; the rest is int8.",)
 
 
 def _check_fully_integer(report: inspector.ModelReport, *, allow_io, keras_model) -> None:

@@ -710,7 +710,9 @@ def _supported_layers() -> Tuple[str, ...]:
 
 
 _FLOAT_INSTEAD = ("convert the float model with tfcompress.convert(model, "
-                  "representative_data=...) (post-training int8) instead")
+                  "representative_data=...) (post-training int8) instead, or keep it in "
+                  "float: annotate the other layers with quantize_annotate_layer, "
+                  "quantize_apply, and convert with float_fallback=True")
 # Why quantization-aware training cannot model a layer class, and what to do instead.
 _CANNOT = {
     **{name: "a Keras 3 recurrent loop has no fake-quant form that TFLite's int8 kernels "
@@ -1505,11 +1507,19 @@ def _rebuild(model, plan: QuantizePlan):
 
     def quantize_input(tensor):
         source = _compat.producer(tensor)
-        if not isinstance(source, keras.layers.InputLayer) or "float" not in str(tensor.dtype):
+        if source is None or "float" not in str(tensor.dtype):
             return tensor  # integer inputs (token ids) are not activations
+        step = steps.get(origin.get(id(source), source.name))
+        # A model input, or the output of a layer left in float (the file quantizes it
+        # there, with this range, before the quantized layer reads it).
+        left_in_float = step is not None and step.action == "float" and \
+            not isinstance(source, keras.layers.InputLayer)
+        if not (isinstance(source, keras.layers.InputLayer) or left_in_float):
+            return tensor
         if id(tensor) not in quantized_inputs:
-            step = steps.get(source.name)
             name = step.quantizer if step is not None and step.quantizer else f"quant_{source.name}"
+            if left_in_float:
+                name = f"quant_{origin.get(id(source), source.name)}_out"
             quantizer = FakeQuant(bits.activation_bits, grid_point=grid_points.get(source.name),
                                   name=name)
             quantized_inputs[id(tensor)] = quantizer(tensor)
