@@ -524,14 +524,26 @@ def max_tensor_elements(size: int) -> int:
     return _max_elements(size)
 
 
+def _elements(shape) -> int:
+    """The product of ``shape`` in Python integers (numpy's would overflow or warn)."""
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count
+
+
+def _count_text(n: int) -> str:
+    return str(n) if n < 10 ** 15 else f"about 10^{len(str(n)) - 1}"
+
+
 def _tensor_problems(s_i: int, t_i: int, t, limit: int):
     shape = [int(d) for d in (t.shape if t.shape is not None else [])]
     if any(d < 0 for d in shape):
         yield f"subgraph {s_i} tensor {t_i} ({_name(t)}) has a negative dimension {shape}"
         return
-    count = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    count = _elements(shape)
     if count > limit:
-        yield (f"subgraph {s_i} tensor {t_i} ({_name(t)}) of shape {shape} has {count} "
+        yield (f"subgraph {s_i} tensor {t_i} ({_name(t)}) of shape {shape} has {_count_text(count)} "
                f"elements, over the limit of {limit} (TFCOMPRESS_MAX_TENSOR_ELEMENTS)")
     q = t.quantization
     scale = list(q.scale) if q is not None and q.scale is not None else []
@@ -612,10 +624,10 @@ def _semantic_problems(tree, size: int):
     for s_i, sg in enumerate(subgraphs):
         tensors = sg.tensors or []
         n = len(tensors)
-        total = sum(float(np.prod([max(int(d), 0) for d in t.shape], dtype=np.float64))
-                    if t.shape is not None else 1.0 for t in tensors)
+        total = sum(_elements(max(int(d), 0) for d in (t.shape if t.shape is not None else []))
+                    for t in tensors)
         if total > 4 * limit:
-            yield (f"subgraph {s_i}'s tensors have {int(total)} elements together, over the "
+            yield (f"subgraph {s_i}'s tensors have {_count_text(total)} elements together, over the "
                    f"limit of {4 * limit} (four times TFCOMPRESS_MAX_TENSOR_ELEMENTS)")
         for t_i, t in enumerate(tensors):
             yield from _tensor_problems(s_i, t_i, t, limit)
@@ -742,7 +754,7 @@ def expected_nbytes(t) -> Optional[int]:
     shape = list(t.shape) if t.shape is not None else []
     if any(d < 0 for d in shape):
         return None
-    count = int(np.prod(shape)) if shape else 1
+    count = _elements(shape)
     if dtype == "int4":
         return (count + 1) // 2
     np_type = _NUMPY_TYPES.get(dtype)
