@@ -228,3 +228,13 @@ def test_graphs_over_the_operator_limit_are_refused_before_parsing(models_dir, m
                        match=r"subgraph 0 has 16 operators, over the limit of 10 "
                              r"\(TFCOMPRESS_MAX_OPS\)"):
         inspector.load(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite")
+
+
+@pytest.mark.filterwarnings("error")  # numpy's product used to overflow here, with warnings
+def test_a_long_shape_of_huge_dimensions_is_counted_exactly(models_dir):
+    huge = lambda m, g: setattr(g.tensors[int(g.inputs[0])], "shape",  # noqa: E731
+                                np.full(40, 2 ** 30, np.int32))
+    with pytest.raises(inspector.InvalidModelError,
+                       match=r"of shape \[1073741824, .*\] has about 10\^361 elements, over the "
+                             r"limit"):
+        inspector.load(_mutated(models_dir, huge))
