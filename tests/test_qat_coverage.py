@@ -289,21 +289,37 @@ OP_ACTIVATIONS = {"hard_silu": ops.hard_silu, "hard_sigmoid": ops.hard_sigmoid,
 
 
 @pytest.mark.parametrize("form", ["layer", "argument", "operation"])
-@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
-def test_activation_runs_in_int8_and_agrees(name, form):
-    if form == "operation" and name not in OP_ACTIVATIONS:
-        pytest.skip(f"keras.ops has no {name}")
+def test_activations_run_in_int8_and_agree(form):
+    """Every activation of the form in one model (a branch each, summed by Add, which
+    stays within a step), so that one QAT model and one file cover them all."""
+    names = sorted(ACTIVATIONS) if form != "operation" else sorted(OP_ACTIVATIONS)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8,), name="x")
-    if form == "argument":
-        h = L.Dense(16, activation=name, name="d1")(inputs)
-    else:
-        h = L.Dense(16, name="d1")(inputs)
-        h = L.Activation(name, name="act")(h) if form == "layer" else OP_ACTIVATIONS[name](h)
-    model = keras.Model(inputs, L.Dense(4, name="head")(h))
+    branches = []
+    for name in names:
+        if form == "argument":
+            h = L.Dense(16, activation=name, name=f"d_{name}")(inputs)
+        else:
+            h = L.Dense(16, name=f"d_{name}")(inputs)
+            h = (L.Activation(name, name=f"act_{name}")(h) if form == "layer"
+                 else OP_ACTIVATIONS[name](h))
+        branches.append(L.Dense(4, name=f"head_{name}")(h))
+    model = keras.Model(inputs, L.Add(name="sum")(branches))
     result = _qat(model, _uniform((8,), -3, 3, n=32))
-    for op in ACTIVATIONS[name]:
-        assert op in result.report.op_histogram, (op, result.report.op_histogram)
+    for name in names:
+        for op in ACTIVATIONS[name]:
+            assert op in result.report.op_histogram, (name, op, result.report.op_histogram)
+
+
+@pytest.mark.parametrize("merge", ["Add", "Multiply"])
+def test_a_merge_of_four_tensors_is_chained_pairwise_in_int8(merge):
+    # TFLite's int8 ADD / MUL take two inputs: a four-input Add used to become float ADDs.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    branches = [L.Dense(8, activation="tanh", name=f"b{i}")(inputs) for i in range(4)]
+    model = keras.Model(inputs, L.Dense(3, name="head")(getattr(L, merge)(name="m")(branches)))
+    result = _qat(model, _uniform((8,), n=32))
+    assert result.report.op_histogram.get("ADD" if merge == "Add" else "MUL") == 3
 
 
 @pytest.mark.parametrize("name, fixed", [("sigmoid", (0.0, 255.0 / 256.0)),
