@@ -132,6 +132,16 @@ class Quantizer(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
+def _range_variables(weights, kwargs) -> Dict:
+    """``weights`` from ``build``, or ``min_var`` / ``max_var`` given as keywords (older tfmot)."""
+    if weights is None:
+        weights = {k: kwargs[k] for k in ("min_var", "max_var") if k in kwargs}
+    if not {"min_var", "max_var"} <= set(weights):
+        raise ValueError("A quantizer needs its range variables: the dict `build` returned, "
+                         f"or min_var= and max_var=. Received: {sorted(weights)}")
+    return weights
+
+
 def _add_range(layer, name: str, shape, value: float) -> Dict:
     def var(suffix, v):
         return layer.add_weight(name=f"{name}_{suffix}", shape=shape, trainable=False,
@@ -179,7 +189,8 @@ class LastValueQuantizer(_RangeQuantizer):
         shape = (int(tensor_shape[-1]),) if self.per_axis and tensor_shape else ()
         return _add_range(layer, name, shape, 6.0)
 
-    def __call__(self, inputs, training, weights, **kwargs):
+    def __call__(self, inputs, training, weights=None, **kwargs):
+        weights = _range_variables(weights, kwargs)
         if not training:
             return self._quantize(inputs, weights["min_var"], weights["max_var"])
         lo, hi = self._batch(inputs)
@@ -200,7 +211,8 @@ class MovingAverageQuantizer(_RangeQuantizer):
     def build(self, tensor_shape, name, layer):
         return _add_range(layer, name, (), 6.0)
 
-    def __call__(self, inputs, training, weights, **kwargs):
+    def __call__(self, inputs, training, weights=None, **kwargs):
+        weights = _range_variables(weights, kwargs)
         if not training:
             return self._quantize(inputs, weights["min_var"], weights["max_var"])
         lo, hi = self._batch(inputs)
@@ -221,7 +233,8 @@ class AllValuesQuantizer(_RangeQuantizer):
     def build(self, tensor_shape, name, layer):
         return _add_range(layer, name, (), 0.0)
 
-    def __call__(self, inputs, training, weights, **kwargs):
+    def __call__(self, inputs, training, weights=None, **kwargs):
+        weights = _range_variables(weights, kwargs)
         if not training:
             return _fake_quant(inputs, weights["min_var"], weights["max_var"],
                                num_bits=self.num_bits, narrow_range=self.narrow_range,
@@ -256,7 +269,7 @@ class FixedQuantizer(Quantizer):
         self.init_max = init_max
         self.narrow_range = bool(narrow_range)
 
-    def __call__(self, inputs, training, weights, **kwargs):
+    def __call__(self, inputs, training, weights=None, **kwargs):
         return _fake_quant(inputs, float(self.init_min), float(self.init_max),
                            num_bits=self.num_bits, narrow_range=self.narrow_range,
                            per_axis=False)
@@ -270,7 +283,7 @@ class FixedQuantizer(Quantizer):
 class NoQuantizer(Quantizer):
     """Passes its input through (what :func:`remove_input_range` leaves at an input)."""
 
-    def __call__(self, inputs, training, weights, **kwargs):
+    def __call__(self, inputs, training, weights=None, **kwargs):
         return inputs
 
     def get_config(self) -> dict:
