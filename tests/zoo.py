@@ -81,8 +81,8 @@ OPS = {
     "qat_float": "the float opt-in: quantize_annotate_layer on every layer QAT takes (the "
                  "others left in float), quantize_apply + one training step + "
                  "convert(float_fallback=True): Keras model vs file max <= 2 output steps on "
-                 "both kernel paths; the float ops listed in the notes (refused when QAT takes "
-                 "every layer: nothing to opt in)",
+                 "both kernel paths; the float ops listed in the notes (when QAT takes every "
+                 "layer, this is the `qat` cell through selective annotation)",
     "prune_sparse": "prune_low_magnitude (80%, one step) + strip_pruning + convert(sparse=True): "
                     "the sparse file's outputs equal the dense file's bit for bit on both paths",
     "prune_channels": "prune_channels (50%, one step) + strip_pruning: same output shapes, "
@@ -852,10 +852,7 @@ _fit_callbacks: list = []
 
 
 def _annotated_where_possible(model, cell):
-    """quantize_apply of ``model`` with every layer QAT takes annotated, the rest in float.
-
-    Raises ValueError (a refusal) when QAT takes every layer: then `qat` is the cell.
-    """
+    """quantize_apply of ``model`` with every layer QAT takes annotated, the rest in float."""
     import keras
 
     from tfcompress import quantization
@@ -875,10 +872,7 @@ def _annotated_where_possible(model, cell):
             return layer
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
-    if not kept:
-        raise ValueError("quantize_model takes every layer of this model: nothing to keep in "
-                         "float (see the `qat` cell)")
-    cell.details["left_in_float"] = kept
+    cell.details["left_in_float"] = kept  # empty: QAT takes every layer, as in `qat`
     return quantization.quantize_apply(annotated)
 
 
