@@ -245,3 +245,28 @@ def test_producer_node_gives_the_node_and_what_it_read():
     assert node.operation is dense and node is not _compat.producer_node(first)
     assert type(_compat.producer(node.input_tensors[0])).__name__ == "Multiply"
     assert _compat.producer_node(np.zeros(2)) is None
+
+
+def test_input_shape_argument_is_what_a_sequential_starts_from():
+    layer = keras.layers.Dense(3, input_shape=(5,))
+    assert _compat.input_shape_argument(layer) == (5,)
+    assert _compat.input_shape_argument(keras.layers.Dense(3)) is None
+    assert keras.Sequential([layer]).built  # Keras turns it into an Input
+
+
+def test_substituted_variables_read_as_tensors_with_gradients_and_keep_assignments():
+    import tensorflow as tf
+
+    dense = keras.layers.Dense(2, use_bias=False)
+    dense.build((None, 3))
+    counter = keras.Variable(0.0, trainable=False)
+    x = tf.ones((1, 3))
+    with tf.GradientTape() as tape:
+        doubled = dense.kernel * 2.0
+        with _compat.substituted_variables([(dense.kernel, doubled)], [counter]):
+            y = dense(x)
+            counter.assign(counter + 1.0)  # collected by the scope, applied when it closes
+        loss = tf.reduce_sum(y)
+    np.testing.assert_allclose(y.numpy(), x.numpy() @ (2.0 * dense.kernel.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, dense.kernel).numpy(), np.full((3, 2), 2.0))
+    assert float(counter.numpy()) == 1.0
