@@ -159,6 +159,26 @@ def test_dense_subclass_needs_get_prunable_weights():
     assert wrapper.prunable_weights == [wrapper.layer.kernel]
 
 
+def test_custom_layer_without_get_config_is_a_value_error_naming_it():
+    class NoConfig(L.Layer):
+        def __init__(self, units):
+            super().__init__()
+            self.units = units
+
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1], self.units))
+
+        def call(self, x):
+            return x @ self.w
+
+        def get_prunable_weights(self):
+            return [self.w]
+
+    inputs = keras.Input((4,))
+    with pytest.raises(ValueError, match="NoConfig cannot be copied from its config"):
+        prune_low_magnitude(keras.Model(inputs, NoConfig(3)(inputs)))
+
+
 def test_wrapped_keras_layers_answer_get_prunable_weights():
     dropout, dense = prune_low_magnitude([L.Dropout(0.4), L.Dense(3)])
     keras.Sequential([keras.Input((4,)), dense, dropout])

@@ -670,7 +670,7 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
         chosen = None if layers is None else _check_layer_names(target, layers)
 
         def replace(layer):
-            config_copy = type(layer).from_config(layer.get_config())
+            config_copy = _copy_layer(layer)
             weights = layer.get_weights() if layer.weights else None
             if hasattr(layer, "apply_masks"):  # already a pruning layer
                 return config_copy, weights
@@ -712,6 +712,22 @@ def prune_scope():
     yield
 
 
+def _copy_layer(layer):
+    """A new layer from ``layer``'s config (weights are copied by the caller).
+
+    Raises:
+        ValueError: the layer cannot be rebuilt from its config (a custom layer without
+            a ``get_config`` that returns its constructor arguments), as tfmot refuses it.
+    """
+    try:
+        return type(layer).from_config(layer.get_config())
+    except (TypeError, NotImplementedError) as e:
+        raise ValueError(
+            f"Layer {layer.name!r} of class {type(layer).__name__} cannot be copied from its "
+            "config, which pruning a model needs: give the class a get_config() that returns "
+            f"its constructor arguments. Keras said: {e}") from e
+
+
 def _holds_trainable_weights(layer) -> bool:
     """Whether ``layer`` has (or, unbuilt, may have) trainable weights pruning would ignore.
 
@@ -749,7 +765,7 @@ def strip_pruning(model):
         A new model (or layer) that shares no variables with ``model``.
     """
     if isinstance(model, PruneLowMagnitude):
-        layer = type(model.layer).from_config(model.layer.get_config())
+        layer = _copy_layer(model.layer)
         shapes = _compat.built_input_shapes(model.layer)
         if shapes:
             layer.build(**shapes)
@@ -760,9 +776,9 @@ def strip_pruning(model):
 
     def replace(layer):
         if isinstance(layer, PruneLowMagnitude):
-            new = type(layer.layer).from_config(layer.layer.get_config())
+            new = _copy_layer(layer.layer)
             return new, _masked_weights(layer) if layer.built else None  # unbuilt: no weights
-        return type(layer).from_config(layer.get_config()), (
+        return _copy_layer(layer), (
             layer.get_weights() if layer.weights else None)
 
     stripped = _clone_replacing(model, replace)
