@@ -238,3 +238,18 @@ def test_a_long_shape_of_huge_dimensions_is_counted_exactly(models_dir):
                        match=r"of shape \[1073741824, .*\] has about 10\^361 elements, over the "
                              r"limit"):
         inspector.load(_mutated(models_dir, huge))
+
+
+def _pool(model, graph):
+    return _first(graph, model, "AVERAGE_POOL_2D").builtinOptions
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m, g: setattr(_pool(m, g), "filterWidth", 128),  # XNNPACK took 15 s on 2x128
+     r"\(AVERAGE_POOL_2D\) has a 8x128 window over an input of 8x8"),
+    (lambda m, g: setattr(_pool(m, g), "strideH", 0), r"both must be at least 1"),
+    (lambda m, g: setattr(g, "outputs", np.array([], np.int32)), r"main subgraph has no outputs"),
+])
+def test_options_and_outputs_a_kernel_would_choke_on_are_refused(models_dir, edit, message):
+    with pytest.raises(inspector.InvalidModelError, match=message):
+        inspector.load(_mutated(models_dir, edit))

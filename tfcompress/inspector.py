@@ -585,6 +585,29 @@ _ARITY = {
 }
 
 
+def _pool_problems(s_i: int, o_i: int, op, name: str, tensors, ins):
+    """A pooling window must fit its input: one of 2x128 over an 8x8 input kept XNNPACK's
+    reshape busy for 15 s (found by tools/fuzz_tflite.py)."""
+    options = op.builtinOptions
+    if not all(hasattr(options, k) for k in ("filterHeight", "filterWidth", "strideH", "strideW")):
+        yield f"subgraph {s_i} op {o_i} ({name}) has no pooling options"
+        return
+    window = (int(options.filterHeight), int(options.filterWidth))
+    strides = (int(options.strideH), int(options.strideW))
+    if min(window + strides) < 1:
+        yield (f"subgraph {s_i} op {o_i} ({name}) has window {window} and strides {strides}; "
+               "both must be at least 1")
+        return
+    shape = tensors[ins[0]].shape if ins and ins[0] >= 0 else None
+    # SAME padding allows a window larger than the input (a 3x3 pool over 2x2); not by far.
+    fits = lambda w, d: w <= max(2 * int(d), int(d) + 8)  # noqa: E731
+    if shape is not None and len(shape) == 4 and not (fits(window[0], shape[1])
+                                                      and fits(window[1], shape[2])):
+        yield (f"subgraph {s_i} op {o_i} ({name}) has a {window[0]}x{window[1]} window over "
+               f"an input of {int(shape[1])}x{int(shape[2])}; at most twice the input (or 8 "
+               "more) is accepted")
+
+
 def _op_problems(s_i: int, o_i: int, op, name: str, tensors, buffers):
     ins = [int(i) for i in (op.inputs if op.inputs is not None else [])]
     outs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
@@ -596,6 +619,8 @@ def _op_problems(s_i: int, o_i: int, op, name: str, tensors, buffers):
                 allowed = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi else f"at least {lo}"
                 yield f"subgraph {s_i} op {o_i} ({name}) has {n} {what}; {name} takes {allowed}"
                 return
+    if name in ("MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D"):
+        yield from _pool_problems(s_i, o_i, op, name, tensors, ins)
     optional = _OPTIONAL_INPUTS.get(name, set())
     for slot, i in enumerate(ins):
         if i == -1 and name not in _MANY_OPTIONAL and slot not in optional:
@@ -617,6 +642,8 @@ def _semantic_problems(tree, size: int):
     codes = tree.operatorCodes or []
     if not subgraphs:
         yield "no subgraph"
+    elif not len(subgraphs[0].outputs if subgraphs[0].outputs is not None else []):
+        yield "the main subgraph has no outputs"
     for b_i, b in enumerate(buffers):
         if b.offset and b.offset > 1 and b.offset + b.size > size:
             yield f"buffer {b_i} points past the end of the file"
