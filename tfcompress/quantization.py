@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import keras
@@ -61,7 +62,11 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tfcompress import _compat, _graph, layer_kinds
+from tfcompress import _compat, _graph, layer_kinds, quantizers
+# tfmot's protocol objects, under tfmot's names here too (tfcompress.quantizers).
+from tfcompress.quantizers import (QuantizeConfig, QuantizeLayoutTransform, QuantizeRegistry,
+                                   QuantizeScheme, QuantizeWrapperV2, fix_input_output_range,
+                                   quantize_scope, remove_input_range)
 
 __all__ = [
     "FakeQuant",
@@ -69,13 +74,18 @@ __all__ = [
     "FreezeQuantizerRanges",
     "LayerPlan",
     "QuantizeConfig",
+    "QuantizeLayoutTransform",
     "QuantizePlan",
+    "QuantizeRegistry",
     "QuantizeReport",
+    "QuantizeScheme",
     "QuantizeWrapper",
+    "QuantizeWrapperV2",
     "Recording",
     "SCHEMES",
     "fake_quant",
     "fake_quant_per_channel",
+    "fix_input_output_range",
     "is_quantized",
     "plan_quantization",
     "quantize_annotate_layer",
@@ -83,8 +93,10 @@ __all__ = [
     "quantize_apply",
     "quantize_model",
     "quantize_report",
+    "quantize_scope",
     "rebuild",
     "recording",
+    "remove_input_range",
     "strip_quantization",
 ]
 
@@ -324,34 +336,17 @@ def _kernel_layout(layer) -> Optional[str]:
 
 
 def _deserialize(obj):
-    """A Keras object from its config (as ``from_config`` receives it), else ``obj``."""
-    return keras.saving.deserialize_keras_object(obj) if isinstance(obj, dict) else obj
+    """A Keras object from its config (as ``from_config`` receives it), else ``obj``.
+
+    QuantizeConfig classes seen in this process are found without registration.
+    """
+    if not isinstance(obj, dict):
+        return obj
+    return keras.saving.deserialize_keras_object(obj, custom_objects=quantizers.seen_configs())
 
 
 def _serialize(obj):
     return keras.saving.serialize_keras_object(obj) if obj is not None else None
-
-
-class QuantizeConfig:
-    """How a custom layer is quantized (tfmot's contract, without tfmot).
-
-    Subclass it for a layer this module does not know: say which weights to
-    fake-quantize and whether the output gets an activation quantizer. The weights
-    are quantized per tensor, symmetric, narrow range, as TFLite does for Dense.
-    """
-
-    def get_weights_to_quantize(self, layer) -> List:
-        return []
-
-    def quantize_output(self, layer) -> bool:
-        return True
-
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -611,8 +606,14 @@ class QuantizeAnnotate(keras.layers.Wrapper):
 
     def __init__(self, layer, quantize_config=None, **kwargs):
         layer, quantize_config = map(_deserialize, (layer, quantize_config))
+        if quantize_config is not None and not isinstance(quantize_config, QuantizeConfig):
+            raise ValueError("`quantize_config` must be a QuantizeConfig instance. "
+                             f"Received: quantize_config={quantize_config!r}")
         kwargs.setdefault("name", f"annotate_{layer.name}")
+        if _compat.input_shape_argument(layer) is not None:  # stays a Sequential's first layer
+            kwargs.setdefault("input_shape", _compat.input_shape_argument(layer))
         super().__init__(layer, **kwargs)
+        quantizers.remember_config(quantize_config)
         self.quantize_config = quantize_config
 
     def build(self, input_shape):
@@ -644,12 +645,13 @@ def quantize_annotate_layer(to_annotate, quantize_config=None):
         quantize_config: a :class:`QuantizeConfig` for a layer this module does not know.
 
     Raises:
-        TypeError: ``to_annotate`` is not a layer.
-        ValueError: a layer this module cannot quantize (without a QuantizeConfig).
+        ValueError: ``to_annotate`` is not a layer (a model too, as in tfmot), a
+            ``quantize_config`` that is not a :class:`QuantizeConfig`, or a layer this
+            module cannot quantize (without a QuantizeConfig).
     """
     if not isinstance(to_annotate, keras.layers.Layer) or isinstance(to_annotate, keras.Model):
-        raise TypeError("`to_annotate` must be a Keras layer (use quantize_annotate_model for a "
-                        f"model). Received: {type(to_annotate).__name__}")
+        raise ValueError("`to_annotate` must be a Keras layer (use quantize_annotate_model for "
+                         f"a model). Received: {type(to_annotate).__name__}")
     if quantize_config is None:
         why = _refusal(to_annotate)
         if why is not None:
@@ -681,12 +683,24 @@ def quantize_annotate_model(to_annotate):
     def clone_function(layer):
         if _compat.is_operation(layer):
             return layer  # stateless: the same op, called on the new tensors
+        if _annotated(layer):  # the config object itself: no Keras registration needed
+            inner = type(layer.layer).from_config(layer.layer.get_config())
+            pending.append((inner, layer.layer.get_weights()))
+            return QuantizeAnnotate(inner, layer.quantize_config, name=layer.name)
+        if isinstance(layer, keras.layers.Lambda):  # tfmot skips these too, with a warning
+            warnings.warn(f"Layer {layer.name!r} is a Lambda layer, whose function cannot be "
+                          "inspected: it is not annotated and stays in float (as in tfmot).",
+                          stacklevel=3)
+            return layer  # stateless and not serializable in safe mode: the same layer
         new = type(layer).from_config(layer.get_config())
         pending.append((new, layer.get_weights()))
-        return new if isinstance(new, QuantizeAnnotate) else QuantizeAnnotate(new)
+        return QuantizeAnnotate(new)
 
     pending: list = []
-    clone = _graph.clone_model(model, clone_function=clone_function)
+    # A flat, built Sequential stays a Sequential of annotated layers, as in tfmot.
+    flat = (isinstance(to_annotate, keras.Sequential) and to_annotate.built
+            and not any(_compat.is_graph_model(layer) for layer in to_annotate.layers))
+    clone = _graph.clone_model(to_annotate if flat else model, clone_function=clone_function)
     for new, weights in pending:
         if weights:
             new.set_weights(weights)
@@ -1249,7 +1263,7 @@ def _output(graph: _Graph, fold: Dict[str, str], node) -> str:
         if not keeps_range:
             return "learned"  # an average pool over the whole input becomes MEAN
         return "input_grid" if _averages(base) else "input_range"
-    if quantize_config is not None and not quantize_config.quantize_output(base):
+    if quantize_config is not None and not quantizers.quantizes_output(quantize_config, base):
         return "quantize_config"
     if graph.scheme == "default_8bit" and _scalar_affine_of_input(graph, node) is not None:
         return "input_image"
@@ -1430,6 +1444,8 @@ def _new_layer(model, layer, step: LayerPlan, bits: Scheme, pending: list):
         bn_base = _inner(model.get_layer(step.batchnorm))
         bn = type(bn_base).from_config(bn_base.get_config())
         pending.append((bn, bn_base.get_weights()))
+    if quantizers.uses_tfmot_protocol(layer.quantize_config):  # the config's own quantizers
+        return QuantizeWrapperV2(copy, layer.quantize_config, name=step.new_name)
     return QuantizeWrapper(copy, batchnorm=bn, weight_bits=bits.weight_bits,
                            activation_bits=bits.activation_bits,
                            quantize_config=layer.quantize_config, notes=step.notes,
@@ -1619,8 +1635,47 @@ def rebuild(model, plan: QuantizePlan):
     return _rebuild(prepared, plan)
 
 
-def quantize_apply(model, scheme: str = "default_8bit"):
-    """Turns an annotated model into a QAT model (tfmot's name).
+def _scheme_name(scheme) -> str:
+    """A scheme name from a name or a QuantizeScheme object (tfmot passes objects)."""
+    if isinstance(scheme, str):
+        _check_scheme(scheme)
+        return scheme
+    if not isinstance(scheme, QuantizeScheme):
+        raise TypeError(f"`scheme` must be one of {', '.join(repr(s) for s in SCHEMES)} or a "
+                        f"QuantizeScheme. Received: scheme={scheme!r}")
+    name = getattr(scheme, "scheme_name", None)
+    if name not in SCHEMES:
+        raise ValueError(
+            f"QuantizeScheme {type(scheme).__name__} is not one tfcompress runs: its graph is "
+            "planned by tfcompress, not by the scheme's transforms. Give its registry's "
+            "QuantizeConfigs to quantize_annotate_layer, or pass one of "
+            f"{', '.join(repr(s) for s in SCHEMES)}.")
+    return name
+
+
+def _check_annotations(model) -> None:
+    """tfmot's refusals: nothing annotated; a custom subclass of a Keras layer with no config."""
+    annotated = [layer for layer in _compat.flatten_layers(model) if _annotated(layer)]
+    if not annotated:
+        raise ValueError(
+            f"Model {model.name!r} has no annotated layer, so quantize_apply has nothing to "
+            "quantize. Annotate layers with quantize_annotate_layer(), the whole model with "
+            "quantize_annotate_model(), or call quantize_model(model).")
+    for layer in annotated:
+        base = _inner(layer)
+        cls = type(base)
+        if (layer.quantize_config is None and not cls.__module__.startswith("keras.")
+                and cls not in layer_kinds.registered()
+                and layer_kinds.kind_of(cls) is not layer_kinds.UNKNOWN):
+            raise RuntimeError(
+                f"Layer {base.name!r} of class {cls.__name__} subclasses a Keras layer and has "
+                "no QuantizeConfig, so how it computes is unknown (tfmot refuses it too). "
+                "Give it one: quantize_annotate_layer(layer, quantize_config=...), or "
+                "layer_kinds.register() its class.")
+
+
+def quantize_apply(model, scheme="default_8bit", quantized_layer_name_prefix: str = "quant_"):
+    """Turns an annotated model into a QAT model (tfmot's name and arguments).
 
     Layers wrapped by :func:`quantize_annotate_layer` (or all layers after
     :func:`quantize_annotate_model`) are quantized; others stay in float and are
@@ -1629,7 +1684,10 @@ def quantize_apply(model, scheme: str = "default_8bit"):
 
     Args:
         model: a Sequential or Functional model with annotations.
-        scheme: ``"default_8bit"`` or ``"int16x8"`` (int16 activations, int8 weights).
+        scheme: ``"default_8bit"`` or ``"int16x8"`` (int16 activations, int8 weights),
+            or a QuantizeScheme that names one of them
+            (``default_8bit.Default8BitQuantizeScheme()``).
+        quantized_layer_name_prefix: the prefix of the quantized layers' names.
 
     Returns:
         A new Functional model; ``.quantize_report`` is a :class:`QuantizeReport`
@@ -1637,11 +1695,26 @@ def quantize_apply(model, scheme: str = "default_8bit"):
         reads the same report from the model's layers).
 
     Raises:
-        ValueError: an unknown scheme, or an annotated layer this module cannot quantize.
+        ValueError: an unknown scheme, a model without annotated layers, or an annotated
+            layer this module cannot quantize.
+        RuntimeError: an annotated subclass of a Keras layer without a QuantizeConfig.
     """
-    _check_scheme(scheme)
+    scheme = _scheme_name(scheme)
+    if not isinstance(quantized_layer_name_prefix, str):
+        raise TypeError("`quantized_layer_name_prefix` must be a string. Received: "
+                        f"quantized_layer_name_prefix={quantized_layer_name_prefix!r}")
+    if not isinstance(model, keras.Model):
+        raise ValueError("`model` must be a Sequential or Functional Keras model with "
+                         f"annotated layers. Received: {type(model).__name__}")
     prepared, split_notes = _prepare(model)
-    return _rebuild(prepared, _make_plan(prepared, scheme, split_notes))
+    _check_annotations(prepared)
+    qat = _rebuild(prepared, _make_plan(prepared, scheme, split_notes))
+    if quantized_layer_name_prefix != "quant_":
+        for layer in qat.layers:
+            if isinstance(layer, (QuantizeWrapper, QuantizeWrapperV2)) and \
+                    layer.name.startswith("quant_"):
+                layer.name = quantized_layer_name_prefix + layer.name[len("quant_"):]
+    return qat
 
 
 def quantize_report(model) -> QuantizeReport:
@@ -1664,7 +1737,8 @@ def quantize_report(model) -> QuantizeReport:
     """
     model = _graph.functional(model, purpose="reading the quantization report")
     layers = model.layers
-    wrappers = [layer for layer in layers if isinstance(layer, QuantizeWrapper)]
+    wrappers = [layer for layer in layers
+                if isinstance(layer, (QuantizeWrapper, QuantizeWrapperV2))]
     quantizers = [layer for layer in layers if isinstance(layer, FakeQuant)]
     if not wrappers and not quantizers:
         raise ValueError(f"Model {model.name!r} has no QuantizeWrapper or FakeQuant layer: "
@@ -1681,7 +1755,8 @@ def quantize_report(model) -> QuantizeReport:
         tuple((w.layer.name, w.batchnorm.name) for w in wrappers
               if w.batchnorm is not None and w.batchnorm.name != w.layer.name),
         tuple(layer.name for layer in layers
-              if not isinstance(layer, (QuantizeWrapper, FakeQuant)) and layer.weights),
+              if not isinstance(layer, (QuantizeWrapper, QuantizeWrapperV2, FakeQuant))
+              and layer.weights),
         tuple(note for w in wrappers for note in w.notes)
         + tuple(note for q in quantizers for note in q.notes))
 
@@ -1690,19 +1765,29 @@ def _short(name: str) -> str:
     return name[len("annotate_"):] if name.startswith("annotate_") else name
 
 
-def quantize_model(to_quantize, scheme: str = "default_8bit"):
-    """Annotates every layer and applies quantization (tfmot's name).
+def quantize_model(to_quantize, quantized_layer_name_prefix: str = "quant_", *,
+                   scheme="default_8bit"):
+    """Annotates every layer and applies quantization (tfmot's name and arguments).
 
     Args:
-        to_quantize: a Sequential or Functional Keras model (nested models are not
-            supported; subclassed models must be rebuilt with the Functional API).
-        scheme: ``"default_8bit"`` or ``"int16x8"``.
+        to_quantize: a Sequential or Functional Keras model (nested models are
+            inlined; subclassed models must be rebuilt with the Functional API).
+        quantized_layer_name_prefix: the prefix of the quantized layers' names.
+        scheme: ``"default_8bit"`` or ``"int16x8"`` (or a QuantizeScheme naming one).
 
     Returns:
         The QAT model (a new Functional model with the weights copied).
+
+    Raises:
+        ValueError: ``to_quantize`` is not a Sequential or Functional model (a layer, as
+            in tfmot), or a layer this module cannot quantize.
     """
-    _check_scheme(scheme)
-    return quantize_apply(quantize_annotate_model(to_quantize), scheme=scheme)
+    scheme = _scheme_name(scheme)
+    if not isinstance(to_quantize, keras.Model):
+        raise ValueError("`to_quantize` must be a Sequential or Functional Keras model. "
+                         f"Received: {type(to_quantize).__name__}")
+    return quantize_apply(quantize_annotate_model(to_quantize), scheme=scheme,
+                          quantized_layer_name_prefix=quantized_layer_name_prefix)
 
 
 def strip_quantization(model):
@@ -1720,7 +1805,7 @@ def strip_quantization(model):
         if _compat.is_operation(layer):
             return layer  # stateless: the same op, called on the new tensors
         if not isinstance(layer, QuantizeWrapper) or layer.quantize_config is not None:
-            base = layer.layer if isinstance(layer, QuantizeWrapper) else layer
+            base = layer.layer if isinstance(layer, (QuantizeWrapper, QuantizeWrapperV2)) else layer
             new = type(base).from_config(base.get_config())
             if base.weights and not isinstance(base, FakeQuant):  # FakeQuant is dropped
                 pending.append((new, base.get_weights()))
