@@ -80,7 +80,9 @@ def test_channel_sparsity_follows_the_schedule_and_pruned_channels_stay_pruned()
                    callbacks=[UpdatePruningStep()])
         history.append(mask.mask.numpy().copy())
     zeros = [int((m == 0).sum()) for m in history]
-    assert zeros == [0, 0, 3, 3, 6]  # 8 channels: floor(8 * 0.375), floor(8 * 0.75)
+    # Batch k sees step k, as in tfmot (issue 16): updates at steps 2 and 4, of 8 channels
+    # floor(8 * 0.375) and floor(8 * 0.75).
+    assert zeros == [0, 3, 3, 6, 6]
     assert np.all(history[4][history[2] == 0] == 0)
 
 
