@@ -226,7 +226,9 @@ def _mobilenet_x(preprocessing, n=4):
     return np.random.default_rng(1).uniform(low, high, (n, 32, 32, 3)).astype("float32")
 
 
-@pytest.mark.parametrize("preprocessing", [True, False])
+# One variant each (CI budget: 80 s per MobileNetV3 sparse conversion); the zoo tool runs
+# every variant (tools/zoo_benchmark.py --ops=prune_sparse,prune_channels,lowrank).
+@pytest.mark.parametrize("preprocessing", [True])
 def test_mobilenet_v3_small_prunes_strips_and_converts_sparse(preprocessing):
     model = _mobilenet_v3("small", preprocessing)
     x = _mobilenet_x(preprocessing)
@@ -246,8 +248,7 @@ def test_mobilenet_v3_small_prunes_strips_and_converts_sparse(preprocessing):
     assert result.report.op_histogram["CONV_2D"] > 0
 
 
-@pytest.mark.parametrize("kind,preprocessing", [("small", True), ("small", False),
-                                                ("large", True), ("large", False)])
+@pytest.mark.parametrize("kind,preprocessing", [("small", False), ("large", True)])
 def test_mobilenet_v3_channel_pruning_strips_exactly_and_factorizes(kind, preprocessing):
     model = _mobilenet_v3(kind, preprocessing)
     x = _mobilenet_x(preprocessing)

@@ -44,16 +44,17 @@ def test_search_rejects_bad_options():
         tc.search(m, d, budget=5)
 
 
-def test_tolerant_channel_layers_follow_the_allowed_drop():
+def test_tolerant_channel_layers_follow_the_allowed_drop(digits_model):
     from tfcompress.recipe_search import tolerant_channel_layers
 
-    ds = data.load_dataset("digits")
-    keras.utils.set_random_seed(0)
-    model = pipeline.small_cnn(ds.input_shape, ds.num_classes)
-    x, y = ds.x_test[:64].astype("float32"), ds.y_test[:64]
+    # A trained model: an untrained one's accuracy can rise when channels go, so that
+    # even a negative allowed drop would keep layers.
+    model, ds = digits_model
+    x, y = ds.x_test.astype("float32"), ds.y_test
     convs = sorted(layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert tolerant_channel_layers(model, x, y, max_drop=1.0) == convs
-    assert tolerant_channel_layers(model, x, y, max_drop=-0.01) == []
+    # No group gains 5 points by losing a quarter of its channels at once.
+    assert tolerant_channel_layers(model, x, y, max_drop=-0.05) == []
 
 
 def test_default_candidates_families_and_reconstruction():
@@ -75,8 +76,9 @@ def test_default_candidates_families_and_reconstruction():
                    for r in channel)
         sparse = [r for f in families for r in f if r.name.startswith("sparse")]
         assert [r.name for r in sparse] == ["sparse 0.6", "sparse 0.7", "sparse 0.8"]
-        # Only the two convolutions with at least 1024 weights (not the 1x16 input conv).
-        big = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][1:]
+        # The layers with at least 1024 weights: not the 3x3x1x16 input conv, but the
+        # 512x10 classifier of the Flatten head.
+        big = ["conv2", "conv3", "classifier"]
         assert all(r.prune.kind == "unstructured" and r.prune.sparse_weights
                    and r.prune.layers == big for r in sparse)
 

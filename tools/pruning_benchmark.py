@@ -226,7 +226,8 @@ def two_four() -> dict:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.kernel.shape[-2] % 4 == 0:
             clone = pruning.prune_low_magnitude(
                 clone, sparsity_m_by_n=(2, 4),
-                pruning_schedule=pruning.ConstantSparsity(0.5, begin_step=0, frequency=100))
+                # Batch k sees step k (1, 2, ...), as in tfmot: every step keeps the pattern.
+                pruning_schedule=pruning.ConstantSparsity(0.5, begin_step=0, frequency=1))
         h = clone(h)
         (clone.layer if isinstance(clone, pruning.PruneLowMagnitude) else clone).set_weights(
             layer.get_weights())
