@@ -253,3 +253,21 @@ def _pool(model, graph):
 def test_options_and_outputs_a_kernel_would_choke_on_are_refused(models_dir, edit, message):
     with pytest.raises(inspector.InvalidModelError, match=message):
         inspector.load(_mutated(models_dir, edit))
+
+
+def test_summary_names_layers_as_the_user_wrote_them(models_dir):
+    import dataclasses
+
+    report = inspector.inspect(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite")
+    # Third-party names have no Keras nesting: written as they are.
+    assert "  activation_1 " in report.summary() and "input: input_1_int8 " in report.summary()
+    # The converter's form for a Keras model: model/model/quant_<layer>_N/op;...
+    nested = dataclasses.replace(
+        report,
+        ops=tuple(dataclasses.replace(op, layer=f"m_1/quant_{op.layer}_1") for op in report.ops),
+        inputs=tuple(dataclasses.replace(t, name="m_1/m_1/quant_image_1/FakeQuant;m_1/x")
+                     for t in report.inputs))
+    text = nested.summary()
+    assert "input: image int8" in text, text
+    assert "  activation_1 " in text and "quant_" not in text, text
+    assert nested.to_dict()["inputs"][0]["name"].startswith("m_1/m_1/quant_image_1")

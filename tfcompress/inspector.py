@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tfcompress import report
 from tfcompress._compat_litert import tflite_schema as _fb
 
 __all__ = [
@@ -196,13 +197,27 @@ class ModelReport:
         lines = [f"size: {self.size_bytes} bytes, {len(self.ops)} ops, {len(self.tensors)} tensors"]
         lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in self.op_histogram.items()))
         for kind, ts in (("input", self.inputs), ("output", self.outputs)):
+            names = _display_names([t.name for t in ts])
             for t in ts:
-                lines.append(f"{kind}: {t.name} {t.dtype}{list(t.shape)} {_fmt_quant(t.quantization)}")
+                lines.append(f"{kind}: {names[t.name]} {t.dtype}{list(t.shape)} "
+                             f"{_fmt_quant(t.quantization)}")
         lines.append(f"zero weights: {100 * self.zero_weight_fraction:.1f}%")
         lines.append("weight bytes per layer:")
+        names = _display_names(list(self.weight_bytes_per_layer), layers=True)
         for layer, n in self.weight_bytes_per_layer.items():
-            lines.append(f"  {layer:<40} {n:>10}")
+            lines.append(f"  {names[layer]:<40} {n:>10}")
         return "\n".join(lines)
+
+
+def _display_names(raw: Sequence[str], *, layers: bool = False) -> Dict[str, str]:
+    """Keras layer names for TFLite names of the converter's nested form (a tensor
+    ``m_1/m_1/quant_conv1_1/convolution;...`` or, with ``layers``, an op's layer path
+    ``m_1/quant_conv1_1`` -> ``conv1``); other names, and any that two raw names would
+    share, stay as written (``to_dict`` keeps them all)."""
+    short = {name: report.user_layer_name(name + "/op" if layers else name)
+             if "/" in name else name for name in raw}
+    counts = collections.Counter(short.values())
+    return {name: s if counts[s] == 1 else name for name, s in short.items()}
 
 
 def _fmt_quant(q: Optional[QuantParams]) -> str:
