@@ -138,13 +138,16 @@ def test_compress_command_with_a_yaml_recipe(tmp_path, capsys):
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
              y_test=ds.y_test)
-    (tmp_path / "r.yaml").write_text("name: cli\nquantize:\n  method: ptq\nbenchmark:\n  runs: 10\n")
+    (tmp_path / "r.yaml").write_text(
+        "name: cli\nquantize:\n  method: qat\n  epochs: 2\nbenchmark:\n  runs: 10\n")
     out = tmp_path / "out"
     argv = ["compress", str(tmp_path / "m.keras"), f"--data={tmp_path / 'd.npz'}",
-            f"--recipe={tmp_path / 'r.yaml'}", f"--output_dir={out}", "--noprogress"]
+            f"--recipe={tmp_path / 'r.yaml'}", f"--output_dir={out}"]
     assert run_cli(argv) == 0
     text = capsys.readouterr().out
     assert "| int8 .tflite |" in text and f"Report: {out}/report.md" in text
+    # One line for the training step (not a terminal: written once), no Keras bars.
+    assert "  epoch 2/2, loss " in text and "epoch 1/2" not in text and "━" not in text, text
     assert (out / "model_int8.tflite").exists()
     assert run_cli(argv) == 2  # the output exists
     assert "--overwrite" in capsys.readouterr().err

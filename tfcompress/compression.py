@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -56,6 +57,7 @@ from tfcompress import (
 )
 from tfcompress import data as data_lib
 from tfcompress import report as report_lib
+from tfcompress._progress import StatusLine
 from tfcompress.converter import convert
 from tfcompress.data import AUGMENTATIONS
 from tfcompress.distillation import LabelAndTeacherLoss
@@ -357,18 +359,35 @@ class _Run:
         with self.scope():
             model.compile(keras.optimizers.Adam(learning_rate or self.learning_rate),
                           loss=_loss(self.recipe, self.from_logits, self.task))
-        callbacks = list(extra_callbacks) + list(self.callbacks) + [_StepTimer()]
+        # verbose=1: one line for the step (epoch, loss, time; redrawn on a terminal),
+        # verbose=2: Keras' progress bar per epoch as well.
+        line = StatusLine(sys.stdout) if self.verbose == 1 else None
+        start, shown = time.perf_counter(), {"text": ""}
+
+        class _EpochLine(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                loss = (logs or {}).get("loss")
+                shown["text"] = (f"  epoch {epoch + 1}/{epochs}"
+                                 + ("" if loss is None else f", loss {loss:.4f}")
+                                 + f", {time.perf_counter() - start:.1f}s")
+                line.show(shown["text"], force=True)
+
+        callbacks = list(extra_callbacks) + list(self.callbacks) + [_StepTimer()] + (
+            [_EpochLine()] if line is not None else [])
+        keras_verbose = 1 if self.verbose >= 2 else 0
         if self.augment is None:
             model.fit(self.data.x_train, self.target(), batch_size=self.batch_size,
-                      epochs=epochs, verbose=self.verbose, callbacks=callbacks, **self.fit_kwargs)
+                      epochs=epochs, verbose=keras_verbose, callbacks=callbacks, **self.fit_kwargs)
         else:
             # New augmented images every epoch; the original model answers on the same images.
             rng = np.random.default_rng(self.step_seed)
             for epoch in range(epochs):
                 xa = self.augment(self.data.x_train, rng).astype("float32")
                 model.fit(xa, self.target(xa), batch_size=self.batch_size, initial_epoch=epoch,
-                          epochs=epoch + 1, verbose=self.verbose, callbacks=callbacks,
+                          epochs=epoch + 1, verbose=keras_verbose, callbacks=callbacks,
                           **self.fit_kwargs)
+        if line is not None and shown["text"]:
+            line.done(shown["text"])
         return 1e3 * float(np.median(times[5:] or times))
 
     def accuracy(self, model) -> Optional[float]:
@@ -624,7 +643,9 @@ def compress(
         from_logits: whether the model outputs logits (default: guessed from its last
             layer: a softmax means probabilities).
         seed: the random seed; step ``i`` runs with ``seed + i``.
-        verbose: Keras verbosity (1 shows progress bars).
+        verbose: 0 prints nothing; 1 a line per training step and its epochs (epoch,
+            loss, seconds; redrawn in place on a terminal, written once in logs); 2 also
+            Keras' progress bar for every epoch.
         fit_kwargs: other ``fit`` arguments (not ``epochs``, ``x``, ``y``).
         augment: ``"flip_and_shift"`` or a function ``(x, numpy Generator) -> x`` that
             makes new training images every epoch (with distillation, the original

@@ -287,7 +287,7 @@ def search(
         cpus: cores to pin the latency measurement to, e.g. ``[1]``.
         output_dir: write the search report here (see :meth:`SearchResult.save`).
         overwrite: replace an existing ``output_dir``.
-        verbose: Keras verbosity of the training steps.
+        verbose: as in :func:`tfcompress.compress` (1: a line per training step).
         candidate_options: keyword arguments for :func:`default_candidates`
             (learning rates, channel ratios, distillation).
         **compress_kwargs: passed to every :func:`~tfcompress.compress` call
