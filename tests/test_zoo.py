@@ -91,6 +91,20 @@ def test_a_clean_library_error_is_a_refusal_and_anything_else_a_failure(tmp_path
     assert classify(lambda: {}["k"], "op: quantize_model") == "failed"  # not the library's
 
 
+def test_a_crash_or_a_hang_costs_only_its_cell():
+    # One child per batch: the SIGSEGV ends it, a new child hangs in the next cell until
+    # the per-cell watchdog ends it, and a third child runs the last cell.
+    cells = [("op_add", "float32"), ("op_add", "int8"), ("op_add", "float16")]
+    fault_segv = zoo.run_cells_in_child(cells[:2], "small", timeout=60,
+                                        _fault={"cell": ["op_add", "float32"], "kind": "segv"})
+    assert [c["status"] for c in fault_segv] == ["crashed", "verified"]
+    assert fault_segv[0]["signal"] == "SIGSEGV" and fault_segv[1]["op"] == "int8"
+    hang = zoo.run_cells_in_child(cells[2:], "small", timeout=3,
+                                  _fault={"cell": ["op_add", "float16"], "kind": "hang"})
+    assert [(c["status"], c["signal"]) for c in hang] == [("crashed", "timeout")]
+    assert "timed out after 3 s" in hang[0]["reason"]
+
+
 @pytest.fixture(scope="module")
 def cell_results(request):
     """Runs the selected sampled cells in child processes, crash-prone ones last."""

@@ -1242,6 +1242,14 @@ results = []
 for model_name, op in args["cells"]:
     with open(args["progress"], "a") as f:
         f.write("cell " + json.dumps([model_name, op]) + "\n")
+    if args.get("cell_timeout"):  # a hung cell ends the child (exit 1, stacks on stderr)
+        faulthandler.dump_traceback_later(args["cell_timeout"], exit=True)
+    fault = args.get("fault") or {{}}  # tests of the crash handling only
+    if fault.get("cell") == [model_name, op]:
+        import os, signal, time
+        if fault["kind"] == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(1e6)
     r = zoo.run_cell(model_name, op, args["size"], workdir=args.get("workdir"),
                      progress_file=args["progress"])
     with open(args["results"], "a") as f:
@@ -1256,14 +1264,15 @@ def _child_env() -> dict:
 
 
 def run_cells_in_child(cells: Sequence[Tuple[str, str]], size: str = "small", *,
-                       timeout: float = 300.0, workdir: Optional[str] = None) -> List[dict]:
+                       timeout: float = 300.0, workdir: Optional[str] = None,
+                       _fault: Optional[dict] = None) -> List[dict]:
     """Runs cells one after another in child processes; a crash costs only its cell.
 
     Each child runs the remaining cells in turn and appends each result to a file. When
-    a child dies by a signal or runs past ``timeout`` (for the whole batch it was
-    given), the cell it was running is recorded as ``crashed`` with the signal (or
-    ``timeout``), its last stage and the tail of its stderr (Python's fault handler
-    prints the stack there), and a new child takes the rest.
+    a child dies by a signal or one cell runs past ``timeout`` seconds, the cell it was
+    running is recorded as ``crashed`` with the signal (or ``timeout``), its last stage
+    and the tail of its stderr (Python's fault handler prints the stack there), and a new
+    child takes the rest.
     """
     results: List[dict] = []
     pending = list(cells)
@@ -1275,14 +1284,19 @@ def run_cells_in_child(cells: Sequence[Tuple[str, str]], size: str = "small", *,
             res_file.touch()
             prog_file.touch()
             args = {"cells": pending, "size": size, "results": str(res_file),
-                    "progress": str(prog_file), "workdir": workdir}
+                    "progress": str(prog_file), "workdir": workdir, "cell_timeout": timeout,
+                    "fault": _fault}
             script = _CHILD.format(tests=str(Path(__file__).resolve().parent))
             start = time.perf_counter()
             try:
+                # The child's own per-cell watchdog ends a hung cell; this bound catches a
+                # child too stuck for it (a hang while holding the GIL in C code).
                 proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)],
-                                      capture_output=True, text=True, timeout=timeout,
+                                      capture_output=True, text=True,
+                                      timeout=timeout * len(pending) + 60,
                                       env=_child_env(), cwd=str(ROOT))
-                rc, stderr, timed_out = proc.returncode, proc.stderr, False
+                rc, stderr = proc.returncode, proc.stderr
+                timed_out = rc == 1 and "Timeout (" in (stderr or "")
             except subprocess.TimeoutExpired as e:
                 rc, timed_out = None, True
                 stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
