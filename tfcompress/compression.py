@@ -424,9 +424,21 @@ def _step_lowrank(run: _Run, model):
     return factored, {"factored_layers": len(factored.factor_plans), "step_ms": step_ms}
 
 
+def _own_copy(run: _Run, model):
+    """``model``, or a copy of it when it is the original: pruning wraps (and masks) the
+    layers it is given, as tfmot's does, and the original stays the unchanged teacher."""
+    if model is not run.original:
+        return model
+    with run.scope():
+        copy = _graph.clone_model(model, keep_operations=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _step_prune(run: _Run, model):
 
     cfg = run.recipe.prune
+    model = _own_copy(run, model)
     total = max(1, _steps_per_epoch(run) * cfg.epochs)
     end = max(1, int(total * cfg.ramp))
     freq = max(1, end // 10)
