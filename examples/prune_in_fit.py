@@ -22,7 +22,11 @@ model.compile("adam", loss, metrics=["accuracy"])
 model.fit(x, y, epochs=4 if quick else 8, batch_size=32, verbose=0)
 
 steps = len(x) // 64 * (1 if quick else 2)
-pruned = pruning.prune_low_magnitude(model, pruning_schedule=pruning.PolynomialDecay(
+# Pruning wraps (and prunes) the layers it is given, as tfmot does: prune a copy, so that
+# `model` stays the dense reference converted below.
+own = keras.models.clone_model(model)
+own.set_weights(model.get_weights())
+pruned = pruning.prune_low_magnitude(own, pruning_schedule=pruning.PolynomialDecay(
     initial_sparsity=0.0, final_sparsity=0.8, begin_step=0, end_step=max(1, steps // 2),
     frequency=max(1, steps // 8)))
 pruned.compile("adam", loss, metrics=["accuracy"])

@@ -125,15 +125,20 @@ def test_model_level_pruning_wraps_layers_without_prunable_weights_as_no_ops():
         "Conv2D", "BatchNormalization", "MaxPooling2D", "Dropout", "Flatten", "Dense"]
 
 
-def test_pruning_a_model_copies_weights_and_leaves_the_original_untouched():
+def test_pruning_a_copy_leaves_the_original_untouched():
+    # Pruning wraps the layers it is given (tfmot's behaviour); the documented way to keep
+    # the original is to prune a copy.
     model = _model_with(LAYERS["Dense"][0], (8,))
     before = [w.copy() for w in model.get_weights()]
-    pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.9, 0, frequency=1))
+    own = keras.models.clone_model(model)
+    own.set_weights(model.get_weights())
+    pruned = prune_low_magnitude(own, pruning_schedule=ConstantSparsity(0.9, 0, frequency=1))
     x, y = _data((8,))
     np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0))
     _fit(pruned, x, y)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+    assert sparsity_report(own).total_sparsity > 0.5
 
 
 def test_nested_model_layers_are_wrapped():
@@ -230,15 +235,16 @@ def test_two_four_sparsity_survives_int8_conversion():
     x = L.Conv2D(8, 3, activation="relu")(inputs)
     x = L.Flatten()(x)
     model = keras.Model(inputs, L.Dense(4)(L.Dense(16, activation="relu")(x)))
+    x, y = _data((8, 8, 8), outputs=4, n=32)
+    # Before pruning: the pruned model shares (and prunes) the model's weights.
+    baseline = convert(model, representative_data=x, progress=False).model_bytes
     pruned = prune_low_magnitude(model, sparsity_m_by_n=(2, 4),
                                  pruning_schedule=ConstantSparsity(0.5, 0, frequency=1))
-    x, y = _data((8, 8, 8), outputs=4, n=32)
     _fit(pruned, x, y)
     stripped = strip_pruning(pruned)
     int8 = convert(stripped, representative_data=x, progress=False).model_bytes
     check = inspector.check_sparsity_m_by_n(int8, n=2, m=4)
     assert check.ok and len(check.tensors) == 3, check
-    baseline = convert(model, representative_data=x, progress=False).model_bytes
     assert not inspector.check_sparsity_m_by_n(baseline, n=2, m=4).ok
 
 
@@ -252,13 +258,14 @@ def test_pruned_int8_file_is_sparse_and_gzips_small(data_dir):
     model = keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(8, 3, activation="relu"),
                               L.MaxPooling2D(), L.Flatten(), L.Dense(64, activation="relu"),
                               L.Dense(10)])
+    # Before pruning: the pruned model shares (and prunes) the model's weights.
+    dense = convert(model, representative_data=x[:64], progress=False).model_bytes
     pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.8, 0, frequency=8))
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    metrics=["accuracy"])
     pruned.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
     stripped = strip_pruning(pruned)
     assert sparsity_report(stripped).total_sparsity == pytest.approx(0.8, abs=0.01)
-    dense = convert(model, representative_data=x[:64], progress=False).model_bytes
     sparse = convert(stripped, representative_data=x[:64], progress=False).model_bytes
     assert inspector.inspect(sparse).zero_weight_fraction > 0.75
     assert inspector.gzip_size(sparse) < 0.5 * inspector.gzip_size(dense)

@@ -159,7 +159,8 @@ def test_dense_subclass_needs_get_prunable_weights():
     assert wrapper.prunable_weights == [wrapper.layer.kernel]
 
 
-def test_custom_layer_without_get_config_is_a_value_error_naming_it():
+def test_custom_layer_without_get_config_is_wrapped_as_it_is():
+    # Nothing is rebuilt from a config (as in tfmot): the layer object itself is wrapped.
     class NoConfig(L.Layer):
         def __init__(self, units):
             super().__init__()
@@ -175,8 +176,71 @@ def test_custom_layer_without_get_config_is_a_value_error_naming_it():
             return [self.w]
 
     inputs = keras.Input((4,))
-    with pytest.raises(ValueError, match="NoConfig cannot be copied from its config"):
-        prune_low_magnitude(keras.Model(inputs, NoConfig(3)(inputs)))
+    layer = NoConfig(3)
+    pruned = prune_low_magnitude(keras.Model(inputs, layer(inputs)))
+    assert pruned.layers[1].layer is layer
+    assert pruned.layers[1].prunable_weights == [layer.w]
+
+
+# ---------------------------------------------------------------------------
+# The original layer objects are wrapped, as tfmot's clone_function does.
+# ---------------------------------------------------------------------------
+
+
+def test_pruning_a_model_wraps_its_layer_objects_and_prunes_its_weights_in_place():
+    dense, head = L.Dense(8), L.Dense(2)
+    model = keras.Sequential([keras.Input((8,)), dense, L.Dropout(0.1), head])
+    pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, 0, frequency=1))
+    assert [w.layer for w in pruned.layers] == model.layers
+    assert all(any(w is p for p in pruned.trainable_weights) for w in model.trainable_weights)
+    x = np.random.default_rng(0).random((8, 8)).astype("float32")
+    _fit(pruned, x, np.zeros((8, 2)))
+    assert np.mean(dense.kernel.numpy() == 0) == 0.5  # the original model is pruned too
+    np.testing.assert_array_equal(model.predict(x, verbose=0), pruned.predict(x, verbose=0))
+
+
+def test_layers_left_unwrapped_are_the_original_objects():
+    model = keras.Sequential([keras.Input((4,)), L.Dense(4, name="a"), L.Dense(2, name="b"),
+                              L.GroupNormalization(1, name="g")])
+    pruned = prune_low_magnitude(model, layers=["a"])
+    assert isinstance(pruned.layers[0], PruneLowMagnitude) and pruned.layers[0].layer is model.layers[0]
+    assert pruned.layers[1:] == model.layers[1:]
+
+
+def test_a_pruning_layer_is_not_wrapped_twice():
+    wrapped = prune_low_magnitude(L.Dense(10))
+    model = keras.Sequential([L.Dense(10), wrapped])
+    pruned = prune_low_magnitude(model)
+    pruned.build((None, 4))
+    assert pruned.layers[1] is wrapped and pruned.layers[0].layer is model.layers[0]
+    assert prune_low_magnitude(pruned).layers == pruned.layers
+
+
+def test_strip_pruning_returns_the_wrapped_layers_with_their_masks_applied():
+    inputs = keras.Input((6,))
+    dense = L.Dense(6)
+    h = dense(inputs)
+    model = keras.Model(inputs, L.Dense(2)(keras.ops.relu(h) + h))  # operator nodes kept
+    pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, 0, frequency=1))
+    x = np.random.default_rng(1).random((8, 6)).astype("float32")
+    _fit(pruned, x, np.ones((8, 2)))
+    dense.kernel.assign(dense.kernel + 1.0)  # as an update after the last pruning step would
+    stripped = strip_pruning(pruned)
+    assert stripped.layers[1] is dense and np.mean(dense.kernel.numpy() == 0) == 0.5
+    assert strip_pruning(pruned.layers[1]) is dense
+    np.testing.assert_array_equal(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0))
+    np.testing.assert_array_equal(stripped.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_a_model_sharing_layers_with_its_original_saves_and_loads_alone(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(2)])
+    pruned = prune_low_magnitude(model)
+    pruned.save(tmp_path / "pruned.keras")
+    strip_pruning(pruned).save(tmp_path / "stripped.keras")
+    x = np.ones((2, 4), "float32")
+    for name in ("pruned", "stripped"):
+        loaded = keras.models.load_model(tmp_path / f"{name}.keras")
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_wrapped_keras_layers_answer_get_prunable_weights():

@@ -14,8 +14,10 @@ step stays at -1 and training stops with an error that says so (tfmot's behaviou
 a wrapper that counted its own calls would miscount under ``tf.distribute`` and when
 a layer is called twice per step).
 
-:func:`strip_pruning` returns a plain Keras model with the zeros in place, and also
-performs the surgery of channel pruning (:mod:`tfcompress.channel_pruning`).
+As in tfmot, the wrappers hold the original layer objects: a pruned model shares its
+weights with the model it was made from, and :func:`strip_pruning` returns a plain Keras
+model around the same layers, with the zeros in place. It also performs the surgery of
+channel pruning (:mod:`tfcompress.channel_pruning`).
 
 Example:
     >>> import keras, numpy as np
@@ -579,31 +581,20 @@ def _check_layer_names(model, names: Sequence[str]) -> set:
     return set(names)
 
 
-def _clone_replacing(model, replace):
-    """Clones a Sequential/Functional model (nested ones too) layer by layer.
+def _clone_with(model, clone_function):
+    """Rebuilds a Sequential/Functional model (nested ones too) from ``clone_function(layer)``.
 
-    ``replace(layer)`` returns ``(new_layer, weights)``; ``weights`` (a list of arrays
-    or None) are set once the clone is built, so the clone never shares variables
-    with ``model``.
+    The layers ``clone_function`` returns are used as they are: the original layer
+    objects or wrappers around them, so the new model shares their weights. Operator
+    nodes (``x + y``, ``keras.ops`` calls) are reused too.
     """
     if not _compat.is_graph_model(model):
         raise ValueError(
             f"Expected a Sequential or Functional model. Received a subclassed model of "
             f"class {type(model).__name__}: wrap its layers inside `__init__` instead "
             "(`self.dense = prune_low_magnitude(keras.layers.Dense(10))`).")
-    pending = []
-
-    def clone_function(layer):
-        new, weights = replace(layer)
-        pending.append((new, weights))
-        return new
-
-    clone = _graph.clone_model(model, clone_function=clone_function, recursive=True,
-                               keep_operations=True)
-    for new, weights in pending:
-        if weights is not None:
-            new.set_weights(weights)
-    return clone
+    return _graph.clone_model(model, clone_function=clone_function, recursive=True,
+                              keep_operations=True)
 
 
 _NOT_PRUNABLE_TYPE = (
@@ -618,14 +609,28 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
     """Wraps a layer, a list of layers or a whole model for magnitude pruning.
 
     Same name and arguments, in the same order, as tfmot's function. A Sequential
-    (built or not) or Functional model (nested models included) is cloned with every
+    (built or not) or Functional model (nested models included) is rebuilt with every
     layer wrapped, as tfmot does: layers with prunable weights get masks; layers with
     none (pooling, Dropout, Flatten, Add, BatchNormalization...) get no-op wrappers
-    that strip back to themselves. Unlike tfmot, the clone gets copies of the weights,
-    so training the result does not change ``target``. Operator nodes (``x + y``,
-    ``x[:, :8]``, ``keras.ops`` calls) stay as they are, and so do GroupNormalization,
-    PReLU and Normalization layers. A subclassed model cannot be cloned: wrap its
-    layers in ``__init__``.
+    that strip back to themselves. Operator nodes (``x + y``, ``x[:, :8]``,
+    ``keras.ops`` calls) stay as they are, and so do GroupNormalization, PReLU and
+    Normalization layers. A subclassed model cannot be rebuilt: wrap its layers in
+    ``__init__``.
+
+    As in tfmot, each wrapper holds the original layer object, and layers left
+    unwrapped are the original objects too: the new model shares its weights with
+    ``target``. Training it prunes ``target``'s weights in place, and ``target`` then
+    computes with the pruned, fine-tuned weights. A layer that is already a pruning
+    layer (:class:`PruneLowMagnitude`, a channel mask) is used as it is, not wrapped
+    twice. To keep ``target`` unchanged (a teacher for distillation, a dense
+    reference), prune a copy::
+
+        own = keras.models.clone_model(target)
+        own.set_weights(target.get_weights())
+        pruned = prune_low_magnitude(own)
+
+    The model returned is a new Keras model with its own inputs; it saves and loads with
+    plain ``keras.models.load_model``.
 
     Args:
         target: a layer, a list of layers, or a Sequential / Functional model.
@@ -639,7 +644,7 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
         **kwargs: passed to :class:`PruneLowMagnitude` (single layer only).
 
     Returns:
-        The wrapped layer, list of layers, or a new model.
+        The wrapped layer, list of layers, or a new model around ``target``'s layers.
 
     Raises:
         ValueError: ``target`` is not a layer, a list of layers or a Sequential /
@@ -669,29 +674,23 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
             pruning_policy.ensure_model_supports_pruning(target)
         chosen = None if layers is None else _check_layer_names(target, layers)
 
-        def replace(layer):
-            config_copy = _copy_layer(layer)
-            weights = layer.get_weights() if layer.weights else None
-            if hasattr(layer, "apply_masks"):  # already a pruning layer
-                return config_copy, weights
+        def wrap(layer):
+            # The original objects, as tfmot's clone_function returns them.
+            if hasattr(layer, "apply_masks"):  # already a pruning layer: not wrapped twice
+                return layer
             if chosen is not None and layer.name not in chosen:
-                return config_copy, weights
+                return layer
             if pruning_policy is not None and not pruning_policy.allow_pruning(layer):
-                return config_copy, weights
+                return layer
             if sparsity_m_by_n and not isinstance(layer, _M_BY_N_SUPPORTED):
-                return config_copy, weights
+                return layer
             if _is_supported(layer) or _is_no_op(layer):
-                shapes = _compat.built_input_shapes(layer)
-                if weights is not None and not config_copy.built and shapes:
-                    config_copy.build(**shapes)
-                if weights is not None:
-                    config_copy.set_weights(weights)
-                return PruneLowMagnitude(config_copy, **options), None
+                return PruneLowMagnitude(layer, **options)
             if isinstance(layer, _LEAVE_ALONE) or not _holds_trainable_weights(layer):
-                return config_copy, weights
+                return layer
             raise _unsupported_error(layer)
 
-        return _clone_replacing(target, replace)
+        return _clone_with(target, wrap)
     if isinstance(target, keras.layers.Layer):
         return PruneLowMagnitude(target, **options, **kwargs)
     raise ValueError(_NOT_PRUNABLE_TYPE.format(input=type(target).__name__))
@@ -712,22 +711,6 @@ def prune_scope():
     yield
 
 
-def _copy_layer(layer):
-    """A new layer from ``layer``'s config (weights are copied by the caller).
-
-    Raises:
-        ValueError: the layer cannot be rebuilt from its config (a custom layer without
-            a ``get_config`` that returns its constructor arguments), as tfmot refuses it.
-    """
-    try:
-        return type(layer).from_config(layer.get_config())
-    except (TypeError, NotImplementedError) as e:
-        raise ValueError(
-            f"Layer {layer.name!r} of class {type(layer).__name__} cannot be copied from its "
-            "config, which pruning a model needs: give the class a get_config() that returns "
-            f"its constructor arguments. Keras said: {e}") from e
-
-
 def _holds_trainable_weights(layer) -> bool:
     """Whether ``layer`` has (or, unbuilt, may have) trainable weights pruning would ignore.
 
@@ -739,53 +722,46 @@ def _holds_trainable_weights(layer) -> bool:
     return not _holds_no_weights(layer)
 
 
-def _masked_weights(wrapper: PruneLowMagnitude) -> List[np.ndarray]:
-    masked = {id(w): (w, m) for w, m in zip(wrapper._weights_to_prune, wrapper.masks)}
-    out = []
-    for w in wrapper.layer.weights:
-        if id(w) in masked:
-            var, mask = masked[id(w)]
-            out.append(np.asarray(var.numpy() * mask.numpy()))
-        else:
-            out.append(w.numpy())
-    return out
-
-
 def strip_pruning(model):
     """Returns a plain Keras model with the pruned zeros in place.
 
-    Every :class:`PruneLowMagnitude` wrapper becomes its layer with masked weights;
-    if the model was prepared by :func:`tfcompress.channel_pruning.prune_channels`,
-    its pruned channels are then removed for real (a smaller graph).
+    Every :class:`PruneLowMagnitude` wrapper is replaced by the layer it wraps, as in
+    tfmot: the same layer object, whose weights are first multiplied by their masks
+    (so they are zero where the masks are, whatever the optimizer did after the last
+    pruning step). The stripped model therefore shares its weights with ``model`` (and
+    with the model given to :func:`prune_low_magnitude`). If the model was prepared by
+    :func:`tfcompress.channel_pruning.prune_channels`, its pruned channels are then
+    removed for real: that builds a smaller model with new weights.
 
     Args:
         model: a model (or a single wrapper layer) returned by the pruning API.
 
     Returns:
-        A new model (or layer) that shares no variables with ``model``.
+        A new model around the wrapped layers (or, for a wrapper, its layer).
+
+    Raises:
+        TypeError: ``model`` is neither a Keras model nor a pruning wrapper.
     """
     if isinstance(model, PruneLowMagnitude):
-        layer = _copy_layer(model.layer)
-        shapes = _compat.built_input_shapes(model.layer)
-        if shapes:
-            layer.build(**shapes)
-        layer.set_weights(_masked_weights(model))
-        return layer
+        return _unwrapped(model)
     if not isinstance(model, keras.Model):
         raise TypeError(f"strip_pruning expects a Keras model. Received: {type(model).__name__}")
 
-    def replace(layer):
-        if isinstance(layer, PruneLowMagnitude):
-            new = _copy_layer(layer.layer)
-            return new, _masked_weights(layer) if layer.built else None  # unbuilt: no weights
-        return _copy_layer(layer), (
-            layer.get_weights() if layer.weights else None)
+    def unwrap(layer):
+        return _unwrapped(layer) if isinstance(layer, PruneLowMagnitude) else layer
 
-    stripped = _clone_replacing(model, replace)
+    stripped = _clone_with(model, unwrap)
     # Pruning layers of other modules strip themselves: ChannelMask removes its channels.
     for kind in _layer_classes(stripped, "strip_model"):
         stripped = kind.strip_model(stripped)
     return stripped
+
+
+def _unwrapped(wrapper: PruneLowMagnitude):
+    """The wrapped layer, its weights masked in place (an unbuilt one has no weights yet)."""
+    if wrapper.built:
+        wrapper.apply_masks()
+    return wrapper.layer
 
 
 def _layer_classes(model, hook: str) -> list:

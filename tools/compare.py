@@ -216,8 +216,12 @@ def compare(name: str) -> dict:
     add("tfcompress QAT", *_timed_convert(qat), step)
 
     keras.utils.set_random_seed(FLAGS.seed)
+    # A copy: pruning wraps (and prunes) the layers it is given, as tfmot does, and the
+    # channel rows below start from the unpruned network.
+    own = keras.models.clone_model(model)
+    own.set_weights(model.get_weights())
     q, stripped, step = prune_then_qat(pruning.prune_low_magnitude(
-        model, pruning_schedule=pruning.PolynomialDecay(**schedule)))
+        own, pruning_schedule=pruning.PolynomialDecay(**schedule)))
     add("tfcompress prune + QAT", *_timed_convert(q), step,
         sparsity=pruning.sparsity_report(stripped).total_sparsity)
 

@@ -100,7 +100,11 @@ def unstructured(name: str, *, with_tfmot: bool) -> dict:
     sched = _schedule(steps, prune_epochs, 0.8)
 
     keras.utils.set_random_seed(FLAGS.seed)
-    pruned = pruning.prune_low_magnitude(base, pruning_schedule=pruning.PolynomialDecay(**sched))
+    # A copy: pruning wraps (and prunes) the layers it is given, as tfmot does, and `base`
+    # stays the unpruned reference measured below.
+    own = keras.models.clone_model(base)
+    own.set_weights(base.get_weights())
+    pruned = pruning.prune_low_magnitude(own, pruning_schedule=pruning.PolynomialDecay(**sched))
     compile_model(keras, pruned, lr)
     timer = _common.step_timer()
     pruned.fit(x, y, batch_size=batch_size, epochs=prune_epochs, verbose=0,

@@ -6,10 +6,6 @@ noticed; ``tools/tfmot_port_benchmark.py`` counts them as failures and prints th
 """
 
 KNOWN_DIFFERENCES = {
-    "testPruneModelValidLayersSuccessful": "pruning a model copies its layers and weights "
-        "(tfmot wraps the original layer objects, so training changes the original model)",
-    "testPruneModelDoesNotWrapAlreadyWrappedLayer": "pruning a model copies its layers",
-    "testPrunePretrainedModel_PreservesWeightObjects": "pruning a model copies its weights",
     "testPruneScope_NeededForKerasModel": "objects are registered with Keras: loading needs "
         "no prune_scope (the test asserts that loading without it fails)",
     "testPruneThenLoadTFWeights_DoesNotPreserveWeights": "Keras 3 has no TF-format "
