@@ -252,7 +252,7 @@ def test_an_autoencoder_is_a_regression_of_its_own_inputs():
 
 
 @pytest.mark.parametrize("case, message", [
-    ("two_outputs", r"one input and one output; .* has 1 inputs and 2 outputs"),
+    ("two_outputs", r"`y_train` needs one array per model output \['a', 'b'\]"),
     ("labels_out_of_range", r"Labels must be in \[0, 3\) .* from -3 to 7"),
     ("wrong_input_shape", r"inputs have shape \(5,\) per sample; model .* takes \(4,\)"),
     ("nan_inputs", r"`x_train` holds 1 NaN or infinite value"),
@@ -265,7 +265,8 @@ def test_data_that_does_not_fit_the_model_is_refused_before_any_training(case, m
     model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
     labels, task = np.zeros(16, "int64"), "auto"
     if case == "two_outputs":
-        model = keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(1)(inputs)])
+        model = keras.Model(inputs, [keras.layers.Dense(3, name="a")(inputs),
+                                     keras.layers.Dense(1, name="b")(inputs)])
     elif case == "labels_out_of_range":
         labels, task = np.arange(16) % 11 - 3, "classification"
     elif case == "wrong_input_shape":
@@ -278,6 +279,91 @@ def test_data_that_does_not_fit_the_model_is_refused_before_any_training(case, m
         task = "ranking"
     with pytest.raises(ValueError, match=message):
         compress(model, (x, labels, x, labels), task=task, verbose=0)
+
+
+def _two_in_two_out(n=160):
+    """Two inputs, a classifier head and a regression head whose names the converter
+    sorts the other way round in the file (``zz_class`` after ``aa_value``)."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    a, b = keras.Input((8,), name="signal"), keras.Input((4,), name="meta")
+    h = keras.layers.Dense(24, activation="relu")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], [keras.layers.Dense(3, activation="softmax", name="zz_class")(h),
+                                 keras.layers.Dense(2, name="aa_value")(h)])
+    x = [rng.normal(size=(n, 8)).astype("float32"), rng.normal(size=(n, 4)).astype("float32")]
+    y = [(x[0][:, 0] > 0).astype("int64") + (x[1][:, 0] > 1), x[0][:, :2] * 0.5 + x[1][:, 2:]]
+    model.compile("adam", ["sparse_categorical_crossentropy", "mse"])
+    model.fit(x, y, epochs=20, verbose=0)
+    return model, x, y
+
+
+def test_a_two_input_two_output_model_is_compressed_with_a_loss_and_a_score_per_output(tmp_path):
+    model, x, y = _two_in_two_out()
+    k = 128
+    # Training data keyed by name in another order, test data as lists in model order.
+    data = ({"meta": x[1][:k], "signal": x[0][:k]}, {"aa_value": y[1][:k], "zz_class": y[0][:k]},
+            [x[0][k:], x[1][k:]], [y[0][k:], y[1][k:]])
+    recipe = {"prune": {"kind": "unstructured", "sparsity": 0.5, "epochs": 1},
+              "distill": {"alpha": 0.5}, "quantize": {"method": "qat", "epochs": 1},
+              "benchmark": None}
+    result = compress(model, data, recipe=recipe, output_dir=tmp_path / "out", verbose=0)
+    assert result.task == "multi_output"
+    keras_scores = result.stages[0]["outputs"]
+    assert set(keras_scores) == {"zz_class", "aa_value"}
+    pred = model.predict([x[0][k:], x[1][k:]], verbose=0)
+    assert keras_scores["zz_class"]["accuracy"] == pytest.approx(
+        float(np.mean(np.argmax(pred[0], -1) == y[0][k:])))
+    assert keras_scores["aa_value"]["mse"] == pytest.approx(
+        float(np.mean((pred[1] - y[1][k:]) ** 2)), rel=1e-5)
+    # The file's outputs are matched to the Keras outputs by the signature, not by order:
+    # each int8 score is close to the final Keras model's score of the same output.
+    final = result.stages[-1]["outputs"]
+    for path in ("xnnpack", "reference"):
+        scores = result.int8_outputs[path]
+        assert abs(scores["zz_class"]["accuracy"] - final["zz_class"]["accuracy"]) <= 2 / 32
+        assert scores["aa_value"]["mse"] == pytest.approx(final["aa_value"]["mse"], rel=0.1)
+    assert "zz_class" in result.table() and "aa_value MSE" in result.table()
+    assert (tmp_path / "out" / "report.md").exists()
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["task"] == "multi_output"
+
+
+def test_refits_of_a_two_input_model_read_both_inputs():
+    # Low-rank and channel-pruning reconstruction read the layers' inputs through the
+    # model, so they get one array per model input.
+    model, x, y = _two_in_two_out(n=64)
+    recipe = {"lowrank": {"ratio": 0.5, "reconstruct": True, "epochs": 0},
+              "prune": {"kind": "channels", "sparsity": 0.25, "reconstruct": True, "epochs": 1},
+              "quantize": {"method": "ptq"}, "benchmark": None}
+    result = compress(model, (x, y, x, y), recipe=recipe, verbose=0)
+    assert [s["stage"] for s in result.stages] == ["original", "lowrank", "prune", "quantize"]
+    assert result.stages[1]["factored_layers"] >= 1
+    assert result.stages[2]["params"] < result.stages[0]["params"]
+    assert set(result.int8_outputs["reference"]) == {"zz_class", "aa_value"}
+
+
+@pytest.mark.parametrize("task, data_case, message", [
+    ("classification", "ok", r"has 2 outputs .*pass task='auto' or a list"),
+    (["classification"], "ok", r"one of 'auto', 'classification', 'regression' per output"),
+    (["regression", "regression"], "ok", r"output 'zz_class' fit neither task"),
+    ("auto", "x_one_array", r"`x_train` needs one array per model input \['signal', 'meta'\]"),
+    ("auto", "x_missing_name", r"Missing: \['meta'\]"),
+    ("auto", "y_swapped", r"output 'zz_class' fit neither task"),
+])
+def test_data_and_tasks_of_a_multi_output_model_are_checked_before_training(
+        task, data_case, message):
+    model, x, y = _two_in_two_out(n=16)
+    xs, ys = list(x), list(y)
+    if data_case == "x_one_array":
+        xs = x[0]
+    elif data_case == "x_missing_name":
+        xs = {"signal": x[0]}
+    elif data_case == "y_swapped":
+        ys = [y[1], y[0]]
+    with pytest.raises(ValueError, match=message):
+        compress(model, (xs, ys, xs, ys), task=task, verbose=0)
+    tasks = compression.output_tasks(model, compression.CompressionData.from_any(
+        (x, y, x, y), inputs=["signal", "meta"], outputs=["zz_class", "aa_value"]))
+    assert tasks == ("classification", "regression")
 
 
 def test_search_refuses_a_regression_model():

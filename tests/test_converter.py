@@ -479,3 +479,21 @@ def test_sparse_weights_of_an_unrolled_lstm_fall_back_to_the_dense_file():
         np.testing.assert_array_equal(
             runtime.predict(runtime.make_interpreter(sparse.model_bytes, xnnpack=xnnpack), x)[0],
             runtime.predict(runtime.make_interpreter(dense.model_bytes, xnnpack=xnnpack), x)[0])
+
+
+def test_output_order_gives_the_keras_order_of_a_file_that_lists_outputs_otherwise():
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((4,), name="zeta"), keras.Input((3,), name="alpha")
+    h = keras.layers.Dense(8)(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], [keras.layers.Dense(5, name="zz_first")(h),
+                                 keras.layers.Dense(2, name="aa_second")(h),
+                                 keras.layers.Dense(7, name="mm_third")(h)])
+    interpreter = runtime.make_interpreter(convert(model, mode="float32", progress=False).verified,
+                                           xnnpack=False)
+    x = {"zeta": np.ones((2, 4), "float32"), "alpha": np.zeros((2, 3), "float32")}
+    outputs = runtime.predict(interpreter, x)
+    ordered = [outputs[i] for i in runtime.output_order(interpreter)]
+    expected = model.predict([x["zeta"], x["alpha"]], verbose=0)
+    assert [o.shape[1] for o in ordered] == [5, 2, 7]
+    for got, want in zip(ordered, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

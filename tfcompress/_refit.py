@@ -48,9 +48,20 @@ def patches(x: np.ndarray, layer) -> np.ndarray:
         padding=layer.padding.upper()).numpy()
 
 
+def as_samples(x):
+    """Inputs as Keras takes them: one array, or a list of arrays for several inputs."""
+    if isinstance(x, (list, tuple)):
+        return [np.asarray(a) for a in x]
+    return np.asarray(x)
+
+
+def _count(x) -> int:
+    return len(x[0]) if isinstance(x, list) else len(x)
+
+
 def _rows(model, layer, x) -> np.ndarray:
     a = patches(keras.Model(model.inputs, input_of(model, layer.name)).predict(x, verbose=0), layer)
-    return a.reshape(len(x), -1, a.shape[-1])
+    return a.reshape(_count(x), -1, a.shape[-1])
 
 
 def refit(model, layer, original, twin, x, *, keep: Optional[np.ndarray] = None,
@@ -69,7 +80,7 @@ def refit(model, layer, original, twin, x, *, keep: Optional[np.ndarray] = None,
         raise ValueError(f"{layer.name!r} and {twin.name!r} have outputs of different sizes: "
                          f"{a_new.shape[1]} against {a_old.shape[1]} positions.")
     if a_new.shape[1] > positions:  # the same sampled positions in both models
-        idx = rng.integers(0, a_new.shape[1], size=(len(x), positions))
+        idx = rng.integers(0, a_new.shape[1], size=(_count(x), positions))
         a_new = np.take_along_axis(a_new, idx[..., None], 1)
         a_old = np.take_along_axis(a_old, idx[..., None], 1)
     a_new = a_new.reshape(-1, a_new.shape[-1]).astype(np.float64)

@@ -745,7 +745,8 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
     Args:
         model: a model from :func:`prune_channels` with its masks set.
         original: the model it was made from (same layer names).
-        x: input samples (a NumPy array), e.g. 500 training images.
+        x: input samples (a NumPy array, or a list with one per model input), e.g.
+            500 training images.
         positions: output positions sampled per image for each convolution.
         ridge: L2 penalty of each kernel row, relative to its input's energy.
         seed: seed of the position sampling.
@@ -762,7 +763,7 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
         raise ValueError(f"Model {model.name!r} has no ChannelMask layers: call "
                          "prune_channels() and set its masks first.")
     by_name = {layer.name: layer for layer in original.layers}
-    x = np.asarray(x)
+    x = _refit.as_samples(x)
     rng = np.random.default_rng(seed)
     report: Dict[str, Tuple[float, float]] = {}
     for layer in model.layers:

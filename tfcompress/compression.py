@@ -43,6 +43,7 @@ import keras
 import numpy as np
 
 from tfcompress import (
+    _compat,
     _graph,
     _io,
     benchmark,
@@ -69,9 +70,13 @@ __all__ = [
     "CompressionResult",
     "RECONSTRUCTION_SAMPLES",
     "STATE_FILE",
+    "OUTPUT_TASKS",
     "TASKS",
     "compress",
     "detect_task",
+    "input_names",
+    "output_names",
+    "output_tasks",
     "top1_accuracy",
     "write_report",
 ]
@@ -79,7 +84,8 @@ __all__ = [
 STATE_FILE = "state.json"
 
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "multi_output")
+OUTPUT_TASKS = ("classification", "regression")
 
 
 def _integral(a: np.ndarray) -> bool:
@@ -87,112 +93,235 @@ def _integral(a: np.ndarray) -> bool:
         np.all(np.asarray(a) == np.round(a)))
 
 
-def detect_task(model, data: "CompressionData", task: str = "auto") -> str:
-    """``"classification"`` or ``"regression"``, after checking the data fits the model.
+def input_names(model) -> List[str]:
+    """The model's input names, in ``model.inputs`` order."""
+    return [t.name for t in getattr(model, "inputs", None) or []]
 
-    ``"auto"``: a classifier when the targets are integer labels (one per sample) that
-    index the model's last axis; a regression (an autoencoder too) when the targets have
-    the shape of the model's output. Models with several inputs or outputs are refused:
-    ``compress`` trains and scores one input and one output.
 
-    Raises:
-        ValueError: an unknown task, several inputs or outputs, inputs that do not fit
-            the model's input, or targets that fit neither task (or not the one asked for).
-    """
-    if task not in ("auto",) + TASKS:
-        raise ValueError(f"Unknown task. Received: task={task!r}. Allowed: 'auto', "
-                         + ", ".join(repr(t) for t in TASKS) + ".")
-    inputs, outputs = list(getattr(model, "inputs", None) or []), list(
-        getattr(model, "outputs", None) or [])
-    if len(inputs) > 1 or len(outputs) > 1:
-        raise ValueError(
-            f"compress() trains and scores models with one input and one output; "
-            f"{model.name!r} has {len(inputs)} inputs and {len(outputs)} outputs. Compress "
-            "it step by step (prune_low_magnitude / quantize_model, then convert and validate, "
-            "which take a dict of inputs), or compress each branch as its own model.")
-    if inputs:
-        want = tuple(inputs[0].shape[1:])
-        got = tuple(data.x_train.shape[1:])
-        if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
-            raise ValueError(f"The inputs have shape {got} per sample; model {model.name!r} "
-                             f"takes {want}. Received: x_train of shape {data.x_train.shape}.")
-    out = tuple(outputs[0].shape[1:]) if outputs else ()
-    labels = data.y_train.ndim == 1 and np.issubdtype(data.y_train.dtype, np.integer)
+def output_names(model) -> List[str]:
+    """The model's output names, in ``model.outputs`` order."""
+    names = list(getattr(model, "output_names", None) or [])
+    outputs = list(getattr(model, "outputs", None) or [])
+    return names if len(names) == len(outputs) else [f"output_{i}" for i in range(len(outputs))]
+
+
+def _parts(a) -> Tuple[np.ndarray, ...]:
+    """The arrays of one data field: ``(a,)`` for one array, the tuple itself otherwise."""
+    return a if isinstance(a, tuple) else (a,)
+
+
+def _head(a, n: int):
+    """The first ``n`` samples of one data field (one array or a tuple of arrays)."""
+    return tuple(p[:n] for p in a) if isinstance(a, tuple) else a[:n]
+
+
+def _num_samples(a) -> int:
+    return len(_parts(a)[0])
+
+
+def _output_task(out: tuple, y: np.ndarray, y_test: np.ndarray, task: str, what: str) -> str:
+    """``"classification"`` or ``"regression"`` for one output of shape ``out``."""
+    labels = y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
     classes = out[-1] if out else None
     if task in ("auto", "classification") and labels and classes and classes > 1:
-        lo = int(min(data.y_train.min(), data.y_test.min()))
-        hi = int(max(data.y_train.max(), data.y_test.max()))
+        lo, hi = int(min(y.min(), y_test.min())), int(max(y.max(), y_test.max()))
         if lo >= 0 and hi < classes:
             return "classification"
         if task == "classification":
-            raise ValueError(f"Labels must be in [0, {classes}) for a model with {classes} "
+            raise ValueError(f"Labels must be in [0, {classes}) for {what} with {classes} "
                              f"outputs. Received labels from {lo} to {hi}.")
     if task == "classification":
-        raise ValueError("task='classification' needs one integer label per sample and a "
-                         f"model output with more than one class. Received targets of shape "
-                         f"{data.y_train.shape} ({data.y_train.dtype}) for output {out}.")
-    targets = tuple(data.y_train.shape[1:])
+        raise ValueError(f"task='classification' needs one integer label per sample and "
+                         f"{what} with more than one class. Received targets of shape "
+                         f"{y.shape} ({y.dtype}) for output {out}.")
+    targets = tuple(y.shape[1:])
     if targets == out or (targets == () and out == (1,)):
         return "regression"
     raise ValueError(
-        f"The targets fit neither task: integer labels in [0, {classes}) make a classifier, "
-        f"targets of the output's shape {out} a regression. Received targets of shape "
-        f"{data.y_train.shape} ({data.y_train.dtype}).")
+        f"The targets of {what} fit neither task: integer labels in [0, {classes}) make a "
+        f"classifier, targets of the output's shape {out} a regression. Received targets "
+        f"of shape {y.shape} ({y.dtype}).")
+
+
+def output_tasks(model, data: "CompressionData", task="auto") -> Tuple[str, ...]:
+    """The task of each output (``"classification"`` or ``"regression"``), after checking
+    that the data fits the model; see :func:`detect_task`."""
+    tasks = [task] if isinstance(task, str) else list(task)
+    allowed = ("auto",) + TASKS
+    if not tasks or any(not isinstance(t, str) or t not in allowed for t in tasks):
+        raise ValueError(f"Unknown task. Received: task={task!r}. Allowed: "
+                         + ", ".join(repr(t) for t in allowed)
+                         + ", or one of 'auto', 'classification', 'regression' per output.")
+    inputs, outputs = list(getattr(model, "inputs", None) or []), list(
+        getattr(model, "outputs", None) or [])
+    xs = _parts(data.x_train)
+    if len(xs) != max(1, len(inputs)):
+        raise ValueError(f"Model {model.name!r} has {len(inputs)} inputs "
+                         f"{input_names(model)}; received {len(xs)} input arrays.")
+    for tensor, x in zip(inputs, xs):
+        want, got = tuple(tensor.shape[1:]), tuple(x.shape[1:])
+        if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+            which = f"input {tensor.name!r} of model" if len(inputs) > 1 else "model"
+            raise ValueError(f"The inputs have shape {got} per sample; {which} {model.name!r} "
+                             f"takes {want}. Received: an array of shape {x.shape}.")
+    ys, yts = _parts(data.y_train), _parts(data.y_test)
+    names = output_names(model)
+    if len(ys) != max(1, len(outputs)):
+        raise ValueError(f"Model {model.name!r} has {len(outputs)} outputs {names}; received "
+                         f"{len(ys)} target arrays (pass one per output, in output order or "
+                         "as a dict keyed by output name).")
+    if isinstance(task, str):
+        single = task
+        if single == "multi_output" and len(outputs) < 2:
+            raise ValueError(f"task='multi_output' is for models with several outputs; "
+                             f"{model.name!r} has {len(outputs)}.")
+        if len(outputs) > 1 and single not in ("auto", "multi_output"):
+            raise ValueError(f"Model {model.name!r} has {len(outputs)} outputs {names}: pass "
+                             "task='auto' or a list with one task per output. Received: "
+                             f"task={single!r}.")
+        tasks = ["auto" if single == "multi_output" else single] * len(ys)
+    elif len(tasks) != len(ys) or any(t == "multi_output" for t in tasks):
+        raise ValueError(f"A list of tasks gives one of 'auto', 'classification', "
+                         f"'regression' per output ({len(ys)}: {names}). Received: {task!r}.")
+    found = []
+    for i, (t, y, yt) in enumerate(zip(tasks, ys, yts)):
+        out = tuple(outputs[i].shape[1:]) if outputs else ()
+        what = f"output {names[i]!r}" if len(ys) > 1 else "a model"
+        found.append(_output_task(out, y, yt, t, what))
+    return tuple(found)
+
+
+def detect_task(model, data: "CompressionData", task="auto") -> str:
+    """``"classification"``, ``"regression"`` or ``"multi_output"``, after checking the
+    data fits the model.
+
+    ``"auto"``: a classifier when the targets are integer labels (one per sample) that
+    index the model's last axis; a regression (an autoencoder too) when the targets have
+    the shape of the model's output. A model with several outputs is ``"multi_output"``:
+    each output is a classifier or a regression by the same rule (:func:`output_tasks`;
+    ``task`` may also list one task per output). Models with several inputs take one
+    input array per input.
+
+    Raises:
+        ValueError: an unknown task, inputs or targets that do not fit the model's inputs
+            and outputs, or targets that fit neither task (or not the one asked for).
+    """
+    tasks = output_tasks(model, data, task)
+    return tasks[0] if len(tasks) == 1 else "multi_output"
+
+
+def _arrays(value, names: Sequence[str], field: str) -> Tuple[np.ndarray, ...]:
+    """One data field as a tuple of arrays, one per name (a dict is matched by name)."""
+    if len(names) <= 1:
+        if isinstance(value, dict):
+            if len(value) != 1:
+                raise ValueError(f"`{field}` is a dict of {len(value)} arrays; the model has "
+                                 f"one {'input' if field.startswith('x') else 'output'}.")
+            value = next(iter(value.values()))
+        return (np.asarray(value),)
+    if isinstance(value, dict):
+        missing = [n for n in names if n not in value]
+        unknown = [k for k in value if k not in names]
+        if missing or unknown:
+            raise ValueError(f"`{field}` names {sorted(map(str, value))}; the model's are "
+                             f"{list(names)}." + (f" Missing: {missing}." if missing else "")
+                             + (f" Unknown: {unknown}." if unknown else ""))
+        return tuple(np.asarray(value[n]) for n in names)
+    if isinstance(value, (list, tuple)) and len(value) == len(names):
+        return tuple(np.asarray(v) for v in value)
+    raise ValueError(f"`{field}` needs one array per model "
+                     f"{'input' if field.startswith('x') else 'output'} {list(names)}: a list "
+                     f"in that order or a dict keyed by name. Received: {type(value).__name__}"
+                     + (f" of length {len(value)}" if isinstance(value, (list, tuple)) else "")
+                     + ".")
+
+
+def _target(a: np.ndarray, n: int) -> np.ndarray:
+    """Integer labels (one per sample) as int64, any other target as float32."""
+    if _integral(a) and a.size == n:
+        return a.reshape(-1).astype("int64")
+    return a.astype("float32")
 
 
 @dataclasses.dataclass(frozen=True)
 class CompressionData:
-    """Training inputs and labels, and held-out test inputs and labels."""
+    """Training inputs and targets, and held-out test inputs and targets.
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    Each field is one array, or (models with several inputs or outputs) a tuple of
+    arrays in the model's input or output order.
+    """
+
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
 
     @classmethod
-    def from_any(cls, data) -> "CompressionData":
+    def from_any(cls, data, *, inputs: Sequence[str] = (),
+                 outputs: Sequence[str] = ()) -> "CompressionData":
         """From a CompressionData, a :class:`tfcompress.data.Dataset`, a 4-tuple
-        ``(x_train, y_train, x_test, y_test)`` or ``((x, y), (x_test, y_test))``."""
+        ``(x_train, y_train, x_test, y_test)`` or ``((x, y), (x_test, y_test))``.
+
+        With more than one name in ``inputs`` (``outputs``), each x (y) is a list of
+        arrays in that order or a dict keyed by those names.
+        """
         if isinstance(data, cls):
             return data
         if isinstance(data, data_lib.Dataset):
-            parts = (data.x_train, data.y_train, data.x_test, data.y_test)
+            fields = (data.x_train, data.y_train, data.x_test, data.y_test)
         elif isinstance(data, (tuple, list)) and len(data) == 2 and all(
                 isinstance(p, (tuple, list)) and len(p) == 2 for p in data):
-            parts = (*data[0], *data[1])
+            fields = (*data[0], *data[1])
         elif isinstance(data, (tuple, list)) and len(data) == 4:
-            parts = tuple(data)
+            fields = tuple(data)
         else:
             raise TypeError("`data` is (x_train, y_train, x_test, y_test), ((x, y), (x_test, "
                             "y_test)) or a tfcompress.data.Dataset. Received: "
                             f"{type(data).__name__}")
-        x, y, xt, yt = (np.asarray(p) for p in parts)
-        if any(p.dtype == object for p in (x, y, xt, yt)):
-            raise TypeError("compress takes one input array and one target array per split "
-                            "(models with several inputs or outputs are not supported). "
-                            "Received an array of Python objects.")
-        if len(x) != len(y) or len(xt) != len(yt) or not len(x) or not len(xt):
-            raise ValueError("Inputs and labels must be non-empty and of equal length. Received: "
-                             f"{len(x)} train inputs, {len(y)} labels; {len(xt)} test inputs, "
-                             f"{len(yt)} labels.")
-        for name, a in (("x_train", x), ("y_train", y), ("x_test", xt), ("y_test", yt)):
-            if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
-                raise TypeError(f"`{name}` must hold numbers. Received dtype {a.dtype}.")
-            if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-                bad = int(np.sum(~np.isfinite(a)))
-                raise ValueError(f"`{name}` holds {bad} NaN or infinite value(s); training and "
-                                 "calibration need finite data.")
-        if _integral(y) and _integral(yt) and y.size == len(y) and yt.size == len(yt):
-            return cls(x.astype("float32"), y.reshape(-1).astype("int64"), xt.astype("float32"),
-                       yt.reshape(-1).astype("int64"))
-        return cls(x.astype("float32"), y.astype("float32"), xt.astype("float32"),
-                   yt.astype("float32"))
+        names = dict(x_train=inputs, x_test=inputs, y_train=outputs, y_test=outputs)
+        arrays = {}
+        for field, value in zip(("x_train", "y_train", "x_test", "y_test"), fields):
+            arrays[field] = _arrays(value, names[field], field)
+            for i, a in enumerate(arrays[field]):
+                where = field if len(arrays[field]) == 1 else f"{field}[{i}]"
+                if a.dtype == object:
+                    raise TypeError(f"`{where}` is an array of Python objects. A model with "
+                                    "several inputs or outputs takes one array per input "
+                                    "or output (a list, or a dict keyed by name).")
+                if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+                    raise TypeError(f"`{where}` must hold numbers. Received dtype {a.dtype}.")
+                if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+                    bad = int(np.sum(~np.isfinite(a)))
+                    raise ValueError(f"`{where}` holds {bad} NaN or infinite value(s); "
+                                     "training and calibration need finite data.")
+        for split in ("train", "test"):
+            lengths = [len(a) if a.ndim else 0
+                       for a in arrays[f"x_{split}"] + arrays[f"y_{split}"]]
+            if not lengths[0] or len(set(lengths)) != 1:
+                raise ValueError(
+                    "Inputs and labels must be non-empty and of equal length. Received: "
+                    + "; ".join(f"{len(arrays['x_' + s][0])} {s} inputs, "
+                                f"{len(arrays['y_' + s][0])} labels"
+                                for s in ("train", "test")) + f" (lengths {lengths}).")
+        ys = [_target(y, len(y)) for y in arrays["y_train"]]
+        yts = [_target(y, len(y)) for y in arrays["y_test"]]
+        for i, (y, yt) in enumerate(zip(ys, yts)):
+            if y.dtype != yt.dtype:  # labels in one split only: both are float targets
+                ys[i], yts[i] = y.astype("float32"), yt.astype("float32")
+
+        def pack(items):
+            items = tuple(items)
+            return items if len(items) > 1 else items[0]
+
+        return cls(pack(a.astype("float32") for a in arrays["x_train"]), pack(ys),
+                   pack(a.astype("float32") for a in arrays["x_test"]), pack(yts))
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
-            h.update(str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
+        for field in (self.x_train, self.y_train, self.x_test, self.y_test):
+            for a in _parts(field):
+                h.update(str(a.shape).encode())
+                h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
 
@@ -210,8 +339,11 @@ class CompressionResult:
         latency: ``{"float_ms", "int8_ms", "ratio"}`` from the benchmark step, or None.
         recipe: the recipe that ran.
         output_dir: where the files are, or None.
-        task: ``"classification"`` or ``"regression"``.
+        task: ``"classification"``, ``"regression"`` or ``"multi_output"``.
         int8_mse: for a regression, the int8 file's test MSE ``{"xnnpack", "reference"}``.
+        int8_outputs: for a model with several outputs, the int8 file's score per output
+            on each kernel path: ``{"xnnpack": {name: {"accuracy"} or {"mse"}},
+            "reference": ...}`` (each stage has the Keras model's under ``outputs``).
     """
 
     model: Any
@@ -224,6 +356,7 @@ class CompressionResult:
     output_dir: Optional[str]
     task: str = "classification"
     int8_mse: Optional[dict] = None
+    int8_outputs: Optional[dict] = None
 
     @property
     def size_ratio(self) -> float:
@@ -238,6 +371,8 @@ class CompressionResult:
         if self.int8_mse is not None:
             out["int8_mse_xnnpack"] = self.int8_mse["xnnpack"]
             out["int8_mse_reference"] = self.int8_mse["reference"]
+        if self.int8_outputs is not None:
+            out["int8_outputs"] = self.int8_outputs
         if self.validation is not None:
             out["int8_accuracy_xnnpack"] = self.validation.xnnpack.accuracy
             out["int8_accuracy_reference"] = self.validation.reference.accuracy
@@ -252,7 +387,12 @@ class CompressionResult:
         def pct(v):
             return "-" if v is None else f"{100 * v:.2f}%"
 
+        def per_output(scores):
+            return "; ".join(f"{name} {_score_text(v)}" for name, v in scores.items())
+
         def score(stage):
+            if stage.get("outputs") is not None:
+                return per_output(stage["outputs"])
             return (f"{stage['mse']:.4g}" if stage.get("mse") is not None else "-") \
                 if regression else pct(stage.get("accuracy"))
 
@@ -263,6 +403,9 @@ class CompressionResult:
         if regression and self.int8_mse is not None:
             acc = (f"{self.int8_mse['xnnpack']:.4g} XNNPACK / "
                    f"{self.int8_mse['reference']:.4g} reference")
+        elif self.int8_outputs is not None:
+            acc = (f"XNNPACK: {per_output(self.int8_outputs['xnnpack'])} / reference: "
+                   f"{per_output(self.int8_outputs['reference'])}")
         elif self.validation is not None and not regression:
             acc = (f"{pct(self.validation.xnnpack.accuracy)} XNNPACK / "
                    f"{pct(self.validation.reference.accuracy)} reference")
@@ -271,16 +414,27 @@ class CompressionResult:
         rows.append(("int8 .tflite", "-", acc,
                      f"{len(self.tflite)} ({self.size_ratio:.3f}x)",
                      f"{lat['int8_ms']:.4f} ({lat['ratio']:.3f}x)" if lat else "-"))
-        return markdown_table(("stage", "params", "test MSE" if regression else "top-1",
+        metric = {"regression": "test MSE", "multi_output": "per output (top-1 or MSE)"}
+        return markdown_table(("stage", "params", metric.get(self.task, "top-1"),
                                "size B", "XNNPACK p50 ms"), rows)
+
+
+def _softmax_layer(layer) -> bool:
+    return isinstance(layer, keras.layers.Softmax) or getattr(
+        layer, "activation", None) is keras.activations.softmax
 
 
 def _from_logits(model) -> bool:
 
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return False
-    return getattr(last, "activation", None) is not keras.activations.softmax
+    return not _softmax_layer(model.layers[-1])
+
+
+def _outputs_from_logits(model) -> Tuple[bool, ...]:
+    """Per output: whether it is logits (not the output of a softmax)."""
+    outputs = list(getattr(model, "outputs", None) or [])
+    if len(outputs) <= 1:
+        return (_from_logits(model),)
+    return tuple(not _softmax_layer(_compat.producer(t)) for t in outputs)
 
 
 def _count_params(model) -> int:
@@ -305,15 +459,42 @@ def _loss(recipe: Recipe, from_logits: bool, task: str = "classification"):
                                alpha=recipe.distill.alpha, from_logits=from_logits)
 
 
+def _feed(x):
+    """One data field as Keras takes it: an array, or a list for several inputs."""
+    return list(x) if isinstance(x, tuple) else x
+
+
+def _output_score(task: str, pred: np.ndarray, y: np.ndarray) -> dict:
+    """``{"accuracy"}`` of a classifier output, ``{"mse"}`` of a regression output."""
+    if task == "classification":
+        return {"accuracy": float(np.mean(np.argmax(pred, -1).reshape(-1) == y.reshape(-1)))}
+    return {"mse": float(np.mean((pred - y.reshape(pred.shape)) ** 2))}
+
+
+def _score_text(score: Optional[dict]) -> str:
+    if not score:
+        return "-"
+    if score.get("accuracy") is not None:
+        return f"{100 * score['accuracy']:.2f}%"
+    return f"MSE {score['mse']:.4g}" if score.get("mse") is not None else "-"
+
+
 class _Run:
     """The state of one compress() call: data, options, and the work directory."""
 
     def __init__(self, model, data, recipe, *, output_dir, batch_size, learning_rate, callbacks,
-                 strategy, seed, verbose, from_logits, fit_kwargs, augment, task="classification"):
-        self.original, self.data, self.recipe, self.task = model, data, recipe, task
+                 strategy, seed, verbose, from_logits, fit_kwargs, augment,
+                 tasks=("classification",)):
+        self.original, self.data, self.recipe = model, data, recipe
+        self.tasks = tuple(tasks)
+        self.task = self.tasks[0] if len(self.tasks) == 1 else "multi_output"
+        self.output_names = output_names(model) if len(self.tasks) > 1 else []
         self.batch_size, self.learning_rate, self.callbacks = batch_size, learning_rate, callbacks
         self.strategy, self.seed, self.verbose, self.fit_kwargs = strategy, seed, verbose, fit_kwargs
-        self.from_logits = _from_logits(model) if from_logits is None else from_logits
+        if from_logits is None:
+            self.from_logits = _outputs_from_logits(model)
+        else:
+            self.from_logits = (bool(from_logits),) * len(self.tasks)
         self.work = Path(str(output_dir) + ".partial") if output_dir is not None else None
         self.augment = augment
         self.step_seed = seed
@@ -322,23 +503,33 @@ class _Run:
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
+    def loss(self):
+        """The training loss: one, or a list with one per output."""
+        losses = [_loss(self.recipe, logits, task)
+                  for task, logits in zip(self.tasks, self.from_logits)]
+        return losses[0] if len(losses) == 1 else losses
+
     def target(self, x=None):
-        """Labels, or labels packed with the original model's outputs on ``x``."""
+        """Labels, or labels packed with the original model's outputs on ``x`` (one
+        array, or a list with one per output)."""
         if self.recipe.distill is None:
-            return self.data.y_train
+            return _feed(self.data.y_train)
         if x is None and self._target is not None:
             return self._target
-        teacher = self.original.predict(self.data.x_train if x is None else x, batch_size=256,
-                                        verbose=0)
-        if self.task == "regression":
-            alpha = self.recipe.distill.alpha
-            y = self.data.y_train.reshape(teacher.shape).astype("float32")
-            target = alpha * y + (1 - alpha) * teacher.astype("float32")
-            if x is None:
-                self._target = target
-            return target
-        target = np.concatenate(
-            [self.data.y_train[:, None].astype("float32"), teacher.astype("float32")], -1)
+        teacher = self.original.predict(_feed(self.data.x_train if x is None else x),
+                                        batch_size=256, verbose=0)
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        if isinstance(teacher, dict):
+            teachers = [teacher[name] for name in output_names(self.original)]
+        targets = []
+        for task, t, y in zip(self.tasks, teachers, _parts(self.data.y_train)):
+            t = np.asarray(t, "float32")
+            if task == "regression":
+                alpha = self.recipe.distill.alpha
+                targets.append(alpha * y.reshape(t.shape).astype("float32") + (1 - alpha) * t)
+            else:
+                targets.append(np.concatenate([y[:, None].astype("float32"), t], -1))
+        target = targets[0] if len(targets) == 1 else targets
         if x is None:
             self._target = target
         return target
@@ -358,7 +549,7 @@ class _Run:
 
         with self.scope():
             model.compile(keras.optimizers.Adam(learning_rate or self.learning_rate),
-                          loss=_loss(self.recipe, self.from_logits, self.task))
+                          loss=self.loss())
         # verbose=1: one line for the step (epoch, loss, time; redrawn on a terminal),
         # verbose=2: Keras' progress bar per epoch as well.
         line = StatusLine(sys.stdout) if self.verbose == 1 else None
@@ -376,7 +567,7 @@ class _Run:
             [_EpochLine()] if line is not None else [])
         keras_verbose = 1 if self.verbose >= 2 else 0
         if self.augment is None:
-            model.fit(self.data.x_train, self.target(), batch_size=self.batch_size,
+            model.fit(_feed(self.data.x_train), self.target(), batch_size=self.batch_size,
                       epochs=epochs, verbose=keras_verbose, callbacks=callbacks, **self.fit_kwargs)
         else:
             # New augmented images every epoch; the original model answers on the same images.
@@ -396,17 +587,27 @@ class _Run:
             return None
         return top1_accuracy(model, self.data.x_test, self.data.y_test)
 
+    def output_scores(self, outputs: Sequence[np.ndarray]) -> List[dict]:
+        """Per output, in the model's output order: ``{"accuracy"}`` or ``{"mse"}``."""
+        return [_output_score(task, np.asarray(pred), y)
+                for task, pred, y in zip(self.tasks, outputs, _parts(self.data.y_test))]
+
     def scores(self, model) -> dict:
-        """The stage's quality numbers: ``accuracy`` for a classifier, ``mse`` otherwise."""
+        """The stage's quality numbers: ``accuracy`` for a classifier, ``mse`` for a
+        regression, ``outputs`` (name -> either) for a model with several outputs."""
         if self.task == "classification":
             return {"accuracy": self.accuracy(model)}
-        pred = model.predict(self.data.x_test, batch_size=256, verbose=0)
-        return {"accuracy": None,
-                "mse": float(np.mean((pred - self.data.y_test.reshape(pred.shape)) ** 2))}
+        pred = model.predict(_feed(self.data.x_test), batch_size=256, verbose=0)
+        if self.task == "regression":
+            return {"accuracy": None, **_output_score("regression", pred, self.data.y_test)}
+        if isinstance(pred, dict):
+            pred = [pred[name] for name in output_names(model)]
+        return {"accuracy": None, "mse": None,
+                "outputs": dict(zip(self.output_names, self.output_scores(pred)))}
 
 
 def _steps_per_epoch(run: _Run) -> int:
-    return int(np.ceil(len(run.data.x_train) / run.batch_size))
+    return int(np.ceil(_num_samples(run.data.x_train) / run.batch_size))
 
 
 RECONSTRUCTION_SAMPLES = data_lib.CALIBRATION_SAMPLES  # images for low-rank / channel refit
@@ -418,7 +619,8 @@ def _step_lowrank(run: _Run, model):
     with run.scope():
         factored = lowrank.factorize(model, energy=cfg.energy, ratio=cfg.ratio, layers=cfg.layers)
         if cfg.reconstruct and factored.factor_plans:
-            lowrank.reconstruct(factored, model, run.data.x_train[:RECONSTRUCTION_SAMPLES],
+            lowrank.reconstruct(factored, model,
+                                _feed(_head(run.data.x_train, RECONSTRUCTION_SAMPLES)),
                                 seed=run.step_seed)
     step_ms = run.fit(factored, cfg.epochs, learning_rate=cfg.learning_rate)
     return factored, {"factored_layers": len(factored.factor_plans), "step_ms": step_ms}
@@ -451,7 +653,8 @@ def _step_prune(run: _Run, model):
                 model, pruning_schedule=pruning.ConstantSparsity(cfg.sparsity, 0, frequency=freq),
                 criterion=cfg.criterion, layers=cfg.layers)
             channel_pruning.ChannelController(wrapped).update(cfg.sparsity)
-            channel_pruning.reconstruct(wrapped, model, run.data.x_train[:RECONSTRUCTION_SAMPLES],
+            channel_pruning.reconstruct(wrapped, model,
+                                        _feed(_head(run.data.x_train, RECONSTRUCTION_SAMPLES)),
                                         seed=run.step_seed)
         elif cfg.kind == "channels":
             schedule = pruning.PolynomialDecay(0.0, cfg.sparsity, begin_step=0, end_step=end,
@@ -480,7 +683,7 @@ def _step_quantize(run: _Run, model):
     cfg = run.recipe.quantize
     with run.scope():
         qmodel = post_training.post_training_quantize(
-            model, run.data.x_train, estimator=cfg.estimator,
+            model, _feed(run.data.x_train), estimator=cfg.estimator,
             num_samples=cfg.calibration_samples, progress=False)
     step_ms = float("nan")
     if cfg.method == "qat":
@@ -577,10 +780,26 @@ def _train(run: _Run, state: Optional[dict]):
     return current, stages
 
 
+def _file_inputs(run: _Run, x):
+    """Data for a ``.tflite``: one array, or a dict keyed by the Keras input names (the
+    names of the file's signature)."""
+    if not isinstance(x, tuple):
+        return x
+    return dict(zip(input_names(run.original), x))
+
+
+def _file_outputs(model: inspector.VerifiedModel, x, *, xnnpack: bool) -> List[np.ndarray]:
+    """The file's outputs on ``x``, in the Keras model's output order."""
+    interpreter = runtime.make_interpreter(model, xnnpack=xnnpack)
+    outputs = runtime.predict(interpreter, x)
+    return [outputs[i] for i in runtime.output_order(interpreter)]
+
+
 def _export_and_check(run: _Run, current, original_accuracy: float):
     """Converts, validates and times; each file is verified once and passed on."""
     recipe, data = run.recipe, run.data
-    calib = data.x_train[:data_lib.CALIBRATION_SAMPLES]
+    calib = _file_inputs(run, _head(data.x_train, data_lib.CALIBRATION_SAMPLES))
+    x_test = _file_inputs(run, data.x_test)
     progress = bool(run.verbose)
     float_tflite = convert(run.original, mode="float32", progress=False).verified
     sparse = (recipe.prune is not None and recipe.prune.kind != "channels"
@@ -596,7 +815,7 @@ def _export_and_check(run: _Run, current, original_accuracy: float):
             else max(0.0, original_accuracy - drop),
             max_error_steps_p99=None if classifier else validation.DEFAULT_MAX_ERROR_STEPS_P99,
             require_fully_integer=recipe.validate.require_fully_integer)
-        report = validation.validate(int8, data.x_test, y=data.y_test if classifier else None,
+        report = validation.validate(int8, x_test, y=data.y_test if classifier else None,
                                      reference=float_tflite, thresholds=thresholds,
                                      progress=progress)
     latency = None
@@ -607,13 +826,18 @@ def _export_and_check(run: _Run, current, original_accuracy: float):
         latency = {"float_ms": stats["float"].p50_ms, "int8_ms": stats["int8"].p50_ms,
                    "ratio": benchmark.paired_ratio(stats["int8"], stats["float"]),
                    "runs": recipe.benchmark.runs, "num_threads": recipe.benchmark.num_threads}
-    int8_mse = None
+    int8_mse = int8_outputs = None
     if run.task == "regression":
         int8_mse = {}
         for name, xnnpack in (("xnnpack", True), ("reference", False)):
-            out = runtime.predict(runtime.make_interpreter(int8, xnnpack=xnnpack), data.x_test)[0]
+            out = _file_outputs(int8, x_test, xnnpack=xnnpack)[0]
             int8_mse[name] = float(np.mean((out - data.y_test.reshape(out.shape)) ** 2))
-    return int8, float_tflite, report, latency, int8_mse
+    elif run.task == "multi_output":
+        int8_outputs = {}
+        for name, xnnpack in (("xnnpack", True), ("reference", False)):
+            scores = run.output_scores(_file_outputs(int8, x_test, xnnpack=xnnpack))
+            int8_outputs[name] = dict(zip(run.output_names, scores))
+    return int8, float_tflite, report, latency, int8_mse, int8_outputs
 
 
 def compress(
@@ -635,13 +859,16 @@ def compress(
     augment=None,
     task: str = "auto",
 ) -> CompressionResult:
-    """Compresses a trained Keras classifier to a checked, fully-int8 ``.tflite``.
+    """Compresses a trained Keras model to a checked, fully-int8 ``.tflite``.
 
     Args:
-        model: a trained Sequential or Functional Keras model (not changed).
+        model: a trained Sequential or Functional Keras model (not changed): a
+            classifier, a regression (an autoencoder too), or a model with several
+            inputs and outputs, each output a classifier or a regression.
         data: ``(x_train, y_train, x_test, y_test)`` (or see
             :meth:`CompressionData.from_any`): training steps fit on the first pair;
-            every accuracy is measured on the second.
+            every score is measured on the second. With several inputs (outputs), each
+            x (y) is a list of arrays in the model's order or a dict keyed by name.
         recipe: a :class:`~tfcompress.recipe.Recipe`, a dict, or a JSON/YAML path.
             Default: calibrate + 1 epoch of QAT, convert, validate, benchmark.
         output_dir: where to write the results; None keeps everything in memory (and
@@ -665,28 +892,32 @@ def compress(
         task: ``"classification"`` (integer labels, top-1 accuracy, cross-entropy),
             ``"regression"`` (targets of the output's shape, an autoencoder too: mean
             squared error), or ``"auto"`` to tell from the targets and the model
-            (:func:`detect_task`); the data is checked against the model before training.
+            (:func:`detect_task`); for several outputs, ``"auto"`` / ``"multi_output"``
+            or a list with one task per output (each output gets its own loss and
+            score; distillation packs or blends each output's targets with the original
+            model's). The data is checked against the model before training.
 
     Returns:
         A :class:`CompressionResult`.
     """
     recipe = as_recipe(recipe)
     _check_run_arguments(batch_size=batch_size, learning_rate=learning_rate, seed=seed)
-    data = CompressionData.from_any(data)
+    data = CompressionData.from_any(data, inputs=input_names(model), outputs=output_names(model))
     augment = _augmentation(augment)
     fit_kwargs = _checked_fit_kwargs(fit_kwargs)
     if output_dir is not None:
         _check_output_dir(Path(output_dir), overwrite=overwrite)
 
     _graph.functional(model, purpose="compress")  # a clear error for subclassed models
-    task = detect_task(model, data, task)
-    if task == "regression" and augment is not None:
-        raise ValueError("`augment` changes the inputs but not the targets, so it is for "
-                         "classifiers; this model is a regression. Pass augment=None.")
+    tasks = output_tasks(model, data, task)
+    if augment is not None and (tasks != ("classification",) or isinstance(data.x_train, tuple)):
+        raise ValueError("`augment` changes the images of a single-input classifier (not its "
+                         f"targets); this model has {len(_parts(data.x_train))} input(s) and "
+                         f"output tasks {list(tasks)}. Pass augment=None.")
     run = _Run(model, data, recipe, output_dir=output_dir, batch_size=batch_size,
                learning_rate=learning_rate, callbacks=callbacks, strategy=strategy, seed=seed,
                verbose=verbose, from_logits=from_logits, fit_kwargs=fit_kwargs, augment=augment,
-               task=task)
+               tasks=tasks)
     if run.work is None:
         return _run_steps(run, None)[0]
     final = Path(output_dir)
@@ -713,10 +944,10 @@ def compress(
 def _run_steps(run: "_Run", state: Optional[dict]):
     """Training steps, then export and checks: (CompressionResult, verified int8 file)."""
     current, stages = _train(run, state)
-    int8, float_tflite, report, latency, int8_mse = _export_and_check(
+    int8, float_tflite, report, latency, int8_mse, int8_outputs = _export_and_check(
         run, current, stages[0]["accuracy"])
     return CompressionResult(current, int8.bytes, float_tflite.bytes, tuple(stages), report,
-                             latency, run.recipe, None, run.task, int8_mse), int8
+                             latency, run.recipe, None, run.task, int8_mse, int8_outputs), int8
 
 
 def _check_run_arguments(*, batch_size, learning_rate, seed) -> None:
@@ -862,12 +1093,13 @@ def write_report(directory, result: "CompressionResult", *,
         labels.append("int8 file (XNNPACK)")
         values.append(100 * v.xnnpack.accuracy)
     label = "test MSE" if regression else "top-1 accuracy on the test data (%)"
-    report_lib.dot_chart(directory / "stages.png", labels, values, xlabel=label,
-                         title="Test error after each stage" if regression
-                         else "Accuracy after each stage (axis zoomed to the values)",
-                         fmt="{:.4g}" if regression else "{:.2f}", overwrite=overwrite)
-    doc.image(directory / "stages.png",
-              "test MSE after each stage" if regression else "accuracy after each stage")
+    if values:  # a model with several outputs has its scores per output in the table
+        report_lib.dot_chart(directory / "stages.png", labels, values, xlabel=label,
+                             title="Test error after each stage" if regression
+                             else "Accuracy after each stage (axis zoomed to the values)",
+                             fmt="{:.4g}" if regression else "{:.2f}", overwrite=overwrite)
+        doc.image(directory / "stages.png",
+                  "test MSE after each stage" if regression else "accuracy after each stage")
     report_lib.bar_chart(directory / "params.png", [s["stage"] for s in result.stages],
                          {"parameters": [float(s["params"]) for s in result.stages]},
                          xlabel="trainable parameters after the stage",

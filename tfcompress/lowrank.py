@@ -479,7 +479,8 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
     Args:
         model: a model from :func:`factorize`.
         original: the model it was factored from.
-        x: input samples (a NumPy array), e.g. 500 training images.
+        x: input samples (a NumPy array, or a list with one per model input), e.g.
+            500 training images.
         positions: output positions sampled per image for each convolution.
         ridge: L2 penalty of each kernel row, relative to its input's energy.
         seed: seed of the position sampling.
@@ -500,7 +501,7 @@ def reconstruct(model, original, x, *, positions: int = 32, ridge: float = 1e-3,
     if not pairs:
         raise ValueError(f"Model {model.name!r} has no factored pair (<name>_u, <name>_v) of "
                          f"a layer of {original.name!r}: call factorize() on it first.")
-    x = np.asarray(x)
+    x = _refit.as_samples(x)
     rng = np.random.default_rng(seed)
     return {layer.name[:-2]: _refit.refit(model, layer, original, by_name[layer.name[:-2]], x,
                                           positions=positions, ridge=ridge, rng=rng)

@@ -29,7 +29,8 @@ import keras
 import numpy as np
 
 from tfcompress import _graph, _io, benchmark, channel_pruning, lowrank, runtime
-from tfcompress.compression import CompressionData, compress, detect_task, top1_accuracy
+from tfcompress.compression import (CompressionData, compress, detect_task, input_names,
+                                    output_names, top1_accuracy)
 from tfcompress.recipe import Distill, LowRank, Prune, Quantize, Recipe, Validate, as_recipe
 from tfcompress.report import markdown_table, pareto_front, tradeoff_plot
 
@@ -302,11 +303,15 @@ def search(
         raise ValueError(f"`validation_split` must be in (0, 1). Received: {validation_split!r}")
     if output_dir is not None and Path(output_dir).exists() and not overwrite:
         raise FileExistsError(f"Refusing to overwrite {str(output_dir)!r}. Pass overwrite=True.")
-    full = CompressionData.from_any(data)
-    if detect_task(model, full) != "classification":
+    full = CompressionData.from_any(data, inputs=input_names(model),
+                                    outputs=output_names(model))
+    task = detect_task(model, full)
+    if task != "classification" or isinstance(full.x_train, tuple):
         raise ValueError("search() ranks recipes by top-1 accuracy, so it needs a classifier "
-                         "with integer labels; for a regression model, run compress() with a "
-                         "recipe of your choice.")
+                         "with one input and integer labels; for a regression model or a model "
+                         f"with several inputs or outputs (this one: {task}, "
+                         f"{len(input_names(model))} input(s)), run compress() with a recipe of "
+                         "your choice.")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("`validation_data` is a pair (x, y). Received: "

@@ -207,6 +207,30 @@ def input_details(interpreter: Interpreter) -> List[dict]:
     return [dict(d, signature_name=names.get(d["index"])) for d in details]
 
 
+def output_order(interpreter: Interpreter) -> List[int]:
+    """Positions in ``get_output_details()`` of the outputs in signature order.
+
+    The converter names a Keras model's outputs ``output_0``, ``output_1``, ... in the
+    model's order, while the file may list them otherwise. For files whose single
+    signature numbers its outputs so, the positions follow those numbers (the Keras
+    output order); otherwise the file's own order.
+    """
+    details = interpreter.get_output_details()
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return list(range(len(details)))
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
+    named = runner.get_output_details()
+    numbers = {}
+    for key, d in named.items():
+        if key.startswith("output_") and key[len("output_"):].isdigit():
+            numbers[d["index"]] = int(key[len("output_"):])
+    if len(numbers) != len(details) or sorted(numbers.values()) != list(range(len(details))):
+        return list(range(len(details)))
+    position = {d["index"]: i for i, d in enumerate(details)}
+    return [position[index] for index, _ in sorted(numbers.items(), key=lambda kv: kv[1])]
+
+
 def match_inputs(details: Sequence[dict], x) -> List[np.ndarray]:
     """Orders user data like the interpreter's inputs.
 
@@ -365,7 +389,7 @@ def intermediate_outputs(
     report = verified.report
     interpreter = make_interpreter(verified, xnnpack=xnnpack, num_threads=num_threads,
                                    preserve_all_tensors=True)
-    inputs = interpreter.get_input_details()
+    inputs = input_details(interpreter)  # a dict of data is matched by signature names
     xs = match_inputs(inputs, x)
     wanted = [t for op in report.ops for t in op.outputs
               if t >= 0 and report.tensors[t].dtype in ("float32", "int8", "uint8", "int16")
