@@ -241,6 +241,56 @@ def test_fix_input_output_range_and_remove_input_range():
     np.testing.assert_allclose(removed.predict(_x() * 0.1, verbose=0).shape, (16, 3))
 
 
+def test_quantizing_a_sequential_chain_gives_a_sequential_with_the_wrapper_at_layers_1(tmp_path):
+    from tfcompress import convert, post_training
+
+    model = keras.Sequential([keras.Input((6, 6, 2)), L.Conv2D(4, 3), L.BatchNormalization(),
+                              L.ReLU(), L.Flatten(), L.Dense(3)])
+    qat = quantize_model(model)
+    assert isinstance(qat, keras.Sequential)
+    assert isinstance(qat.layers[0], quantization.FakeQuant)  # the input's quantizer
+    assert isinstance(qat.layers[1], quantization.QuantizeWrapper)  # tfmot's layers[1]
+    x = np.random.default_rng(0).random((8, 6, 6, 2)).astype("float32")
+    post_training.calibrate(qat, x)
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    assert isinstance(loaded, keras.Sequential)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+    assert quantization.quantize_report(loaded).summary() == qat.quantize_report.summary()
+    np.testing.assert_allclose(quantization.strip_quantization(qat).predict(x, verbose=0),
+                               qat.predict(x, verbose=0), atol=0.2)
+    assert convert(qat, progress=False).report.inputs[0].dtype == "int8"
+
+
+def test_a_sequential_whose_qat_graph_branches_stays_functional():
+    # Swish runs as x * sigmoid(x) (TFLite's LOGISTIC then MUL): two branches, not a chain.
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4), L.Activation("swish")])
+    qat = quantize_model(model)
+    assert not isinstance(qat, keras.Sequential)
+    assert isinstance(qat.layers[0], L.InputLayer)
+
+
+def test_builtin_wrapper_quantize_config_describes_it_in_tfmots_terms():
+    inputs = keras.Input((6, 6, 2))
+    x = L.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = L.DepthwiseConv2D(3, name="depthwise")(x)
+    outputs = quantize_annotate_layer(L.Dense(3, name="mine"), quantize_config=NothingConfig())(
+        L.Flatten()(x))
+    model = keras.Model(inputs, L.Dense(2, name="head")(outputs))
+    qat = quantize_apply(quantize_annotate_model(model))
+    configs = {layer.layer.name: layer.quantize_config for layer in qat.layers
+               if isinstance(layer, (quantization.QuantizeWrapper, QuantizeWrapperV2))}
+    conv, depthwise, dense = (configs[n] for n in ("conv", "depthwise", "head"))
+    for config in (conv, depthwise, dense):  # Keras 3 names every one of them `kernel`
+        assert isinstance(config, default_8bit.Default8BitQuantizeConfig)
+        assert (config.weight_attrs, config.activation_attrs, config.quantize_output) == (
+            ["kernel"], ["activation"], False)
+    assert isinstance(configs["mine"], NothingConfig)  # the user's, as given
+    wrapper = next(layer for layer in qat.layers if isinstance(layer, quantization.QuantizeWrapper))
+    with pytest.raises(AttributeError):
+        wrapper.quantize_config = NothingConfig()
+
+
 def test_quantize_scope_is_kept_and_plain_loading_needs_no_scope(tmp_path):
     qat = quantize_model(keras.Sequential([keras.Input((5,)), L.Dense(3)]))
     qat.save(tmp_path / "m.keras")

@@ -152,7 +152,8 @@ class Default8BitQuantizeRegistry(QuantizeRegistry):
                              "supported by the default 8-bit registry. Give it a "
                              "QuantizeConfig of your own.")
         if kind.quantize_weights:
-            attr = "depthwise_kernel" if hasattr(layer, "depthwise_kernel") else "kernel"
+            attr = next((a for a in ("depthwise_kernel", "embeddings") if hasattr(layer, a)),
+                        "kernel")
             activation = ["activation"] if hasattr(layer, "activation") else []
             return Default8BitQuantizeConfig([attr], activation, not activation)
         if kind.output_range == "input":

@@ -21,7 +21,7 @@ from typing import Dict, List, Tuple
 import keras
 import numpy as np
 
-from tfcompress import _compat, layer_kinds, quantization
+from tfcompress import _compat, _graph, layer_kinds, quantization
 from tfcompress.data import CALIBRATION_SAMPLES
 from tfcompress.quantization import FakeQuant, QuantizeWrapper, quantize_model
 
@@ -142,7 +142,9 @@ def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = CALI
 def _run(model, inputs, start: int, stop: int) -> None:
     """One eager inference call on samples ``start:stop`` of every input."""
     batch = [np.asarray(x[start:stop], np.float32) for x in inputs]
-    structured = isinstance(model.input, (list, tuple))
+    # A Sequential has no `input` until it is called: it always takes one tensor.
+    structured = (not isinstance(model, keras.Sequential)
+                  and isinstance(model.input, (list, tuple)))
     model(batch if structured else batch[0], training=False)
 
 
@@ -205,7 +207,7 @@ def _input_channel_ranges(wrapper) -> np.ndarray:
 
 def _equalizable(layer) -> bool:
     """A wrapper whose kernel is laid out (..., in, out): not a transposed convolution."""
-    return (isinstance(layer, QuantizeWrapper) and layer.quantize_config is None
+    return (isinstance(layer, QuantizeWrapper) and layer.user_quantize_config is None
             and layer_kinds.kind_of(layer.layer).kernel in ("dense", "conv", "depthwise"))
 
 
@@ -222,7 +224,8 @@ def equalize(model) -> List[Tuple[str, str]]:
     Returns:
         The ``(A, B)`` layer names that were equalized.
     """
-    nodes = _compat.graph_nodes(model)
+    # A Sequential QAT model: the same layers in a Functional graph (edits reach them).
+    nodes = _compat.graph_nodes(_graph.functional(model, purpose="equalization"))
     readers: Dict[int, list] = {}
     for node in nodes:
         for t in node.input_tensors:

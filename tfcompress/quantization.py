@@ -62,7 +62,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tfcompress import _compat, _graph, layer_kinds, quantizers
+from tfcompress import _compat, _graph, default_8bit, layer_kinds, quantizers
 # tfmot's protocol objects, under tfmot's names here too (tfcompress.quantizers).
 from tfcompress.quantizers import (QuantizeConfig, QuantizeLayoutTransform, QuantizeRegistry,
                                    QuantizeScheme, QuantizeWrapperV2, fix_input_output_range,
@@ -375,7 +375,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.batchnorm = batchnorm
         self.weight_bits = weight_bits
         self.activation_bits = activation_bits
-        self.quantize_config = quantize_config
+        # The user's config, or None for tfcompress's own folded, per-channel quantization
+        # (then `quantize_config` describes that in tfmot's terms).
+        self.user_quantize_config = quantize_config
         self.notes = tuple(notes or ())
         self.pre_activation = None
         if quantize_config is None and layer_kinds.activation_name(layer) not in _NO_PRE_ACTIVATION:
@@ -385,6 +387,19 @@ class QuantizeWrapper(keras.layers.Wrapper):
         # is called on a symbolic tensor (in a Functional graph, also after loading); a
         # plain attribute, not a tracked sublayer: the graph owns it.
         object.__setattr__(self, "_input_quantizer", None)
+
+    @property
+    def quantize_config(self) -> QuantizeConfig:
+        """The QuantizeConfig this wrapper follows (tfmot's attribute; read-only).
+
+        The config the layer was annotated with, as given; for a layer quantized by
+        tfcompress itself, a :class:`~tfcompress.default_8bit.Default8BitQuantizeConfig`
+        that says the same in tfmot's terms (the weight quantized, the activation it
+        fuses). It describes the wrapper: changing it changes nothing.
+        """
+        if self.user_quantize_config is not None:
+            return self.user_quantize_config
+        return default_8bit.Default8BitQuantizeRegistry().get_quantize_config(self.layer)
 
     def __call__(self, *args, **kwargs):
         if args and isinstance(args[0], keras.KerasTensor):
@@ -431,7 +446,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.built = True
 
     def _kernel_variable(self):
-        if self.quantize_config is not None:
+        if self.user_quantize_config is not None:
             return None
         if _kernel_layout(self.layer) == "embedding":
             return self.layer.embeddings
@@ -550,8 +565,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return folded, new_bias
 
     def call(self, inputs, training=None):
-        if self.quantize_config is not None:
-            for w in self.quantize_config.get_weights_to_quantize(self.layer):
+        if self.user_quantize_config is not None:
+            for w in self.user_quantize_config.get_weights_to_quantize(self.layer):
                 m = symmetric_max(w, per_channel=False)
                 # Custom layers read their own variables: quantize them in place.
                 w.assign(fake_quant(w, -m, m, num_bits=self.weight_bits, narrow_range=True))
@@ -582,7 +597,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def compute_output_spec(self, *args, **kwargs):
-        if self.quantize_config is None:
+        if self.user_quantize_config is None:
             return super().compute_output_spec(*args, **kwargs)
         kwargs.pop("training", None)
         return self.layer.compute_output_spec(*args, **kwargs)
@@ -591,7 +606,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         config = super().get_config()
         config.update(batchnorm=_serialize(self.batchnorm), weight_bits=self.weight_bits,
                       activation_bits=self.activation_bits,
-                      quantize_config=_serialize(self.quantize_config), notes=list(self.notes))
+                      quantize_config=_serialize(self.user_quantize_config), notes=list(self.notes))
         return config
 
 
@@ -1608,6 +1623,47 @@ def _pairwise(layer, tensors: list, bits: Scheme) -> list:
     return [acc, tensors[-1]]
 
 
+def _straight_chain(model) -> Optional[list]:
+    """The layers of a Functional ``model``, input to output, when each reads only the one
+    before it (what a Sequential can hold); None otherwise."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None
+    chain: list = []
+    tensor = model.outputs[0]
+    while True:
+        node = _compat.producer_node(tensor)
+        if node is None:
+            return None
+        layer = node.operation
+        if isinstance(layer, keras.layers.InputLayer):
+            break
+        args, kwargs = _compat.node_arguments(node)
+        if (_compat.is_operation(layer) or len(node.input_tensors) != 1 or len(args) != 1
+                or any(v is not None for v in kwargs.values())
+                or any(layer is seen for seen in chain)):
+            return None
+        chain.append(layer)
+        tensor = node.input_tensors[0]
+    if tensor is not model.inputs[0] or len(chain) != len(model.layers) - 1:
+        return None
+    return chain[::-1]
+
+
+def _like_original(qat, model):
+    """``qat`` as a Sequential when ``model`` was one and the QAT graph is a straight chain,
+    so that ``qat.layers`` reads as tfmot's (``layers[0]`` quantizes the input,
+    ``layers[1]`` wraps the first layer); the Functional ``qat`` otherwise."""
+    chain = _straight_chain(qat) if isinstance(model, keras.Sequential) else None
+    if chain is None:
+        return qat
+    source = qat.inputs[0]
+    inputs = keras.Input(batch_shape=source.shape, dtype=source.dtype,
+                         name=_compat.producer(source).name)
+    sequential = keras.Sequential([inputs] + chain, name=qat.name)
+    sequential.quantize_report = qat.quantize_report
+    return sequential
+
+
 def rebuild(model, plan: QuantizePlan):
     """Builds the QAT model that ``plan`` describes.
 
@@ -1616,7 +1672,8 @@ def rebuild(model, plan: QuantizePlan):
         plan: a :class:`QuantizePlan`, possibly edited (``dataclasses.replace``).
 
     Returns:
-        A new Functional model with the weights copied; ``.quantize_report`` is
+        A new model with the weights copied (a Sequential when ``model`` is one and the
+        QAT graph is a straight chain, else Functional); ``.quantize_report`` is
         ``plan.report()``.
 
     Raises:
@@ -1632,7 +1689,7 @@ def rebuild(model, plan: QuantizePlan):
             f"{sorted(graph - planned)}; only in the plan: {sorted(planned - graph)}. "
             "Make the plan with plan_quantization(model).")
     _check_scheme(plan.scheme)
-    return _rebuild(prepared, plan)
+    return _like_original(_rebuild(prepared, plan), model)
 
 
 def _scheme_name(scheme) -> str:
@@ -1690,7 +1747,10 @@ def quantize_apply(model, scheme="default_8bit", quantized_layer_name_prefix: st
         quantized_layer_name_prefix: the prefix of the quantized layers' names.
 
     Returns:
-        A new Functional model; ``.quantize_report`` is a :class:`QuantizeReport`
+        A new model: a Sequential when ``model`` is one and the QAT graph is a straight
+        chain (as in tfmot, ``layers[0]`` then quantizes the input and ``layers[1]``
+        wraps the first layer), else a Functional model. ``.quantize_report`` is a
+        :class:`QuantizeReport`
         (an attribute that a `.keras` file does not keep: :func:`quantize_report`
         reads the same report from the model's layers).
 
@@ -1708,7 +1768,7 @@ def quantize_apply(model, scheme="default_8bit", quantized_layer_name_prefix: st
                          f"annotated layers. Received: {type(model).__name__}")
     prepared, split_notes = _prepare(model)
     _check_annotations(prepared)
-    qat = _rebuild(prepared, _make_plan(prepared, scheme, split_notes))
+    qat = _like_original(_rebuild(prepared, _make_plan(prepared, scheme, split_notes)), model)
     if quantized_layer_name_prefix != "quant_":
         for layer in qat.layers:
             if isinstance(layer, (QuantizeWrapper, QuantizeWrapperV2)) and \
@@ -1776,7 +1836,9 @@ def quantize_model(to_quantize, quantized_layer_name_prefix: str = "quant_", *,
         scheme: ``"default_8bit"`` or ``"int16x8"`` (or a QuantizeScheme naming one).
 
     Returns:
-        The QAT model (a new Functional model with the weights copied).
+        The QAT model, with the weights copied: a Sequential when ``to_quantize`` is
+        one and the QAT graph is a straight chain, else Functional (see
+        :func:`quantize_apply`).
 
     Raises:
         ValueError: ``to_quantize`` is not a Sequential or Functional model (a layer, as
@@ -1804,7 +1866,7 @@ def strip_quantization(model):
     def clone_function(layer):
         if _compat.is_operation(layer):
             return layer  # stateless: the same op, called on the new tensors
-        if not isinstance(layer, QuantizeWrapper) or layer.quantize_config is not None:
+        if not isinstance(layer, QuantizeWrapper) or layer.user_quantize_config is not None:
             base = layer.layer if isinstance(layer, (QuantizeWrapper, QuantizeWrapperV2)) else layer
             new = type(base).from_config(base.get_config())
             if base.weights and not isinstance(base, FakeQuant):  # FakeQuant is dropped
@@ -1900,7 +1962,7 @@ def recording(model, *, activations: bool = True, bias_shifts: bool = False):
     quantizers = [layer for layer in layers if isinstance(layer, FakeQuant)]
     learned = [q for q in quantizers if q.fixed_range is None] if activations else []
     wrappers = [layer for layer in layers if isinstance(layer, QuantizeWrapper)
-                and layer.quantize_config is None] if bias_shifts else []
+                and layer.user_quantize_config is None] if bias_shifts else []
     previous = [float(q.calibrating.numpy()) for q in quantizers]
     seen = Recording()
     for q in quantizers:

@@ -614,6 +614,7 @@ def _is_range_quantizer(layer) -> bool:
 
 def _edge_quantizers(model):
     """The FakeQuant layers that read a model input, and those that give an output."""
+    model = _graph.functional(model, purpose="finding the input and output quantizers")
     inputs = {id(t) for t in model.inputs}
     outputs = {id(_compat.producer(t)) for t in model.outputs}
     first, last = [], []

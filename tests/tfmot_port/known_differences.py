@@ -19,12 +19,6 @@ KNOWN_DIFFERENCES = {
         "`registered_name` to tf_keras' {class_name, config}",
     "testQuantizeCustomLayerWithoutQuantizeScope_RaisesError": "custom classes need no "
         "registration (the test asserts tfmot's clone error)",
-    "testQuantize_UsesBuiltinQuantizeConfig": "built-in layers get tfcompress's folded "
-        "QuantizeWrapper, not a QuantizeWrapper with Default8BitQuantizeConfig, and the QAT "
-        "model has a FakeQuant at layers[1]",
-    "testQuantize_UsesQuantizeConfigFromUser_NoBuiltIn": "the QAT model is Functional with an "
-        "input FakeQuant at layers[1] (tfmot's wrapper sits there)",
-    "testQuantize_PreferenceToUserSpecifiedQuantizeConfig": "as above",
 }
 # Keras 3 cannot express these tests' mechanics (counted apart as well as in the total).
 KERAS3_IMPOSSIBLE = {"testEmbedding", "testCollectPrunableLayers",
