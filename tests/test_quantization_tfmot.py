@@ -195,8 +195,14 @@ def test_quantize_apply_without_annotated_layers_is_a_value_error(make):
 def test_a_dense_subclass_needs_a_quantize_config_as_in_tfmot():
     model = keras.Sequential([MyDense(3, input_shape=(2,))])
     annotated = quantize_annotate_model(model)  # annotating passes
-    with pytest.raises(RuntimeError, match="MyDense subclasses a Keras layer"):
+    with quantize_scope({"MyDense": MyDense}):
+        with pytest.raises(RuntimeError, match="MyDense subclasses a Keras layer"):
+            quantize_apply(annotated)
+    # A class Keras cannot find fails first, with tfmot's ValueError (clone error), and a
+    # note that says what is missing.
+    with pytest.raises(ValueError, match="Unable to clone model") as error:
         quantize_apply(annotated)
+    assert "MyDense subclasses a Keras layer" in error.value.__notes__[0]
     qat = quantize_apply(keras.Sequential([quantize_annotate_layer(
         MyDense(3, input_shape=(2,)), quantize_config=NothingConfig())]))
     assert isinstance(qat.layers[-1].quantize_config, NothingConfig)

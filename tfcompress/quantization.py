@@ -1724,11 +1724,24 @@ def _check_annotations(model) -> None:
         if (layer.quantize_config is None and not cls.__module__.startswith("keras.")
                 and cls not in layer_kinds.registered()
                 and layer_kinds.kind_of(cls) is not layer_kinds.UNKNOWN):
-            raise RuntimeError(
-                f"Layer {base.name!r} of class {cls.__name__} subclasses a Keras layer and has "
-                "no QuantizeConfig, so how it computes is unknown (tfmot refuses it too). "
-                "Give it one: quantize_annotate_layer(layer, quantize_config=...), or "
-                "layer_kinds.register() its class.")
+            why = (f"Layer {base.name!r} of class {cls.__name__} subclasses a Keras layer and "
+                   "has no QuantizeConfig, so how it computes is unknown (tfmot refuses it "
+                   "too). Give it one: quantize_annotate_layer(layer, quantize_config=...), or "
+                   "layer_kinds.register() its class.")
+            if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is not cls:
+                # tfmot fails earlier for a class Keras cannot find (its clone), with this
+                # ValueError: kept, so that tfmot code catching it behaves the same.
+                error = ValueError(_UNKNOWN_CLASS)
+                error.add_note(why)
+                raise error
+            raise RuntimeError(why)
+
+
+# tfmot's words when its clone meets a custom class Keras cannot deserialize.
+_UNKNOWN_CLASS = (
+    "Unable to clone model. This generally happens if you used custom Keras layers or objects "
+    "in your model. Please specify them via `quantize_scope` for your calls to "
+    "`quantize_model` and `quantize_apply`.")
 
 
 def quantize_apply(model, scheme="default_8bit", quantized_layer_name_prefix: str = "quant_"):
@@ -1757,7 +1770,9 @@ def quantize_apply(model, scheme="default_8bit", quantized_layer_name_prefix: st
     Raises:
         ValueError: an unknown scheme, a model without annotated layers, or an annotated
             layer this module cannot quantize.
-        RuntimeError: an annotated subclass of a Keras layer without a QuantizeConfig.
+        RuntimeError: an annotated subclass of a Keras layer without a QuantizeConfig
+            (a ValueError, as in tfmot, when its class is neither registered with Keras
+            nor given through ``quantize_scope`` / ``keras.saving.custom_object_scope``).
     """
     scheme = _scheme_name(scheme)
     if not isinstance(quantized_layer_name_prefix, str):

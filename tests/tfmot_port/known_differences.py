@@ -17,8 +17,6 @@ KNOWN_DIFFERENCES = {
     "testConv3DWeightNotPrunedWithSparsityMbyN": "Keras 3: Conv3D takes no extra batch axes",
     "testSerialization": "Keras 3's serialize_keras_object adds `module` and "
         "`registered_name` to tf_keras' {class_name, config}",
-    "testQuantizeCustomLayerWithoutQuantizeScope_RaisesError": "custom classes need no "
-        "registration (the test asserts tfmot's clone error)",
 }
 # Keras 3 cannot express these tests' mechanics (counted apart as well as in the total).
 KERAS3_IMPOSSIBLE = {"testEmbedding", "testCollectPrunableLayers",
