@@ -93,6 +93,24 @@ def test_a_clean_library_error_is_a_refusal_and_anything_else_a_failure(tmp_path
     assert classify(lambda: {}["k"], "op: quantize_model") == "failed"  # not the library's
 
 
+def test_the_int8_rounded_kernel_reference_rounds_per_channel_and_restores_the_model():
+    spec = zoo.ZOO["lstm_kws"]  # a model that lists its LSTM's weights again at the top
+    model = spec.build("small")
+    x = zoo.make_data(spec, model, "small")["eval"][:4]
+    before = [w.copy() for w in model.get_weights()]
+    plain = zoo.keras_outputs(model, x)[0]
+    rounded = zoo.weight_rounded_outputs(model, x, "int16x8")[0]
+    assert 0 < np.max(np.abs(rounded - plain)) < 0.1 * np.max(np.abs(plain))
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(zoo.keras_outputs(model, x)[0], plain)
+    # One scale per output channel (column): 0.5 / 127 and 2 / 127; 63.5 rounds to 64.
+    w = np.array([[0.5, -2.0], [0.25, 1.0], [-0.25, 0.0]], "float32")
+    np.testing.assert_allclose(zoo._rounded_to_int8(w, "kernel"),
+                               [[0.5, -2.0], [64 * 0.5 / 127, 64 * 2 / 127],
+                                [-64 * 0.5 / 127, 0.0]], rtol=1e-6)
+
+
 def test_a_crash_or_a_hang_costs_only_its_cell():
     # One child per batch: the SIGSEGV ends it, a new child hangs in the next cell until
     # the per-cell watchdog ends it, and a third child runs the last cell.

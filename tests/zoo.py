@@ -909,7 +909,8 @@ def _rounded_to_int8(w: np.ndarray, name: str) -> np.ndarray:
         else w.reshape(-1, w.shape[-1])
     scale = np.max(np.abs(cols), axis=0) / 127.0
     scale[scale == 0] = 1.0
-    return (np.clip(np.round(cols / scale), -127, 127) * scale).reshape(w.shape).astype(w.dtype)
+    q = np.sign(cols) * np.floor(np.abs(cols / scale) + 0.5)  # half away from zero, as TFLite
+    return (np.clip(q, -127, 127) * scale).reshape(w.shape).astype(w.dtype)
 
 
 def weight_rounded_outputs(model, x, mode: str) -> List[np.ndarray]:
@@ -922,10 +923,13 @@ def weight_rounded_outputs(model, x, mode: str) -> List[np.ndarray]:
     a deep random-weight network loses 20% of its output magnitude to 8-bit weights alone.
     """
     keras = _keras()
-    saved = []
+    saved, seen = [], set()
     try:
         for layer in _flat_layers(model):
             for v in layer.weights:
+                if id(v) in seen:  # a model lists its layers' weights too
+                    continue
+                seen.add(id(v))
                 name = v.path.split("/")[-1]
                 w = np.asarray(keras.ops.convert_to_numpy(v))
                 if name not in _INT8_WEIGHTS or w.ndim < 2 or (
