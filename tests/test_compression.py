@@ -327,6 +327,17 @@ def test_a_two_input_two_output_model_is_compressed_with_a_loss_and_a_score_per_
     assert json.loads((tmp_path / "out" / "result.json").read_text())["task"] == "multi_output"
 
 
+def test_a_two_input_classifier_is_scored_and_validated_with_its_labels():
+    model, x, y = _two_in_two_out(n=96)
+    classifier = keras.Model(model.inputs, model.outputs[0])
+    result = compress(classifier, (x, y[0], x, y[0]), recipe=PTQ_ONLY | {"validate": {}},
+                      verbose=0)
+    assert result.task == "classification"
+    pred = np.argmax(classifier.predict(x, verbose=0), -1)
+    assert result.stages[0]["accuracy"] == pytest.approx(float(np.mean(pred == y[0])))
+    assert abs(result.validation.reference.accuracy - result.stages[-1]["accuracy"]) <= 2 / 96
+
+
 def test_refits_of_a_two_input_model_read_both_inputs():
     # Low-rank and channel-pruning reconstruction read the layers' inputs through the
     # model, so they get one array per model input.

@@ -585,7 +585,7 @@ class _Run:
         """Top-1 accuracy on the test data (classification), else None."""
         if self.task != "classification":
             return None
-        return top1_accuracy(model, self.data.x_test, self.data.y_test)
+        return top1_accuracy(model, _feed(self.data.x_test), self.data.y_test)
 
     def output_scores(self, outputs: Sequence[np.ndarray]) -> List[dict]:
         """Per output, in the model's output order: ``{"accuracy"}`` or ``{"mse"}``."""
