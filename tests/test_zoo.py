@@ -27,7 +27,6 @@ SAMPLED_CELLS = {
     ("op_add", "qat"): None,  # fixed: operator nodes in QAT (was AttributeError on `+`)
     ("two_in_two_out", "qat"): None,
     ("dense_autoencoder", "compress"): None,
-    ("two_in_two_out", "compress"): None,    # was refused: one input and one output only
     ("conv1d_audio", "int16x8"): None,       # checked against int8-rounded kernels
     # Not strict: the p99 moves between processes (2.0 passes in the suite's process,
     # 2.1 fails in tools/zoo_benchmark.py's child process on 2026-12-03).
