@@ -401,3 +401,20 @@ def test_fake_quant_recording_and_set_range_are_public():
     q.set_range(-1.0, 2.0)
     assert (float(q.min_value.numpy()), float(q.max_value.numpy()), float(q.initialized.numpy())) == (
         -1.0, 2.0, 1.0)
+
+
+def test_post_training_quantize_takes_the_inputs_of_a_two_input_model_as_a_dict_or_a_list():
+    from tfcompress.post_training import post_training_quantize
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((6,), name="zeta"), keras.Input((3,), name="alpha")
+    h = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], [keras.layers.Dense(2)(h), keras.layers.Dense(4)(h)])
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(64, 6)).astype("float32"), rng.normal(size=(64, 3)).astype("float32")]
+    by_dict = post_training_quantize(model, {"alpha": x[1], "zeta": x[0]}, progress=False)
+    by_list = post_training_quantize(model, x, progress=False)
+    np.testing.assert_array_equal(by_dict.predict(x, verbose=0)[1], by_list.predict(x, verbose=0)[1])
+    with pytest.raises(ValueError, match=r"names the inputs \['zeta'\]; the model's inputs are "
+                                         r"\['zeta', 'alpha'\]"):
+        post_training_quantize(model, {"zeta": x[0]}, progress=False)

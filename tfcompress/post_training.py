@@ -108,7 +108,8 @@ def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = CALI
 
     Args:
         model: a model from :func:`quantize_model` / :func:`quantize_apply`.
-        data: an array of inputs (or a list of arrays for several inputs).
+        data: an array of inputs (for several inputs: a list of arrays in the
+            model's input order, or a dict keyed by input name).
         estimator: see :func:`estimate_range`.
         num_samples: how many samples of ``data`` to use.
         batch_size: samples per forward pass.
@@ -125,7 +126,7 @@ def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = CALI
                for layer in _compat.flatten_layers(model)):
         raise ValueError("The model has no activation quantizer to calibrate; pass a model "
                          "from quantize_model() or quantize_apply().")
-    inputs = data if isinstance(data, (list, tuple)) else [data]
+    inputs = _input_arrays(model, data)
     n = min(num_samples, len(inputs[0]))
     bar = keras.utils.Progbar(n, unit_name="sample") if progress else None
     with quantization.recording(model) as seen:
@@ -137,6 +138,19 @@ def calibrate(model, data, *, estimator: str = "minmax", num_samples: int = CALI
         q.set_range(*estimate_range(batches, estimator, percentile=percentile,
                                     num_bits=q.num_bits))
     return model
+
+
+def _input_arrays(model, data) -> List[np.ndarray]:
+    """``data`` as one array per model input, in ``model.inputs`` order: one array, a list
+    or tuple in that order, or a dict keyed by input name."""
+    if isinstance(data, dict):
+        names = [t.name for t in getattr(model, "inputs", None) or []]
+        if sorted(names) != sorted(data):
+            raise ValueError(f"`data` names the inputs {sorted(data)}; the model's inputs are "
+                             f"{names}. Pass a dict with exactly those keys, or a list in that "
+                             "order.")
+        return [data[name] for name in names]
+    return list(data) if isinstance(data, (list, tuple)) else [data]
 
 
 def _run(model, inputs, start: int, stop: int) -> None:
@@ -161,7 +175,7 @@ def correct_bias(model, data, *, num_samples: int = CALIBRATION_SAMPLES,
     Returns:
         ``{layer name: mean absolute correction}`` for the layers corrected.
     """
-    inputs = data if isinstance(data, (list, tuple)) else [data]
+    inputs = _input_arrays(model, data)
     n = min(num_samples, len(inputs[0]))
     with quantization.recording(model, activations=False, bias_shifts=True) as seen:
         for start in range(0, n, batch_size):
@@ -293,7 +307,8 @@ def post_training_quantize(model, representative_data, *, estimator: str = "perc
 
     Args:
         model: a Sequential or Functional Keras model.
-        representative_data: an array of real inputs.
+        representative_data: an array of real inputs (for several inputs: a list
+            in the model's input order, or a dict keyed by input name).
         estimator: range estimator (see :func:`estimate_range`).
         num_samples: calibration samples.
         scheme: ``"default_8bit"`` or ``"int16x8"``.
