@@ -220,6 +220,13 @@ def convert(
         qat = False
     if qat and mode == "int8":
         _check_ranges_set(source.keras_model)
+    if mode in _CALIBRATED and not qat and source.keras_model is not None:
+        rewritten, bn_notes = _batchnorms_as_depthwise(source.keras_model)
+        if bn_notes:
+            source = dataclasses.replace(
+                _resolve(rewritten, batch_size=batch_size, signature_key=signature_key),
+                keras_model=source.keras_model)
+            source = dataclasses.replace(source, notes=source.notes + bn_notes)
     if mode in _CALIBRATED and not qat:
         samples = calibration.prepare_samples(
             representative_data, source.specs, num_samples=num_calibration_samples,
@@ -596,6 +603,71 @@ def _unrolled(model):
         new.set_weights(weights)
     return clone, (f"recurrent layers {names} unrolled over {', '.join(map(str, sorted(steps)))} "
                    "time steps (TFLite's converter crashes on Keras 3's recurrent loop)",)
+
+
+def _batchnorms_as_depthwise(model):
+    """``model`` with each BatchNormalization that TFLite cannot fold (one not right after
+    a Conv, DepthwiseConv or Dense: after an activation, a pool, an input) written as the
+    1x1 depthwise convolution it computes, and a note per such layer; or ``(model, ())``.
+
+    Unfolded, TFLite writes the BatchNorm as MUL and ADD by constant vectors quantized
+    with one scale for all channels: with the channels' scales far apart (a channel that
+    ReLU nearly always zeroes), XNNPACK and the reference kernels differed by up to 17
+    output steps on such a MUL (a Conv1D -> ReLU -> BatchNorm audio model). A depthwise
+    convolution has one int8 scale per channel, as QAT makes it.
+    """
+    if not _compat.is_graph_model(model) or not any(
+            type(layer) is keras.layers.BatchNormalization for layer in _graph.all_layers(model)):
+        return model, ()
+    model = _graph.functional(model, purpose="conversion")  # a Sequential's graph
+    found = {}
+    for node in _compat.graph_nodes(model):
+        layer = node.operation
+        if type(layer) is not keras.layers.BatchNormalization or len(node.input_tensors) != 1:
+            continue
+        rank = len(node.input_tensors[0].shape)
+        producer = _compat.producer(node.input_tensors[0])
+        if rank not in (3, 4) or layer.axis not in (-1, rank - 1) or hasattr(
+                producer, "kernel") or hasattr(producer, "depthwise_kernel") or len(
+                getattr(layer, "_inbound_nodes", ())) != 1:
+            continue
+        found[id(layer)] = rank
+    if not found:
+        return model, ()
+    pending = []
+
+    def clone_function(layer):
+        if id(layer) not in found:
+            return layer
+        conv = (keras.layers.DepthwiseConv2D if found[id(layer)] == 4
+                else keras.layers.DepthwiseConv1D)(1, name=layer.name, dtype=layer.dtype_policy)
+        gamma, beta, mean, var = _bn_weights(layer)
+        scale = gamma / np.sqrt(var + layer.epsilon)
+        pending.append((conv, scale, beta - mean * scale))
+        return conv
+
+    def call_function(layer, *args, **kwargs):
+        if any(layer is conv for conv, _, _ in pending):  # BatchNorm's `mask` and `training`
+            return layer(args[0])
+        return layer(*args, **kwargs)
+
+    clone = _graph.clone_model(model, clone_function=clone_function, call_function=call_function,
+                               keep_operations=True)
+    for conv, scale, shift in pending:
+        kernel = scale.reshape(tuple(conv.kernel.shape)).astype(np.float32)
+        conv.set_weights([kernel, shift.astype(np.float32)])
+    names = ", ".join(repr(c.name) for c, _, _ in pending)
+    return clone, (f"BatchNormalization {names} (not after a Conv or Dense) converted as a 1x1 "
+                   "depthwise convolution, so that each channel gets its own int8 scale",)
+
+
+def _bn_weights(layer):
+    """gamma, beta, moving mean and variance of a BatchNorm without scale or center."""
+    weights = iter(np.asarray(w, np.float64) for w in layer.get_weights())
+    channels = int(layer.moving_mean.shape[0])
+    gamma = next(weights) if layer.scale else np.ones(channels)
+    beta = next(weights) if layer.center else np.zeros(channels)
+    return gamma, beta, next(weights), next(weights)
 
 
 def _saved_model_source(path: str, signature_key: Optional[str]) -> _Source:
