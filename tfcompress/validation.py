@@ -76,8 +76,10 @@ class Thresholds:
 # Applied when validate() is given no threshold at all, so that a file far from its
 # float reference, or whose two kernel paths disagree, never reads PASSED. The
 # published MLPerf ResNet-8 int8 file has a p99 error of 40 softmax steps against its
-# float file; the silently wrong sparse files of issue 15 were 73 to 211 steps away.
-DEFAULT_MAX_ERROR_STEPS_P99 = 64.0
+# float file; the silently wrong sparse files of issue 15 were 73 to 211 steps away, and
+# the issue asks that 60 steps do not pass: 48 lets the published file pass with a fifth
+# to spare.
+DEFAULT_MAX_ERROR_STEPS_P99 = 48.0
 DEFAULT_MIN_XNNPACK_AGREEMENT = 0.95
 
 
@@ -230,7 +232,7 @@ def validate(
         thresholds: limits that turn the report into pass/fail. None (or a
             ``Thresholds()`` with every check off) applies :func:`default_thresholds`:
             XNNPACK and the reference kernels agree on 95% of top-1 answers, and with a
-            float reference the p99 output error is at most 64 steps.
+            float reference the p99 output error is at most 48 steps.
         num_threads: interpreter threads.
         per_layer: compute per-layer quantization error (needs ``reference``).
         per_layer_samples: samples used for the per-layer error.
