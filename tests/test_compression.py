@@ -293,7 +293,7 @@ def _two_in_two_out(n=160):
     x = [rng.normal(size=(n, 8)).astype("float32"), rng.normal(size=(n, 4)).astype("float32")]
     y = [(x[0][:, 0] > 0).astype("int64") + (x[1][:, 0] > 1), x[0][:, :2] * 0.5 + x[1][:, 2:]]
     model.compile("adam", ["sparse_categorical_crossentropy", "mse"])
-    model.fit(x, y, epochs=20, verbose=0)
+    model.fit(x, y, epochs=8, verbose=0)
     return model, x, y
 
 
