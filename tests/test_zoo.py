@@ -105,9 +105,14 @@ def test_the_int8_rounded_kernel_reference_rounds_per_channel_and_restores_the_m
     np.testing.assert_array_equal(zoo.keras_outputs(model, x)[0], plain)
     # One scale per output channel (column): 0.5 / 127 and 2 / 127; 63.5 rounds to 64.
     w = np.array([[0.5, -2.0], [0.25, 1.0], [-0.25, 0.0]], "float32")
-    np.testing.assert_allclose(zoo._rounded_to_int8(w, "kernel"),
+    np.testing.assert_allclose(zoo._rounded_to_int8(w, False),
                                [[0.5, -2.0], [64 * 0.5 / 127, 64 * 2 / 127],
                                 [-64 * 0.5 / 127, 0.0]], rtol=1e-6)
+    # A depthwise kernel (kh, kw, in, multiplier) has one scale per in x multiplier.
+    d = np.zeros((3, 3, 2, 1), "float32")
+    d[0, 0, 0, 0], d[1, 1, 0, 0], d[0, 0, 1, 0], d[2, 2, 1, 0] = 1.0, 0.25, 100.0, 0.25
+    rounded = zoo._rounded_to_int8(d, True)
+    assert rounded[1, 1, 0, 0] == pytest.approx(32 / 127) and rounded[2, 2, 1, 0] == 0.0
 
 
 def test_a_crash_or_a_hang_costs_only_its_cell():

@@ -908,11 +908,11 @@ _INT8_WEIGHTS = ("kernel", "depthwise_kernel", "recurrent_kernel")
 _DYNAMIC_MIN_ELEMENTS = 1024
 
 
-def _rounded_to_int8(w: np.ndarray, name: str) -> np.ndarray:
+def _rounded_to_int8(w: np.ndarray, depthwise: bool) -> np.ndarray:
     """``w`` rounded as the converter stores it: int8, symmetric, per output channel (a
-    depthwise kernel's channels are its last two axes; every other kernel's its last)."""
-    cols = w.reshape(-1, w.shape[-2] * w.shape[-1]) if name == "depthwise_kernel" \
-        else w.reshape(-1, w.shape[-1])
+    depthwise kernel's channels are its last two axes, in * multiplier; every other
+    kernel's its last)."""
+    cols = w.reshape(-1, w.shape[-2] * w.shape[-1]) if depthwise else w.reshape(-1, w.shape[-1])
     scale = np.max(np.abs(cols), axis=0) / 127.0
     scale[scale == 0] = 1.0
     q = np.sign(cols) * np.floor(np.abs(cols / scale) + 0.5)  # half away from zero, as TFLite
@@ -942,7 +942,11 @@ def weight_rounded_outputs(model, x, mode: str) -> List[np.ndarray]:
                         mode == "dynamic" and w.size < _DYNAMIC_MIN_ELEMENTS):
                     continue
                 saved.append((v, w))
-                v.assign(_rounded_to_int8(w, name))
+                # Keras 3 names a DepthwiseConv's kernel `kernel`, a SeparableConv's
+                # `depthwise_kernel`.
+                depthwise = name == "depthwise_kernel" or (
+                    name == "kernel" and "Depthwise" in type(layer).__name__)
+                v.assign(_rounded_to_int8(w, depthwise))
         return keras_outputs(model, x)
     finally:
         for v, w in saved:
