@@ -929,11 +929,13 @@ def weight_rounded_outputs(model, x, mode: str) -> List[np.ndarray]:
     a deep random-weight network loses 20% of its output magnitude to 8-bit weights alone.
     """
     keras = _keras()
+    from tfcompress import _compat
+
     saved, seen = [], set()
     try:
-        for layer in _flat_layers(model):
+        for layer in _compat.flatten_layers(model):
             for v in layer.weights:
-                if id(v) in seen:  # a model lists its layers' weights too
+                if id(v) in seen:  # a wrapper lists its inner layer's weights too
                     continue
                 seen.add(id(v))
                 name = v.path.split("/")[-1]
@@ -951,21 +953,6 @@ def weight_rounded_outputs(model, x, mode: str) -> List[np.ndarray]:
     finally:
         for v, w in saved:
             v.assign(w)
-
-
-def _flat_layers(model):
-    seen, out, todo = set(), [], [model]
-    while todo:
-        layer = todo.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        out.append(layer)
-        todo.extend(getattr(layer, "layers", None) or [])
-        inner = getattr(layer, "layer", None)
-        if inner is not None:
-            todo.append(inner)
-    return out
 
 
 def _head(x, n: int):
