@@ -574,6 +574,28 @@ def test_attention_and_layernorm_left_in_float_convert_with_float_fallback_and_a
     assert all(e <= MAX_STEPS for e in errors.values()), errors
 
 
+def test_an_invalid_file_from_the_tflite_converter_is_a_conversion_error():
+    # keras.layers.Attention left in float after a quantized Dense, key = value = the
+    # model input: the converter wrote BATCH_MATMULs missing an input, a file XNNPACK
+    # segfaults on (found by a probe of architectures issue 15 does not name).
+    from tfcompress.quantization import quantize_apply
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 8), name="x")
+    q = L.Dense(8, name="q")(inputs)
+    h = L.GlobalAveragePooling1D(name="pool")(L.Attention(name="att")([q, inputs]))
+    model = keras.Model(inputs, L.Dense(3, name="head")(h))
+    qat = quantize_apply(_annotate_all_but(model, ("Attention",)))
+    _one_step(qat, _uniform((12, 8), n=32))
+    try:
+        result = tc.convert(qat, progress=False, float_fallback=True)
+    except tc.ConversionError as e:
+        assert "invalid 'int8' file" in str(e) and "BATCH_MATMUL" in str(e), str(e)
+    else:  # a converter that writes it right: the file must then run and agree
+        errors, _ = _errors(qat, result.model_bytes, _uniform((12, 8), n=16))
+        assert all(e <= MAX_STEPS for e in errors.values()), errors
+
+
 def test_float_fallback_in_post_training_int8_and_its_argument_check():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 8), name="x")

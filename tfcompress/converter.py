@@ -253,7 +253,18 @@ def convert(
                                                          source.specs)
         notes += sparse_notes
     seconds = time.perf_counter() - start
-    verified = inspector.load(model_bytes)
+    try:
+        verified = inspector.load(model_bytes)
+    except inspector.InvalidModelError as e:
+        # Measured: a QAT model with a float keras.layers.Attention, converted with
+        # float_fallback=True, came out with BATCH_MATMULs missing an input (XNNPACK
+        # segfaults on that file; the check stops it first).
+        detail = str(e).split(": ", 1)[-1].split(" Received:")[0]
+        raise ConversionError(
+            f"The TFLite converter wrote an invalid {mode!r} file for this model: {detail} "
+            + ("Try float_fallback=False with the layer quantized or removed, or "
+               "mode='dynamic'." if float_fallback else
+               "Try another mode, or report the model.")) from None
     _check_runs(verified, mode)
     if mode == "int8" and float_fallback:
         notes += _float_ops_note(verified.report, allow_io=(input_type, output_type))
