@@ -327,6 +327,38 @@ def test_a_two_input_two_output_model_is_compressed_with_a_loss_and_a_score_per_
     assert json.loads((tmp_path / "out" / "result.json").read_text())["task"] == "multi_output"
 
 
+def test_a_model_with_dict_outputs_is_compressed_through_qat_with_scores_by_key():
+    # Outputs written as a dict: Keras orders them by key; after QAT the output layers
+    # are FakeQuants named quant_out_<name> (a KeyError in the scores once).
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((12,), name="feats")
+    h = keras.layers.Dense(32, activation="relu")(inputs)
+    model = keras.Model(inputs, {"score": keras.layers.Dense(1, name="score")(h),
+                                 "cls": keras.layers.Dense(3, name="cls")(h)})
+    x = rng.normal(size=(192, 12)).astype("float32")
+    y = {"score": x[:, :1] * 0.5, "cls": (x[:, 1] > 0).astype("int64") + (x[:, 2] > 1)}
+    model.compile("adam", {"score": "mse",
+                           "cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+    model.fit(x, y, epochs=4, verbose=0)
+    test_y = {k: v[128:] for k, v in y.items()}
+    recipe = {"quantize": {"method": "qat", "epochs": 1}, "benchmark": None}
+    result = compress(model, (x[:128], {k: v[:128] for k, v in y.items()}, x[128:], test_y),
+                      recipe=recipe, verbose=0)
+    assert result.task == "multi_output"
+    pred = model.predict(x[128:], verbose=0)
+    first = result.stages[0]["outputs"]
+    assert first["cls"]["accuracy"] == pytest.approx(
+        float(np.mean(np.argmax(pred["cls"], -1) == test_y["cls"])))
+    assert first["score"]["mse"] == pytest.approx(
+        float(np.mean((pred["score"] - test_y["score"]) ** 2)), rel=1e-5)
+    final = result.stages[-1]["outputs"]
+    for path in ("xnnpack", "reference"):
+        scores = result.int8_outputs[path]
+        assert abs(scores["cls"]["accuracy"] - final["cls"]["accuracy"]) <= 2 / 64
+        assert scores["score"]["mse"] == pytest.approx(final["score"]["mse"], rel=0.1)
+
+
 def test_a_two_input_classifier_is_scored_and_validated_with_its_labels():
     model, x, y = _two_in_two_out(n=96)
     classifier = keras.Model(model.inputs, model.outputs[0])

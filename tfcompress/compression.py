@@ -600,8 +600,10 @@ class _Run:
         pred = model.predict(_feed(self.data.x_test), batch_size=256, verbose=0)
         if self.task == "regression":
             return {"accuracy": None, **_output_score("regression", pred, self.data.y_test)}
-        if isinstance(pred, dict):
-            pred = [pred[name] for name in output_names(model)]
+        if isinstance(pred, dict):  # keyed as the model's outputs were written; their
+            # order is model.outputs' (flattened, keys sorted), while a QAT model's
+            # output_names are its FakeQuant layers' (quant_out_<name>)
+            pred = list(keras.tree.flatten(pred))
         return {"accuracy": None, "mse": None,
                 "outputs": dict(zip(self.output_names, self.output_scores(pred)))}
 
