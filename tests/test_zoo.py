@@ -115,6 +115,25 @@ def test_the_int8_rounded_kernel_reference_rounds_per_channel_and_restores_the_m
     assert rounded[1, 1, 0, 0] == pytest.approx(32 / 127) and rounded[2, 2, 1, 0] == 0.0
 
 
+def test_input_rounding_steps_measures_the_float_model_under_half_an_input_step():
+    # y = 4 * sum(x) over 4 inputs in [-1, 1]: half an int8 input step is 1/255, so the
+    # output moves by at most 16/255, i.e. 16 output steps of 1/255, and by 0 for y = 0.
+    keras = zoo._keras()
+    spec = zoo.ZooModel("linear", None, "regression")
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")
+    model = keras.Model(inputs, dense(inputs) * 4.0)
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 4)).astype("float32")
+    details = [{"quantization": (1 / 255, 0), "name": "y"}]
+    steps = zoo.input_rounding_steps(model, spec, x, zoo.keras_outputs(model, x), details)
+    assert 4.0 < steps <= 16.0
+    dense.set_weights([np.zeros((4, 1), "float32")])
+    assert zoo.input_rounding_steps(model, spec, x, zoo.keras_outputs(model, x), details) == 0
+    tokens = np.zeros((8, 4), "int32")
+    assert zoo.input_rounding_steps(model, spec, tokens, zoo.keras_outputs(model, x), details) \
+        is None
+
+
 def test_a_crash_or_a_hang_costs_only_its_cell():
     # One child per batch: the SIGSEGV ends it, a new child hangs in the next cell until
     # the per-cell watchdog ends it, and a third child runs the last cell.

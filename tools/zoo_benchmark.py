@@ -122,7 +122,13 @@ def model_summary(name: str, cells: dict, latency: dict) -> dict:
             "float32_bytes": fb, "int8_bytes": ib,
             "int8_over_float_size": ib / fb if fb and ib else None,
             "latency": latency,
-            "qat_max_steps": (max(v["max"] for v in qsteps.values()) if qsteps else None)}
+            "qat_max_steps": (max(v["max"] for v in qsteps.values()) if qsteps else None),
+            # How far the outputs move across inputs, and under the input's own int8
+            # rounding (float model), in the int8 file's output steps: a check to 2 steps
+            # means something only when the first is large and the second small.
+            "output_spread_steps": min(i8.get("details", {}).get("output_std_steps") or [None],
+                                       key=lambda v: v if v is not None else 0),
+            "input_rounding_steps": i8.get("details", {}).get("input_rounding_steps")}
 
 
 def _message_key(cell: dict) -> str:
@@ -154,7 +160,8 @@ def markdown(results: dict) -> list:
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
     header = ["model", "params"] + ops + ["float KB", "int8 KB", "int8/float", "lat float ms",
-                                           "lat int8 ms", "lat int8/float", "QAT steps"]
+                                           "lat int8 ms", "lat int8/float", "QAT steps",
+                                           "spread steps", "input-rounding steps"]
     rows = []
     for name, cells in results["cells"].items():
         m = results["models"].get(name, {})
@@ -164,7 +171,8 @@ def markdown(results: dict) -> list:
             num(m["int8_bytes"] / 1024 if m.get("int8_bytes") else None, ".1f"),
             num(m.get("int8_over_float_size"), ".3f"), num(lat.get("float32_ms"), ".3f"),
             num(lat.get("int8_ms"), ".3f"), num(lat.get("int8_over_float"), ".2f"),
-            num(m.get("qat_max_steps"), ".1f")])
+            num(m.get("qat_max_steps"), ".1f"), num(m.get("output_spread_steps"), ".2f"),
+            num(m.get("input_rounding_steps"), ".2f")])
     counts = results["summary"]
     lines = [f"# Zoo matrix ({results['size']}): {counts}", "",
              f"tfcompress {results['source']['head']} (package {results['source']['package_sha256']}, "
@@ -176,7 +184,11 @@ def markdown(results: dict) -> list:
               "a signal or timed out), · not run; the number points into the list below. "
               "Latency: XNNPACK, 1 thread, pinned to one core, p50 (ratio: median of paired "
               "rounds). QAT steps: max |Keras QAT model - int8 file| in output steps, worst "
-              "kernel path.", "", "Checks:", ""]
+              "kernel path. Spread steps: the float model's output standard deviation across "
+              "inputs, in the int8 file's output steps (the smallest output's). Input-rounding "
+              "steps: p99 of how far the float model's outputs move when its inputs move by "
+              "half an int8 step, what rounding the input alone costs any int8 file.",
+              "", "Checks:", ""]
     lines += [f"- `{op}`: {what}" for op, what in zoo.OPS.items() if op in ops]
     lines += ["", "## Refusals, failures and crashes", ""]
     for key, where in keys.items():
