@@ -359,6 +359,28 @@ def test_a_model_with_dict_outputs_is_compressed_through_qat_with_scores_by_key(
         assert scores["score"]["mse"] == pytest.approx(final["score"]["mse"], rel=0.1)
 
 
+def test_one_hot_targets_of_a_softmax_classifier_make_a_classification():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 10)).astype("float32")
+    labels = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0)
+    one_hot = np.eye(3, dtype="float32")[labels]
+    inputs = keras.Input((10,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(
+        keras.layers.Dense(16, activation="relu")(inputs)))
+    model.compile("adam", "categorical_crossentropy")
+    model.fit(x, one_hot, epochs=4, verbose=0)
+    result = compress(model, (x[:128], one_hot[:128], x[128:], one_hot[128:]),
+                      recipe=PTQ_ONLY, verbose=0)
+    assert result.task == "classification"
+    pred = np.argmax(model.predict(x[128:], verbose=0), -1)
+    assert result.stages[0]["accuracy"] == pytest.approx(float(np.mean(pred == labels[128:])))
+    # Told it is a regression, the same rows stay targets of the output's shape.
+    result = compress(model, (x[:128], one_hot[:128], x[128:], one_hot[128:]),
+                      recipe=PTQ_ONLY, verbose=0, task="regression")
+    assert result.task == "regression" and result.stages[0]["accuracy"] is None
+
+
 def test_a_two_input_classifier_is_scored_and_validated_with_its_labels():
     model, x, y = _two_in_two_out(n=96)
     classifier = keras.Model(model.inputs, model.outputs[0])

@@ -143,6 +143,41 @@ def _output_task(out: tuple, y: np.ndarray, y_test: np.ndarray, task: str, what:
         f"of shape {y.shape} ({y.dtype}).")
 
 
+def _is_one_hot(y: np.ndarray, classes) -> bool:
+    return (y.ndim == 2 and bool(classes) and classes > 1 and y.shape[1] == classes
+            and len(y) > 0 and bool(np.all((y == 0) | (y == 1)))
+            and bool(np.all(y.sum(axis=1) == 1)))
+
+
+def labels_from_one_hot(model, data: "CompressionData", task="auto") -> "CompressionData":
+    """``data`` with one-hot targets of a classifier output as integer labels.
+
+    Targets written for ``categorical_crossentropy`` (one row per sample, a single 1 among
+    the output's classes, in both the training and the test targets) become the class
+    indices, so the output is trained with sparse cross-entropy and scored by top-1
+    accuracy instead of being taken for a regression of its probabilities. Outputs given
+    ``task="regression"`` are left alone.
+    """
+    outputs = list(getattr(model, "outputs", None) or [])
+    tasks = [task] * len(outputs) if isinstance(task, str) else list(task)
+    ys, yts = list(_parts(data.y_train)), list(_parts(data.y_test))
+    if len(ys) != len(outputs) or len(yts) != len(outputs) or len(tasks) != len(outputs):
+        return data  # output_tasks() explains the mismatch
+    changed = False
+    for i, (out, t) in enumerate(zip(outputs, tasks)):
+        classes = out.shape[-1] if len(out.shape) == 2 else None
+        y, yt = np.asarray(ys[i]), np.asarray(yts[i])
+        if t in ("auto", "multi_output", "classification") and _is_one_hot(y, classes) \
+                and _is_one_hot(yt, classes):
+            ys[i], yts[i] = y.argmax(axis=1).astype("int64"), yt.argmax(axis=1).astype("int64")
+            changed = True
+    if not changed:
+        return data
+    pack = (lambda parts: tuple(parts)) if isinstance(data.y_train, tuple) else (
+        lambda parts: parts[0])
+    return dataclasses.replace(data, y_train=pack(ys), y_test=pack(yts))
+
+
 def output_tasks(model, data: "CompressionData", task="auto") -> Tuple[str, ...]:
     """The task of each output (``"classification"`` or ``"regression"``), after checking
     that the data fits the model; see :func:`detect_task`."""
@@ -891,7 +926,8 @@ def compress(
         augment: ``"flip_and_shift"`` or a function ``(x, numpy Generator) -> x`` that
             makes new training images every epoch (with distillation, the original
             model labels them). Seeded per step, so resumed runs repeat it exactly.
-        task: ``"classification"`` (integer labels, top-1 accuracy, cross-entropy),
+        task: ``"classification"`` (integer labels, or one-hot rows that
+            :func:`labels_from_one_hot` turns into them; top-1 accuracy, cross-entropy),
             ``"regression"`` (targets of the output's shape, an autoencoder too: mean
             squared error), or ``"auto"`` to tell from the targets and the model
             (:func:`detect_task`); for several outputs, ``"auto"`` / ``"multi_output"``
@@ -911,6 +947,7 @@ def compress(
         _check_output_dir(Path(output_dir), overwrite=overwrite)
 
     _graph.functional(model, purpose="compress")  # a clear error for subclassed models
+    data = labels_from_one_hot(model, data, task)
     tasks = output_tasks(model, data, task)
     if augment is not None and (tasks != ("classification",) or isinstance(data.x_train, tuple)):
         raise ValueError("`augment` changes the images of a single-input classifier (not its "
