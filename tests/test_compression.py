@@ -532,3 +532,17 @@ def test_an_output_dir_inside_a_file_is_refused_before_any_training(digits_model
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="which is a file, not a folder"):
         tc.compress(model, ds, output_dir=tmp_path / "file" / "sub", verbose=0)
+
+
+def test_a_model_with_an_input_of_unknown_length_is_compressed_at_the_datas_length():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((None, 8), name="frames")
+    h = keras.layers.Conv1D(8, 3, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(h)))
+    x = rng.normal(size=(96, 20, 8)).astype("float32")
+    y = (x[:, :, 0].mean(1) > 0).astype("int64")
+    result = compress(model, (x[:64], y[:64], x[64:], y[64:]), recipe=PTQ_ONLY, verbose=0)
+    assert result.task == "classification"
+    interpreter = tc.runtime.make_interpreter(result.tflite, xnnpack=True)
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, 20, 8]

@@ -544,3 +544,35 @@ def test_a_batchnorm_after_an_activation_converts_as_a_per_channel_depthwise_con
     assert p99_steps(result) < 0.75 * p99_steps(mul_add)
     # The float file keeps the BatchNorms as they are.
     assert convert(model, mode="float32", progress=False).notes == ()
+
+
+def _variable_length_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, 8), name="frames")
+    h = keras.layers.Conv1D(8, 3, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(h)))
+
+
+def test_an_input_of_unknown_length_takes_the_representative_datas_size():
+    # Measured before: the file kept the unknown size and XNNPACK failed to prepare it.
+    model = _variable_length_model()
+    x = np.random.default_rng(0).normal(size=(32, 20, 8)).astype("float32")
+    result = converter.convert(model, representative_data=x, progress=False)
+    assert any("'frames' (None, 20, 8)" in n for n in result.notes), result.notes
+    for xnnpack in (True, False):
+        interpreter = runtime.make_interpreter(result.model_bytes, xnnpack=xnnpack)
+        assert list(interpreter.get_input_details()[0]["shape"]) == [1, 20, 8]
+        out = runtime.predict(interpreter, x[:8])[0]
+        scale = interpreter.get_output_details()[0]["quantization"][0]
+        assert np.max(np.abs(out - np.asarray(model(x[:8])))) <= 3 * scale
+    assert model.inputs[0].shape == (None, None, 8)  # the user's model is unchanged
+
+
+def test_an_input_of_unknown_length_without_data_or_with_mixed_sizes_is_refused():
+    model = _variable_length_model()
+    with pytest.raises(ValueError, match=r"inputs of unknown size besides the batch: "
+                                         r"'frames' \(None, None, 8\).*keras.Input"):
+        converter.convert(model, mode="float32", progress=False)
+    x = np.zeros((4, 20, 8), "float32")
+    with pytest.raises(ValueError, match=r"several: \[\(10, 8\), \(20, 8\)\]"):
+        converter.convert(model, representative_data=[x[:2], x[:2, :10]], progress=False)

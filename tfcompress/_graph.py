@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import keras
 
@@ -13,6 +13,8 @@ __all__ = [
     "clone_model",
     "functional",
     "split_separable",
+    "variable_dims",
+    "with_input_shapes",
 ]
 
 
@@ -104,6 +106,56 @@ def clone_model(model, *, keep_operations: bool = False, **kwargs):
         kwargs["input_tensors"] = keras.tree.map_structure(_input_like, model.input)
     with _compat.uncompiled(model):
         return keras.models.clone_model(model, **kwargs)
+
+
+def variable_dims(model) -> Dict[str, tuple]:
+    """The inputs of a Keras model with an unknown size besides the batch axis.
+
+    Returns:
+        ``{input name: per-sample shape}`` (``None`` where unknown); empty when every
+        input is fixed.
+    """
+    out = {}
+    for tensor in list(getattr(model, "inputs", None) or []):
+        shape = tuple(tensor.shape[1:])
+        if any(d is None for d in shape):
+            out[_input_name(tensor)] = shape
+    return out
+
+
+def with_input_shapes(model, shapes: Dict[str, tuple]):
+    """``model`` on inputs of the given per-sample shapes, sharing its layers and weights.
+
+    Args:
+        model: a Sequential or Functional model.
+        shapes: ``{input name: per-sample shape}``; inputs not named keep theirs.
+
+    Example:
+        >>> import keras
+        >>> inputs = keras.Input((None, 8), name="frames")
+        >>> pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Conv1D(4, 3)(inputs))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(pooled))
+        >>> variable_dims(model)
+        {'frames': (None, 8)}
+        >>> fixed = with_input_shapes(model, {"frames": (20, 8)})
+        >>> tuple(fixed.inputs[0].shape), variable_dims(fixed), fixed.layers[1] is model.layers[1]
+        ((None, 20, 8), {}, True)
+    """
+    model = functional(model, purpose="fixing input shapes")
+
+    def fixed(tensor):
+        name = _input_name(tensor)
+        shape = tuple(shapes.get(name, tuple(tensor.shape[1:])))
+        return keras.Input(batch_shape=(tensor.shape[0],) + shape, dtype=tensor.dtype,
+                           name=name)
+
+    return clone_model(model, input_tensors=keras.tree.map_structure(fixed, model.input),
+                       clone_function=lambda layer: layer, keep_operations=True)
+
+
+def _input_name(tensor) -> str:
+    layer = _compat.producer(tensor)
+    return layer.name if layer is not None else tensor.name
 
 
 def _input_like(tensor):

@@ -143,6 +143,20 @@ def _output_task(out: tuple, y: np.ndarray, y_test: np.ndarray, task: str, what:
         f"of shape {y.shape} ({y.dtype}).")
 
 
+def _fixed_input_sizes(model, data: "CompressionData"):
+    """``model`` with inputs of unknown size (``keras.Input((None, 8))``) fixed to the
+    training arrays' sizes, sharing its layers: every stage and the ``.tflite`` file take
+    that size (TFLite's kernels need it). The model is returned as it is otherwise."""
+    open_dims = _graph.variable_dims(model)
+    xs = _parts(data.x_train)
+    if not open_dims or len(xs) != len(model.inputs):
+        return model  # output_tasks() explains a mismatch
+    layers = [_compat.producer(t) for t in model.inputs]
+    shapes = {layer.name: tuple(np.shape(x)[1:]) for layer, x in zip(layers, xs)
+              if layer is not None and layer.name in open_dims}
+    return _graph.with_input_shapes(model, shapes)
+
+
 def _is_one_hot(y: np.ndarray, classes) -> bool:
     return (y.ndim == 2 and bool(classes) and classes > 1 and y.shape[1] == classes
             and len(y) > 0 and bool(np.all((y == 0) | (y == 1)))
@@ -947,6 +961,7 @@ def compress(
         _check_output_dir(Path(output_dir), overwrite=overwrite)
 
     _graph.functional(model, purpose="compress")  # a clear error for subclassed models
+    model = _fixed_input_sizes(model, data)
     data = labels_from_one_hot(model, data, task)
     tasks = output_tasks(model, data, task)
     if augment is not None and (tasks != ("classification",) or isinstance(data.x_train, tuple)):

@@ -209,6 +209,9 @@ def convert(
         raise ValueError(f"`batch_size` must be a positive integer or None. Received: batch_size={batch_size!r}")
 
     source = _resolve(model, batch_size=batch_size, signature_key=signature_key)
+    source = _fixed_input_sizes(source, representative_data, batch_size=batch_size,
+                                num_samples=num_calibration_samples, preprocess=preprocess,
+                                image_size=image_size)
     samples: list = []
     # A QAT model carries its own ranges (fake-quant ops): no calibration needed.
     qat = representative_data is None and source.keras_model is not None and _is_qat(source.keras_model)
@@ -272,6 +275,51 @@ def convert(
         _check_fully_integer(verified.report, allow_io=(input_type, output_type),
                              keras_model=source.keras_model)
     return ConversionResult(verified, mode, len(samples), seconds, notes)
+
+
+def _fixed_input_sizes(source: "_Source", data, *, batch_size, num_samples, preprocess,
+                       image_size) -> "_Source":
+    """The source with a Keras model's unknown input sizes fixed from the representative
+    data (measured: a Conv1D model on ``Input((None, 8))`` converted, and XNNPACK then
+    failed to prepare the file; the reference kernels need the sizes too)."""
+    model = source.keras_model
+    if model is None or not _compat.is_graph_model(model) or not _graph.variable_dims(model):
+        return source
+    open_dims = {spec.name: spec.shape[1:] for spec in source.specs
+                 if any(d is None for d in spec.shape[1:])}
+    listing = ", ".join(f"{name!r} {(None,) + tuple(shape)}" for name, shape in open_dims.items())
+    if data is None:
+        raise ValueError(
+            f"Model {model.name!r} has inputs of unknown size besides the batch: {listing}. "
+            "A TFLite file needs them fixed: build the model with fixed sizes (for example "
+            "keras.Input((20, 8))), or pass representative_data, whose shape then fixes them.")
+    samples = calibration.prepare_samples(data, source.specs, num_samples=num_samples,
+                                          preprocess=preprocess, image_size=image_size)
+    shapes = {}
+    for i, spec in enumerate(source.specs):
+        seen = sorted({tuple(sample[i].shape[1:]) for sample in samples})
+        if spec.name in open_dims and len(seen) > 1:
+            raise ValueError(
+                f"Input {spec.name!r} of model {model.name!r} has an unknown size, and the "
+                f"representative samples have several: {seen[:3]}. A TFLite file takes one "
+                "size: give samples of the size the file should have.")
+        shapes[spec.name] = seen[0]
+    fixed = _graph.with_input_shapes(
+        model, {_graph_name(model, name): shapes[name] for name in open_dims})
+    resolved = _resolve(fixed, batch_size=batch_size, signature_key=None)
+    note = (f"input sizes: {listing} fixed to "
+            + ", ".join(f"{name!r} {(None,) + shapes[name]}" for name in open_dims)
+            + " from the representative data")
+    return dataclasses.replace(resolved, notes=source.notes + (note,))
+
+
+def _graph_name(model, spec_name: str) -> str:
+    """The name :func:`_graph.with_input_shapes` knows an input by (its input layer's)."""
+    for tensor in model.inputs:
+        if tensor.name == spec_name:
+            layer = _compat.producer(tensor)
+            return layer.name if layer is not None else spec_name
+    return spec_name
 
 
 def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, samples: list,
