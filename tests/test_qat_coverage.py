@@ -574,6 +574,23 @@ def test_attention_and_layernorm_left_in_float_convert_with_float_fallback_and_a
     assert all(e <= MAX_STEPS for e in errors.values()), errors
 
 
+def test_separable_conv1d_is_split_quantized_and_agrees():
+    # Was refused ("its weights are not fake-quantized by this QAT yet"): found by a probe
+    # of a SeparableConv1D + dilated Conv1D sequence model.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 4), name="x")
+    h = L.SeparableConv1D(8, 5, padding="same", depth_multiplier=2, activation="relu",
+                          name="sep")(inputs)
+    h = L.Conv1D(8, 3, dilation_rate=2, activation="relu", name="conv")(h)
+    model = keras.Model(inputs, L.Dense(4, name="head")(L.GlobalAveragePooling1D()(h)))
+    x = _uniform((32, 4), n=32)
+    qat = quantize_model(model)
+    assert any(r.startswith("sep: SeparableConv1D -> DepthwiseConv1D + 1x1 Conv1D")
+               for r in qat.quantize_report.rewrites), qat.quantize_report.rewrites
+    result = _agrees(_one_step(qat, x), x)
+    assert "DEPTHWISE_CONV_2D" in result.report.op_histogram
+
+
 def test_an_invalid_file_from_the_tflite_converter_is_a_conversion_error():
     # keras.layers.Attention left in float after a quantized Dense, key = value = the
     # model input: the converter wrote BATCH_MATMULs missing an input, a file XNNPACK

@@ -181,9 +181,15 @@ def _keeping_operations(clone_function=None, call_function=None, **kwargs) -> di
                 call_function=call if call_function is not None else None)
 
 
+_SEPARABLE = {
+    keras.layers.SeparableConv1D: (keras.layers.DepthwiseConv1D, keras.layers.Conv1D),
+    keras.layers.SeparableConv2D: (keras.layers.DepthwiseConv2D, keras.layers.Conv2D),
+}
+
+
 def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
                     keep=lambda layer: False) -> Tuple[object, List[str]]:
-    """SeparableConv2D -> DepthwiseConv2D + 1x1 Conv2D, the two ops TFLite runs for it.
+    """SeparableConv1D/2D -> DepthwiseConv1D/2D + 1x1 Conv1D/2D, the ops TFLite runs for it.
 
     Args:
         model: a Functional model.
@@ -197,7 +203,7 @@ def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original
     """
     def splits(layer):
         base = unwrap(layer)
-        return (type(base) is keras.layers.SeparableConv2D and not keep(layer)
+        return (type(base) in _SEPARABLE and not keep(layer)
                 and base.data_format == "channels_last")
 
     if not any(splits(layer) for layer in model.layers):
@@ -216,20 +222,22 @@ def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         if not splits(original):
             return layer(*args, **kwargs)
         base = unwrap(original)
-        depthwise = keras.layers.DepthwiseConv2D(
+        depthwise_class, pointwise_class = _SEPARABLE[type(base)]
+        depthwise = depthwise_class(
             base.kernel_size, strides=base.strides, padding=base.padding,
             depth_multiplier=base.depth_multiplier, dilation_rate=base.dilation_rate,
             use_bias=False, name=f"{base.name}_depthwise")
-        pointwise = keras.layers.Conv2D(base.filters, 1, activation=base.activation,
-                                        use_bias=base.use_bias, name=f"{base.name}_pointwise")
+        pointwise = pointwise_class(base.filters, 1, activation=base.activation,
+                                    use_bias=base.use_bias, name=f"{base.name}_pointwise")
         halves = [rewrap(original, h) for h in (depthwise, pointwise)]
         out = halves[1](halves[0](*args, **kwargs))
         weights = {w.path.split("/")[-1]: w.numpy() for w in base.weights}
         pending.append((halves[0], [weights["depthwise_kernel"]]))
         pending.append((halves[1], [weights["pointwise_kernel"]]
                         + ([weights["bias"]] if base.use_bias else [])))
-        notes.append(f"{base.name}: SeparableConv2D -> DepthwiseConv2D + 1x1 Conv2D "
-                     "(what TFLite runs; each half quantized on its own)")
+        notes.append(f"{base.name}: {type(base).__name__} -> {depthwise_class.__name__} + 1x1 "
+                     f"{pointwise_class.__name__} (what TFLite runs; each half quantized on "
+                     "its own)")
         return out
 
     clone = clone_model(model, clone_function=clone_function, call_function=call_function,

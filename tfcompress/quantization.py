@@ -731,7 +731,8 @@ def _supported_layers() -> Tuple[str, ...]:
     """What quantization knows, from the layer table (plus what it rewrites), in short."""
     weighted = layer_kinds.registered(lambda kind: kind.quantize_weights)
     affine = layer_kinds.registered(lambda kind: kind.normalization or kind.affine)
-    return tuple(cls.__name__ for cls in weighted) + ("SeparableConv2D",) + tuple(
+    separable = ("SeparableConv1D", "SeparableConv2D")
+    return tuple(cls.__name__ for cls in weighted) + separable + tuple(
         cls.__name__ for cls in affine) + (
         "the weightless layers of tfcompress.layer_kinds (activations, pooling, padding, "
         "reshapes, merges)", "operator nodes (x + y, x * 0.5, x[:, :8], keras.ops.mean...)",
@@ -758,7 +759,7 @@ _CANNOT = {
        for name in ("LayerNormalization", "GroupNormalization", "RMSNormalization",
                     "UnitNormalization", "SpectralNormalization")},
     **{name: "its weights are not fake-quantized by this QAT yet; " + _FLOAT_INSTEAD
-       for name in ("Conv1DTranspose", "Conv3DTranspose", "Conv3D", "SeparableConv1D")},
+       for name in ("Conv1DTranspose", "Conv3DTranspose", "Conv3D")},
 }
 
 
@@ -803,9 +804,10 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
     if type(layer).__name__ in _CANNOT and not kind.quantize_weights:
         return "", ""
     if kind.kernel == "separable":  # split into the two halves TFLite runs
-        if type(layer) is not keras.layers.SeparableConv2D or \
-                layer.data_format != "channels_last":
-            return " (only a channels_last SeparableConv2D is split and quantized)", ""
+        if type(layer) not in (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D) \
+                or layer.data_format != "channels_last":
+            return (" (only a channels_last SeparableConv1D / SeparableConv2D is split and "
+                    "quantized)"), ""
         return _activation_refusal(layer)
     if kind.kernel == "conv" and getattr(layer, "rank", None) in (1, 2) and layer.groups != 1:
         return f" (a grouped convolution, groups={layer.groups})", ""
@@ -1124,9 +1126,9 @@ def _check_scheme(scheme: str) -> None:
 
 
 def _prepare(model):
-    """The annotated model as the plan sees it: Functional, SeparableConv2D split."""
+    """The annotated model as the plan sees it: Functional, SeparableConv1D/2D split."""
     model = _graph.functional(model, purpose="quantization", inline=True)
-    # What TFLite runs for a SeparableConv2D, so that each half is quantized on its own;
+    # What TFLite runs for a SeparableConv1D/2D, so that each half is quantized on its own;
     # annotations carry over, a user QuantizeConfig keeps the layer whole.
     return _graph.split_separable(
         model, unwrap=_inner,
