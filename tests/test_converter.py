@@ -546,6 +546,26 @@ def test_a_batchnorm_after_an_activation_converts_as_a_per_channel_depthwise_con
     assert convert(model, mode="float32", progress=False).notes == ()
 
 
+def test_a_batchnorm_after_a_fused_activation_is_converted_as_a_depthwise_convolution():
+    # Conv1D(activation="relu") -> BatchNorm: TFLite cannot fold it through the ReLU.
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inputs = keras.Input((64, 1))
+    x = L.BatchNormalization(name="bn_fused")(L.Conv1D(8, 5, activation="relu")(inputs))
+    x = L.BatchNormalization(name="bn_folded")(L.Conv1D(8, 3)(x))
+    model = keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling1D()(x)))
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.moving_variance.assign(np.linspace(1e-3, 2, 8))
+    x = np.random.default_rng(0).normal(size=(32, 64, 1)).astype("float32")
+    rewritten, notes = converter._batchnorms_as_depthwise(model)
+    assert "'bn_fused'" in notes[0] and "bn_folded" not in notes[0], notes
+    np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    result = convert(model, representative_data=x, progress=False)
+    assert "MUL" not in result.report.op_histogram, result.report.op_histogram
+
+
 def _variable_length_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((None, 8), name="frames")

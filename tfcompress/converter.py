@@ -666,7 +666,8 @@ def _unrolled(model):
 
 def _batchnorms_as_depthwise(model):
     """``model`` with each BatchNormalization that TFLite cannot fold (one not right after
-    a Conv, DepthwiseConv or Dense: after an activation, a pool, an input) written as the
+    a Conv, DepthwiseConv or Dense without activation: after an activation, fused or not,
+    a pool, an input) written as the
     1x1 depthwise convolution it computes, and a note per such layer; or ``(model, ())``.
 
     Unfolded, TFLite writes the BatchNorm as MUL and ADD by constant vectors quantized
@@ -686,8 +687,11 @@ def _batchnorms_as_depthwise(model):
             continue
         rank = len(node.input_tensors[0].shape)
         producer = _compat.producer(node.input_tensors[0])
-        if rank not in (3, 4) or layer.axis not in (-1, rank - 1) or hasattr(
-                producer, "kernel") or hasattr(producer, "depthwise_kernel") or len(
+        # TFLite folds a BatchNorm into the Conv / Dense right before it, unless that
+        # layer applies a (fused) activation first: Conv1D(activation="relu") -> BN.
+        folds = (hasattr(producer, "kernel") or hasattr(producer, "depthwise_kernel")) and \
+            getattr(producer, "activation", None) in (None, keras.activations.linear)
+        if rank not in (3, 4) or layer.axis not in (-1, rank - 1) or folds or len(
                 getattr(layer, "_inbound_nodes", ())) != 1:
             continue
         found[id(layer)] = rank
