@@ -643,6 +643,112 @@ def _op_keras_ops(size):
     return keras.Model(inp, L.Dense(4)(pooled), name="op_keras_ops")
 
 
+# --- Beyond the list: what else users bring (found bugs, see WORKSPACE) -------
+
+def _unet(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    a = L.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    b = L.Conv2D(16, 3, padding="same", activation="relu")(L.MaxPooling2D()(a))
+    c = L.Concatenate()([L.UpSampling2D()(b), a])
+    t = L.Conv2DTranspose(8, 3, padding="same", activation="relu")(c)
+    return keras.Model(inputs, L.Conv2D(1, 1)(t), name="unet")
+
+
+def _convnext_mini(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = L.LayerNormalization(epsilon=1e-6)(L.Conv2D(16, 2, strides=2)(inputs))
+    for _ in range(2):  # depthwise 7x7, LayerNorm, GELU MLP, residual
+        h = L.LayerNormalization(epsilon=1e-6)(L.DepthwiseConv2D(7, padding="same")(x))
+        x = L.Add()([x, L.Dense(16)(L.Dense(64, activation="gelu")(h))])
+    x = L.LayerNormalization()(L.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, L.Dense(10)(x), name="convnext_mini")
+
+
+def _bilstm(size):
+    keras = _keras()
+    inputs = keras.Input((20, 8), name="frames")
+    x = keras.layers.Bidirectional(keras.layers.LSTM(16))(inputs)
+    return keras.Model(inputs, keras.layers.Dense(5)(x), name="bilstm")
+
+
+def _sepconv1d(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((64, 4), name="signal")
+    x = L.SeparableConv1D(16, 5, padding="same", activation="relu")(inputs)
+    x = L.Conv1D(16, 3, dilation_rate=2, activation="relu")(L.MaxPooling1D(2)(x))
+    return keras.Model(inputs, L.Dense(6, activation="softmax")(L.GlobalMaxPooling1D()(x)),
+                       name="sepconv1d")
+
+
+def _dot_attention(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((12, 8), name="tokens")
+    x = L.Attention()([L.Dense(8)(inputs), inputs])
+    return keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling1D()(x)), name="dot_attention")
+
+
+def _groupnorm_cnn(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = L.GroupNormalization(groups=4)(L.Conv2D(16, 3, padding="same")(inputs))
+    x = L.GlobalAveragePooling2D()(L.Activation("swish")(x))
+    return keras.Model(inputs, L.Dense(10)(x), name="groupnorm_cnn")
+
+
+def _misc_ops(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    a = L.LeakyReLU(0.1)(L.Conv2D(8, 3, padding="same", dilation_rate=2)(inputs))
+    b = L.PReLU()(L.Conv2D(8, 3, padding="same")(inputs))
+    c = L.ELU()(L.Conv2D(8, 1)(inputs))
+    x = L.Average()([L.Maximum()([L.Subtract()([a, b]), c]), a])
+    x = L.GlobalMaxPooling2D()(L.Cropping2D(2)(x))
+    return keras.Model(inputs, L.Softmax()(L.Dense(10)(x)), name="misc_ops")
+
+
+def _fasttext(size):
+    keras = _keras()
+    inputs = keras.Input((20,), dtype="int32", name="tokens")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(100, 16)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(4)(x), name="fasttext")
+
+
+def _dict_outputs(size):
+    keras = _keras()
+    inputs = keras.Input((12,), name="features")
+    h = keras.layers.Dense(32, activation="relu")(inputs)
+    return keras.Model(inputs, {"score": keras.layers.Dense(1, name="score")(h),
+                                "cls": keras.layers.Dense(3, name="cls")(h)}, name="dict_out")
+
+
+def _decoder(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((8,), name="code")
+    x = L.Reshape((4, 4, 8))(L.Dense(4 * 4 * 8, activation="relu")(inputs))
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu")(
+        L.Resizing(8, 8, interpolation="bilinear")(x))
+    x = L.UpSampling2D(interpolation="bilinear")(x)
+    return keras.Model(inputs, L.Conv2D(1, 3, padding="same")(x), name="decoder")
+
+
+def _grouped_conv(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 16, 8), name="image")
+    x = L.Conv2D(16, 3, groups=4, padding="same", activation="relu")(inputs)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, dilation_rate=2, padding="same")(x)
+    return keras.Model(inputs, L.Dense(5)(L.GlobalAveragePooling2D()(x)), name="grouped_conv")
+
+
 _IMAGE = (0.0, 255.0)   # networks with their own preprocessing take raw pixels
 _UNIT = (-1.0, 1.0)     # the others take preprocess_input's range
 
@@ -690,6 +796,28 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("op_slice", _op_slice, "regression", family="operators", note="x[:, :8]"),
     ZooModel("op_keras_ops", _op_keras_ops, "regression", family="operators",
              note="keras.ops.mean / max / concatenate"),
+    ZooModel("unet", _unet, "regression", family="more",
+             note="UpSampling2D, Concatenate, Conv2DTranspose"),
+    ZooModel("convnext_mini", _convnext_mini, "classification", 10, from_logits=True,
+             family="more", note="depthwise 7x7, LayerNormalization, GELU MLP"),
+    ZooModel("bilstm", _bilstm, "classification", 5, from_logits=True, family="more"),
+    ZooModel("sepconv1d", _sepconv1d, "classification", 6, family="more",
+             note="SeparableConv1D, dilated Conv1D, GlobalMaxPooling1D"),
+    ZooModel("dot_attention", _dot_attention, "classification", 3, from_logits=True,
+             family="more", note="keras.layers.Attention"),
+    ZooModel("groupnorm_cnn", _groupnorm_cnn, "classification", 10, from_logits=True,
+             family="more"),
+    ZooModel("misc_ops", _misc_ops, "classification", 10, family="more",
+             note="LeakyReLU, PReLU, ELU, Subtract, Maximum, Average, Cropping2D"),
+    ZooModel("fasttext", _fasttext, "classification", 4, from_logits=True, vocab=100,
+             family="more"),
+    ZooModel("dict_out", _dict_outputs, "multi_output", from_logits=True,
+             output_tasks=("classification", "regression"), family="more",
+             note="outputs written as a dict"),
+    ZooModel("decoder", _decoder, "regression", family="more",
+             note="Reshape, Resizing, Conv2DTranspose, bilinear UpSampling2D"),
+    ZooModel("grouped_conv", _grouped_conv, "classification", 5, from_logits=True,
+             family="more", note="Conv2D(groups=4), depth_multiplier=2, dilation"),
 ]}
 
 
@@ -786,8 +914,8 @@ def classify_exception(exc: BaseException, stage: str, *, package_dir: Path = PA
 
 
 def _as_list(outputs) -> List[np.ndarray]:
-    if isinstance(outputs, dict):
-        outputs = list(outputs.values())
+    if isinstance(outputs, dict):  # in model.outputs order: Keras flattens keys sorted
+        outputs = _keras().tree.flatten(outputs)
     if isinstance(outputs, (list, tuple)):
         return [np.asarray(o) for o in outputs]
     return [np.asarray(outputs)]
