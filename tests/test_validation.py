@@ -177,3 +177,30 @@ def test_both_kernel_paths_are_tried_in_one_child_before_validation(models_dir, 
     validate(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
              np.zeros((2, 32, 32, 3), "float32"), progress=False)
     assert calls == [["xnnpack", "reference"]]
+
+
+def test_a_second_output_far_from_its_reference_fails_the_default_checks():
+    # The error in steps covers every quantized output, each in its own step: the first
+    # output being right does not make a file right.
+    import keras
+
+    from tfcompress import convert
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu")(inputs)
+    first = keras.layers.Dense(4, activation="softmax", name="first")(h)
+    second = keras.layers.Dense(3, name="second")(h)
+    model = keras.Model(inputs, [first, second])
+    x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
+    good = convert(model, representative_data=x, progress=False).verified
+    assert validate(good, x, reference=model, progress=False).passed
+    other = keras.models.clone_model(model)
+    other.set_weights(model.get_weights())
+    # Change the output that is not the file's first (the converter orders them its way).
+    later = "first" if good.report.outputs[0].shape[-1] == 3 else "second"
+    kernel, bias = other.get_layer(later).get_weights()
+    other.get_layer(later).set_weights([-kernel, bias])  # same shapes, other answers
+    report = validate(good, x, reference=other, progress=False)
+    assert not report.passed and report.xnnpack.error_steps["p99"] > 48
+    assert report.xnnpack.float_agreement > 0.95  # the file's first output is still right

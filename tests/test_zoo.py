@@ -23,7 +23,7 @@ SAMPLED_CELLS = {
     ("ds_cnn", "qat"): None,
     ("regression_mlp", "prune_sparse"): None,
     ("subclassed", "int8"): None,            # refused: "has no defined inputs"
-    ("transformer_text", "int8"): None,      # refused: int32 token ids are "not fully integer"
+    ("transformer_text", "int8"): None,      # verified: LayerNorm as int8 ops, int32 ids allowed
     ("op_add", "qat"): None,  # fixed: operator nodes in QAT (was AttributeError on `+`)
     ("two_in_two_out", "qat"): None,
     ("dense_autoencoder", "compress"): None,

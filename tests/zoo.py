@@ -77,8 +77,11 @@ OPS = {
                "FLOAT_TOLERANCE['dynamic']",
     "float16": "convert(mode='float16'); both paths match Keras within FLOAT_TOLERANCE['float16']",
     "validate": "validate(int8 file, x, reference=model) with its default thresholds: its "
-                "verdict must not say PASSED over a p99 error above INT8_P99_STEPS (or "
-                "XNNPACK-vs-reference outputs within 2 steps below 99%)",
+                "verdict must match the zoo's own measurement against those documented "
+                "defaults (validation.DEFAULT_MAX_ERROR_STEPS_P99 vs Keras float, "
+                "DEFAULT_MIN_XNNPACK_AGREEMENT of top-1 answers equal across kernel "
+                "paths): never PASSED outside them, never FAILED clearly inside them. The "
+                "file's own quality is the `int8` cell's check",
     "qat": "quantize_model + one training step + convert: Keras QAT model vs the int8 file, "
            "max <= 2 output steps on both kernel paths",
     "ptq": "post_training_quantize + convert: Keras PTQ model vs the int8 file, max <= 2 "
@@ -1210,6 +1213,7 @@ def _op_convert(cell, spec, model, data, mode, workdir):
 
 def _op_validate(cell, spec, model, data, workdir):
     import tfcompress as tc
+    from tfcompress import validation
 
     cell.at("op: convert(mode='int8')")
     result = tc.convert(model, representative_data=data["calib"], progress=False)
@@ -1221,16 +1225,34 @@ def _op_validate(cell, spec, model, data, workdir):
                         xnnpack_vs_reference_within_2_steps=report.xnnpack_vs_reference_within_2_steps,
                         fully_integer=report.fully_integer,
                         delegation=report.delegation.describe())
+    # The zoo's own measurement of what validate's default thresholds look at.
+    cell.at("check: Keras outputs")
+    ref = keras_outputs(model, data["eval"])
+    out_x, det = tflite_outputs(result.model_bytes, data["eval"], xnnpack=True)
+    out_r, _ = tflite_outputs(result.model_bytes, data["eval"], xnnpack=False)
+    if not all(d["quantization"][0] for d in det):
+        cell.details["note"] = "float output: no error in steps"
+        return []
+    worst = max(error_in_steps(ref, out, det)["p99"] for out in (out_x, out_r))
+    top = [np.argmax(o[0].reshape(len(o[0]), -1), axis=-1) for o in (out_x, out_r)]
+    agree = float(np.mean(top[0] == top[1]))  # top-1 of the first output, as validate
+    cell.details.update(zoo_p99_steps=worst, zoo_top1_agreement=agree)
+    max_steps = validation.DEFAULT_MAX_ERROR_STEPS_P99
+    min_agree = validation.DEFAULT_MIN_XNNPACK_AGREEMENT
     problems = []
-    worst = max((v for v in p99.values() if v is not None), default=None)
-    agree = report.xnnpack_vs_reference_within_2_steps
-    if report.passed and worst is not None and worst > INT8_P99_STEPS:
-        problems.append(f"validate says PASSED over a p99 error of {worst:.1f} steps vs float")
-    if report.passed and agree is not None and agree < 0.99:
-        problems.append(f"validate says PASSED with XNNPACK vs reference within 2 steps on "
-                        f"only {100 * agree:.1f}% of outputs")
-    if worst is None:
-        cell.details["note"] = "no error in steps (float output or no reference)"
+    if report.passed and worst > max_steps:
+        problems.append(f"validate says PASSED over a p99 error of {worst:.1f} steps vs float "
+                        f"(its default allows {max_steps:g})")
+    if report.passed and agree < min_agree:
+        problems.append(f"validate says PASSED with XNNPACK and reference top-1 answers "
+                        f"agreeing on only {100 * agree:.1f}% of samples (its default wants "
+                        f"{100 * min_agree:g}%)")
+    # Clearly inside both defaults (a margin for the two measurements' sampling): a
+    # FAILED verdict there is a false alarm.
+    if not report.passed and worst < 0.9 * max_steps and agree > min(1.0, min_agree + 0.01):
+        problems.append(f"validate says FAILED ({'; '.join(report.failures)[:200]}) on a file "
+                        f"{worst:.1f} steps p99 from Keras with the kernel paths' top-1 "
+                        f"answers agreeing on {100 * agree:.1f}% of samples")
     return problems
 
 
