@@ -408,7 +408,7 @@ def test_refits_of_a_two_input_model_read_both_inputs():
 
 @pytest.mark.parametrize("task, data_case, message", [
     ("classification", "ok", r"has 2 outputs .*pass task='auto' or a list"),
-    (["classification"], "ok", r"one of 'auto', 'classification', 'regression' per output"),
+    (["classification"], "ok", r"one of 'auto', 'classification', 'binary', 'regression' per output"),
     (["regression", "regression"], "ok", r"output 'zz_class' fit neither task"),
     ("auto", "x_one_array", r"`x_train` needs one array per model input \['signal', 'meta'\]"),
     ("auto", "x_missing_name", r"Missing: \['meta'\]"),
@@ -546,3 +546,55 @@ def test_a_model_with_an_input_of_unknown_length_is_compressed_at_the_datas_leng
     assert result.task == "classification"
     interpreter = tc.runtime.make_interpreter(result.tflite, xnnpack=True)
     assert list(interpreter.get_input_details()[0]["shape"]) == [1, 20, 8]
+
+
+def _binary_mlp(labels: int = 1, logits: bool = False):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 6)).astype("float32")
+    y = np.stack([x[:, i] + 0.5 * x[:, i + 1] > 0 for i in range(labels)], 1).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(labels, activation=None if logits else "sigmoid")])
+    model.compile("adam", keras.losses.BinaryCrossentropy(from_logits=logits))
+    model.fit(x, y, epochs=30, verbose=0)
+    return model, (x, y, x[:64], y[:64])
+
+
+def test_a_sigmoid_classifier_is_binary_not_a_regression_of_its_probability():
+    model, (x, y, xt, yt) = _binary_mlp()
+    data = compression.CompressionData.from_any((x, y[:, 0].astype("int64"), xt,
+                                                 yt[:, 0].astype("int64")))
+    assert compression.detect_task(model, data) == "binary"  # 1-D labels too
+    result = compress(model, (x, y, xt, yt), verbose=0, recipe={
+        "quantize": {"method": "qat", "epochs": 1}, "distill": {"temperature": 1.0, "alpha": 0.5},
+        "validate": {}, "benchmark": None})
+    assert result.task == "binary"
+    expected = float(np.mean((model.predict(xt, verbose=0) > 0.5) == (yt > 0.5)))
+    assert result.stages[0]["accuracy"] == pytest.approx(expected) and expected > 0.85
+    assert all(s["accuracy"] > 0.8 for s in result.stages)
+    int8 = result.int8_outputs["xnnpack"]
+    assert list(int8.values())[0]["accuracy"] > 0.8
+    assert "top-1" in result.table() and "max_error_steps_p99=48.0" in result.validation.checks
+    loss = compression._loss(result.recipe, False, "binary")
+    assert isinstance(loss, keras.losses.BinaryCrossentropy)
+
+
+def test_multi_label_and_logit_outputs_are_binary_by_their_own_thresholds():
+    model, data = _binary_mlp(labels=3)
+    assert compression.detect_task(model, compression.CompressionData.from_any(data)) == "binary"
+    # A row with a single 1 is not a one-hot class index for a sigmoid output.
+    one = np.eye(3, dtype="float32")[np.arange(256) % 3]
+    single = compression.CompressionData.from_any((data[0], one, data[2], one[:64]))
+    assert compression.labels_from_one_hot(model, single) is single
+    logits, (x, y, xt, yt) = _binary_mlp(logits=True)
+    data = compression.CompressionData.from_any((x, y, xt, yt))
+    # A linear output is a regression unless told: its 0/1 targets could be either.
+    assert compression.detect_task(logits, data) == "regression"
+    assert compression.detect_task(logits, data, task="binary") == "binary"
+    assert compression._outputs_from_logits(logits, ("binary",)) == (True,)
+    score = compression._output_score("binary", logits.predict(xt, verbose=0), yt, True)
+    assert score["accuracy"] == pytest.approx(
+        float(np.mean((logits.predict(xt, verbose=0) > 0) == (yt > 0.5))))
+    with pytest.raises(ValueError, match=r"task='binary' needs targets of 0 and 1"):
+        compression.detect_task(logits, compression.CompressionData.from_any(
+            (x, 2 * y, xt, 2 * yt)), task="binary")

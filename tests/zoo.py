@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "tfcompress"
 
 SIZES = ("small", "full")
-TASKS = ("classification", "regression", "multi_output", "autoencoder")
+TASKS = ("classification", "binary", "regression", "multi_output", "autoencoder")
 STATUSES = ("verified", "refused", "failed", "crashed")
 
 # The operations, in table order, and what "verified" means for each.
@@ -198,6 +198,8 @@ class ZooModel:
                 out.append(rng.integers(0, shape[-1], size=(n,)).astype("int64"))
             elif task == "autoencoder":
                 out.append(np.asarray(x, dtype="float32"))
+            elif task == "binary":  # one 0/1 label per sigmoid
+                out.append(rng.integers(0, 2, size=(n,) + shape[1:]).astype("float32"))
             else:
                 out.append(rng.normal(size=(n,) + shape[1:]).astype("float32"))
         return out if len(out) > 1 else out[0]
@@ -207,7 +209,9 @@ class ZooModel:
         keras = _keras()
         tasks = self.output_tasks or (self.task,)
         losses = [keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits)
-                  if t == "classification" else keras.losses.MeanSquaredError() for t in tasks]
+                  if t == "classification" else keras.losses.BinaryCrossentropy(
+                      from_logits=self.from_logits) if t == "binary"
+                  else keras.losses.MeanSquaredError() for t in tasks]
         return losses if len(losses) > 1 else losses[0]
 
     def recipe(self) -> dict:
@@ -752,6 +756,24 @@ def _grouped_conv(size):
     return keras.Model(inputs, L.Dense(5)(L.GlobalAveragePooling2D()(x)), name="grouped_conv")
 
 
+def _binary_cnn(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((24, 24, 1), name="image")
+    x = L.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = L.MaxPooling2D()(L.Conv2D(16, 3, activation="relu")(x))
+    return keras.Model(inputs, L.Dense(1, activation="sigmoid")(L.GlobalAveragePooling2D()(x)),
+                       name="binary_cnn")
+
+
+def _multilabel_mlp(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((20,), name="features")
+    x = L.Dense(32, activation="relu")(L.Dense(32, activation="relu")(inputs))
+    return keras.Model(inputs, L.Dense(5, activation="sigmoid")(x), name="multilabel_mlp")
+
+
 _IMAGE = (0.0, 255.0)   # networks with their own preprocessing take raw pixels
 _UNIT = (-1.0, 1.0)     # the others take preprocess_input's range
 
@@ -821,6 +843,10 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
              note="Reshape, Resizing, Conv2DTranspose, bilinear UpSampling2D"),
     ZooModel("grouped_conv", _grouped_conv, "classification", 5, from_logits=True,
              family="more", note="Conv2D(groups=4), depth_multiplier=2, dilation"),
+    ZooModel("binary_cnn", _binary_cnn, "binary", family="more",
+             note="one sigmoid output, 0/1 labels (binary cross-entropy)"),
+    ZooModel("multilabel_mlp", _multilabel_mlp, "binary", family="more",
+             note="five sigmoid outputs, multi-hot labels"),
 ]}
 
 
@@ -1428,6 +1454,10 @@ def _op_compress(cell, spec, model, data, workdir):
                 f"{QAT_MAX_STEPS}" for p, e in errs.items() if not e["max"] <= QAT_MAX_STEPS + _ROUNDING]
     if not ok_int:
         problems.append(f"not fully integer: {', '.join(bad)}")
+    expected = {"autoencoder": "regression"}.get(spec.task, spec.task)
+    cell.details["task"] = result.task
+    if result.task != expected:
+        problems.append(f"compress() took the {spec.task} model for a {result.task!r} task")
     return problems
 
 

@@ -49,6 +49,7 @@ from tfcompress import (
     benchmark,
     channel_pruning,
     inspector,
+    layer_kinds,
     lowrank,
     post_training,
     pruning,
@@ -84,8 +85,8 @@ __all__ = [
 STATE_FILE = "state.json"
 
 
-TASKS = ("classification", "regression", "multi_output")
-OUTPUT_TASKS = ("classification", "regression")
+TASKS = ("classification", "binary", "regression", "multi_output")
+OUTPUT_TASKS = ("classification", "binary", "regression")
 
 
 def _integral(a: np.ndarray) -> bool:
@@ -119,10 +120,26 @@ def _num_samples(a) -> int:
     return len(_parts(a)[0])
 
 
-def _output_task(out: tuple, y: np.ndarray, y_test: np.ndarray, task: str, what: str) -> str:
-    """``"classification"`` or ``"regression"`` for one output of shape ``out``."""
+def _zero_one(y: np.ndarray) -> bool:
+    return y.size > 0 and bool(np.all((y == 0) | (y == 1)))
+
+
+def _output_task(out: tuple, y: np.ndarray, y_test: np.ndarray, task: str, what: str,
+                 sigmoid: bool = False) -> str:
+    """``"classification"``, ``"binary"`` or ``"regression"`` for one output of shape
+    ``out`` (``sigmoid``: the output is a sigmoid's)."""
     labels = y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
     classes = out[-1] if out else None
+    targets = tuple(y.shape[1:])
+    shaped = targets == out or (targets == () and out == (1,))
+    if task == "binary" or (task == "auto" and sigmoid):
+        if shaped and _zero_one(y) and _zero_one(y_test):
+            return "binary"
+        if task == "binary":
+            raise ValueError(f"task='binary' needs targets of 0 and 1 shaped as {what}'s "
+                             f"output {out} (one per sigmoid). Received targets of shape "
+                             f"{y.shape} ({y.dtype}) with values from {np.min(y)} to "
+                             f"{np.max(y)}.")
     if task in ("auto", "classification") and labels and classes and classes > 1:
         lo, hi = int(min(y.min(), y_test.min())), int(max(y.max(), y_test.max()))
         if lo >= 0 and hi < classes:
@@ -134,8 +151,7 @@ def _output_task(out: tuple, y: np.ndarray, y_test: np.ndarray, task: str, what:
         raise ValueError(f"task='classification' needs one integer label per sample and "
                          f"{what} with more than one class. Received targets of shape "
                          f"{y.shape} ({y.dtype}) for output {out}.")
-    targets = tuple(y.shape[1:])
-    if targets == out or (targets == () and out == (1,)):
+    if shaped:
         return "regression"
     raise ValueError(
         f"The targets of {what} fit neither task: integer labels in [0, {classes}) make a "
@@ -182,7 +198,7 @@ def labels_from_one_hot(model, data: "CompressionData", task="auto") -> "Compres
         classes = out.shape[-1] if len(out.shape) == 2 else None
         y, yt = np.asarray(ys[i]), np.asarray(yts[i])
         if t in ("auto", "multi_output", "classification") and _is_one_hot(y, classes) \
-                and _is_one_hot(yt, classes):
+                and _is_one_hot(yt, classes) and not _sigmoid_output(out):
             ys[i], yts[i] = y.argmax(axis=1).astype("int64"), yt.argmax(axis=1).astype("int64")
             changed = True
     if not changed:
@@ -200,7 +216,8 @@ def output_tasks(model, data: "CompressionData", task="auto") -> Tuple[str, ...]
     if not tasks or any(not isinstance(t, str) or t not in allowed for t in tasks):
         raise ValueError(f"Unknown task. Received: task={task!r}. Allowed: "
                          + ", ".join(repr(t) for t in allowed)
-                         + ", or one of 'auto', 'classification', 'regression' per output.")
+                         + ", or one of 'auto', 'classification', 'binary', 'regression' "
+                         "per output.")
     inputs, outputs = list(getattr(model, "inputs", None) or []), list(
         getattr(model, "outputs", None) or [])
     xs = _parts(data.x_train)
@@ -231,22 +248,24 @@ def output_tasks(model, data: "CompressionData", task="auto") -> Tuple[str, ...]
         tasks = ["auto" if single == "multi_output" else single] * len(ys)
     elif len(tasks) != len(ys) or any(t == "multi_output" for t in tasks):
         raise ValueError(f"A list of tasks gives one of 'auto', 'classification', "
-                         f"'regression' per output ({len(ys)}: {names}). Received: {task!r}.")
+                         f"'binary', 'regression' per output ({len(ys)}: {names}). Received: {task!r}.")
     found = []
     for i, (t, y, yt) in enumerate(zip(tasks, ys, yts)):
         out = tuple(outputs[i].shape[1:]) if outputs else ()
         what = f"output {names[i]!r}" if len(ys) > 1 else "a model"
-        found.append(_output_task(out, y, yt, t, what))
+        found.append(_output_task(out, np.asarray(y), np.asarray(yt), t, what,
+                                  sigmoid=bool(outputs) and _sigmoid_output(outputs[i])))
     return tuple(found)
 
 
 def detect_task(model, data: "CompressionData", task="auto") -> str:
-    """``"classification"``, ``"regression"`` or ``"multi_output"``, after checking the
-    data fits the model.
+    """``"classification"``, ``"binary"``, ``"regression"`` or ``"multi_output"``, after
+    checking the data fits the model.
 
     ``"auto"``: a classifier when the targets are integer labels (one per sample) that
-    index the model's last axis; a regression (an autoencoder too) when the targets have
-    the shape of the model's output. A model with several outputs is ``"multi_output"``:
+    index the model's last axis; ``"binary"`` when the output is a sigmoid's and the
+    targets are 0 and 1 in its shape (one label, or several: multi-label); a regression
+    (an autoencoder too) when the targets have the shape of the model's output. A model with several outputs is ``"multi_output"``:
     each output is a classifier or a regression by the same rule (:func:`output_tasks`;
     ``task`` may also list one task per output). Models with several inputs take one
     input array per input.
@@ -473,17 +492,27 @@ def _softmax_layer(layer) -> bool:
         layer, "activation", None) is keras.activations.softmax
 
 
+def _sigmoid_output(tensor) -> bool:
+    """Whether a model output is a sigmoid's (a Dense / Conv / Activation with
+    ``activation="sigmoid"``)."""
+    layer = _compat.producer(tensor)
+    return layer is not None and layer_kinds.activation_name(layer) == "sigmoid"
+
+
 def _from_logits(model) -> bool:
 
     return not _softmax_layer(model.layers[-1])
 
 
-def _outputs_from_logits(model) -> Tuple[bool, ...]:
-    """Per output: whether it is logits (not the output of a softmax)."""
+def _outputs_from_logits(model, tasks: Sequence[str] = ()) -> Tuple[bool, ...]:
+    """Per output: whether it is logits (not the output of a softmax, or of a sigmoid
+    for a ``"binary"`` output)."""
     outputs = list(getattr(model, "outputs", None) or [])
-    if len(outputs) <= 1:
+    binary = [t == "binary" for t in tasks] + [False] * len(outputs)
+    if len(outputs) <= 1 and not binary[0]:
         return (_from_logits(model),)
-    return tuple(not _softmax_layer(_compat.producer(t)) for t in outputs)
+    return tuple(not _sigmoid_output(t) if b else not _softmax_layer(_compat.producer(t))
+                 for t, b in zip(outputs, binary))
 
 
 def _count_params(model) -> int:
@@ -498,6 +527,9 @@ def top1_accuracy(model, x, y, *, batch_size: int = 256) -> float:
 
 
 def _loss(recipe: Recipe, from_logits: bool, task: str = "classification"):
+    if task == "binary":
+        # Distillation blends the targets into soft 0..1 labels (see _Run.target).
+        return keras.losses.BinaryCrossentropy(from_logits=from_logits)
     if task == "regression":
         # Distillation blends the targets: alpha*|p-y|^2 + (1-alpha)*|p-t|^2 equals
         # |p - (alpha*y + (1-alpha)*t)|^2 up to a constant (see _Run.target).
@@ -513,11 +545,23 @@ def _feed(x):
     return list(x) if isinstance(x, tuple) else x
 
 
-def _output_score(task: str, pred: np.ndarray, y: np.ndarray) -> dict:
-    """``{"accuracy"}`` of a classifier output, ``{"mse"}`` of a regression output."""
+def _output_score(task: str, pred: np.ndarray, y: np.ndarray, from_logits: bool = False) -> dict:
+    """``{"accuracy"}`` of a classifier output (of each sigmoid, thresholded at 0.5, or 0
+    for logits, for a binary one), ``{"mse"}`` of a regression output."""
+    if task == "binary":
+        pred = np.asarray(pred)
+        hit = (pred > (0.0 if from_logits else 0.5)) == (y.reshape(pred.shape) > 0.5)
+        return {"accuracy": float(np.mean(hit))}
     if task == "classification":
         return {"accuracy": float(np.mean(np.argmax(pred, -1).reshape(-1) == y.reshape(-1)))}
     return {"mse": float(np.mean((pred - y.reshape(pred.shape)) ** 2))}
+
+
+def _as_array(pred) -> np.ndarray:
+    """The one output of a single-output model's ``predict`` (a dict or list of one)."""
+    if isinstance(pred, dict):
+        pred = keras.tree.flatten(pred)
+    return np.asarray(pred[0] if isinstance(pred, (list, tuple)) else pred)
 
 
 def _score_text(score: Optional[dict]) -> str:
@@ -541,7 +585,7 @@ class _Run:
         self.batch_size, self.learning_rate, self.callbacks = batch_size, learning_rate, callbacks
         self.strategy, self.seed, self.verbose, self.fit_kwargs = strategy, seed, verbose, fit_kwargs
         if from_logits is None:
-            self.from_logits = _outputs_from_logits(model)
+            self.from_logits = _outputs_from_logits(model, self.tasks)
         else:
             self.from_logits = (bool(from_logits),) * len(self.tasks)
         self.work = Path(str(output_dir) + ".partial") if output_dir is not None else None
@@ -571,9 +615,14 @@ class _Run:
         if isinstance(teacher, dict):
             teachers = [teacher[name] for name in output_names(self.original)]
         targets = []
-        for task, t, y in zip(self.tasks, teachers, _parts(self.data.y_train)):
+        for task, t, y, logits in zip(self.tasks, teachers, _parts(self.data.y_train),
+                                      self.from_logits):
             t = np.asarray(t, "float32")
-            if task == "regression":
+            if task == "binary":  # soft labels: the teacher's probabilities blended in
+                alpha = self.recipe.distill.alpha
+                p = 1.0 / (1.0 + np.exp(-t)) if logits else t
+                targets.append(alpha * y.reshape(t.shape).astype("float32") + (1 - alpha) * p)
+            elif task == "regression":
                 alpha = self.recipe.distill.alpha
                 targets.append(alpha * y.reshape(t.shape).astype("float32") + (1 - alpha) * t)
             else:
@@ -631,15 +680,17 @@ class _Run:
         return 1e3 * float(np.median(times[5:] or times))
 
     def accuracy(self, model) -> Optional[float]:
-        """Top-1 accuracy on the test data (classification), else None."""
+        """Top-1 accuracy on the test data (per sigmoid for a binary output), else None."""
+        if self.task == "binary":
+            return self.scores(model)["accuracy"]
         if self.task != "classification":
             return None
         return top1_accuracy(model, _feed(self.data.x_test), self.data.y_test)
 
     def output_scores(self, outputs: Sequence[np.ndarray]) -> List[dict]:
         """Per output, in the model's output order: ``{"accuracy"}`` or ``{"mse"}``."""
-        return [_output_score(task, np.asarray(pred), y)
-                for task, pred, y in zip(self.tasks, outputs, _parts(self.data.y_test))]
+        return [_output_score(task, np.asarray(pred), y, logits) for task, pred, y, logits
+                in zip(self.tasks, outputs, _parts(self.data.y_test), self.from_logits)]
 
     def scores(self, model) -> dict:
         """The stage's quality numbers: ``accuracy`` for a classifier, ``mse`` for a
@@ -649,6 +700,9 @@ class _Run:
         pred = model.predict(_feed(self.data.x_test), batch_size=256, verbose=0)
         if self.task == "regression":
             return {"accuracy": None, **_output_score("regression", pred, self.data.y_test)}
+        if self.task == "binary":
+            return {"mse": None, **_output_score("binary", _as_array(pred), self.data.y_test,
+                                                 self.from_logits[0])}
         if isinstance(pred, dict):  # keyed as the model's outputs were written; their
             # order is model.outputs' (flattened, keys sorted), while a QAT model's
             # output_names are its FakeQuant layers' (quant_out_<name>)
@@ -883,6 +937,11 @@ def _export_and_check(run: _Run, current, original_accuracy: float):
         for name, xnnpack in (("xnnpack", True), ("reference", False)):
             out = _file_outputs(int8, x_test, xnnpack=xnnpack)[0]
             int8_mse[name] = float(np.mean((out - data.y_test.reshape(out.shape)) ** 2))
+    elif run.task == "binary":
+        name = output_names(run.original)[0]
+        int8_outputs = {path: {name: _output_score("binary", _file_outputs(
+            int8, x_test, xnnpack=xnnpack)[0], data.y_test, run.from_logits[0])}
+            for path, xnnpack in (("xnnpack", True), ("reference", False))}
     elif run.task == "multi_output":
         int8_outputs = {}
         for name, xnnpack in (("xnnpack", True), ("reference", False)):
@@ -931,7 +990,7 @@ def compress(
         strategy: a ``tf.distribute`` strategy whose scope builds and compiles the
             training models.
         from_logits: whether the model outputs logits (default: guessed from its last
-            layer: a softmax means probabilities).
+            layer: a softmax, or a sigmoid for a binary output, means probabilities).
         seed: the random seed; step ``i`` runs with ``seed + i``.
         verbose: 0 prints nothing; 1 a line per training step and its epochs (epoch,
             loss, seconds; redrawn in place on a terminal, written once in logs); 2 also
@@ -942,6 +1001,9 @@ def compress(
             model labels them). Seeded per step, so resumed runs repeat it exactly.
         task: ``"classification"`` (integer labels, or one-hot rows that
             :func:`labels_from_one_hot` turns into them; top-1 accuracy, cross-entropy),
+            ``"binary"`` (0/1 targets of the output's shape for a sigmoid output, one
+            or several labels per sample: binary cross-entropy, accuracy per sigmoid
+            thresholded at 0.5; validated by output error, not accuracy),
             ``"regression"`` (targets of the output's shape, an autoencoder too: mean
             squared error), or ``"auto"`` to tell from the targets and the model
             (:func:`detect_task`); for several outputs, ``"auto"`` / ``"multi_output"``
