@@ -21,7 +21,7 @@ main: $(STAMP)
 	$(VENV)/bin/tfcompress demo --output_dir=results/demo --overwrite
 
 test: $(STAMP)
-	TFCOMPRESS_DATA_DIR=$${TFCOMPRESS_DATA_DIR:-$(abspath ../shared/data)} $(VENV)/bin/python -m pytest -q
+	TFCOMPRESS_DATA_DIR=$${TFCOMPRESS_DATA_DIR:-$(abspath ../shared/data)} $(VENV)/bin/python -m pytest -q --durations=30
 
 clean:
 	rm -rf $(VENV) results

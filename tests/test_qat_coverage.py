@@ -17,7 +17,7 @@ import pytest
 from keras import ops
 
 import tfcompress as tc
-from tfcompress import post_training, runtime
+from tfcompress import post_training, quantization, runtime
 from tfcompress.quantization import (FakeQuant, FreezeBatchNormStatistics, QuantizeWrapper,
                                      plan_quantization, quantize_annotate_model,
                                      quantize_model, quantize_report, strip_quantization)
@@ -475,12 +475,15 @@ REFUSALS = {
     "lstm": (_refused(lambda x: L.LSTM(4, name="rnn")(x)),
              "'rnn' (class LSTM, position 1) cannot be quantized", "recurrent loop"),
     "gru": (_refused(lambda x: L.GRU(4, name="rnn")(x)), "(class GRU", "recurrent loop"),
-    "attention": (_refused(lambda x: L.MultiHeadAttention(2, 4, name="mha")(x, x)),
-                  "'mha' (class MultiHeadAttention", "BATCH_MATMUL"),
+    "masked_attention": (_refused(lambda x: L.MultiHeadAttention(2, 4, name="mha")(
+        x, x, use_causal_mask=True)), "'mha' (class MultiHeadAttention",
+        "called with use_causal_mask"),
     "einsum": (_refused(lambda x: L.EinsumDense("abc,cd->abd", (6, 4), name="ein")(x)),
                "'ein' (class EinsumDense", "BATCH_MATMUL"),
-    "layer_norm": (_refused(lambda x: L.LayerNormalization(name="ln")(x)),
-                   "'ln' (class LayerNormalization", "no int8 kernel"),
+    "layer_norm_rms": (_refused(lambda x: L.LayerNormalization(rms_scaling=True, name="ln")(x)),
+                       "'ln' (class LayerNormalization", "without rms_scaling"),
+    "layer_norm_axis": (_refused(lambda x: L.LayerNormalization(axis=1, name="ln")(x)),
+                        "'ln' (class LayerNormalization", "over the last axis"),
     "elu": (_refused(lambda x: L.ELU(name="elu")(x)), "'elu' (class ELU",
             "activation 'elu': the TFLite converter keeps it in float"),
     "softplus": (_refused(lambda x: L.Dense(4, activation="softplus", name="d")(x)),
@@ -616,7 +619,7 @@ def test_an_invalid_file_from_the_tflite_converter_is_a_conversion_error():
 def test_float_fallback_in_post_training_int8_and_its_argument_check():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 8), name="x")
-    h = L.LayerNormalization(name="norm")(L.Dense(8, name="d")(inputs))
+    h = L.ELU(name="elu")(L.Dense(8, name="d")(inputs))  # the converter keeps ELU float
     model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
     x = _uniform((6, 8), n=64)
     result = tc.convert(model, representative_data=x, progress=False, float_fallback=True)
@@ -637,3 +640,102 @@ def test_a_qat_model_that_never_saw_data_is_refused_not_converted_wrong():
         tc.convert(qat, progress=False)
     _one_step(qat, _uniform((8,)))
     assert tc.convert(qat, progress=False).model_bytes
+
+
+def _layernorm_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8), name="x")
+    h = L.LayerNormalization(name="ln")(L.Dense(8, name="d")(inputs))
+    h = L.Dense(8, activation="relu", name="d2")(h)
+    h = L.LayerNormalization(center=False, epsilon=1e-5, name="ln2")(h)
+    return keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
+
+
+def test_layernorm_is_quantized_as_the_int8_ops_convert_writes(tmp_path):
+    # Was refused ("no int8 kernel"): split into MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL and
+    # a Rescaling by gamma and beta (a 1x1 depthwise convolution), each quantized.
+    model = _layernorm_model()
+    x = _uniform((6, 8), n=64)
+    qat = quantize_model(model)
+    rewrites = qat.quantize_report.rewrites
+    assert any(r.startswith("ln: LayerNormalization -> MEAN") for r in rewrites), rewrites
+    assert any(r.startswith("ln2: LayerNormalization") for r in rewrites), rewrites
+    # Before training, the split model computes what the LayerNorms did.
+    np.testing.assert_allclose(np.asarray(quantization.strip_quantization(qat)(x)),
+                               np.asarray(model(x)), rtol=1e-4, atol=1e-4)
+    _one_step(qat, x)
+    result = tc.convert(qat, progress=False)
+    assert not result.report.non_integer_tensors()
+    ops = result.report.op_histogram
+    assert ops["RSQRT"] == 2 and ops["MEAN"] == 4 and "NEG" not in ops, ops
+    errors, span = _errors(qat, result.model_bytes, x)
+    assert span >= 10 and all(e <= MAX_STEPS for e in errors.values()), (errors, span)
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    np.testing.assert_array_equal(np.asarray(keras.models.load_model(path)(x)), np.asarray(qat(x)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured 2026-12-03: on normal (not uniform) inputs the QAT LayerNorm model agrees "
+    "with its file within 0 to 1 step on XNNPACK but 3 to 6 on the builtin kernels; alone, "
+    "x - mean(x) is 0 / 3 steps off and rsqrt(x * x + eps) 0 / 49: the builtin int8 MEAN "
+    "and RSQRT round differently from XNNPACK and from float-then-quantize"))
+def test_layernorm_qat_agrees_on_the_reference_kernels_with_heavier_tailed_inputs():
+    model = _layernorm_model()
+    x = np.random.default_rng(0).normal(size=(64, 6, 8)).astype("float32")
+    qat = _one_step(quantize_model(model), x)
+    errors, _ = _errors(qat, tc.convert(qat, progress=False).model_bytes, x)
+    assert errors["xnnpack"] <= MAX_STEPS, errors  # the default path holds
+    assert errors["reference"] <= MAX_STEPS, errors
+
+
+def _cross_attention():
+    """A query of 6 steps attending to 10 steps of another input (key = value)."""
+    keras.utils.set_random_seed(0)
+    query = keras.Input((6, 8), name="query")
+    memory = keras.Input((10, 12), name="memory")
+    h = L.MultiHeadAttention(3, 4, value_dim=5, name="cross")(L.Dense(8, name="q_in")(query),
+                                                                memory)
+    return keras.Model([query, memory], L.Dense(3, name="head")(L.Flatten()(h)))
+
+
+def test_multi_head_attention_is_quantized_as_the_int8_ops_tflite_runs(tmp_path):
+    # Was refused ("ops whose ranges this QAT does not model yet"): split into Dense
+    # projections, RESHAPE, TRANSPOSE, BATCH_MATMUL and SOFTMAX, each quantized.
+    model = _transformer()
+    x = np.random.RandomState(0).randint(0, 50, (64, 8)).astype("int32")
+    qat = quantize_model(model)
+    rewrites = qat.quantize_report.rewrites
+    assert any(r.startswith("mha: MultiHeadAttention -> Dense") for r in rewrites), rewrites
+    np.testing.assert_allclose(np.asarray(quantization.strip_quantization(qat)(x)),
+                               np.asarray(model(x)), rtol=1e-4, atol=1e-4)
+    _one_step(qat, x)
+    result = _agrees(qat, x, integer_inputs=True)
+    ops = result.report.op_histogram
+    assert ops["BATCH_MATMUL"] == 2 and ops["SOFTMAX"] == 1 and "NEG" not in ops, ops
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    np.testing.assert_array_equal(np.asarray(keras.models.load_model(path)(x)), np.asarray(qat(x)))
+    # Post-training quantization takes the same graph.
+    ptq = post_training.post_training_quantize(model, x)
+    errors, span = _errors(ptq, tc.convert(ptq, progress=False).model_bytes, x)
+    assert span >= 10 and all(e <= MAX_STEPS for e in errors.values()), (errors, span)
+
+
+def test_cross_attention_with_its_own_lengths_and_sizes_is_quantized():
+    model = _cross_attention()
+    x = {"query": _uniform((6, 8), n=32), "memory": _uniform((10, 12), n=32, seed=1)}
+    qat = quantize_model(model)
+    np.testing.assert_allclose(np.asarray(quantization.strip_quantization(qat)(x)),
+                               np.asarray(model(x)), rtol=1e-4, atol=1e-4)
+    qat.compile(keras.optimizers.Adam(1e-4), "mse")
+    qat.fit(x, np.random.RandomState(1).normal(size=(32, 3)), batch_size=32, verbose=0)
+    result = tc.convert(qat, progress=False)
+    assert not result.report.non_integer_tensors()
+    reference = np.asarray(qat(x, training=False))
+    assert (reference.max() - reference.min()) / result.report.outputs[0].quantization.scale[0] >= 10
+    for xnnpack in (True, False):
+        interpreter = runtime.make_interpreter(result.model_bytes, xnnpack=xnnpack)
+        out = runtime.predict(interpreter, x)[0]
+        step = interpreter.get_output_details()[0]["quantization"][0]
+        assert np.max(np.abs(out - reference)) / step <= MAX_STEPS

@@ -24,6 +24,8 @@ SAMPLED_CELLS = {
     ("regression_mlp", "prune_sparse"): None,
     ("subclassed", "int8"): None,            # refused: "has no defined inputs"
     ("transformer_text", "int8"): None,      # verified: LayerNorm as int8 ops, int32 ids allowed
+    ("transformer_text", "qat"): None,       # verified: MHA and LayerNorm split into int8 ops
+    ("binary_cnn", "compress"): None,        # verified: a sigmoid output is task "binary"
     ("op_add", "qat"): None,  # fixed: operator nodes in QAT (was AttributeError on `+`)
     ("two_in_two_out", "qat"): None,
     ("dense_autoencoder", "compress"): None,

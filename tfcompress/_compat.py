@@ -150,6 +150,26 @@ def node_arguments(node) -> Tuple[tuple, dict]:
     return tuple(node.arguments.args), dict(node.arguments.kwargs)
 
 
+def attention_parts(layer) -> dict:
+    """A MultiHeadAttention's options and projection weights (private attributes).
+
+    ``query`` / ``key`` / ``value``: ``(kernel (dim, heads, size), bias (heads, size) or
+    None)``; ``output``: ``(kernel (heads, value_size, out), bias (out,) or None)``.
+    """
+    def weights(dense):
+        return (dense.kernel.numpy(), dense.bias.numpy() if dense.bias is not None else None)
+
+    return {
+        "heads": layer._num_heads, "key_dim": layer._key_dim, "value_dim": layer._value_dim,
+        "scale": layer._inverse_sqrt_key_dim, "dropout": layer._dropout,
+        "use_gate": getattr(layer, "_use_gate", False),
+        "sliding_window": getattr(layer, "_sliding_window", None),
+        "attention_axes": layer._attention_axes, "output_shape": layer._output_shape,
+        "query": weights(layer._query_dense), "key": weights(layer._key_dense),
+        "value": weights(layer._value_dense), "output": weights(layer._output_dense),
+    }
+
+
 def run_graph(model, inputs, operation_fn):
     """Runs a Functional model's graph on ``inputs``, each layer through ``operation_fn``."""
     return model._run_through_graph(inputs, operation_fn=operation_fn)
@@ -258,6 +278,7 @@ def is_tf_function(obj) -> bool:
 
 __all__ = [
     "assign_variables",
+    "attention_parts",
     "builtin_operation_name",
     "built_input_shapes",
     "in_multi_replica_context",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 import keras
+import numpy as np
 
 from tfcompress import _compat
 
@@ -12,6 +13,9 @@ __all__ = [
     "all_layers",
     "clone_model",
     "functional",
+    "attention_refusal",
+    "split_attention",
+    "split_layernorms",
     "split_separable",
     "variable_dims",
     "with_input_shapes",
@@ -238,6 +242,218 @@ def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         notes.append(f"{base.name}: {type(base).__name__} -> {depthwise_class.__name__} + 1x1 "
                      f"{pointwise_class.__name__} (what TFLite runs; each half quantized on "
                      "its own)")
+        return out
+
+    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
+                        keep_operations=True)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return clone, notes
+
+
+def _layernorm_axes(layer, rank: int) -> Tuple[int, ...]:
+    axes = (layer.axis,) if isinstance(layer.axis, int) else tuple(layer.axis)
+    return tuple(sorted(a % rank for a in axes))
+
+
+def splittable_layernorm(layer, rank: int, *, any_axes: bool = False) -> bool:
+    """Whether :func:`split_layernorms` writes ``layer`` as ops: a LayerNormalization
+    without RMS scaling over the last axis of a 2-D to 4-D input (``any_axes``: over any
+    axes but the batch)."""
+    if type(layer) is not keras.layers.LayerNormalization or getattr(layer, "rms_scaling", False):
+        return False
+    axes = _layernorm_axes(layer, rank)
+    return 0 not in axes if any_axes else (axes == (rank - 1,) and 2 <= rank <= 4)
+
+
+def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                     keep=lambda layer: False, any_axes: bool = False
+                     ) -> Tuple[object, List[str]]:
+    """LayerNormalization -> the ops TFLite runs in int8, and a Rescaling by gamma, beta.
+
+    ``c = x - mean(x)``, ``y = c * rsqrt(mean(c * c) + epsilon)``, then
+    ``Rescaling(gamma, beta)``. Keras 3 computes ``x * inv + (-mean * inv + beta)``,
+    whose NEG TFLite's quantizer leaves in float; every op here has an int8 kernel. In a
+    QAT model each operator node is quantized on its own and the Rescaling runs as a 1x1
+    depthwise convolution, so that the model quantizes the tensors the file does. gamma
+    and beta are kept, not trained, by the Rescaling.
+
+    Args:
+        model: a Functional model.
+        unwrap: the layer inside a wrapper (e.g. an annotation), or the layer itself.
+        rewrap: wraps the Rescaling as its LayerNorm was wrapped.
+        keep: layers to leave whole.
+        any_axes: also split LayerNorms over several or other axes (see
+            :func:`splittable_layernorm`).
+
+    Returns:
+        The new model (weights copied; the model itself if nothing was split) and one
+        note per split layer.
+    """
+    ranks = {id(node.operation): len(node.input_tensors[0].shape)
+             for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+
+    def splits(layer):
+        return (id(layer) in ranks and not keep(layer) and splittable_layernorm(
+            unwrap(layer), ranks[id(layer)], any_axes=any_axes))
+
+    if not any(splits(layer) for layer in model.layers):
+        return model, []
+    notes: List[str] = []
+    pending: list = []
+
+    def clone_function(layer):
+        new = type(layer).from_config(layer.get_config())
+        if layer.weights and not splits(layer):
+            pending.append((new, layer.get_weights()))
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        original = model.get_layer(layer.name)
+        if not splits(original):
+            return layer(*args, **kwargs)
+        base, x, ops = unwrap(original), args[0], keras.ops
+        axes = _layernorm_axes(base, len(x.shape))
+        centred = x - ops.mean(x, axis=axes, keepdims=True)
+        y = centred * ops.rsqrt(ops.mean(centred * centred, axis=axes, keepdims=True)
+                                + float(base.epsilon))
+        shape = tuple(int(x.shape[a]) if a in axes else 1 for a in range(1, len(x.shape)))
+        weights = {w.path.split("/")[-1]: w.numpy() for w in base.weights}
+        gamma = weights.get("gamma", np.ones(shape, "float32")).reshape(shape)
+        beta = weights.get("beta", np.zeros(shape, "float32")).reshape(shape)
+        if len(axes) == 1:  # one value per channel, as a per-channel affine map wants
+            gamma, beta = gamma.reshape(-1), beta.reshape(-1)
+        affine = keras.layers.Rescaling(gamma.astype("float32"), beta.astype("float32"),
+                                        name=f"{base.name}_affine")
+        notes.append(f"{base.name}: LayerNormalization -> MEAN, SUB, MUL, MEAN, ADD, RSQRT, "
+                     "MUL and a Rescaling by gamma and beta (Keras' own form leaves a NEG "
+                     "float in an int8 file)")
+        return rewrap(original, affine)(y)
+
+    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
+                        keep_operations=True)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return clone, notes
+
+
+def _attention_inputs(node=None, args=(), kwargs=None):
+    """``(query, value, key)`` tensors of a MultiHeadAttention node, or of a call with
+    ``args`` and ``kwargs`` (key None when not given), and the other call arguments."""
+    if node is not None:
+        args, kwargs = _compat.node_arguments(node)
+    kwargs = dict(kwargs or {})
+    names = ("query", "value", "key")
+    given = dict(zip(names, args))
+    given.update({k: kwargs.pop(k) for k in names if k in kwargs})
+    rest = dict(kwargs, **{f"#{i}": a for i, a in enumerate(args[3:])})
+    return given.get("query"), given.get("value"), given.get("key"), rest
+
+
+def attention_refusal(layer, node) -> "str | None":
+    """Why :func:`split_attention` cannot write this MultiHeadAttention node as ops (a
+    short reason), or None when it can."""
+    if type(layer) is not keras.layers.MultiHeadAttention:
+        return f"a {type(layer).__name__}, not a keras.layers.MultiHeadAttention"
+    query, value, key, rest = _attention_inputs(node)
+    key = value if key is None else key
+    if any(t is None or len(t.shape) != 3 for t in (query, value, key)):
+        return "only query, value and key of shape (batch, length, features) are split"
+    used = sorted(k for k, v in rest.items() if v not in (None, False))
+    if used:
+        return f"called with {', '.join(used)} (masks and attention scores are not split)"
+    parts = _compat.attention_parts(layer)
+    if parts["use_gate"] or parts["sliding_window"] is not None:
+        return "a gated or sliding-window attention"
+    if parts["attention_axes"] not in (None, (1,), [1]):
+        return f"attention_axes={parts['attention_axes']}"
+    return None
+
+
+def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                    keep=lambda layer: False) -> Tuple[object, List[str]]:
+    """MultiHeadAttention -> Dense projections, reshapes, BATCH_MATMULs and a softmax.
+
+    The query, key and value projections become ``Dense(heads * size)`` layers (the
+    query's scaled by ``1 / sqrt(key_dim)``, which Keras multiplies after projecting),
+    reshaped and permuted to ``(batch, heads, length, size)``; then
+    ``softmax(q @ k^T) @ v``, permuted back, and the output projection as a Dense: the
+    FULLY_CONNECTED, RESHAPE, TRANSPOSE, BATCH_MATMUL and SOFTMAX ops TFLite runs in int8,
+    each quantized on its own in a QAT model. Dropout on the attention weights is left
+    out (it only acts in training). Only plain self- or cross-attention splits (see
+    :func:`attention_refusal`).
+
+    Args:
+        model: a Functional model.
+        unwrap: the layer inside a wrapper (e.g. an annotation), or the layer itself.
+        rewrap: wraps each new Dense / Softmax as its attention layer was wrapped.
+        keep: layers to leave whole.
+
+    Returns:
+        The new model (weights copied; the model itself if nothing was split) and one
+        note per split layer.
+    """
+    nodes = {id(node.operation): node for node in _compat.graph_nodes(model)}
+
+    def splits(layer):
+        return (id(layer) in nodes and not keep(layer)
+                and type(unwrap(layer)) is keras.layers.MultiHeadAttention
+                and len(getattr(layer, "_inbound_nodes", ())) == 1
+                and attention_refusal(unwrap(layer), nodes[id(layer)]) is None)
+
+    if not any(splits(layer) for layer in model.layers):
+        return model, []
+    notes: List[str] = []
+    pending: list = []
+
+    def clone_function(layer):
+        new = type(layer).from_config(layer.get_config())
+        if layer.weights and not splits(layer):
+            pending.append((new, layer.get_weights()))
+        return new
+
+    def dense(original, name, kernel, bias, scale=1.0):
+        layer = keras.layers.Dense(kernel.shape[-1], use_bias=bias is not None, name=name)
+        pending.append((layer, [kernel * scale] + ([bias * scale] if bias is not None else [])))
+        return rewrap(original, layer)
+
+    def call_function(layer, *args, **kwargs):
+        original = model.get_layer(layer.name)
+        if not splits(original):
+            return layer(*args, **kwargs)
+        base = unwrap(original)
+        query, value, key, _ = _attention_inputs(args=args, kwargs=kwargs)
+        key = value if key is None else key
+        parts = _compat.attention_parts(base)
+        heads, L = parts["heads"], keras.layers
+
+        def project(x, which, scale=1.0):
+            kernel, bias = parts[which]
+            size = kernel.shape[-1]
+            flat = dense(original, f"{base.name}_{which}", kernel.reshape(kernel.shape[0], -1),
+                         None if bias is None else bias.reshape(-1), scale)(x)
+            split = rewrap(original, L.Reshape((int(x.shape[1]), heads, size),
+                                               name=f"{base.name}_{which}_heads"))
+            return rewrap(original, L.Permute((2, 1, 3), name=f"{base.name}_{which}_t"))(
+                split(flat))
+
+        q = project(query, "query", parts["scale"])          # (batch, heads, T, key_dim)
+        k = project(key, "key")                               # (batch, heads, S, key_dim)
+        v = project(value, "value")                           # (batch, heads, S, value_dim)
+        k_t = rewrap(original, L.Permute((1, 3, 2), name=f"{base.name}_key_tt"))(k)
+        scores = keras.ops.matmul(q, k_t)                     # (batch, heads, T, S)
+        weights = rewrap(original, L.Softmax(axis=-1, name=f"{base.name}_softmax"))(scores)
+        context = rewrap(original, L.Permute((2, 1, 3), name=f"{base.name}_context_t"))(
+            keras.ops.matmul(weights, v))                      # (batch, T, heads, value_dim)
+        context = rewrap(original, L.Reshape((int(query.shape[1]), heads * parts["value_dim"]),
+                                             name=f"{base.name}_context"))(context)
+        kernel, bias = parts["output"]
+        out = dense(original, f"{base.name}_output", kernel.reshape(-1, kernel.shape[-1]),
+                    bias)(context)
+        notes.append(f"{base.name}: MultiHeadAttention -> Dense query/key/value projections, "
+                     "RESHAPE, TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL and a Dense "
+                     "output projection, each quantized on its own"
+                     + (" (attention dropout left out)" if parts["dropout"] else ""))
         return out
 
     clone = clone_model(model, clone_function=clone_function, call_function=call_function,

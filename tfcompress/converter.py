@@ -726,68 +726,19 @@ def _batchnorms_as_depthwise(model):
                    "depthwise convolution, so that each channel gets its own int8 scale",)
 
 
-class _LayerNormOps(keras.layers.Layer):
-    """A LayerNormalization computed with the ops TFLite quantizes to int8.
-
-    Keras 3 computes ``x * (gamma * rsqrt(var + eps)) + (beta - mean * gamma * rsqrt(..))``;
-    TFLite's int8 quantizer leaves the NEG of that second term float (a DEQUANTIZE and a
-    float island per LayerNorm). Written as MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD
-    every op has an int8 kernel. Conversion only: the model the user has keeps its layer.
-    """
-
-    def __init__(self, axes, epsilon, gamma, beta, **kwargs):
-        super().__init__(**kwargs)
-        self.axes, self.epsilon = tuple(axes), float(epsilon)
-        self._gamma, self._beta = gamma, beta
-
-    def call(self, x):
-        from keras import ops
-        x = ops.cast(x, "float32")
-        centred = x - ops.mean(x, axis=self.axes, keepdims=True)
-        variance = ops.mean(centred * centred, axis=self.axes, keepdims=True)
-        y = centred * ops.rsqrt(variance + self.epsilon)
-        if self._gamma is not None:
-            y = y * self._gamma
-        return y if self._beta is None else y + self._beta
-
-
 def _layernorms_decomposed(model):
-    """``model`` with each LayerNormalization written as :class:`_LayerNormOps`, and a note;
-    or ``(model, ())``. RMS-scaling LayerNorms are left alone."""
+    """``model`` with each LayerNormalization (not RMS-scaled) written as the int8 ops of
+    :func:`tfcompress._graph.split_layernorms`, and a note; or ``(model, ())``."""
     if not _compat.is_graph_model(model) or not any(
             type(layer) is keras.layers.LayerNormalization for layer in _graph.all_layers(model)):
         return model, ()
     model = _graph.functional(model, purpose="conversion")
-    found = {}
-    for node in _compat.graph_nodes(model):
-        layer = node.operation
-        if (type(layer) is not keras.layers.LayerNormalization or len(node.input_tensors) != 1
-                or getattr(layer, "rms_scaling", False)):
-            continue
-        rank = len(node.input_tensors[0].shape)
-        axes = [a % rank for a in ((layer.axis,) if isinstance(layer.axis, int) else layer.axis)]
-        shape = [int(node.input_tensors[0].shape[i]) if i in axes else 1 for i in range(rank)]
-        if any(d is None for d in node.input_tensors[0].shape[1:]):
-            continue
-        found[id(layer)] = (sorted(axes), shape)
-    if not found:
+    clone, notes = _graph.split_layernorms(model, any_axes=True)
+    if not notes:
         return model, ()
-    names = []
-
-    def clone_function(layer):
-        if id(layer) not in found:
-            return layer
-        axes, shape = found[id(layer)]
-        weights = iter(np.asarray(w, np.float32) for w in layer.get_weights())
-        gamma = next(weights).reshape(shape) if layer.scale else None
-        beta = next(weights).reshape(shape) if layer.center else None
-        names.append(repr(layer.name))
-        return _LayerNormOps(axes, layer.epsilon, gamma, beta, name=layer.name)
-
-    clone = _graph.clone_model(model, clone_function=clone_function, keep_operations=True)
-    return clone, (f"LayerNormalization {', '.join(names)} converted as MEAN, SUB, MUL, RSQRT "
-                   "and ADD ops, which all have int8 kernels (Keras' own form leaves a NEG "
-                   "float)",)
+    names = ", ".join(repr(n.split(":")[0]) for n in notes)
+    return clone, (f"LayerNormalization {names} converted as MEAN, SUB, MUL, RSQRT and ADD "
+                   "ops, which all have int8 kernels (Keras' own form leaves a NEG float)",)
 
 
 def _bn_weights(layer):

@@ -251,6 +251,8 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     ("Gelu", dict(channelwise=True, activation="gelu")),
     ("Softmax", dict(activation="softmax")),
     ("Mean", dict(output_range="own")),
+    ("Rsqrt", dict(channelwise=True)),  # int8 RSQRT (a LayerNorm split for QAT)
+    ("Matmul", dict(output_range="own")),  # int8 BATCH_MATMUL (an attention split for QAT)
     ("Max", _KEEPS_RANGE), ("Min", _KEEPS_RANGE), ("Amax", _KEEPS_RANGE),
     ("Amin", _KEEPS_RANGE),
     ("GetItem", _KEEPS_RANGE), ("Slice", _KEEPS_RANGE), ("Reshape", _KEEPS_RANGE),

@@ -22,10 +22,15 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   folded into it), which TFLite runs as one int8 DEPTHWISE_CONV_2D;
 * an ``AveragePooling2D`` that covers its whole input becomes
   ``GlobalAveragePooling2D(keepdims=True)`` (the same numbers), because XNNPACK runs
-  int8 MEAN but not int8 AVERAGE_POOL_2D; the report says so.
+  int8 MEAN but not int8 AVERAGE_POOL_2D; the report says so;
+* a LayerNormalization over the last axis becomes the ops ``tfcompress.convert`` writes
+  for it (MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, each quantized) and a Rescaling by
+  gamma and beta (a 1x1 DepthwiseConv2D);
+* a plain MultiHeadAttention (3-D inputs, no masks) becomes Dense projections, Reshape,
+  Permute, two BATCH_MATMULs and a softmax, each quantized on its own.
 
-What TFLite cannot run in int8 from a fake-quant graph (ELU, softplus, LSTM,
-attention, LayerNormalization...) is refused with one line that names the layer, says
+What TFLite cannot run in int8 from a fake-quant graph (ELU, softplus, LSTM, masked
+attention, RMS-scaled LayerNormalization...) is refused with one line that names the layer, says
 why and what to do.
 
 Which layer is which (weighted, BatchNorm, fusable activation, keeps its input's
@@ -631,9 +636,12 @@ class QuantizeAnnotate(keras.layers.Wrapper):
         quantizers.remember_config(quantize_config)
         self.quantize_config = quantize_config
 
-    def build(self, input_shape):
-        if not self.layer.built:
+    def build(self, input_shape, *args, **kwargs):
+        if not self.layer.built and not args and not kwargs and not isinstance(
+                self.layer, keras.layers.MultiHeadAttention):
             self.layer.build(input_shape)
+        # A layer of several inputs (MultiHeadAttention: query, value, key) builds itself
+        # when call() first calls it with all of them.
         self.built = True
 
     def call(self, inputs, *args, **kwargs):
@@ -644,6 +652,10 @@ class QuantizeAnnotate(keras.layers.Wrapper):
 
     def compute_output_spec(self, *args, **kwargs):
         kwargs.pop("training", None)
+        if not self.layer.built and isinstance(self.layer, keras.layers.MultiHeadAttention):
+            value = args[1] if len(args) > 1 else kwargs.get("value")
+            key = args[2] if len(args) > 2 else kwargs.get("key")
+            self.layer.build(args[0].shape, value.shape, None if key is None else key.shape)
         return self.layer.compute_output_spec(*args, **kwargs)
 
     def get_config(self) -> dict:
@@ -731,7 +743,8 @@ def _supported_layers() -> Tuple[str, ...]:
     """What quantization knows, from the layer table (plus what it rewrites), in short."""
     weighted = layer_kinds.registered(lambda kind: kind.quantize_weights)
     affine = layer_kinds.registered(lambda kind: kind.normalization or kind.affine)
-    separable = ("SeparableConv1D", "SeparableConv2D")
+    separable = ("SeparableConv1D", "SeparableConv2D", "LayerNormalization",
+                 "MultiHeadAttention")
     return tuple(cls.__name__ for cls in weighted) + separable + tuple(
         cls.__name__ for cls in affine) + (
         "the weightless layers of tfcompress.layer_kinds (activations, pooling, padding, "
@@ -750,13 +763,16 @@ _CANNOT = {
        for name in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D",
                     "ConvLSTM2D", "ConvLSTM3D", "TimeDistributed")},
     **{name: "the converter writes attention as BATCH_MATMUL, SOFTMAX and FULLY_CONNECTED "
-             "ops whose ranges this QAT does not model yet; " + _FLOAT_INSTEAD
-       for name in ("MultiHeadAttention", "GroupQueryAttention", "EinsumDense", "Attention",
-                    "AdditiveAttention")},
+             "ops whose ranges this QAT does not model yet (a plain MultiHeadAttention "
+             "is split into them); " + _FLOAT_INSTEAD
+       for name in ("GroupQueryAttention", "EinsumDense", "Attention", "AdditiveAttention")},
+    "MultiHeadAttention": "only a plain MultiHeadAttention (3-D query, value and key, no "
+                          "masks, gate or sliding window) is split into the int8 ops "
+                          "TFLite runs; " + _FLOAT_INSTEAD,
     **{name: "TFLite has no int8 kernel for it: the converter splits it into MEAN, "
              "SQUARED_DIFFERENCE, RSQRT, MUL and ADD ops whose ranges this QAT does not "
              "model; " + _FLOAT_INSTEAD
-       for name in ("LayerNormalization", "GroupNormalization", "RMSNormalization",
+       for name in ("GroupNormalization", "RMSNormalization",
                     "UnitNormalization", "SpectralNormalization")},
     **{name: "its weights are not fake-quantized by this QAT yet; " + _FLOAT_INSTEAD
        for name in ("Conv1DTranspose", "Conv3DTranspose", "Conv3D")},
@@ -801,6 +817,9 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
     """``(why, todo)`` when ``layer`` (not annotated with a QuantizeConfig) cannot be
     quantized, else None. ``node`` is its graph node, when known (shapes)."""
     kind = layer_kinds.kind_of(layer)
+    if type(layer) is keras.layers.MultiHeadAttention and node is not None:
+        why = _graph.attention_refusal(layer, node)
+        return None if why is None else (f" ({why})", "")
     if type(layer).__name__ in _CANNOT and not kind.quantize_weights:
         return "", ""
     if kind.kernel == "separable":  # split into the two halves TFLite runs
@@ -824,6 +843,12 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
         if layer.axis not in (-1, rank - 1):
             return (f" (a BatchNormalization over axis {layer.axis}, not the channels of its "
                     f"{rank}-D input)", "")
+    if type(layer) is keras.layers.LayerNormalization:
+        rank = len(node.input_tensors[0].shape) if node is not None else 3
+        if _graph.splittable_layernorm(layer, rank):
+            return None
+        return (" (only a LayerNormalization over the last axis of a 2-D to 4-D input, "
+                "without rms_scaling, is written as int8 ops)", "")
     if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
         return (" (an Embedding with mask_zero=True: the layers after it use the mask, which "
                 "the converter writes as float ops)", "Build it with mask_zero=False.")
@@ -1130,10 +1155,16 @@ def _prepare(model):
     model = _graph.functional(model, purpose="quantization", inline=True)
     # What TFLite runs for a SeparableConv1D/2D, so that each half is quantized on its own;
     # annotations carry over, a user QuantizeConfig keeps the layer whole.
-    return _graph.split_separable(
-        model, unwrap=_inner,
-        rewrap=lambda original, new: QuantizeAnnotate(new) if _annotated(original) else new,
-        keep=lambda layer: getattr(layer, "quantize_config", None) is not None)
+    rewrap = (lambda original, new: QuantizeAnnotate(new) if _annotated(original) else new)
+    keep = (lambda layer: getattr(layer, "quantize_config", None) is not None)
+    model, notes = _graph.split_separable(model, unwrap=_inner, rewrap=rewrap, keep=keep)
+    # A LayerNorm as the int8 ops convert() writes for it; only annotated ones (a float
+    # LayerNorm stays one layer, converted in float).
+    unannotated = (lambda layer: keep(layer) or not _annotated(layer))
+    model, more = _graph.split_layernorms(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
+    model, attention = _graph.split_attention(model, unwrap=_inner, rewrap=rewrap,
+                                              keep=unannotated)
+    return model, notes + more + attention
 
 
 class _Graph:

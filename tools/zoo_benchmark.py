@@ -141,7 +141,9 @@ def _message_key(cell: dict) -> str:
 
 
 def markdown(results: dict) -> list:
-    ops = results["ops"]
+    # Every operation any kept cell ran (a --resume run may name fewer), in zoo.OPS order.
+    present = {op for cells in results["cells"].values() for op in cells}
+    ops = [op for op in zoo.OPS if op in present or op in results["ops"]]
     keys: dict = {}
     for name, cells in results["cells"].items():
         for op in ops:
