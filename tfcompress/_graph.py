@@ -272,7 +272,8 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
     """LayerNormalization -> the ops TFLite runs in int8, and a Rescaling by gamma, beta.
 
     ``c = x - mean(x)``, ``y = c * rsqrt(mean(c * c) + epsilon)``, then
-    ``Rescaling(gamma, beta)``. Keras 3 computes ``x * inv + (-mean * inv + beta)``,
+    ``Rescaling(gamma, beta)``; over the last axis, each mean is a frozen ``Dense(1)``
+    with weights 1/C (epsilon the variance's bias), which both kernel paths compute alike. Keras 3 computes ``x * inv + (-mean * inv + beta)``,
     whose NEG TFLite's quantizer leaves in float; every op here has an int8 kernel. In a
     QAT model each operator node is quantized on its own and the Rescaling runs as a 1x1
     depthwise convolution, so that the model quantizes the tensors the file does. gamma
@@ -314,9 +315,26 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
             return layer(*args, **kwargs)
         base, x, ops = unwrap(original), args[0], keras.ops
         axes = _layernorm_axes(base, len(x.shape))
-        centred = x - ops.mean(x, axis=axes, keepdims=True)
-        y = centred * ops.rsqrt(ops.mean(centred * centred, axis=axes, keepdims=True)
-                                + float(base.epsilon))
+        if axes == (len(x.shape) - 1,):
+            # Means over the channels as FULLY_CONNECTED ops with weights 1/C (exact in
+            # int8), epsilon as the variance's bias: TFLite's builtin int8 MEAN rounds
+            # otherwise than XNNPACK's (measured: the two kernel paths 2 steps apart after
+            # one LayerNorm with MEAN, 1 step with these).
+            channels = int(x.shape[-1])
+
+            def mean(t, what, bias=None):
+                layer = keras.layers.Dense(1, use_bias=bias is not None, trainable=False,
+                                           name=f"{base.name}_{what}")
+                pending.append((layer, [np.full((channels, 1), 1.0 / channels, "float32")]
+                                + ([np.array([bias], "float32")] if bias is not None else [])))
+                return rewrap(original, layer)(t)
+
+            centred = x - mean(x, "mean")
+            y = centred * ops.rsqrt(mean(centred * centred, "variance", float(base.epsilon)))
+        else:
+            centred = x - ops.mean(x, axis=axes, keepdims=True)
+            y = centred * ops.rsqrt(ops.mean(centred * centred, axis=axes, keepdims=True)
+                                    + float(base.epsilon))
         shape = tuple(int(x.shape[a]) if a in axes else 1 for a in range(1, len(x.shape)))
         weights = {w.path.split("/")[-1]: w.numpy() for w in base.weights}
         gamma = weights.get("gamma", np.ones(shape, "float32")).reshape(shape)
@@ -325,9 +343,9 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
             gamma, beta = gamma.reshape(-1), beta.reshape(-1)
         affine = keras.layers.Rescaling(gamma.astype("float32"), beta.astype("float32"),
                                         name=f"{base.name}_affine")
-        notes.append(f"{base.name}: LayerNormalization -> MEAN, SUB, MUL, MEAN, ADD, RSQRT, "
-                     "MUL and a Rescaling by gamma and beta (Keras' own form leaves a NEG "
-                     "float in an int8 file)")
+        notes.append(f"{base.name}: LayerNormalization -> means over the channels (Dense "
+                     "layers with weights 1/C, frozen), SUB, MUL, RSQRT, MUL and a Rescaling "
+                     "by gamma and beta (Keras' own form leaves a NEG float in an int8 file)")
         return rewrap(original, affine)(y)
 
     clone = clone_model(model, clone_function=clone_function, call_function=call_function,
