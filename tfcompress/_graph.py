@@ -17,6 +17,7 @@ __all__ = [
     "split_attention",
     "split_layernorms",
     "split_separable",
+    "splittable_layernorm",
     "variable_dims",
     "with_input_shapes",
 ]
@@ -273,8 +274,9 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
 
     ``c = x - mean(x)``, ``y = c * rsqrt(mean(c * c) + epsilon)``, then
     ``Rescaling(gamma, beta)``; over the last axis, each mean is a frozen ``Dense(1)``
-    with weights 1/C (epsilon the variance's bias), which both kernel paths compute alike. Keras 3 computes ``x * inv + (-mean * inv + beta)``,
-    whose NEG TFLite's quantizer leaves in float; every op here has an int8 kernel. In a
+    with weights 1/C (epsilon the variance's bias), which both kernel paths compute
+    alike. Keras 3 computes ``x * inv + (-mean * inv + beta)``, whose NEG TFLite's
+    quantizer leaves in float; every op here has an int8 kernel. In a
     QAT model each operator node is quantized on its own and the Rescaling runs as a 1x1
     depthwise convolution, so that the model quantizes the tensors the file does. gamma
     and beta are kept, not trained, by the Rescaling.
@@ -343,9 +345,11 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
             gamma, beta = gamma.reshape(-1), beta.reshape(-1)
         affine = keras.layers.Rescaling(gamma.astype("float32"), beta.astype("float32"),
                                         name=f"{base.name}_affine")
-        notes.append(f"{base.name}: LayerNormalization -> means over the channels (Dense "
-                     "layers with weights 1/C, frozen), SUB, MUL, RSQRT, MUL and a Rescaling "
-                     "by gamma and beta (Keras' own form leaves a NEG float in an int8 file)")
+        means = ("means over the channels (Dense layers with weights 1/C, frozen)"
+                 if axes == (len(x.shape) - 1,) else "MEAN ops")
+        notes.append(f"{base.name}: LayerNormalization -> {means}, SUB, MUL, RSQRT, MUL and a "
+                     "Rescaling by gamma and beta (Keras' own form leaves a NEG float in an "
+                     "int8 file)")
         return rewrap(original, affine)(y)
 
     clone = clone_model(model, clone_function=clone_function, call_function=call_function,
