@@ -214,3 +214,43 @@ def tc_invalid():
     from tfcompress import InvalidModelError
 
     return InvalidModelError
+
+
+def test_text_models_are_timed_on_ids_inside_their_tables():
+    """Unquantized int32 inputs are ids: random ones over the int32 range used to make
+    GATHER fail ("index out of bounds") in every latency and memory measurement."""
+    import keras
+
+    import tfcompress as tc
+    from tfcompress import benchmark, inspector, runtime
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    kind = keras.Input((1,), dtype="int32", name="kind")
+    count = keras.Input((1,), dtype="int32", name="count")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(37, 8)(tokens))
+    y = keras.layers.Flatten()(keras.layers.Embedding(5, 4)(kind))
+    z = keras.ops.cast(count, "float32")  # a count, not an id: CAST stays float in int8
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, 37, (16, 12)), rng.integers(0, 5, (16, 1)), rng.integers(0, 9, (16, 1))]
+    data = [a.astype("int32") for a in data]
+    int8_model = keras.Model([tokens, kind], keras.layers.Dense(3)(keras.layers.Concatenate()([x, y])))
+    float_model = keras.Model([tokens, kind, count],
+                              keras.layers.Dense(3)(keras.layers.Concatenate()([x, y, z])))
+    files = {"float32": tc.convert(float_model, mode="float32", progress=False).model_bytes,
+             "int8": tc.convert(int8_model, representative_data=data[:2], progress=False).model_bytes}
+    expected = {"tokens": 37, "kind": 5, "count": 1}
+    for buf in files.values():
+        report = inspector.inspect(buf)
+        names = {t.index: next(n for n in expected if n in t.name) for t in report.inputs}
+        bounds = inspector.id_bounds(buf)
+        assert {names[i]: b for i, b in bounds.items()} == {n: expected[n] for n in names.values()}
+        it = runtime.make_interpreter(buf, xnnpack=False)
+        for d, a in zip(it.get_input_details(), runtime.random_inputs(it, bounds=bounds)):
+            assert 0 <= a.min() and a.max() < expected[names[d["index"]]]
+            if names[d["index"]] == "tokens":
+                assert len(np.unique(a)) > 10
+    stats = benchmark.measure_latency(files, runs=3, warmup=1)
+    assert set(stats) == {"float32", "int8"}
+    peak, _ = benchmark.peak_memory(files["int8"], runs=1)
+    assert peak > 0

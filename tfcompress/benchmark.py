@@ -56,19 +56,6 @@ class LatencyStats:
     samples_ms: Tuple[float, ...] = dataclasses.field(default=(), repr=False)
 
 
-def _random_inputs(interpreter, seed: int = 0) -> List[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for d in interpreter.get_input_details():
-        dtype = np.dtype(d["dtype"])
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            arrays.append(rng.integers(info.min, info.max, size=d["shape"], endpoint=True).astype(dtype))
-        else:
-            arrays.append(rng.random(d["shape"]).astype(dtype))
-    return arrays
-
-
 def measure_latency(
     models: Mapping[str, inspector.ModelSource],
     *,
@@ -122,7 +109,9 @@ def measure_latency(
         start = time.perf_counter()
         interpreter = runtime.make_interpreter(buf, xnnpack=xnnpack, num_threads=num_threads)
         init_ms[name] = 1e3 * (time.perf_counter() - start)
-        for d, a in zip(interpreter.get_input_details(), _random_inputs(interpreter)):
+        bounds = inspector.id_bounds(buf)
+        for d, a in zip(interpreter.get_input_details(),
+                        runtime.random_inputs(interpreter, bounds=bounds)):
             interpreter.set_tensor(d["index"], a)
         for _ in range(warmup):
             interpreter.invoke()
@@ -169,6 +158,7 @@ def paired_ratio(a: LatencyStats, b: LatencyStats) -> float:
 # ru_maxrss would carry the parent's peak across fork + exec on Linux).
 _MEMORY_PROBE = r"""
 import json, resource, sys
+import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 def rss(field):
@@ -185,6 +175,8 @@ kw = {} if a["xnnpack"] else {
     "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
 it = Interpreter(model_path=a["path"], num_threads=a["num_threads"], **kw)
 it.allocate_tensors()
+for d in it.get_input_details():  # zeros: in range for ids, unlike the arena's bytes
+    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
 for _ in range(a["runs"]):
     it.invoke()
 print(json.dumps({"peak": rss("VmHWM"), "model": rss("VmRSS") - before}))

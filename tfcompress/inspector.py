@@ -43,6 +43,7 @@ __all__ = [
     "constant_values",
     "expected_nbytes",
     "gzip_size",
+    "id_bounds",
     "inspect",
     "layer_name",
     "load",
@@ -257,6 +258,66 @@ def _is_index_tensor(report: ModelReport, index: int, _seen=None) -> bool:
             ok = all(_is_index_tensor(report, t, seen) for t in producers[0].inputs if t >= 0)
     seen[index] = ok
     return ok
+
+
+# Ops that read ids from an integer tensor: {op: (ids input, table input)}.
+_ID_READERS = {"GATHER": (1, 0), "GATHER_ND": (1, 0), "EMBEDDING_LOOKUP": (0, 1)}
+
+
+def id_bounds(model: ModelSource) -> Dict[int, int]:
+    """How many ids each unquantized integer input of a `.tflite` file may hold.
+
+    An input whose values reach the ids of a GATHER, GATHER_ND or EMBEDDING_LOOKUP
+    (directly or through integer arithmetic, as Keras' ``Embedding`` does) is valid
+    for ids in ``[0, bound)``: ``bound`` is the smallest gathered dimension of the
+    tables it reaches. Other unquantized integer inputs get 1, as zero is the one value
+    every index-like use accepts. Quantized, float and boolean inputs are not listed.
+
+    Args:
+        model: the file (bytes, a path or a :class:`VerifiedModel`).
+
+    Returns:
+        ``{input tensor index: bound}``.
+    """
+    verified = load(model)
+    report, operators = verified.report, verified.tree.subgraphs[0].operators or []
+    consumers: Dict[int, list] = collections.defaultdict(list)
+    for op in report.ops:
+        for position, t in enumerate(op.inputs):
+            if t >= 0:
+                consumers[t].append((op, position))
+
+    def gathered(op) -> int:
+        ids, table = _ID_READERS[op.op]
+        shape = report.tensors[op.inputs[table]].shape
+        if op.op == "GATHER_ND":  # ids of depth k index the table's first k dimensions
+            depth = (report.tensors[op.inputs[ids]].shape or (1,))[-1]
+            dims = shape[:max(1, depth)]
+        else:
+            axis = getattr(operators[op.index].builtinOptions, "axis", 0) if op.op == "GATHER" else 0
+            dims = shape[axis:axis + 1] if -len(shape) <= axis < len(shape) else ()
+        dims = [d for d in dims if d > 0]
+        return min(dims) if dims else 1
+
+    bounds = {}
+    for info in report.inputs:
+        if info.dtype not in ("int32", "int64") or info.quantization is not None:
+            continue
+        found, todo, seen = [], [info.index], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for op, position in consumers[t]:
+                if op.op in _ID_READERS and position == _ID_READERS[op.op][0]:
+                    found.append(gathered(op))
+                    continue
+                todo.extend(o for o in op.outputs if o >= 0
+                            and report.tensors[o].dtype in ("int32", "int64")
+                            and report.tensors[o].quantization is None)
+        bounds[info.index] = max(1, min(found)) if found else 1
+    return bounds
 
 
 # The largest file read unless the caller allows more (MAX_FILE_BYTES=... or the

@@ -507,7 +507,8 @@ def _trial_steps(buf: bytes, kernels: Sequence[str], invoke: bool, num_threads: 
         ops_details(it)
         if invoke:
             report(kernel, "invoke")
-            for d, a in zip(it.get_input_details(), random_inputs(it)):
+            bounds = inspector.id_bounds(buf)
+            for d, a in zip(it.get_input_details(), random_inputs(it, bounds=bounds)):
                 it.set_tensor(d["index"], a)
             it.invoke()
             for d in it.get_output_details():
@@ -545,14 +546,25 @@ def _check_planned_sizes(interpreter, file_size: int) -> None:
             "TFCOMPRESS_MAX_TENSOR_ELEMENTS).")
 
 
-def random_inputs(interpreter, seed: int = 0) -> List[np.ndarray]:
-    """Random data of each input's shape and dtype (full integer range, or [0, 1))."""
+def random_inputs(interpreter, seed: int = 0, *,
+                  bounds: Optional[Dict[int, int]] = None) -> List[np.ndarray]:
+    """Random data of each input's shape and dtype.
+
+    Quantized integer inputs get their full range, float inputs [0, 1), booleans 0 or
+    1. Unquantized integer inputs are ids or counts: they get ``[0, bounds[index])``
+    (:func:`tfcompress.inspector.id_bounds`), zeros where ``bounds`` does not list
+    them, never an id out of a table's range.
+    """
     rng = np.random.default_rng(seed)
+    bounds = bounds or {}
     arrays = []
     for d in interpreter.get_input_details():
         dtype = np.dtype(d["dtype"])
         if dtype == np.bool_:
             arrays.append(rng.integers(0, 2, size=d["shape"]).astype(dtype))
+        elif np.issubdtype(dtype, np.integer) and not d["quantization"][0]:
+            arrays.append(rng.integers(0, max(1, bounds.get(d["index"], 1)), size=d["shape"])
+                          .astype(dtype))
         elif np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             arrays.append(rng.integers(info.min, info.max, size=d["shape"], endpoint=True)
