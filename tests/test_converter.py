@@ -430,15 +430,15 @@ def test_a_recurrent_layer_inside_a_subclassed_model_is_refused_not_crashed():
 
 
 def test_a_file_the_runtime_cannot_prepare_is_refused_not_returned(tiny_dense, monkeypatch):
-    real = runtime.make_interpreter
+    real = runtime.trial_run
 
-    def failing(model, *, xnnpack=True, **kwargs):
-        if not xnnpack:
+    def failing(model, *, kernels=("xnnpack", "reference"), **kwargs):
+        if "reference" in kernels:
             raise RuntimeError("tflite/kernels/kernel_util.cc:349 no_integer_overflow_from_"
                                "quantization was not true.Node number 1 (FULLY_CONNECTED) failed")
-        return real(model, xnnpack=xnnpack, **kwargs)
+        return real(model, kernels=kernels, **kwargs)
 
-    monkeypatch.setattr(runtime, "make_interpreter", failing)
+    monkeypatch.setattr(runtime, "trial_run", failing)
     with pytest.raises(ConversionError, match=r"'int16x8' file cannot run on the reference "
                                               r"kernels: .*no_integer_overflow.*Try mode='int8'"):
         convert(tiny_dense, representative_data=np.ones((4, 6), "float32"), mode="int16x8",
@@ -658,3 +658,51 @@ def test_without_the_rewrite_keras_layernorm_is_not_fully_integer(monkeypatch):
     monkeypatch.setattr(converter, "_layernorms_decomposed", lambda m: (m, ()))
     with pytest.raises(ConversionError, match="not fully integer.*NEG"):
         convert(model, representative_data=x, progress=False)
+
+
+def _dead_squeeze_excite():
+    """A squeeze-excite block whose ReLU never fires: its activations are 0 on all data."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inputs = keras.Input((12, 12, 3), name="image")
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    s = L.GlobalAveragePooling2D(keepdims=True)(x)
+    s = L.Dense(2, activation="relu", bias_initializer=keras.initializers.Constant(-100.0))(s)
+    s = L.Dense(4, activation="sigmoid")(s)
+    x = L.Flatten()(x * s)
+    return keras.Model(inputs, L.Dense(5)(x))
+
+
+def test_a_layer_dead_on_every_calibration_sample_is_refused_with_the_layer_named():
+    """Its [0, 0] range makes XNNPACK fail to prepare the file (the QAT file of the same
+    block made it free memory twice and abort the process): the file runs in a child
+    process first, and the refusal says which layers and what to do."""
+    model = _dead_squeeze_excite()
+    x = np.random.default_rng(0).uniform(0, 1, (32, 12, 12, 3)).astype("float32")
+    with pytest.raises(ConversionError, match=r"cannot run on XNNPACK.*were 0 on every "
+                       r"calibration sample.*dense.*MIN_ACTIVATION_RANGE"):
+        convert(model, representative_data=x, progress=False)
+
+
+@pytest.mark.parametrize("how", ["qat", "ptq"])
+def test_dead_layers_quantized_in_keras_get_a_range_every_kernel_runs(how):
+    from tfcompress.post_training import post_training_quantize
+    from tfcompress.quantization import MIN_ACTIVATION_RANGE, quantize_model
+
+    model = _dead_squeeze_excite()
+    x = np.random.default_rng(0).uniform(0, 1, (32, 12, 12, 3)).astype("float32")
+    if how == "qat":
+        q = quantize_model(model)
+        q.compile("adam", keras.losses.MeanSquaredError())
+        q.fit(x, np.zeros((32, 5), "float32"), epochs=1, verbose=0)
+    else:
+        q = post_training_quantize(model, x, progress=False)
+    result = convert(q, progress=False)  # runs on both kernel paths, or raises
+    scales = [max(t.quantization.scale) for t in result.report.tensors
+              if t.quantization is not None and not t.is_constant and t.dtype == "int8"]
+    assert min(scales) >= 0.99 * MIN_ACTIVATION_RANGE / 255
+    want = np.asarray(q(x[:8], training=False))
+    for xnnpack in (True, False):
+        got = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=xnnpack), x[:8])[0]
+        step = result.report.outputs[0].quantization.scale[0]
+        assert np.max(np.abs(got - want)) <= 2 * step + 1e-6

@@ -282,10 +282,11 @@ def test_batchnorm_of_dense_features_and_the_stripped_float_model():
 ACTIVATIONS = {  # activation -> the int8 op(s) TFLite runs for it
     "hard_swish": ("HARD_SWISH",), "hard_silu": ("HARD_SWISH",), "hard_sigmoid": ("ADD", "MUL"),
     "sigmoid": ("LOGISTIC",), "swish": ("LOGISTIC", "MUL"), "silu": ("LOGISTIC", "MUL"),
-    "tanh": ("TANH",), "gelu": ("GELU",),
+    "tanh": ("TANH",), "gelu": ("GELU",), "leaky_relu": ("LEAKY_RELU",),
 }
 OP_ACTIVATIONS = {"hard_silu": ops.hard_silu, "hard_sigmoid": ops.hard_sigmoid,
-                  "sigmoid": ops.sigmoid, "silu": ops.silu, "tanh": ops.tanh, "gelu": ops.gelu}
+                  "sigmoid": ops.sigmoid, "silu": ops.silu, "tanh": ops.tanh, "gelu": ops.gelu,
+                  "leaky_relu": ops.leaky_relu}
 
 
 @pytest.mark.parametrize("form", ["layer", "argument", "operation"])

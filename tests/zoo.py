@@ -774,6 +774,171 @@ def _multilabel_mlp(size):
     return keras.Model(inputs, L.Dense(5, activation="sigmoid")(x), name="multilabel_mlp")
 
 
+# ---------------------------------------------------------------------------
+# Random architectures: models nobody wrote on purpose, from a seeded grammar of the
+# layers and idioms users combine (residual `+`, squeeze-excite `*`, BatchNorm before or
+# after the activation, activations as layers or keras.ops calls, pooling, padding,
+# concatenated branches, LayerNorm, recurrent and attention blocks).
+# ---------------------------------------------------------------------------
+
+RANDOM_MODELS = 18
+_ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "gelu", "tanh", "sigmoid", "elu",
+                "leaky_relu", "hard_sigmoid", "linear")
+
+
+def _random_activation(keras, rng, x):
+    """One activation, written as a layer or as a keras.ops call."""
+    L, name = keras.layers, _ACTIVATIONS[rng.integers(len(_ACTIVATIONS))]
+    as_layer = bool(rng.integers(3))
+    if name == "relu6":
+        return L.ReLU(max_value=6.0)(x) if as_layer else keras.ops.relu6(x)
+    if name == "leaky_relu":
+        return L.LeakyReLU(0.2)(x) if as_layer else keras.ops.leaky_relu(x, 0.2)
+    if name == "linear":
+        return x
+    if not as_layer and hasattr(keras.ops, name):
+        return getattr(keras.ops, name)(x)
+    return L.Activation(name)(x)
+
+
+def _random_conv_block(keras, rng, x, channels):
+    L = keras.layers
+    kind = rng.choice(["conv", "depthwise", "separable"])
+    kernel = int(rng.choice([1, 3, 5]))
+    strides = 2 if (rng.random() < 0.3 and min(x.shape[1:3]) >= 8) else 1
+    if kind == "conv":
+        y = L.Conv2D(channels, kernel, strides=strides, padding="same",
+                     use_bias=bool(rng.integers(2)))(x)
+    elif kind == "depthwise":
+        y = L.Conv2D(channels, 1)(L.DepthwiseConv2D(kernel, strides=strides, padding="same")(x))
+    else:
+        y = L.SeparableConv2D(channels, kernel, strides=strides, padding="same")(x)
+    order = rng.integers(3)  # BatchNorm before the activation, after it, or none
+    if order == 0:
+        return _random_activation(keras, rng, L.BatchNormalization()(y))
+    if order == 1:
+        return L.BatchNormalization()(_random_activation(keras, rng, y))
+    return _random_activation(keras, rng, y)
+
+
+def _random_image_block(keras, rng, x):
+    L, ops = keras.layers, keras.ops
+    channels = int(x.shape[-1])
+    kind = rng.choice(["conv", "residual", "se", "branches", "pool", "pad", "upsample",
+                       "layernorm", "dropout"])
+    if kind == "residual":
+        y = _random_conv_block(keras, rng, x, channels)
+        if tuple(y.shape) != tuple(x.shape):
+            return y
+        return x + y if rng.integers(2) else L.Add()([x, y])
+    if kind == "se":
+        s = L.GlobalAveragePooling2D(keepdims=True)(x)
+        s = L.Dense(max(2, channels // 4), activation="relu")(s)
+        s = L.Dense(channels, activation=str(rng.choice(["sigmoid", "hard_sigmoid"])))(s)
+        return x * s if rng.integers(2) else L.Multiply()([x, s])
+    if kind == "branches":
+        a = L.Conv2D(max(1, channels // 2), 1, activation="relu")(x)
+        b = L.Conv2D(max(1, channels // 2), 3, padding="same", activation="relu")(x)
+        return L.Concatenate()([a, b]) if rng.integers(2) else ops.concatenate([a, b], axis=-1)
+    if kind == "pool" and min(x.shape[1:3]) >= 4:
+        return (L.MaxPooling2D(2) if rng.integers(2) else L.AveragePooling2D(2))(x)
+    if kind == "pad":
+        return L.Conv2D(channels, 3, activation="relu")(L.ZeroPadding2D(1)(x))
+    if kind == "upsample" and max(x.shape[1:3]) <= 8:
+        y = L.UpSampling2D(interpolation=str(rng.choice(["nearest", "bilinear"])))(x)
+        return L.Conv2D(channels, 3, strides=2, padding="same", activation="relu")(y)
+    if kind == "layernorm":
+        return L.LayerNormalization()(x)
+    if kind == "dropout":
+        return L.Dropout(0.1)(x)
+    return _random_conv_block(keras, rng, x, int(rng.choice([channels, 2 * channels])))
+
+
+def _random_sequence_block(keras, rng, x):
+    L = keras.layers
+    width = int(x.shape[-1])
+    kind = rng.choice(["conv1d", "residual", "gru", "lstm", "attention", "layernorm", "pool"])
+    if kind == "conv1d":
+        return _random_activation(keras, rng, L.Conv1D(width, int(rng.choice([1, 3])),
+                                                       padding="same")(x))
+    if kind == "residual":
+        return x + L.Dense(width, activation="relu")(x)
+    if kind in ("gru", "lstm"):
+        return (L.GRU if kind == "gru" else L.LSTM)(width, return_sequences=True)(x)
+    if kind == "attention":
+        return L.LayerNormalization()(x + L.MultiHeadAttention(2, max(2, width // 2))(x, x))
+    if kind == "layernorm":
+        return L.LayerNormalization()(x)
+    if kind == "pool" and x.shape[1] >= 4:
+        return L.MaxPooling1D(2)(x)
+    return L.Dense(width, activation="relu")(x)
+
+
+def _random_dense_block(keras, rng, x):
+    L = keras.layers
+    width = int(x.shape[-1])
+    kind = rng.choice(["dense", "residual", "gate", "slice", "layernorm", "bn"])
+    if kind == "residual":
+        return x + _random_activation(keras, rng, L.Dense(width)(x))
+    if kind == "gate":
+        return x * L.Dense(width, activation="sigmoid")(x)
+    if kind == "slice" and width >= 4:
+        return L.Dense(width)(x[:, : width // 2])
+    if kind == "layernorm":
+        return L.LayerNormalization()(x)
+    if kind == "bn":
+        return L.BatchNormalization()(L.Dense(width)(x))
+    return _random_activation(keras, rng, L.Dense(int(rng.choice([width, 2 * width])))(x))
+
+
+def _random_task(seed: int) -> dict:
+    """The task fields of a random model's ZooModel, fixed by its seed."""
+    task = ("classification", "regression", "binary")[seed % 3]
+    return {"task": task, "num_classes": 5 if task == "classification" else None,
+            "from_logits": task == "classification" and seed % 2 == 0}
+
+
+def _random_model(seed: int):
+    """A builder of the seed's random architecture: image, sequence or feature inputs."""
+
+    def build(size):
+        keras = _keras()
+        L = keras.layers
+        rng = np.random.default_rng(seed)
+        domain = ("image", "sequence", "features")[(seed // 3) % 3]
+        blocks = int(rng.integers(3, 7 if size == "small" else 10))
+        if domain == "image":
+            side = int(rng.choice([12, 16, 20])) * (1 if size == "small" else 2)
+            inputs = keras.Input((side, side, int(rng.choice([1, 3]))), name="image")
+            x = L.Conv2D(int(rng.choice([4, 8])), 3, padding="same", activation="relu")(inputs)
+            for _ in range(blocks):
+                x = _random_image_block(keras, rng, x)
+            x = (L.GlobalAveragePooling2D() if rng.integers(3) else L.Flatten())(x)
+        elif domain == "sequence":
+            inputs = keras.Input((int(rng.choice([8, 12])), int(rng.choice([4, 6]))), name="frames")
+            x = L.Dense(int(rng.choice([8, 12])))(inputs)
+            for _ in range(blocks):
+                x = _random_sequence_block(keras, rng, x)
+            x = (L.GlobalAveragePooling1D() if rng.integers(2) else L.Flatten())(x)
+        else:
+            inputs = keras.Input((int(rng.choice([6, 10, 16])),), name="features")
+            x = L.Dense(int(rng.choice([8, 16])), activation="relu")(inputs)
+            for _ in range(blocks):
+                x = _random_dense_block(keras, rng, x)
+        if rng.integers(2):
+            x = _random_activation(keras, rng, L.Dense(16)(x))
+        fields = _random_task(seed)
+        if fields["task"] == "classification":
+            out = L.Dense(5, activation=None if fields["from_logits"] else "softmax")(x)
+        elif fields["task"] == "binary":
+            out = L.Dense(int(rng.choice([1, 3])), activation="sigmoid")(x)
+        else:
+            out = L.Dense(int(rng.choice([1, 2])))(x)
+        return keras.Model(inputs, out, name=f"random_{seed}")
+
+    return build
+
+
 _IMAGE = (0.0, 255.0)   # networks with their own preprocessing take raw pixels
 _UNIT = (-1.0, 1.0)     # the others take preprocess_input's range
 
@@ -847,7 +1012,9 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
              note="one sigmoid output, 0/1 labels (binary cross-entropy)"),
     ZooModel("multilabel_mlp", _multilabel_mlp, "binary", family="more",
              note="five sigmoid outputs, multi-hot labels"),
-]}
+] + [ZooModel(f"random_{seed}", _random_model(seed), family="random",
+              note="a seeded random architecture", **_random_task(seed))
+     for seed in range(RANDOM_MODELS)]}
 
 
 def spec_for(name: str, size: str) -> ZooModel:

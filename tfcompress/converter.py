@@ -246,7 +246,7 @@ def convert(
                    output_type=output_type, float_fallback=float_fallback)
     model_bytes = _run_converter(source, sparse=False, progress=progress, **options)
     notes: Tuple[str, ...] = source.notes
-    if sparse:
+    if sparse and _runs(model_bytes):  # else the checks below refuse the dense file
         sparse_bytes = _run_converter(source, sparse=True, progress=False, **options)
         try:
             tidied = tidy_sparse_weights(sparse_bytes, dense=model_bytes)
@@ -364,19 +364,62 @@ def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, sam
 
 
 def _check_runs(verified: inspector.VerifiedModel, mode: str) -> None:
-    """Both kernel paths must prepare the file: a file TFLite cannot run is not a result.
+    """Both kernel paths must prepare and run the file: a file TFLite cannot run is not
+    a result, and one that crashes LiteRT must not take the user's process with it.
 
+    The file is built, allocated and invoked once per kernel path in a fresh
+    LiteRT-only process first (``runtime.trial_run(isolate=True)``, about 0.4 s).
     Measured: int16x8 files of MobileNet / MobileNetV2 fail the reference kernels'
-    DEPTHWISE_CONV_2D prepare ("no_integer_overflow_from_quantization").
+    DEPTHWISE_CONV_2D prepare ("no_integer_overflow_from_quantization"); an int8 file
+    with a squeeze-excite block whose ReLU was dead on every calibration sample made
+    XNNPACK free memory twice (SIGABRT) while preparing it.
     """
-    for xnnpack in (True, False):
+    problem = _run_problem(verified)
+    if problem:
+        kernels, head = problem
+        raise ConversionError(
+            f"The {mode!r} file cannot run on {kernels}: {head}"
+            + _degenerate_note(verified.report)
+            + (" Try mode='int8'." if mode == "int16x8" else ""))
+
+
+def _run_problem(verified: inspector.VerifiedModel) -> Optional[Tuple[str, str]]:
+    """``(kernel path, LiteRT's first line)`` where a trial in a child process failed."""
+    for kernel in ("xnnpack", "reference"):
         try:
-            runtime.make_interpreter(verified, xnnpack=xnnpack)
-        except (RuntimeError, ValueError) as e:
+            runtime.trial_run(verified, kernels=(kernel,), isolate=True)
+        except (RuntimeError, ValueError) as e:  # InvalidModelError: the child died
             head = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConversionError(
-                f"The {mode!r} file cannot run on {'XNNPACK' if xnnpack else 'the reference kernels'}"
-                f": {head}" + (" Try mode='int8'." if mode == "int16x8" else "")) from None
+            return ("XNNPACK" if kernel == "xnnpack" else "the reference kernels"), head
+    return None
+
+
+def _runs(model_bytes: bytes) -> bool:
+    """Whether the file verifies and runs on both kernel paths (tried in a child)."""
+    try:
+        return _run_problem(inspector.load(model_bytes)) is None
+    except inspector.InvalidModelError:
+        return False
+
+
+# An activation scale below this comes from a range of [0, 0]: TFLite writes 4e-9 to 8e-9.
+_DEGENERATE_SCALE = 1e-7
+
+
+def _degenerate_note(report: inspector.ModelReport) -> str:
+    """Names the activations whose calibrated range was empty (0 on every sample)."""
+    dead = [t for t in report.tensors if not t.is_constant and t.quantization is not None
+            and t.dtype in ("int8", "int16") and max(t.quantization.scale) < _DEGENERATE_SCALE]
+    if not dead:
+        return ""
+    layers = sorted({inspector.layer_name(t.name) for t in dead})
+    return (f" {len(dead)} activation tensor(s) were 0 on every calibration sample, so their "
+            f"int8 scale is {min(max(t.quantization.scale) for t in dead):.2g} (layers: "
+            f"{', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}); kernels cannot "
+            "requantize into such a scale. Calibrate with data on which these layers are not "
+            "all zero, remove the dead units (a ReLU that never fires), or quantize with "
+            "quantize_model / post_training_quantize, whose ranges are never narrower than "
+            "quantization.MIN_ACTIVATION_RANGE.")
 
 
 SPARSE_CHECK_SAMPLES = 64  # inputs on which a sparse file must equal the dense one
@@ -394,6 +437,12 @@ def _sparse_or_dense(sparse: bytes, dense: bytes, samples: list,
     if not any(t.sparsity is not None for t in inspector.load(sparse).tree.subgraphs[0].tensors):
         return dense, ("sparse weights: none saves bytes or runs correctly here, so every "
                        "weight is stored dense",)
+    failed = _run_problem(inspector.load(sparse))
+    if failed:
+        logging.warning("convert(sparse=True): the sparse file cannot run on %s (%s); "
+                        "writing dense weights instead.", *failed)
+        return dense, (f"sparse weights: the sparse file cannot run on {failed[0]} "
+                       f"({failed[1]}); the file has dense weights",)
     problem = _outputs_differ(sparse, dense, samples, specs)
     if problem:
         logging.warning("convert(sparse=True): %s; writing dense weights instead.", problem)

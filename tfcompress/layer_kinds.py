@@ -243,6 +243,7 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     ("Concatenate", dict(merge="concatenate", fuses_activation=True)),
     ("Relu", dict(channelwise=True, activation="relu")),
     ("Relu6", dict(channelwise=True, activation="relu6")),
+    ("LeakyRelu", dict(channelwise=True, activation="leaky_relu")),
     ("Sigmoid", dict(channelwise=True, activation="sigmoid")),
     ("Tanh", dict(channelwise=True, activation="tanh")),
     ("HardSilu", dict(channelwise=True, activation="hard_silu")),

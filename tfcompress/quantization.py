@@ -152,6 +152,14 @@ def symmetric_max(weight, *, per_channel: bool):
 # Activation quantizer.
 # ---------------------------------------------------------------------------
 
+# The narrowest activation range a FakeQuant uses. A tensor that was 0 on every
+# calibration or training sample (a dead ReLU) otherwise gets the range [0, 0], which
+# the converter writes as a scale of 4e-9; XNNPACK then fails to prepare the next
+# FULLY_CONNECTED (its requantization scale over 256) or, measured on a
+# squeeze-excite block, frees memory twice and aborts the process. The values of
+# such a tensor are exact on any grid that holds zero.
+MIN_ACTIVATION_RANGE = 1e-3
+
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class FakeQuant(keras.layers.Layer):
@@ -196,7 +204,9 @@ class FakeQuant(keras.layers.Layer):
         return super().__call__(*args, **kwargs)
 
     def _snapped(self, lo, hi):
-        """``(lo, hi)`` widened so that the grid holds ``grid_point`` (8 bits)."""
+        """``(lo, hi)`` at least :data:`MIN_ACTIVATION_RANGE` wide, and widened so that
+        the grid holds ``grid_point`` (8 bits)."""
+        hi = ops.maximum(hi, lo + MIN_ACTIVATION_RANGE)
         if self.grid_point is None or self.num_bits != 8:
             return lo, hi
         c = abs(self.grid_point)
@@ -231,10 +241,11 @@ class FakeQuant(keras.layers.Layer):
         self.calibrating = state("calibrating")
 
     def _quantize(self, x, lo, hi):
+        lo, hi = self._snapped(lo, hi)
         if self.num_bits == 16:  # TFLite's int16 activations are symmetric
             m = ops.maximum(ops.abs(lo), ops.abs(hi))
             return fake_quant(x, -m, m, num_bits=16, narrow_range=True)
-        return fake_quant(x, *self._snapped(lo, hi), num_bits=8)
+        return fake_quant(x, lo, hi, num_bits=8)
 
     def call(self, inputs, training=None):
         if self.fixed_range is not None:
