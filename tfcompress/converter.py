@@ -38,7 +38,7 @@ import tensorflow as tf
 from tfcompress import _compat, _graph, calibration, inspector, quantization, runtime
 from tfcompress._io import atomic_write_bytes
 from tfcompress.data import CALIBRATION_SAMPLES
-from tfcompress.rewrite import SPARSE_MODES, tidy_sparse_weights
+from tfcompress.rewrite import SPARSE_MODES, integer_moves, tidy_sparse_weights
 
 __all__ = [
     "ConversionError",
@@ -244,10 +244,12 @@ def convert(
                          f"not fully integer anyway). Received: mode={mode!r}")
     options = dict(mode=mode, qat=qat, samples=samples, input_type=input_type,
                    output_type=output_type, float_fallback=float_fallback)
-    model_bytes = _run_converter(source, sparse=False, progress=progress, **options)
-    notes: Tuple[str, ...] = source.notes
+    model_bytes, moved = _integer_moves(
+        _run_converter(source, sparse=False, progress=progress, **options), mode)
+    notes: Tuple[str, ...] = source.notes + moved
     if sparse and _runs(model_bytes):  # else the checks below refuse the dense file
-        sparse_bytes = _run_converter(source, sparse=True, progress=False, **options)
+        sparse_bytes, _ = _integer_moves(
+            _run_converter(source, sparse=True, progress=False, **options), mode)
         try:
             tidied = tidy_sparse_weights(sparse_bytes, dense=model_bytes)
         except ValueError as e:  # the two conversions' graphs differ beyond DENSIFY ops
@@ -361,6 +363,21 @@ def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, sam
             f"Conversion to {mode!r} failed while quantizing: {head}. "
             + ("int16x8 covers fewer ops than int8; try mode='int8'."
                if mode == "int16x8" else "Try mode='dynamic' or 'float32'.")) from None
+
+
+def _integer_moves(model_bytes: bytes, mode: str) -> Tuple[bytes, Tuple[str, ...]]:
+    """:func:`tfcompress.rewrite.integer_moves` for the integer modes, with its note."""
+    if mode not in _CALIBRATED:
+        return model_bytes, ()
+    try:
+        rewritten, count = integer_moves(model_bytes)
+    except Exception:  # pylint: disable=broad-except  # unreadable: the checks refuse it
+        return model_bytes, ()
+    if not count:
+        return model_bytes, ()
+    return rewritten, (f"{count} op(s) that only move values (SPLIT, RESHAPE...) came out of "
+                       "the converter in float between DEQUANTIZE and QUANTIZE; they run on "
+                       "the integers, which gives the same outputs",)
 
 
 def _check_runs(verified: inspector.VerifiedModel, mode: str) -> None:

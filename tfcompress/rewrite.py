@@ -8,7 +8,7 @@ converter's sparse output.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import flatbuffers
 import numpy as np
@@ -16,10 +16,14 @@ import numpy as np
 from tfcompress import inspector
 from tfcompress._compat_litert import tflite_schema
 
-__all__ = ["SPARSE_CONSUMERS", "SPARSE_MODES", "tidy_sparse_weights"]
+__all__ = ["INTEGER_MOVES", "SPARSE_CONSUMERS", "SPARSE_MODES", "integer_moves",
+           "tidy_sparse_weights"]
 
 SPARSE_CONSUMERS = ("CONV_2D",)  # ops that XNNPACK prepares with sparse (DENSIFY) weights
 SPARSE_MODES = ("int8", "float32")  # where those files run on both kernel paths
+# Ops that only move values: {op: the input slot of the values}.
+INTEGER_MOVES = {"SPLIT": 1, "SPLIT_V": 0, "RESHAPE": 0, "SQUEEZE": 0, "EXPAND_DIMS": 0,
+                 "TRANSPOSE": 0, "UNPACK": 0, "SLICE": 0, "STRIDED_SLICE": 0, "GATHER": 0}
 
 
 def tidy_sparse_weights(model_bytes: bytes, *, keep: Sequence[str] = SPARSE_CONSUMERS,
@@ -95,6 +99,92 @@ def tidy_sparse_weights(model_bytes: bytes, *, keep: Sequence[str] = SPARSE_CONS
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def integer_moves(model_bytes: bytes) -> Tuple[bytes, int]:
+    """Runs ``DEQUANTIZE -> move -> QUANTIZE`` chains of an integer file in integers.
+
+    The converter's calibration sometimes records no range for the output of an op
+    that only moves values (measured: the SPLIT of an unrolled GRU cell, depending on
+    the layer names and on what the process converted before) and leaves it in float
+    between a DEQUANTIZE and QUANTIZE ops. Where every QUANTIZE after such a move
+    (:data:`INTEGER_MOVES`) goes back to the grid the DEQUANTIZE read (the same scale
+    and zero point: it gives back the very integers), the move reads the DEQUANTIZE's
+    per-tensor int8 / int16 input directly, writes that tensor's quantization, and the
+    DEQUANTIZE and QUANTIZE ops go. The outputs are the same integers, bit for bit.
+    A QUANTIZE to another grid would round otherwise as an integer requantization, so
+    such a chain stays as it is.
+
+    Args:
+        model_bytes: a converted file.
+
+    Returns:
+        ``(file, number of moves rewritten)``; the file itself when there are none.
+    """
+    schema = tflite_schema
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(model_bytes), 0))
+    codes = [inspector.op_name(c) for c in model.operatorCodes]
+    graph = model.subgraphs[0]
+    tensors, graph_outputs = graph.tensors or [], {int(t) for t in graph.outputs}
+    integer = (schema.TensorType.INT8, schema.TensorType.INT16)
+    producer, readers = {}, {}
+    for op in graph.operators or ():
+        for t in op.outputs if op.outputs is not None else ():
+            producer[int(t)] = op
+        for t in op.inputs if op.inputs is not None else ():
+            readers.setdefault(int(t), []).append(op)
+
+    def per_tensor(t):
+        q = t.quantization
+        return (q is not None and q.scale is not None and len(q.scale) == 1
+                and (q.zeroPoint is None or len(q.zeroPoint) == 1))
+
+    def same_grid(a, b) -> bool:
+        za = int(a.zeroPoint[0]) if a.zeroPoint is not None else 0
+        zb = int(b.zeroPoint[0]) if b.zeroPoint is not None else 0
+        return za == zb and abs(float(a.scale[0]) - float(b.scale[0])) <= 1e-6 * float(a.scale[0])
+
+    drop, rename, count = set(), {}, 0
+    for op in graph.operators or ():
+        slot = INTEGER_MOVES.get(codes[op.opcodeIndex])
+        if slot is None or op.inputs is None or len(op.inputs) <= slot:
+            continue
+        values = int(op.inputs[slot])
+        dequantize = producer.get(values)
+        if dequantize is None or codes[dequantize.opcodeIndex] != "DEQUANTIZE" \
+                or len(readers.get(values, [])) != 1 or values in graph_outputs:
+            continue
+        source = tensors[int(dequantize.inputs[0])]
+        outs = [int(t) for t in op.outputs]
+        if source.type not in integer or not per_tensor(source) or any(
+                o in graph_outputs or any(
+                    codes[r.opcodeIndex] != "QUANTIZE" or int(r.outputs[0]) in graph_outputs
+                    or tensors[int(r.outputs[0])].type != source.type
+                    or not per_tensor(tensors[int(r.outputs[0])])
+                    or not same_grid(tensors[int(r.outputs[0])].quantization, source.quantization)
+                    for r in readers.get(o, [])) for o in outs):
+            continue
+        op.inputs[slot] = int(dequantize.inputs[0])
+        drop.add(id(dequantize))
+        for o in outs:
+            tensors[o].type = source.type
+            tensors[o].quantization = schema.QuantizationParametersT()
+            tensors[o].quantization.scale = [float(source.quantization.scale[0])]
+            tensors[o].quantization.zeroPoint = [
+                int(source.quantization.zeroPoint[0]) if source.quantization.zeroPoint is not None else 0]
+            for quantize in readers.get(o, []):
+                drop.add(id(quantize))
+                rename[int(quantize.outputs[0])] = o
+        count += 1
+    if not count:
+        return model_bytes, 0
+    graph.operators = [op for op in graph.operators if id(op) not in drop]
+    for op in graph.operators:
+        op.inputs = [rename.get(int(t), int(t)) for t in op.inputs]
+    _drop_unused_tensors(model)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), count
 
 
 def _dense_counterparts(model, codes, dense: bytes) -> dict:
