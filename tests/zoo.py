@@ -774,6 +774,51 @@ def _multilabel_mlp(size):
     return keras.Model(inputs, L.Dense(5, activation="sigmoid")(x), name="multilabel_mlp")
 
 
+def _lambda_cnn(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = L.Lambda(lambda t: t * 0.5 + 1.0, name="affine")(L.Conv2D(8, 3, activation="relu")(inputs))
+    x = L.Lambda(lambda t: keras.ops.mean(t, axis=(1, 2)), name="pool")(x)
+    return keras.Model(inputs, L.Dense(4)(x), name="lambda_cnn")
+
+
+def _masked_lstm(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((10,), dtype="int32", name="tokens")
+    x = L.LSTM(8)(L.Embedding(30, 8, mask_zero=True)(inputs))
+    return keras.Model(inputs, L.Dense(3)(x), name="masked_lstm")
+
+
+def _conv3d(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((4, 12, 12, 2), name="clip")
+    x = L.Conv3D(4, 3, padding="same", activation="relu")(inputs)
+    x = L.GlobalAveragePooling3D()(L.MaxPooling3D((1, 2, 2))(x))
+    return keras.Model(inputs, L.Dense(3)(x), name="conv3d")
+
+
+def _time_distributed(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((5, 8, 8, 1), name="frames")
+    x = L.TimeDistributed(L.Conv2D(4, 3, activation="relu"))(inputs)
+    x = L.TimeDistributed(L.GlobalAveragePooling2D())(x)
+    x = L.TimeDistributed(L.Dense(6, activation="relu"))(x)
+    return keras.Model(inputs, L.Dense(2)(L.Flatten()(x)), name="time_distributed")
+
+
+def _conv1d_transpose(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 4), name="signal")
+    x = L.Conv1D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = L.Conv1DTranspose(4, 3, strides=2, padding="same")(x)
+    return keras.Model(inputs, L.Conv1D(1, 1)(x), name="conv1d_transpose")
+
+
 # ---------------------------------------------------------------------------
 # Random architectures: models nobody wrote on purpose, from a seeded grammar of the
 # layers and idioms users combine (residual `+`, squeeze-excite `*`, BatchNorm before or
@@ -1012,6 +1057,14 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
              note="one sigmoid output, 0/1 labels (binary cross-entropy)"),
     ZooModel("multilabel_mlp", _multilabel_mlp, "binary", family="more",
              note="five sigmoid outputs, multi-hot labels"),
+    ZooModel("lambda_cnn", _lambda_cnn, "classification", 4, from_logits=True,
+             family="more", note="Lambda layers (an affine map and a mean)"),
+    ZooModel("masked_lstm", _masked_lstm, "classification", 3, from_logits=True, vocab=30,
+             family="more", note="Embedding(mask_zero=True) -> LSTM"),
+    ZooModel("conv3d", _conv3d, "classification", 3, from_logits=True, family="more"),
+    ZooModel("time_distributed", _time_distributed, "classification", 2, from_logits=True,
+             family="more", note="TimeDistributed Conv2D, pooling and Dense"),
+    ZooModel("conv1d_transpose", _conv1d_transpose, "regression", family="more"),
 ] + [ZooModel(f"random_{seed}", _random_model(seed), family="random",
               note="a seeded random architecture", **_random_task(seed))
      for seed in range(RANDOM_MODELS)]}
