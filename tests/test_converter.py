@@ -620,14 +620,17 @@ def test_layernorms_are_converted_with_ops_that_have_int8_kernels():
     # Keras' own LayerNorm left a NEG float in the int8 file (the Transformer classifier
     # of issue 15 was refused as not fully integer).
     model, x = _layernorm_model()
-    rewritten, notes = converter._layernorms_decomposed(model)
-    assert "'ln_last', 'ln_two_axes', 'ln_no_scale'" in notes[0] and "ln_rms" not in notes[0]
+    rewritten, notes = converter._layernorms_decomposed(model, l2_samples=[[x]])
+    assert all(f"{name}: LayerNormalization -> " in notes[0]
+               for name in ("ln_last", "ln_two_axes", "ln_no_scale")) and "ln_rms" not in notes[0]
     np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-4, atol=1e-4)
     result = convert(model, representative_data=x, progress=False)
     assert notes[0] in result.notes
     ops = result.report.op_histogram
-    assert "NEG" not in ops and "DEQUANTIZE" not in ops and ops["RSQRT"] >= 3, ops
+    # Over the last axis L2_NORMALIZATION; over two axes MEAN and RSQRT.
+    assert "NEG" not in ops and "DEQUANTIZE" not in ops, ops
+    assert ops["L2_NORMALIZATION"] == 2 and ops["RSQRT"] >= 1, ops
     assert not result.report.non_integer_tensors(allow_io=())
     step = result.report.outputs[0].quantization.scale[0]
     keras_out = model.predict(x, verbose=0)
@@ -655,9 +658,39 @@ def test_without_the_rewrite_keras_layernorm_is_not_fully_integer(monkeypatch):
     # Guards the reason for the rewrite: should a TFLite release quantize Keras' form, this
     # fails and the rewrite can go.
     model, x = _layernorm_model()
-    monkeypatch.setattr(converter, "_layernorms_decomposed", lambda m: (m, ()))
+    monkeypatch.setattr(converter, "_layernorms_decomposed", lambda m, **kwargs: (m, ()))
     with pytest.raises(ConversionError, match="not fully integer.*NEG"):
         convert(model, representative_data=x, progress=False)
+
+
+@pytest.mark.parametrize("channels", [8, 64])
+def test_layernorm_by_l2_norm_beats_the_quantized_variance_on_rows_of_different_scales(
+        monkeypatch, channels):
+    """LayerNorm exists for inputs whose rows differ in scale; the int8 variance form
+    quantizes the variance to 8 bits, L2_NORMALIZATION sums the squares in int32."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, channels))
+    h = keras.layers.LayerNormalization(epsilon=1e-3)(inputs + keras.layers.Dense(channels)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4)(h))
+    rng = np.random.default_rng(0)
+
+    def rows(n):
+        x = rng.uniform(-1, 1, (n, 6, channels)) * rng.uniform(0.05, 1.0, (n, 6, 1))
+        return x.astype("float32")
+
+    x, fresh = rows(256), rows(32)
+    want = model.predict(fresh, verbose=0)
+    p99, real = {}, converter._layernorms_decomposed
+    for l2 in (True, False):
+        monkeypatch.setattr(converter, "_layernorms_decomposed",
+                            lambda m, l2_=l2, **kwargs: real(m, **(kwargs if l2_ else {})))
+        result = convert(model, representative_data=x, progress=False)
+        assert ("L2_NORMALIZATION" in result.report.op_histogram) == l2
+        step = result.report.outputs[0].quantization.scale[0]
+        p99[l2] = max(float(np.quantile(np.abs(runtime.predict(runtime.make_interpreter(
+            result.verified, xnnpack=xnnpack), fresh)[0] - want) / step, 0.99))
+            for xnnpack in (True, False))
+    assert p99[True] < 0.6 * p99[False], p99
 
 
 def _dead_squeeze_excite():
