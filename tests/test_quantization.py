@@ -418,3 +418,47 @@ def test_post_training_quantize_takes_the_inputs_of_a_two_input_model_as_a_dict_
     with pytest.raises(ValueError, match=r"names the inputs \['zeta'\]; the model's inputs are "
                                          r"\['zeta', 'alpha'\]"):
         post_training_quantize(model, {"zeta": x[0]}, progress=False)
+
+
+def test_a_range_learned_from_infinite_values_stays_finite():
+    """The RSQRT of a variance fake-quantized to 0 is inf in a QAT model (int8 kernels
+    saturate): the range comes from the finite values, and the output is clamped."""
+    fq = FakeQuant()
+    x = np.array([[1.0, -2.0, np.inf, 3.0]], "float32")
+    out = np.asarray(fq(x, training=True))
+    assert float(fq.min_value.numpy()) == -2.0 and float(fq.max_value.numpy()) == 3.0
+    assert np.all(np.isfinite(out)) and abs(out[0, 2] - 3.0) < 0.02
+
+
+def test_layernorm_on_feature_maps_trains_and_converts_instead_of_crashing_the_converter():
+    """Measured: one QAT step made a quantizer's range inf (a pixel whose channels were
+    all 0 after ReLU, so its variance rounded to 0), and TFLite's converter died on the
+    resulting scale with SIGSEGV."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inputs = keras.Input((20, 20, 3))
+    x = L.LayerNormalization()(L.Conv2D(4, 3, padding="same", activation="relu")(inputs))
+    x = L.GlobalAveragePooling2D()(L.Conv2D(8, 5, padding="same")(L.Conv2D(8, 1)(x)))
+    model = keras.Model(inputs, L.Dense(5, activation="softmax")(L.Dense(16)(x)))
+    x = np.random.default_rng(0).uniform(-1, 1, (32, 20, 20, 3)).astype("float32")
+    qat = quantization.quantize_model(model)
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(x[:16], np.zeros(16), epochs=1, verbose=0)
+    assert all(np.all(np.isfinite(v.numpy())) for v in qat.variables)
+    result = tc.convert(qat, progress=False)
+    want = np.asarray(qat(x[16:], training=False))
+    step = result.report.outputs[0].quantization.scale[0]
+    for xnnpack in (True, False):
+        got = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=xnnpack), x[16:])[0]
+        assert np.max(np.abs(got - want)) <= 2 * step + 1e-6
+
+
+def test_a_model_with_an_infinite_range_is_refused_before_the_converter_sees_it(tiny_dense):
+    qat = quantization.quantize_model(tiny_dense)
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 6)).astype("float32")
+    qat.compile("adam", "mse")
+    qat.fit(x, np.zeros((16, 3)), epochs=1, verbose=0)
+    quantizer = next(layer for layer in qat.layers if isinstance(layer, FakeQuant))
+    quantizer.max_value.assign(np.inf)
+    with pytest.raises(tc.ConversionError, match=r"inf or NaN: .*max.*Training diverged"):
+        tc.convert(qat, progress=False)

@@ -512,6 +512,18 @@ def _check_ranges_set(model) -> None:
             + (f" and {len(unset) - 5} more" if len(unset) > 5 else "")
             + ". Train it (fit) or calibrate it (tfcompress.post_training.calibrate) before "
             "converting, or pass representative_data= to calibrate the file instead.")
+    # A range or weight that is inf or NaN becomes a scale out of range, on which the
+    # TFLite converter crashes the process (measured: SIGSEGV after "scale out of
+    # expressed type range").
+    broken = sorted({v.path for v in model.variables
+                     if "float" in str(v.dtype)
+                     and not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))})
+    if broken:
+        raise ConversionError(
+            f"{len(broken)} variable(s) of this quantization-aware model are inf or NaN: "
+            f"{', '.join(broken[:5])}" + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+            + ". Training diverged or a range saw infinite values; retrain (a lower "
+            "learning rate) or recalibrate before converting.")
 
 
 def _io_type(arg: str, value: Optional[str], mode: str) -> str:

@@ -263,8 +263,11 @@ class FakeQuant(keras.layers.Layer):
         if training:
             # The range is a statistic, not a function to differentiate: without
             # stop_gradient the backward pass scatters into every argmin/argmax.
-            batch_lo = ops.stop_gradient(ops.minimum(ops.min(inputs), 0.0))
-            batch_hi = ops.stop_gradient(ops.maximum(ops.max(inputs), 0.0))
+            # Over the finite values: int8 kernels saturate where float gives inf (the
+            # RSQRT of a variance that rounds to 0), and so does the fake quantization.
+            finite = ops.where(ops.isfinite(inputs), inputs, ops.zeros_like(inputs))
+            batch_lo = ops.stop_gradient(ops.minimum(ops.min(finite), 0.0))
+            batch_hi = ops.stop_gradient(ops.maximum(ops.max(finite), 0.0))
             first = ops.equal(self.initialized, 0.0)
             new_lo = ops.where(first, batch_lo, lo * self.decay + batch_lo * (1 - self.decay))
             new_hi = ops.where(first, batch_hi, hi * self.decay + batch_hi * (1 - self.decay))
