@@ -742,3 +742,32 @@ def test_cross_attention_with_its_own_lengths_and_sizes_is_quantized():
         out = runtime.predict(interpreter, x)[0]
         step = interpreter.get_output_details()[0]["quantization"][0]
         assert np.max(np.abs(out - reference)) / step <= MAX_STEPS
+
+
+def test_lambda_layers_of_keras_ops_are_quantized_as_the_ops_they_call(tmp_path):
+    """A Lambda layer used to stop QAT / PTQ / compress with Keras' safe-mode error on
+    cloning it; one written with keras.ops is now inlined into operator nodes."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10, 10, 3), name="image")
+    x = L.Conv2D(8, 3, activation="relu")(inputs)
+    x = L.Lambda(lambda t: t * 0.5 + 1.0, name="affine")(x)
+    x = L.Lambda(lambda t: ops.mean(t, axis=(1, 2)), name="pool")(x)
+    model = keras.Model(inputs, L.Dense(4)(x))
+    result = _qat(model, _uniform((10, 10, 3)))
+    assert "MEAN" in result.report.op_histogram
+    assert not result.report.non_integer_tensors()
+    qat = quantize_model(model)
+    assert not any(isinstance(layer, L.Lambda) for layer in qat.layers)
+    assert [type(layer).__name__ for layer in model.layers].count("Lambda") == 2  # unchanged
+
+
+def test_a_lambda_of_backend_calls_stays_a_lambda_and_the_file_still_agrees():
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    x = L.Lambda(lambda t: tf.nn.relu6(t * 4.0), name="tf_relu6")(L.Dense(8)(inputs))
+    model = keras.Model(inputs, L.Dense(2)(x))
+    qat = quantize_model(model)
+    assert isinstance(qat.get_layer("tf_relu6"), L.Lambda)
+    _qat(model, _uniform((8,)))  # fully integer, within 2 steps on both paths, or raises

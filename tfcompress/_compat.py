@@ -254,6 +254,22 @@ class _LegacyDepthwiseConv2D:
 LEGACY_H5_OBJECTS = {"DepthwiseConv2D": _LegacyDepthwiseConv2D}
 
 
+def layer_from_config(layer, config: Optional[dict] = None):
+    """A new layer like ``layer``: ``type(layer).from_config(config or layer.get_config())``.
+
+    A ``Lambda`` gets its function object instead: its config holds the function as
+    bytecode, which Keras refuses to load in safe mode ("Requested the deserialization
+    of a `Lambda` layer whose `function` is a Python lambda") and which would lose the
+    function's globals. (``Lambda._output_shape`` is private.)
+    """
+    config = layer.get_config() if config is None else config
+    if type(layer) is keras.layers.Lambda:
+        return keras.layers.Lambda(layer.function, output_shape=getattr(layer, "_output_shape", None),
+                                   mask=layer.mask, arguments=layer.arguments,
+                                   name=config.get("name", layer.name))
+    return type(layer).from_config(config)
+
+
 def load_keras_model(path, *, compile: bool = False):
     """``keras.models.load_model`` that also reads ``.h5`` files written by TF 2.x Keras.
 
@@ -292,6 +308,7 @@ __all__ = [
     "is_keras_model",
     "is_operation",
     "is_tf_function",
+    "layer_from_config",
     "load_keras_model",
     "node_arguments",
     "producer",

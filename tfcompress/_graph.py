@@ -37,8 +37,10 @@ def functional(model, *, purpose: str, inline: bool = False):
     Args:
         model: a Sequential or Functional Keras model.
         purpose: what the caller does, for the error message ("channel pruning").
-        inline: replace nested Sequential / Functional models by their layers, so that
-            a transform sees (and can rewrite) every layer of the graph.
+        inline: replace nested Sequential / Functional models by their layers, and
+            ``Lambda`` layers whose function runs on symbolic tensors (keras.ops calls,
+            operators) by the operations it calls, so that a transform sees (and can
+            rewrite) every layer and operation of the graph.
 
     Raises:
         ValueError: a subclassed model, or a Sequential model that was never built.
@@ -60,7 +62,8 @@ def functional(model, *, purpose: str, inline: bool = False):
             "Functional API: `inputs = keras.Input(shape); outputs = <call the same layers>; "
             "model = keras.Model(inputs, outputs)`, then copy the weights with "
             "`model.set_weights(subclassed.get_weights())`.")
-    if inline and any(_compat.is_graph_model(layer) for layer in model.layers):
+    if inline and any(_compat.is_graph_model(layer) or type(layer) is keras.layers.Lambda
+                      for layer in model.layers):
         model = clone_model(model, clone_function=lambda layer: layer,
                                          call_function=_inline_call)
     return model
@@ -71,6 +74,14 @@ def _inline_call(layer, *args, **kwargs):
         nested = functional(layer, purpose="inlining", inline=True)
         return _compat.run_graph(nested, args[0] if len(args) == 1 else list(args),
                                  operation_fn=lambda op: op)
+    if type(layer) is keras.layers.Lambda and len(args) == 1 and \
+            all(v is None for v in kwargs.values()):  # Keras passes mask=None
+        try:
+            out = layer.function(args[0], **(layer.arguments or {}))
+        except (TypeError, ValueError, AttributeError):  # TensorFlow calls need real tensors
+            return layer(*args, **kwargs)
+        if all(isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(out)):
+            return out
     return layer(*args, **kwargs)
 
 
@@ -97,11 +108,13 @@ def clone_model(model, *, keep_operations: bool = False, **kwargs):
         >>> seen = []
         >>> def clone_function(layer):
         ...     seen.append(type(layer).__name__)
-        ...     return type(layer).from_config(layer.get_config())
+        ...     return _compat.layer_from_config(layer)
         >>> clone = clone_model(model, clone_function=clone_function, keep_operations=True)
         >>> seen, [type(node.operation).__name__ for node in _compat.graph_nodes(clone)][-1]
         (['Dense'], 'Add')
     """
+    if kwargs.get("clone_function") is None:  # Keras' own would refuse a Lambda
+        kwargs["clone_function"] = _compat.layer_from_config
     if keep_operations:
         kwargs = _keeping_operations(**kwargs)
     if (kwargs.get("input_tensors") is None and _compat.is_graph_model(model)
@@ -174,7 +187,7 @@ def _keeping_operations(clone_function=None, call_function=None, **kwargs) -> di
         if _compat.is_operation(layer):
             return layer
         if clone_function is None:
-            return type(layer).from_config(layer.get_config())
+            return _compat.layer_from_config(layer)
         return clone_function(layer)
 
     def call(layer, *args, **call_kwargs):
@@ -217,7 +230,7 @@ def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original
     pending: list = []
 
     def clone_function(layer):
-        new = type(layer).from_config(layer.get_config())
+        new = _compat.layer_from_config(layer)
         if layer.weights and not splits(layer):  # split layers are replaced, never built
             pending.append((new, layer.get_weights()))
         return new
@@ -314,7 +327,7 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
     pending: list = []
 
     def clone_function(layer):
-        new = type(layer).from_config(layer.get_config())
+        new = _compat.layer_from_config(layer)
         if layer.weights and not splits(layer):
             pending.append((new, layer.get_weights()))
         return new
@@ -446,7 +459,7 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
     pending: list = []
 
     def clone_function(layer):
-        new = type(layer).from_config(layer.get_config())
+        new = _compat.layer_from_config(layer)
         if layer.weights and not splits(layer):
             pending.append((new, layer.get_weights()))
         return new

@@ -524,7 +524,7 @@ class ChannelController:
 
 
 def _copy(layer):
-    return type(layer).from_config(layer.get_config())
+    return _compat.layer_from_config(layer)
 
 
 def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",

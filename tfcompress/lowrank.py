@@ -365,7 +365,7 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
     pending = []
 
     def clone_function(layer):
-        new = type(layer).from_config(layer.get_config())
+        new = _compat.layer_from_config(layer)
         if layer.weights and layer.name not in plans:
             pending.append((new, layer.get_weights()))
         return new

@@ -733,7 +733,7 @@ def quantize_annotate_model(to_annotate):
                           "inspected: it is not annotated and stays in float (as in tfmot).",
                           stacklevel=3)
             return layer  # stateless and not serializable in safe mode: the same layer
-        new = type(layer).from_config(layer.get_config())
+        new = _compat.layer_from_config(layer)
         pending.append((new, layer.get_weights()))
         return QuantizeAnnotate(new)
 
@@ -1485,7 +1485,7 @@ def _new_layer(model, layer, step: LayerPlan, bits: Scheme, pending: list):
     if _compat.is_operation(layer):
         return layer  # stateless: the same op, called on the new tensors
     if step.action == "float":
-        new = type(layer).from_config(layer.get_config())
+        new = _compat.layer_from_config(layer)
         if layer.weights:
             pending.append((new, layer.get_weights()))
         return new
@@ -1496,7 +1496,7 @@ def _new_layer(model, layer, step: LayerPlan, bits: Scheme, pending: list):
         return keras.layers.GlobalAveragePooling2D(keepdims=True, name=step.new_name)
     if step.action == "affine":
         return _affine_wrapper(base, step, bits, pending)
-    copy = type(base).from_config(base.get_config())
+    copy = _compat.layer_from_config(base)
     if base.weights:
         pending.append((copy, base.get_weights()))
     if step.action == "copy":
@@ -1522,7 +1522,7 @@ def _affine_wrapper(base, step: LayerPlan, bits: Scheme, pending: list):
                                              trainable=False)
     bn = None
     if normalization:
-        bn = type(base).from_config(base.get_config())
+        bn = _compat.layer_from_config(base)
         pending.append((bn, base.get_weights()))
     return QuantizeWrapper(depthwise, batchnorm=bn, weight_bits=bits.weight_bits,
                            activation_bits=bits.activation_bits, notes=step.notes,
@@ -1930,7 +1930,7 @@ def strip_quantization(model):
             return layer  # stateless: the same op, called on the new tensors
         if not isinstance(layer, QuantizeWrapper) or layer.user_quantize_config is not None:
             base = layer.layer if isinstance(layer, (QuantizeWrapper, QuantizeWrapperV2)) else layer
-            new = type(base).from_config(base.get_config())
+            new = _compat.layer_from_config(base)
             if base.weights and not isinstance(base, FakeQuant):  # FakeQuant is dropped
                 pending.append((new, base.get_weights()))
             return new

@@ -636,7 +636,7 @@ def _replace_quantizers(model, replacements, *, purpose: str):
     def clone_function(layer):
         if id(layer) in replacements:
             return replacements[id(layer)](layer)
-        new = type(layer).from_config(layer.get_config())
+        new = _compat.layer_from_config(layer)
         if layer.weights:
             pending.append((new, layer.get_weights()))
         return new
