@@ -739,3 +739,15 @@ def test_dead_layers_quantized_in_keras_get_a_range_every_kernel_runs(how):
         got = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=xnnpack), x[:8])[0]
         step = result.report.outputs[0].quantization.scale[0]
         assert np.max(np.abs(got - want)) <= 2 * step + 1e-6
+
+
+def test_a_sparse_file_that_does_not_verify_gives_way_to_the_dense_one(tiny_dense, monkeypatch):
+    """Measured once on a pruned Conv1DTranspose model: the tidied sparse file held a
+    4-byte buffer for a 1-byte tensor. convert keeps the dense file and says so."""
+    x = np.random.default_rng(0).uniform(-1, 1, (32, 6)).astype("float32")
+    dense = convert(tiny_dense, representative_data=x, progress=False)
+    monkeypatch.setattr(converter, "tidy_sparse_weights",
+                        lambda sparse, dense: sparse[: len(sparse) // 2])  # truncated
+    result = convert(tiny_dense, representative_data=x, progress=False, sparse=True)
+    assert any("does not verify" in note and "dense weights" in note for note in result.notes)
+    assert result.model_bytes == dense.model_bytes
