@@ -706,14 +706,31 @@ def _dead_squeeze_excite():
     return keras.Model(inputs, L.Dense(5)(x))
 
 
-def test_a_layer_dead_on_every_calibration_sample_is_refused_with_the_layer_named():
-    """Its [0, 0] range makes XNNPACK fail to prepare the file (the QAT file of the same
-    block made it free memory twice and abort the process): the file runs in a child
-    process first, and the refusal says which layers and what to do."""
+def test_a_layer_dead_on_every_calibration_sample_is_converted_through_ptq(monkeypatch):
+    """Its [0, 0] range makes XNNPACK fail to prepare the calibrated file (the QAT file
+    of the same block made it free memory twice and abort the process). The file runs
+    in a child process first; convert then goes through post_training_quantize, whose
+    ranges are never empty, and says so."""
     model = _dead_squeeze_excite()
     x = np.random.default_rng(0).uniform(0, 1, (32, 12, 12, 3)).astype("float32")
+    result = convert(model, representative_data=x, progress=False)
+    assert any("post_training_quantize" in note for note in result.notes)
+    assert not result.report.non_integer_tensors(allow_io=("int8",))
+    want = model.predict(x[:8], verbose=0)
+    step = result.report.outputs[0].quantization.scale[0]
+    for xnnpack in (True, False):
+        got = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=xnnpack), x[:8])[0]
+        assert np.quantile(np.abs(got - want), 0.99) <= 8 * step  # the zoo's int8 bar
+    # Where post_training_quantize cannot take the model either, both reasons are given.
+    from tfcompress import post_training
+
+    def refuses(*args, **kwargs):
+        raise ValueError("Layer 'x' cannot be quantized.")
+
+    monkeypatch.setattr(post_training, "post_training_quantize", refuses)
     with pytest.raises(ConversionError, match=r"cannot run on XNNPACK.*were 0 on every "
-                       r"calibration sample.*dense.*MIN_ACTIVATION_RANGE"):
+                       r"calibration sample.*dense.*post_training_quantize could not take "
+                       r"this model either: Layer 'x' cannot be quantized"):
         convert(model, representative_data=x, progress=False)
 
 

@@ -35,7 +35,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _compat, _graph, calibration, inspector, quantization, runtime
+from tfcompress import (_compat, _graph, calibration, inspector, post_training, quantization,
+                        runtime)
 from tfcompress._io import atomic_write_bytes
 from tfcompress.data import CALIBRATION_SAMPLES
 from tfcompress.rewrite import SPARSE_MODES, integer_moves, tidy_sparse_weights
@@ -273,7 +274,14 @@ def convert(
             + ("Try float_fallback=False with the layer quantized or removed, or "
                "mode='dynamic'." if float_fallback else
                "Try another mode, or report the model.")) from None
-    _check_runs(verified, mode)
+    try:
+        _check_runs(verified, mode)
+    except ConversionError as e:
+        if not (mode == "int8" and not qat and not float_fallback and samples
+                and source.keras_model is not None and _degenerate_note(verified.report)):
+            raise
+        return _through_post_training(source.keras_model, samples, e, input_type=input_type,
+                                      output_type=output_type, sparse=sparse)
     if mode == "int8" and float_fallback:
         notes += _float_ops_note(verified.report, allow_io=(input_type, output_type))
     elif mode == "int8":
@@ -379,6 +387,27 @@ def _integer_moves(model_bytes: bytes, mode: str) -> Tuple[bytes, Tuple[str, ...
     return rewritten, (f"{count} op(s) that only move values (SPLIT, RESHAPE...) came out of "
                        "the converter in float between DEQUANTIZE and QUANTIZE; they run on "
                        "the integers, which gives the same outputs",)
+
+
+def _through_post_training(model, samples: list, error: "ConversionError", *,
+                           input_type: str, output_type: str, sparse: bool) -> ConversionResult:
+    """The int8 file of ``post_training_quantize(model)``, for a calibrated file that
+    cannot run because activations were 0 on every calibration sample: its quantizers'
+    ranges are never narrower than ``quantization.MIN_ACTIVATION_RANGE``."""
+    x = [np.concatenate([np.asarray(s[i]) for s in samples]) for i in range(len(samples[0]))]
+    try:
+        quantized = post_training.post_training_quantize(model, x if len(x) > 1 else x[0],
+                                                         num_samples=len(samples), progress=False)
+        result = convert(quantized, input_type=input_type, output_type=output_type,
+                         progress=False, sparse=sparse)
+    except (ValueError, TypeError) as e:  # ConversionError included
+        head = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"{error} post_training_quantize could not take this model "
+                              f"either: {head}") from None
+    note = ("calibrated ranges of 0 (activations 0 on every calibration sample) made the file "
+            "unable to run, so it was converted through post_training_quantize, whose ranges "
+            "are at least quantization.MIN_ACTIVATION_RANGE wide")
+    return dataclasses.replace(result, notes=result.notes + (note,))
 
 
 def _check_runs(verified: inspector.VerifiedModel, mode: str) -> None:
