@@ -15,9 +15,11 @@ __all__ = [
     "functional",
     "attention_refusal",
     "split_attention",
+    "split_average_pools",
     "split_layernorms",
     "split_separable",
     "splittable_layernorm",
+    "averaging_pool",
     "variable_dims",
     "with_input_shapes",
 ]
@@ -256,6 +258,83 @@ def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         notes.append(f"{base.name}: {type(base).__name__} -> {depthwise_class.__name__} + 1x1 "
                      f"{pointwise_class.__name__} (what TFLite runs; each half quantized on "
                      "its own)")
+        return out
+
+    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
+                        keep_operations=True)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return clone, notes
+
+
+def _pads(size, pool: int, stride: int) -> bool:
+    """Whether "same" padding pads an axis of ``size`` for this pool and stride."""
+    return size is None or max((-(-size // stride) - 1) * stride + pool - size, 0) > 0
+
+
+def averaging_pool(layer, input_shape) -> bool:
+    """Whether :func:`split_average_pools` writes ``layer`` as a depthwise convolution: an
+    AveragePooling2D (channels last) that pads nothing and does not cover its whole
+    input (that one is a mean over the positions)."""
+    if type(layer) is not keras.layers.AveragePooling2D or layer.data_format != "channels_last":
+        return False
+    spatial = tuple(input_shape[1:3])
+    if None in spatial or tuple(layer.pool_size) == spatial:
+        return False
+    return layer.padding == "valid" or not any(
+        _pads(n, k, st) for n, k, st in zip(spatial, layer.pool_size, layer.strides))
+
+
+def split_average_pools(model, *, unwrap=lambda layer: layer,
+                        rewrap=lambda original, new: new, keep=lambda layer: False
+                        ) -> Tuple[object, List[str]]:
+    """AveragePooling2D -> a frozen DepthwiseConv2D with weights ``1 / (kh * kw)``.
+
+    TFLite's int8 AVERAGE_POOL_2D keeps its input's scale and rounds each average on it;
+    a QAT model cannot round ties as it does, and the rounding of hundreds of averages
+    adds up in the layers after (measured: Conv2D -> AveragePooling2D(2) -> Flatten ->
+    Dense, QAT model vs file 3 to 4 steps on both kernel paths; with the depthwise form, 0
+    to 1). The weights are exact in int8 (every one is the channel's maximum) and
+    DEPTHWISE_CONV_2D requantizes to an output range of its own, which QAT simulates.
+    Only pools that pad nothing (see :func:`averaging_pool`): a padded average divides by
+    the positions inside the input, a convolution by the whole window.
+
+    Returns:
+        The new model (weights copied; the model itself if nothing changed) and one note
+        per pool.
+    """
+    shapes = {id(node.operation): node.input_tensors[0].shape
+              for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+
+    def splits(layer):
+        return (id(layer) in shapes and not keep(layer)
+                and averaging_pool(unwrap(layer), shapes[id(layer)]))
+
+    if not any(splits(layer) for layer in model.layers):
+        return model, []
+    notes: List[str] = []
+    pending: list = []
+
+    def clone_function(layer):
+        new = _compat.layer_from_config(layer)
+        if layer.weights and not splits(layer):
+            pending.append((new, layer.get_weights()))
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        original = model.get_layer(layer.name)
+        if not splits(original):
+            return layer(*args, **kwargs)
+        base = unwrap(original)
+        (kh, kw), channels = base.pool_size, int(shapes[id(original)][-1])
+        depthwise = keras.layers.DepthwiseConv2D(
+            base.pool_size, strides=base.strides, padding="valid", use_bias=False,
+            trainable=False, name=f"{base.name}_depthwise")
+        out = rewrap(original, depthwise)(*args, **kwargs)
+        pending.append((depthwise, [np.full((kh, kw, channels, 1), 1.0 / (kh * kw), "float32")]))
+        notes.append(f"{base.name}: AveragePooling2D -> DepthwiseConv2D with weights "
+                     f"1/{kh * kw}, frozen (int8 AVERAGE_POOL_2D rounds its averages on its "
+                     "input's scale, which a QAT model cannot follow)")
         return out
 
     clone = clone_model(model, clone_function=clone_function, call_function=call_function,

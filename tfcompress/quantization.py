@@ -1178,7 +1178,9 @@ def _prepare(model):
     model, more = _graph.split_layernorms(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
     model, attention = _graph.split_attention(model, unwrap=_inner, rewrap=rewrap,
                                               keep=unannotated)
-    return model, notes + more + attention
+    model, pools = _graph.split_average_pools(model, unwrap=_inner, rewrap=rewrap,
+                                              keep=unannotated)
+    return model, notes + more + attention + pools
 
 
 class _Graph:
