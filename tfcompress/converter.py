@@ -411,8 +411,8 @@ def _through_post_training(model, samples: list, error: "ConversionError", *,
 
 
 def _check_runs(verified: inspector.VerifiedModel, mode: str) -> None:
-    """Both kernel paths must prepare and run the file: a file TFLite cannot run is not
-    a result, and one that crashes LiteRT must not take the user's process with it.
+    """Both kernel paths must prepare the file: a file TFLite cannot run is not a result,
+    and one that crashes LiteRT must not take the user's process with it.
 
     The file is built and allocated once per kernel path in a fresh LiteRT-only process
     first (``runtime.trial_run(isolate=True)``, about 0.4 s).

@@ -289,13 +289,16 @@ def id_bounds(model: ModelSource) -> Dict[int, int]:
 
     def gathered(op) -> int:
         ids, table = _ID_READERS[op.op]
+        if len(op.inputs) <= max(ids, table) or min(op.inputs[ids], op.inputs[table]) < 0:
+            return 1
         shape = report.tensors[op.inputs[table]].shape
         if op.op == "GATHER_ND":  # ids of depth k index the table's first k dimensions
             depth = (report.tensors[op.inputs[ids]].shape or (1,))[-1]
             dims = shape[:max(1, depth)]
         else:
             axis = getattr(operators[op.index].builtinOptions, "axis", 0) if op.op == "GATHER" else 0
-            dims = shape[axis:axis + 1] if -len(shape) <= axis < len(shape) else ()
+            axis = int(axis or 0)
+            dims = (shape[axis % len(shape)],) if shape and -len(shape) <= axis < len(shape) else ()
         dims = [d for d in dims if d > 0]
         return min(dims) if dims else 1
 
