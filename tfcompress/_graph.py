@@ -201,6 +201,43 @@ def _keeping_operations(clone_function=None, call_function=None, **kwargs) -> di
                 call_function=call if call_function is not None else None)
 
 
+def _replace_layers(model, splits, replace) -> Tuple[object, List[str]]:
+    """Clones ``model`` with each layer for which ``splits(layer)`` holds replaced.
+
+    ``replace(original, pending, *args, **kwargs)`` builds what stands for ``original`` on
+    its call's tensors, appends each new layer with its weights to ``pending`` and returns
+    ``(outputs, note)``. Every other layer is copied with its weights; operator nodes are
+    reused (``clone_model(keep_operations=True)``).
+
+    Returns:
+        The clone and the notes, or ``(model, [])`` when no layer splits.
+    """
+    if not any(splits(layer) for layer in model.layers):
+        return model, []
+    notes: List[str] = []
+    pending: list = []
+
+    def clone_function(layer):
+        new = _compat.layer_from_config(layer)
+        if layer.weights and not splits(layer):  # split layers are replaced, never built
+            pending.append((new, layer.get_weights()))
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        original = model.get_layer(layer.name)
+        if not splits(original):
+            return layer(*args, **kwargs)
+        out, note = replace(original, pending, *args, **kwargs)
+        notes.append(note)
+        return out
+
+    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
+                        keep_operations=True)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return clone, notes
+
+
 _SEPARABLE = {
     keras.layers.SeparableConv1D: (keras.layers.DepthwiseConv1D, keras.layers.Conv1D),
     keras.layers.SeparableConv2D: (keras.layers.DepthwiseConv2D, keras.layers.Conv2D),
@@ -226,21 +263,7 @@ def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         return (type(base) in _SEPARABLE and not keep(layer)
                 and base.data_format == "channels_last")
 
-    if not any(splits(layer) for layer in model.layers):
-        return model, []
-    notes: List[str] = []
-    pending: list = []
-
-    def clone_function(layer):
-        new = _compat.layer_from_config(layer)
-        if layer.weights and not splits(layer):  # split layers are replaced, never built
-            pending.append((new, layer.get_weights()))
-        return new
-
-    def call_function(layer, *args, **kwargs):
-        original = model.get_layer(layer.name)
-        if not splits(original):
-            return layer(*args, **kwargs)
+    def replace(original, pending, *args, **kwargs):
         base = unwrap(original)
         depthwise_class, pointwise_class = _SEPARABLE[type(base)]
         depthwise = depthwise_class(
@@ -255,16 +278,11 @@ def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         pending.append((halves[0], [weights["depthwise_kernel"]]))
         pending.append((halves[1], [weights["pointwise_kernel"]]
                         + ([weights["bias"]] if base.use_bias else [])))
-        notes.append(f"{base.name}: {type(base).__name__} -> {depthwise_class.__name__} + 1x1 "
+        return out, (f"{base.name}: {type(base).__name__} -> {depthwise_class.__name__} + 1x1 "
                      f"{pointwise_class.__name__} (what TFLite runs; each half quantized on "
                      "its own)")
-        return out
 
-    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
-                        keep_operations=True)
-    for new, weights in pending:
-        new.set_weights(weights)
-    return clone, notes
+    return _replace_layers(model, splits, replace)
 
 
 def _pads(size, pool: int, stride: int) -> bool:
@@ -310,21 +328,7 @@ def split_average_pools(model, *, unwrap=lambda layer: layer,
         return (id(layer) in shapes and not keep(layer)
                 and averaging_pool(unwrap(layer), shapes[id(layer)]))
 
-    if not any(splits(layer) for layer in model.layers):
-        return model, []
-    notes: List[str] = []
-    pending: list = []
-
-    def clone_function(layer):
-        new = _compat.layer_from_config(layer)
-        if layer.weights and not splits(layer):
-            pending.append((new, layer.get_weights()))
-        return new
-
-    def call_function(layer, *args, **kwargs):
-        original = model.get_layer(layer.name)
-        if not splits(original):
-            return layer(*args, **kwargs)
+    def replace(original, pending, *args, **kwargs):
         base = unwrap(original)
         (kh, kw), channels = base.pool_size, int(shapes[id(original)][-1])
         depthwise = keras.layers.DepthwiseConv2D(
@@ -332,16 +336,11 @@ def split_average_pools(model, *, unwrap=lambda layer: layer,
             trainable=False, name=f"{base.name}_depthwise")
         out = rewrap(original, depthwise)(*args, **kwargs)
         pending.append((depthwise, [np.full((kh, kw, channels, 1), 1.0 / (kh * kw), "float32")]))
-        notes.append(f"{base.name}: AveragePooling2D -> DepthwiseConv2D with weights "
+        return out, (f"{base.name}: AveragePooling2D -> DepthwiseConv2D with weights "
                      f"1/{kh * kw}, frozen (int8 AVERAGE_POOL_2D rounds its averages on its "
                      "input's scale, which a QAT model cannot follow)")
-        return out
 
-    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
-                        keep_operations=True)
-    for new, weights in pending:
-        new.set_weights(weights)
-    return clone, notes
+    return _replace_layers(model, splits, replace)
 
 
 def _layernorm_axes(layer, rank: int) -> Tuple[int, ...]:
@@ -400,21 +399,7 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
         return (id(layer) in ranks and not keep(layer) and splittable_layernorm(
             unwrap(layer), ranks[id(layer)], any_axes=any_axes))
 
-    if not any(splits(layer) for layer in model.layers):
-        return model, []
-    notes: List[str] = []
-    pending: list = []
-
-    def clone_function(layer):
-        new = _compat.layer_from_config(layer)
-        if layer.weights and not splits(layer):
-            pending.append((new, layer.get_weights()))
-        return new
-
-    def call_function(layer, *args, **kwargs):
-        original = model.get_layer(layer.name)
-        if not splits(original):
-            return layer(*args, **kwargs)
+    def replace(original, pending, *args, **kwargs):
         base, x, ops = unwrap(original), args[0], keras.ops
         axes = _layernorm_axes(base, len(x.shape))
         if axes == (len(x.shape) - 1,):
@@ -457,15 +442,11 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
                  "L2_NORMALIZATION" if l2 is not None else
                  "means over the channels (Dense layers with weights 1/C, frozen), SUB, MUL, "
                  "RSQRT, MUL" if axes == (len(x.shape) - 1,) else "MEAN, SUB, MUL, RSQRT, MUL")
-        notes.append(f"{base.name}: LayerNormalization -> {means} and a Rescaling by gamma "
-                     "and beta (Keras' own form leaves a NEG float in an int8 file)")
-        return rewrap(original, affine)(y)
+        return rewrap(original, affine)(y), (
+            f"{base.name}: LayerNormalization -> {means} and a Rescaling by gamma and beta "
+            "(Keras' own form leaves a NEG float in an int8 file)")
 
-    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
-                        keep_operations=True)
-    for new, weights in pending:
-        new.set_weights(weights)
-    return clone, notes
+    return _replace_layers(model, splits, replace)
 
 
 def _attention_inputs(node=None, args=(), kwargs=None):
@@ -532,26 +513,12 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
                 and len(getattr(layer, "_inbound_nodes", ())) == 1
                 and attention_refusal(unwrap(layer), nodes[id(layer)]) is None)
 
-    if not any(splits(layer) for layer in model.layers):
-        return model, []
-    notes: List[str] = []
-    pending: list = []
-
-    def clone_function(layer):
-        new = _compat.layer_from_config(layer)
-        if layer.weights and not splits(layer):
-            pending.append((new, layer.get_weights()))
-        return new
-
-    def dense(original, name, kernel, bias, scale=1.0):
+    def dense(original, pending, name, kernel, bias, scale=1.0):
         layer = keras.layers.Dense(kernel.shape[-1], use_bias=bias is not None, name=name)
         pending.append((layer, [kernel * scale] + ([bias * scale] if bias is not None else [])))
         return rewrap(original, layer)
 
-    def call_function(layer, *args, **kwargs):
-        original = model.get_layer(layer.name)
-        if not splits(original):
-            return layer(*args, **kwargs)
+    def replace(original, pending, *args, **kwargs):
         base = unwrap(original)
         query, value, key, _ = _attention_inputs(args=args, kwargs=kwargs)
         key = value if key is None else key
@@ -561,7 +528,8 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         def project(x, which, scale=1.0):
             kernel, bias = parts[which]
             size = kernel.shape[-1]
-            flat = dense(original, f"{base.name}_{which}", kernel.reshape(kernel.shape[0], -1),
+            flat = dense(original, pending, f"{base.name}_{which}",
+                         kernel.reshape(kernel.shape[0], -1),
                          None if bias is None else bias.reshape(-1), scale)(x)
             split = rewrap(original, L.Reshape((int(x.shape[1]), heads, size),
                                                name=f"{base.name}_{which}_heads"))
@@ -579,16 +547,11 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         context = rewrap(original, L.Reshape((int(query.shape[1]), heads * parts["value_dim"]),
                                              name=f"{base.name}_context"))(context)
         kernel, bias = parts["output"]
-        out = dense(original, f"{base.name}_output", kernel.reshape(-1, kernel.shape[-1]),
+        out = dense(original, pending, f"{base.name}_output", kernel.reshape(-1, kernel.shape[-1]),
                     bias)(context)
-        notes.append(f"{base.name}: MultiHeadAttention -> Dense query/key/value projections, "
+        return out, (f"{base.name}: MultiHeadAttention -> Dense query/key/value projections, "
                      "RESHAPE, TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL and a Dense "
                      "output projection, each quantized on its own"
                      + (" (attention dropout left out)" if parts["dropout"] else ""))
-        return out
 
-    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
-                        keep_operations=True)
-    for new, weights in pending:
-        new.set_weights(weights)
-    return clone, notes
+    return _replace_layers(model, splits, replace)
