@@ -283,10 +283,12 @@ ACTIVATIONS = {  # activation -> the int8 op(s) TFLite runs for it
     "hard_swish": ("HARD_SWISH",), "hard_silu": ("HARD_SWISH",), "hard_sigmoid": ("ADD", "MUL"),
     "sigmoid": ("LOGISTIC",), "swish": ("LOGISTIC", "MUL"), "silu": ("LOGISTIC", "MUL"),
     "tanh": ("TANH",), "gelu": ("GELU",), "leaky_relu": ("LEAKY_RELU",),
+    # The converter keeps ELU float; QAT writes it as RELU, SUB, EXP, SUB, ADD.
+    "elu": ("EXP", "SUB"), "selu": ("EXP", "MUL"),
 }
 OP_ACTIVATIONS = {"hard_silu": ops.hard_silu, "hard_sigmoid": ops.hard_sigmoid,
                   "sigmoid": ops.sigmoid, "silu": ops.silu, "tanh": ops.tanh, "gelu": ops.gelu,
-                  "leaky_relu": ops.leaky_relu}
+                  "leaky_relu": ops.leaky_relu, "elu": ops.elu, "selu": ops.selu}
 
 
 @pytest.mark.parametrize("form", ["layer", "argument", "operation"])
@@ -493,12 +495,12 @@ REFUSALS = {
                        "'ln' (class LayerNormalization", "without rms_scaling"),
     "layer_norm_axis": (_refused(lambda x: L.LayerNormalization(axis=1, name="ln")(x)),
                         "'ln' (class LayerNormalization", "over the last axis"),
-    "elu": (_refused(lambda x: L.ELU(name="elu")(x)), "'elu' (class ELU",
-            "activation 'elu': the TFLite converter keeps it in float"),
+    "softsign": (_refused(lambda x: L.Activation("softsign", name="act")(x)),
+                 "'act' (class Activation", "activation 'softsign': the TFLite converter keeps"),
     "softplus": (_refused(lambda x: L.Dense(4, activation="softplus", name="d")(x)),
                  "'d' (class Dense", "activation 'softplus'"),
-    # The node's name ('exp', 'exp_3', ...) depends on what ran before in the process.
-    "exp_op": (_refused(lambda x: ops.exp(x)), "(class Exp, position",
+    # The node's name ('sin', 'sin_3', ...) depends on what ran before in the process.
+    "sin_op": (_refused(lambda x: ops.sin(x)), "(class Sin, position",
                "Operator nodes quantized: Add"),
     "divide_by_tensor": (_refused(lambda x: x / (L.Dense(8)(x) + 4.0)), "(class TrueDivide",
                          "no int8 DIV"),
@@ -628,7 +630,7 @@ def test_an_invalid_file_from_the_tflite_converter_is_a_conversion_error():
 def test_float_fallback_in_post_training_int8_and_its_argument_check():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 8), name="x")
-    h = L.ELU(name="elu")(L.Dense(8, name="d")(inputs))  # the converter keeps ELU float
+    h = ops.sin(L.Dense(8, name="d")(inputs))  # TFLite has no int8 SIN
     model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
     x = _uniform((6, 8), n=64)
     result = tc.convert(model, representative_data=x, progress=False, float_fallback=True)
@@ -779,3 +781,23 @@ def test_a_lambda_of_backend_calls_stays_a_lambda_and_the_file_still_agrees():
     qat = quantize_model(model)
     assert isinstance(qat.get_layer("tf_relu6"), L.Lambda)
     _qat(model, _uniform((8,)))  # fully integer, within 2 steps on both paths, or raises
+
+
+def test_elu_layer_and_conv_elu_are_quantized_as_int8_ops_and_reload(tmp_path):
+    # Refused until session 12 ("the TFLite converter keeps it in float").
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = L.Conv2D(8, 3, activation="elu", name="conv")(inputs)
+    x = L.ELU(alpha=0.5, name="elu")(L.Conv2D(8, 3, name="conv2")(x))
+    model = keras.Model(inputs, L.Dense(4)(L.Flatten()(x)))
+    x = _uniform((8, 8, 3), -2, 2, n=32)
+    qat = _one_step(quantize_model(model), x)
+    result = _agrees(qat, x)
+    assert "ELU" not in result.report.op_histogram and result.report.op_histogram["EXP"] == 2
+    rewrites = plan_quantization(quantize_annotate_model(model)).rewrites
+    assert any(n.startswith("conv: Conv2D(activation=elu) -> RELU, SUB, EXP") for n in rewrites), rewrites
+    assert any(n.startswith("elu: ELU -> RELU, SUB, EXP") for n in rewrites), rewrites
+    path = tmp_path / "elu.keras"
+    qat.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
+                               qat.predict(x, verbose=0), atol=1e-6)

@@ -11,15 +11,19 @@ from tfcompress import _compat
 
 __all__ = [
     "all_layers",
+    "all_operations",
     "clone_model",
     "functional",
     "attention_refusal",
     "split_attention",
     "split_average_pools",
+    "split_clamps",
+    "split_elus",
     "split_layernorms",
     "split_separable",
     "splittable_layernorm",
     "averaging_pool",
+    "elu_parts",
     "variable_dims",
     "with_input_shapes",
 ]
@@ -31,6 +35,16 @@ def all_layers(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from all_layers(layer)
+
+
+def all_operations(model):
+    """Every operation of ``model`` (layers and operator nodes), those of nested models
+    included (depth first)."""
+    # A Sequential model's `operations` can be empty where its `layers` are not.
+    for op in getattr(model, "operations", None) or getattr(model, "layers", []):
+        yield op
+        if hasattr(op, "operations"):
+            yield from all_operations(op)
 
 
 def functional(model, *, purpose: str, inline: bool = False):
@@ -206,33 +220,34 @@ def _replace_layers(model, splits, replace) -> Tuple[object, List[str]]:
 
     ``replace(original, pending, *args, **kwargs)`` builds what stands for ``original`` on
     its call's tensors, appends each new layer with its weights to ``pending`` and returns
-    ``(outputs, note)``. Every other layer is copied with its weights; operator nodes are
-    reused (``clone_model(keep_operations=True)``).
+    ``(outputs, note)``. Every other layer is copied with its weights; operator nodes
+    (``x + y``, ``keras.ops.elu(x)``) are reused, or replaced where ``splits`` says so.
 
     Returns:
         The clone and the notes, or ``(model, [])`` when no layer splits.
     """
-    if not any(splits(layer) for layer in model.layers):
+    if not any(splits(layer) for layer in model.operations):
         return model, []
     notes: List[str] = []
     pending: list = []
 
     def clone_function(layer):
+        if _compat.is_operation(layer):  # stateless: called again on the new tensors
+            return layer
         new = _compat.layer_from_config(layer)
         if layer.weights and not splits(layer):  # split layers are replaced, never built
             pending.append((new, layer.get_weights()))
         return new
 
     def call_function(layer, *args, **kwargs):
-        original = model.get_layer(layer.name)
+        original = layer if _compat.is_operation(layer) else model.get_layer(layer.name)
         if not splits(original):
             return layer(*args, **kwargs)
         out, note = replace(original, pending, *args, **kwargs)
         notes.append(note)
         return out
 
-    clone = clone_model(model, clone_function=clone_function, call_function=call_function,
-                        keep_operations=True)
+    clone = clone_model(model, clone_function=clone_function, call_function=call_function)
     for new, weights in pending:
         new.set_weights(weights)
     return clone, notes
@@ -553,5 +568,149 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
                      "RESHAPE, TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL and a Dense "
                      "output projection, each quantized on its own"
                      + (" (attention dropout left out)" if parts["dropout"] else ""))
+
+    return _replace_layers(model, splits, replace)
+
+
+# SELU's constants (keras.activations.selu).
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+
+def elu_parts(layer) -> "Tuple[float, float] | None":
+    """``(alpha, scale)`` of the ELU or SELU that ``layer`` applies to its output, else None.
+
+    An ``ELU`` layer, an ``Activation("elu" | "selu")``, a weighted layer with that
+    ``activation`` (Dense, Conv...), or a ``keras.ops.elu`` / ``selu`` operator node.
+
+    >>> import keras
+    >>> elu_parts(keras.layers.ELU(alpha=0.5)), elu_parts(keras.layers.Dense(2, activation="selu"))
+    ((0.5, 1.0), (1.6732632423543772, 1.0507009873554805))
+    >>> elu_parts(keras.layers.Dense(2, activation="relu")) is None
+    True
+    """
+    if isinstance(layer, keras.layers.ELU):
+        return float(layer.alpha), 1.0
+    if _compat.is_operation(layer):
+        name = type(layer).__name__
+        return ((float(layer.alpha), 1.0) if name == "Elu" else
+                (_SELU_ALPHA, _SELU_SCALE) if name == "Selu" else None)
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    return ((1.0, 1.0) if activation == "elu" else
+            (_SELU_ALPHA, _SELU_SCALE) if activation == "selu" else None)
+
+
+def elu_ops(x, alpha: float = 1.0, scale: float = 1.0):
+    """``scale * elu(x, alpha)`` as ops with int8 TFLite kernels.
+
+    ``r + alpha * (exp(x - r) - 1)`` with ``r = relu(x)``: RELU, SUB, EXP, SUB and ADD (and
+    MUL by constants besides plain ELU). TFLite's converter keeps ELU in float in an int8
+    model. The forms with ``min(x, 0)`` are wrong in int8: the converter gives MINIMUM's
+    input its output's range (``[min, 0]``), so where that input is read elsewhere (by the
+    RELU) its positive values are clipped to 0 (measured: 93 output steps from float after
+    a Conv2D).
+
+    >>> import keras, numpy as np
+    >>> x = np.linspace(-4.0, 4.0, 9).astype("float32")
+    >>> bool(np.allclose(elu_ops(x, 0.5), keras.ops.elu(x, 0.5), atol=1e-6))
+    True
+    """
+    ops = keras.ops
+    positive = ops.relu(x)
+    negative = ops.exp(x - positive) - 1.0
+    if alpha * scale != 1.0:
+        negative = negative * (alpha * scale)
+    if scale != 1.0:
+        positive = positive * scale
+    return positive + negative
+
+
+def split_elus(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+               keep=lambda layer: False):
+    """Writes every ELU / SELU of ``model`` (see :func:`elu_parts`) as :func:`elu_ops`.
+
+    A weighted layer with that activation becomes the same layer with a linear one, then
+    the ops. Operator nodes are always written (they are quantized when their input is).
+
+    Args:
+        model: a Functional model.
+        unwrap: the layer a graph layer stands for (a wrapper's inner layer).
+        rewrap: ``rewrap(original, new)`` wraps a new layer as the original was.
+        keep: layers to leave as they are (for example layers not annotated for QAT).
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per ELU, or ``(model, [])``.
+    """
+    def splits(layer):
+        return elu_parts(unwrap(layer)) is not None and (
+            _compat.is_operation(layer) or not keep(layer))
+
+    def replace(original, pending, *args, **kwargs):
+        base = unwrap(original)
+        alpha, scale = elu_parts(base)
+        x, what = args[0], type(base).__name__
+        if getattr(base, "weights", None):  # Dense, Conv...: the layer, then the ops
+            config = dict(base.get_config(), activation="linear")
+            linear = type(base).from_config(config)
+            x = rewrap(original, linear)(*args, **kwargs)
+            pending.append((linear, base.get_weights()))
+            what = f"{what}(activation={'elu' if scale == 1.0 else 'selu'})"
+        return elu_ops(x, alpha, scale), (
+            f"{base.name}: {what} -> RELU, SUB, EXP, SUB, ADD (TFLite's converter keeps "
+            "ELU / SELU in float in an int8 model)")
+
+    return _replace_layers(model, splits, replace)
+
+
+# Operations TFLite runs as MINIMUM / MAXIMUM, keeping their input's scale.
+CLAMPS = ("Minimum", "Maximum", "Clip")
+
+
+def split_clamps(model):
+    """Writes each ``minimum`` / ``maximum`` that reads a tensor other ops read too as
+    ``a - relu(a - b)`` / ``a + relu(b - a)`` (SUB or ADD, RELU, SUB or ADD).
+
+    TFLite's int8 MINIMUM and MAXIMUM keep their input's scale, and its converter gives
+    the input the output's range: ``minimum(h, 0.5)`` clips ``h`` to ``[min, 0.5]`` for
+    every other reader of ``h`` too. Measured after a Conv2D, ``minimum(h, 0.5) + h * 0.5``:
+    22 output steps p99 from float (a silently wrong file); rewritten, within 2. A QAT
+    graph is not affected (its fake-quant ops give the converter both ranges, and it
+    requantizes).
+
+    Args:
+        model: a Functional model.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per op, or ``(model, [])``.
+    """
+    nodes = _compat.graph_nodes(model)
+    readers: Dict[int, int] = {}
+    calls: Dict[int, list] = {}
+    for node in nodes:
+        calls.setdefault(id(node.operation), []).append(node)
+        for t in node.input_tensors:
+            readers[id(t)] = readers.get(id(t), 0) + 1
+    for t in keras.tree.flatten(model.outputs):
+        readers[id(t)] = readers.get(id(t), 0) + 1
+
+    def splits(op):
+        found = calls.get(id(op), [])
+        return (type(op).__name__ in CLAMPS and len(found) == 1
+                and any(readers.get(id(t), 0) > 1 for t in found[0].input_tensors))
+
+    def replace(original, pending, *args, **kwargs):
+        ops, name = keras.ops, type(original).__name__
+        if name == "Clip":  # max(min(x, high), low): the MAXIMUM reads a private tensor
+            x = args[0]
+            return ops.maximum(x - ops.relu(x - original.x_max), original.x_min), (
+                f"{original.name}: Clip -> MAXIMUM(x - relu(x - high), low) (its input is "
+                "read elsewhere, and the converter would clip it there to [low, high])")
+        operands = list(args[0]) if isinstance(args[0], (list, tuple)) else list(args)
+        out = operands[0]
+        for other in operands[1:]:
+            out = out - ops.relu(out - other) if name == "Minimum" else out + ops.relu(other - out)
+        return out, (f"{original.name}: {name} -> "
+                     + ("a - relu(a - b)" if name == "Minimum" else "a + relu(b - a)")
+                     + " (its input is read elsewhere, and the converter would clip it there "
+                     "to this op's output range)")
 
     return _replace_layers(model, splits, replace)

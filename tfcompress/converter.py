@@ -233,7 +233,8 @@ def convert(
         rewritten, bn_notes = _batchnorms_as_depthwise(source.keras_model)
         rewritten, ln_notes = _layernorms_decomposed(
             rewritten, l2_samples=samples if mode == "int8" else None)
-        bn_notes += ln_notes
+        rewritten, elu_notes = _int8_forms(rewritten)
+        bn_notes += ln_notes + elu_notes
         if bn_notes:
             source = dataclasses.replace(
                 _resolve(rewritten, batch_size=batch_size, signature_key=signature_key),
@@ -877,6 +878,29 @@ def _layernorms_decomposed(model, *, l2_samples=None):
         return model, ()
     return clone, ("LayerNormalization converted as int8 ops (Keras' own form leaves a NEG "
                    "float): " + "; ".join(notes),)
+
+
+def _int8_forms(model):
+    """``model`` with the ops whose calibrated int8 form is float or wrong rewritten, and
+    notes; or ``(model, ())``.
+
+    Each ELU / SELU becomes :func:`tfcompress._graph.elu_ops` (the converter keeps ELU
+    in float); each minimum / maximum of a tensor that other ops read too becomes SUB /
+    ADD and RELU (:func:`tfcompress._graph.split_clamps`: the converter would clip that
+    tensor for its other readers).
+    """
+    if not _compat.is_graph_model(model) or not any(
+            _graph.elu_parts(op) is not None or isinstance(op, keras.layers.Lambda)
+            or type(op).__name__ in _graph.CLAMPS
+            for op in _graph.all_operations(model)):
+        return model, ()
+    clone = _graph.functional(model, purpose="conversion", inline=True)
+    clone, elus = _graph.split_elus(clone)
+    clone, clamps = _graph.split_clamps(clone)
+    notes = ((("ELU / SELU converted as int8 ops (TFLite's converter keeps them in float): "
+               + "; ".join(elus)),) if elus else ()) + \
+        ((("minimum / maximum rewritten: " + "; ".join(clamps)),) if clamps else ())
+    return (clone, notes) if notes else (model, ())
 
 
 # How many calibration samples measure the inputs of the LayerNorms.

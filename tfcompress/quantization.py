@@ -27,9 +27,11 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   for it (MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, each quantized) and a Rescaling by
   gamma and beta (a 1x1 DepthwiseConv2D);
 * a plain MultiHeadAttention (3-D inputs, no masks) becomes Dense projections, Reshape,
-  Permute, two BATCH_MATMULs and a softmax, each quantized on its own.
+  Permute, two BATCH_MATMULs and a softmax, each quantized on its own;
+* an ELU or SELU (a layer, an activation argument or a ``keras.ops`` call) becomes RELU,
+  SUB, EXP, SUB and ADD, the ops ``tfcompress.convert`` writes for it.
 
-What TFLite cannot run in int8 from a fake-quant graph (ELU, softplus, LSTM, masked
+What TFLite cannot run in int8 from a fake-quant graph (softplus, LSTM, masked
 attention, RMS-scaled LayerNormalization...) is refused with one line that names the layer, says
 why and what to do.
 
@@ -331,6 +333,8 @@ FIXED_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0)
 INT8_ACTIVATIONS = ("linear", "relu", "relu6", "leaky_relu", "hard_tanh", "softmax",
                     "sigmoid", "tanh", "hard_silu", "hard_swish", "silu", "swish", "gelu",
                     "hard_sigmoid")
+# Written as other int8 ops before planning (_graph.split_elus: RELU, SUB, EXP, SUB, ADD).
+_SPLIT_ACTIVATIONS = ("elu", "selu")
 # x * sigmoid(x): TFLite runs LOGISTIC, whose int8 output has its fixed range, then MUL.
 _SIGMOID_TIMES = ("silu", "swish")
 # relu6(x + 3) / 6: the converter keeps Keras' form in float; written as ADD (RELU6
@@ -811,11 +815,12 @@ def _unsupported(layer, position, why: str = "", todo: str = "") -> ValueError:
 def _activation_refusal(layer) -> Optional[Tuple[str, str]]:
     """Why an activation TFLite keeps in float is refused (``(why, todo)``), else None."""
     name = layer_kinds.activation_name(layer)
-    if name in INT8_ACTIVATIONS or name.startswith("relu("):  # ReLU variants: MIN / MAX
-        return None
+    if name in INT8_ACTIVATIONS + _SPLIT_ACTIVATIONS or name.startswith("relu("):
+        return None  # ReLU variants: MIN / MAX
     why = (f" (activation {name!r}: the TFLite converter keeps it in float in an int8 "
            "model)")
-    todo = (f"Activations TFLite runs in int8: {', '.join(INT8_ACTIVATIONS)}; use one of them"
+    todo = ("Activations TFLite runs in int8: "
+            f"{', '.join(INT8_ACTIVATIONS + _SPLIT_ACTIVATIONS)}; use one of them"
             + (", or write hard_sigmoid as keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0), "
                "which is quantized op by op" if name == "hard_sigmoid" else "")
             + ".")
@@ -1180,7 +1185,9 @@ def _prepare(model):
                                               keep=unannotated)
     model, pools = _graph.split_average_pools(model, unwrap=_inner, rewrap=rewrap,
                                               keep=unannotated)
-    return model, notes + more + attention + pools
+    # ELU / SELU as RELU, SUB, EXP, SUB, ADD (the converter keeps ELU itself in float).
+    model, elus = _graph.split_elus(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
+    return model, notes + more + attention + pools + elus
 
 
 class _Graph:
