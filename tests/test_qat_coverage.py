@@ -285,10 +285,13 @@ ACTIVATIONS = {  # activation -> the int8 op(s) TFLite runs for it
     "tanh": ("TANH",), "gelu": ("GELU",), "leaky_relu": ("LEAKY_RELU",),
     # The converter keeps ELU float; QAT writes it as RELU, SUB, EXP, SUB, ADD.
     "elu": ("EXP", "SUB"), "selu": ("EXP", "MUL"),
+    # Keras' log(exp(x) + 1) loses the negative side on exp's grid: r + log(1 + exp(x - 2r)).
+    "softplus": ("EXP", "LOG"), "mish": ("LOG", "TANH"),
 }
 OP_ACTIVATIONS = {"hard_silu": ops.hard_silu, "hard_sigmoid": ops.hard_sigmoid,
                   "sigmoid": ops.sigmoid, "silu": ops.silu, "tanh": ops.tanh, "gelu": ops.gelu,
-                  "leaky_relu": ops.leaky_relu, "elu": ops.elu, "selu": ops.selu}
+                  "leaky_relu": ops.leaky_relu, "elu": ops.elu, "selu": ops.selu,
+                  "softplus": ops.softplus}
 
 
 @pytest.mark.parametrize("form", ["layer", "argument", "operation"])
@@ -497,8 +500,8 @@ REFUSALS = {
                         "'ln' (class LayerNormalization", "over the last axis"),
     "softsign": (_refused(lambda x: L.Activation("softsign", name="act")(x)),
                  "'act' (class Activation", "activation 'softsign': the TFLite converter keeps"),
-    "softplus": (_refused(lambda x: L.Dense(4, activation="softplus", name="d")(x)),
-                 "'d' (class Dense", "activation 'softplus'"),
+    "tanh_shrink": (_refused(lambda x: L.Dense(4, activation="tanh_shrink", name="d")(x)),
+                    "'d' (class Dense", "activation 'tanh_shrink'"),
     # The node's name ('sin', 'sin_3', ...) depends on what ran before in the process.
     "sin_op": (_refused(lambda x: ops.sin(x)), "(class Sin, position",
                "Operator nodes quantized: Add"),

@@ -18,12 +18,13 @@ __all__ = [
     "split_attention",
     "split_average_pools",
     "split_clamps",
-    "split_elus",
+    "split_activations",
     "split_layernorms",
     "split_separable",
     "splittable_layernorm",
     "averaging_pool",
-    "elu_parts",
+    "activation_form",
+    "SPLIT_ACTIVATIONS",
     "variable_dims",
     "with_input_shapes",
 ]
@@ -576,29 +577,6 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 
-def elu_parts(layer) -> "Tuple[float, float] | None":
-    """``(alpha, scale)`` of the ELU or SELU that ``layer`` applies to its output, else None.
-
-    An ``ELU`` layer, an ``Activation("elu" | "selu")``, a weighted layer with that
-    ``activation`` (Dense, Conv...), or a ``keras.ops.elu`` / ``selu`` operator node.
-
-    >>> import keras
-    >>> elu_parts(keras.layers.ELU(alpha=0.5)), elu_parts(keras.layers.Dense(2, activation="selu"))
-    ((0.5, 1.0), (1.6732632423543772, 1.0507009873554805))
-    >>> elu_parts(keras.layers.Dense(2, activation="relu")) is None
-    True
-    """
-    if isinstance(layer, keras.layers.ELU):
-        return float(layer.alpha), 1.0
-    if _compat.is_operation(layer):
-        name = type(layer).__name__
-        return ((float(layer.alpha), 1.0) if name == "Elu" else
-                (_SELU_ALPHA, _SELU_SCALE) if name == "Selu" else None)
-    activation = getattr(getattr(layer, "activation", None), "__name__", None)
-    return ((1.0, 1.0) if activation == "elu" else
-            (_SELU_ALPHA, _SELU_SCALE) if activation == "selu" else None)
-
-
 def elu_ops(x, alpha: float = 1.0, scale: float = 1.0):
     """``scale * elu(x, alpha)`` as ops with int8 TFLite kernels.
 
@@ -624,9 +602,74 @@ def elu_ops(x, alpha: float = 1.0, scale: float = 1.0):
     return positive + negative
 
 
-def split_elus(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
-               keep=lambda layer: False):
-    """Writes every ELU / SELU of ``model`` (see :func:`elu_parts`) as :func:`elu_ops`.
+def softplus_ops(x):
+    """``softplus(x)`` as ``r + log(1 + exp(x - 2 r))`` with ``r = relu(x)``: RELU, SUB,
+    SUB, EXP, ADD, LOG, ADD, each with an int8 TFLite kernel.
+
+    TFLite's converter writes Keras' ``log(exp(x) + 1)`` as int8 EXP, ADD, LOG too, but
+    ``exp(x)`` spans ``[0, e^max]`` on one 8-bit grid, so ``softplus`` of negative inputs
+    loses every level: 11 output steps p99 from float after a Dense layer (mish, which uses
+    it: 7.5), against 1.3 (mish 1.8) here, where EXP sees ``-|x|`` and writes ``(0, 1]``.
+
+    >>> import keras, numpy as np
+    >>> x = np.linspace(-30.0, 30.0, 13).astype("float32")
+    >>> bool(np.allclose(softplus_ops(x), keras.ops.softplus(x), atol=1e-5))
+    True
+    """
+    ops = keras.ops
+    positive = ops.relu(x)
+    return positive + ops.log(ops.exp(x - positive - positive) + 1.0)
+
+
+def _mish_ops(x):
+    return x * keras.ops.tanh(softplus_ops(x))
+
+
+_FORMS = {  # activation -> (the ops that compute it, what the note calls them)
+    "elu": (elu_ops, "RELU, SUB, EXP, SUB, ADD"),
+    "selu": (lambda x: elu_ops(x, _SELU_ALPHA, _SELU_SCALE), "RELU, SUB, EXP, SUB, MUL, ADD"),
+    "softplus": (softplus_ops, "RELU, SUB, EXP, ADD, LOG, ADD"),
+    "mish": (_mish_ops, "RELU, SUB, EXP, ADD, LOG, ADD, TANH, MUL"),
+}
+# keras.ops nodes, by class name -> the activation they apply.
+_OPERATION_FORMS = {"Elu": "elu", "Selu": "selu", "Softplus": "softplus"}
+# Activations :func:`split_activations` writes as other ops.
+SPLIT_ACTIVATIONS = tuple(_FORMS)
+
+
+def activation_form(layer):
+    """``(name, function)``: the activation ``layer`` applies to its output, where
+    :func:`split_activations` writes it as other ops (ELU, SELU, softplus, mish), and a
+    function of a symbolic tensor that computes it so; else None.
+
+    An ``ELU`` layer, an ``Activation``, a weighted layer's ``activation`` argument (Dense,
+    Conv...), or a ``keras.ops`` node (``keras.ops.elu``, ``selu``, ``softplus``).
+
+    >>> import keras
+    >>> [activation_form(layer)[0] for layer in (keras.layers.ELU(alpha=0.5),
+    ...  keras.layers.Dense(2, activation="selu"), keras.layers.Activation("mish"))]
+    ['elu', 'selu', 'mish']
+    >>> activation_form(keras.layers.Dense(2, activation="relu")) is None
+    True
+    """
+    if isinstance(layer, keras.layers.ELU):
+        alpha = float(layer.alpha)
+        return "elu", lambda x: elu_ops(x, alpha)
+    if _compat.is_operation(layer):
+        name = _OPERATION_FORMS.get(type(layer).__name__)
+        if name == "elu":
+            alpha = float(layer.alpha)
+            return "elu", lambda x: elu_ops(x, alpha)
+        return (name, _FORMS[name][0]) if name is not None else None
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    return (name, _FORMS[name][0]) if name in _FORMS else None
+
+
+def split_activations(model, *, unwrap=lambda layer: layer,
+                      rewrap=lambda original, new: new, keep=lambda layer: False):
+    """Writes every ELU, SELU, softplus and mish of ``model`` (see
+    :func:`activation_form`) as ops with int8 TFLite kernels (:func:`elu_ops`,
+    :func:`softplus_ops`).
 
     A weighted layer with that activation becomes the same layer with a linear one, then
     the ops. Operator nodes are always written (they are quantized when their input is).
@@ -638,25 +681,24 @@ def split_elus(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new
         keep: layers to leave as they are (for example layers not annotated for QAT).
 
     Returns:
-        ``(model, notes)``: the rewritten model and one note per ELU, or ``(model, [])``.
+        ``(model, notes)``: the rewritten model and one note per activation, or
+        ``(model, [])``.
     """
     def splits(layer):
-        return elu_parts(unwrap(layer)) is not None and (
+        return activation_form(unwrap(layer)) is not None and (
             _compat.is_operation(layer) or not keep(layer))
 
     def replace(original, pending, *args, **kwargs):
         base = unwrap(original)
-        alpha, scale = elu_parts(base)
+        name, form = activation_form(base)
         x, what = args[0], type(base).__name__
         if getattr(base, "weights", None):  # Dense, Conv...: the layer, then the ops
-            config = dict(base.get_config(), activation="linear")
-            linear = type(base).from_config(config)
+            linear = type(base).from_config(dict(base.get_config(), activation="linear"))
             x = rewrap(original, linear)(*args, **kwargs)
             pending.append((linear, base.get_weights()))
-            what = f"{what}(activation={'elu' if scale == 1.0 else 'selu'})"
-        return elu_ops(x, alpha, scale), (
-            f"{base.name}: {what} -> RELU, SUB, EXP, SUB, ADD (TFLite's converter keeps "
-            "ELU / SELU in float in an int8 model)")
+            what = f"{what}(activation={name})"
+        return form(x), (f"{base.name}: {what} -> {_FORMS[name][1]} (TFLite's converter "
+                         f"keeps {name} in float in an int8 model, or loses its precision)")
 
     return _replace_layers(model, splits, replace)
 

@@ -884,20 +884,21 @@ def _int8_forms(model):
     """``model`` with the ops whose calibrated int8 form is float or wrong rewritten, and
     notes; or ``(model, ())``.
 
-    Each ELU / SELU becomes :func:`tfcompress._graph.elu_ops` (the converter keeps ELU
-    in float); each minimum / maximum of a tensor that other ops read too becomes SUB /
+    Each ELU, SELU, softplus and mish becomes ops with int8 kernels
+    (:func:`tfcompress._graph.split_activations`: the converter keeps ELU in float and
+    loses softplus' precision); each minimum / maximum of a tensor that other ops read too becomes SUB /
     ADD and RELU (:func:`tfcompress._graph.split_clamps`: the converter would clip that
     tensor for its other readers).
     """
     if not _compat.is_graph_model(model) or not any(
-            _graph.elu_parts(op) is not None or isinstance(op, keras.layers.Lambda)
+            _graph.activation_form(op) is not None or isinstance(op, keras.layers.Lambda)
             or type(op).__name__ in _graph.CLAMPS
             for op in _graph.all_operations(model)):
         return model, ()
     clone = _graph.functional(model, purpose="conversion", inline=True)
-    clone, elus = _graph.split_elus(clone)
+    clone, elus = _graph.split_activations(clone)
     clone, clamps = _graph.split_clamps(clone)
-    notes = ((("ELU / SELU converted as int8 ops (TFLite's converter keeps them in float): "
+    notes = ((("activations converted as int8 ops: "
                + "; ".join(elus)),) if elus else ()) + \
         ((("minimum / maximum rewritten: " + "; ".join(clamps)),) if clamps else ())
     return (clone, notes) if notes else (model, ())

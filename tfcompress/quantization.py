@@ -28,8 +28,8 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   gamma and beta (a 1x1 DepthwiseConv2D);
 * a plain MultiHeadAttention (3-D inputs, no masks) becomes Dense projections, Reshape,
   Permute, two BATCH_MATMULs and a softmax, each quantized on its own;
-* an ELU or SELU (a layer, an activation argument or a ``keras.ops`` call) becomes RELU,
-  SUB, EXP, SUB and ADD, the ops ``tfcompress.convert`` writes for it.
+* an ELU, SELU, softplus or mish (a layer, an activation argument or a ``keras.ops``
+  call) becomes the ops ``tfcompress.convert`` writes for it (RELU, SUB, EXP, ADD...).
 
 What TFLite cannot run in int8 from a fake-quant graph (softplus, LSTM, masked
 attention, RMS-scaled LayerNormalization...) is refused with one line that names the layer, says
@@ -333,8 +333,8 @@ FIXED_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0)
 INT8_ACTIVATIONS = ("linear", "relu", "relu6", "leaky_relu", "hard_tanh", "softmax",
                     "sigmoid", "tanh", "hard_silu", "hard_swish", "silu", "swish", "gelu",
                     "hard_sigmoid")
-# Written as other int8 ops before planning (_graph.split_elus: RELU, SUB, EXP, SUB, ADD).
-_SPLIT_ACTIVATIONS = ("elu", "selu")
+# Written as other int8 ops before planning (_graph.split_activations: RELU, SUB, EXP...).
+_SPLIT_ACTIVATIONS = _graph.SPLIT_ACTIVATIONS
 # x * sigmoid(x): TFLite runs LOGISTIC, whose int8 output has its fixed range, then MUL.
 _SIGMOID_TIMES = ("silu", "swish")
 # relu6(x + 3) / 6: the converter keeps Keras' form in float; written as ADD (RELU6
@@ -1185,8 +1185,9 @@ def _prepare(model):
                                               keep=unannotated)
     model, pools = _graph.split_average_pools(model, unwrap=_inner, rewrap=rewrap,
                                               keep=unannotated)
-    # ELU / SELU as RELU, SUB, EXP, SUB, ADD (the converter keeps ELU itself in float).
-    model, elus = _graph.split_elus(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
+    # ELU, SELU, softplus, mish as RELU, SUB, EXP... (the converter keeps ELU in float).
+    model, elus = _graph.split_activations(model, unwrap=_inner, rewrap=rewrap,
+                                           keep=unannotated)
     return model, notes + more + attention + pools + elus
 
 
