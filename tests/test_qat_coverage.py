@@ -287,11 +287,12 @@ ACTIVATIONS = {  # activation -> the int8 op(s) TFLite runs for it
     "elu": ("EXP", "SUB"), "selu": ("EXP", "MUL"),
     # Keras' log(exp(x) + 1) loses the negative side on exp's grid: r + log(1 + exp(x - 2r)).
     "softplus": ("EXP", "LOG"), "mish": ("LOG", "TANH"),
+    "log_softmax": ("LOG_SOFTMAX",), "exponential": ("EXP",),
 }
 OP_ACTIVATIONS = {"hard_silu": ops.hard_silu, "hard_sigmoid": ops.hard_sigmoid,
                   "sigmoid": ops.sigmoid, "silu": ops.silu, "tanh": ops.tanh, "gelu": ops.gelu,
                   "leaky_relu": ops.leaky_relu, "elu": ops.elu, "selu": ops.selu,
-                  "softplus": ops.softplus}
+                  "softplus": ops.softplus, "log_softmax": ops.log_softmax}
 
 
 @pytest.mark.parametrize("form", ["layer", "argument", "operation"])

@@ -251,6 +251,7 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     ("Silu", dict(channelwise=True, activation="silu")),
     ("Gelu", dict(channelwise=True, activation="gelu")),
     ("Softmax", dict(activation="softmax")),
+    ("LogSoftmax", dict(activation="log_softmax")),
     ("Mean", dict(output_range="own")),
     ("Rsqrt", dict(channelwise=True)),  # int8 RSQRT (a LayerNorm split for QAT)
     ("Exp", dict(channelwise=True)),  # int8 EXP (an ELU split for QAT)

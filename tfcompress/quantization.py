@@ -326,13 +326,14 @@ _NO_PRE_ACTIVATION = ("linear",) + layer_kinds.FUSABLE_ACTIVATIONS
 # Output ranges fixed by TFLite's int8 kernels (scale 1/256, zero point -128; tanh 1/128,
 # 0): the quantizer after these activations uses them, so the converter adds no QUANTIZE.
 FIXED_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0),
-                "tanh": (-1.0, 127.0 / 128.0)}
+                "tanh": (-1.0, 127.0 / 128.0),
+                "log_softmax": (-255.0 / 16.0, 0.0)}  # scale 16/256, zero point 127
 # Activation functions that TF 2.21's converter writes as int8 ops from a fake-quant
 # graph (measured: LOGISTIC, TANH, HARD_SWISH, LOGISTIC + MUL, GELU, LEAKY_RELU...).
 # It keeps the others (elu, selu, softplus, hard_sigmoid's float ADD...) in float.
 INT8_ACTIVATIONS = ("linear", "relu", "relu6", "leaky_relu", "hard_tanh", "softmax",
                     "sigmoid", "tanh", "hard_silu", "hard_swish", "silu", "swish", "gelu",
-                    "hard_sigmoid")
+                    "hard_sigmoid", "log_softmax", "exponential")
 # Written as other int8 ops before planning (_graph.split_activations: RELU, SUB, EXP...).
 _SPLIT_ACTIVATIONS = _graph.SPLIT_ACTIVATIONS
 # x * sigmoid(x): TFLite runs LOGISTIC, whose int8 output has its fixed range, then MUL.
