@@ -805,3 +805,32 @@ def test_elu_layer_and_conv_elu_are_quantized_as_int8_ops_and_reload(tmp_path):
     qat.save(path)
     np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
                                qat.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("shared_axes", [[1, 2], None])
+@pytest.mark.parametrize("how", ["qat", "ptq"])
+def test_prelu_is_quantized_as_relu_sub_scale_add_and_agrees(tmp_path, shared_axes, how):
+    # Refused until session 12: TFLite's PRELU takes alpha from a constant that a
+    # fake-quant graph does not quantize, so the converter kept it float.
+    keras.utils.set_random_seed(0)
+    alpha = keras.initializers.RandomUniform(0.05, 0.4)
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = L.PReLU(shared_axes=shared_axes, alpha_initializer=alpha, name="prelu")(
+        L.Conv2D(8, 3, padding="same")(inputs))
+    x = L.PReLU(alpha_initializer=alpha, name="prelu_dense")(L.Dense(6)(L.Flatten()(
+        L.Conv2D(4, 3)(x))))
+    model = keras.Model(inputs, L.Dense(4)(x))
+    x = _uniform((8, 8, 3), n=32)
+    if how == "qat":
+        quantized = _one_step(quantize_model(model), x)
+    else:
+        quantized = post_training.post_training_quantize(model, x, progress=False)
+    result = _agrees(quantized, x)
+    assert "PRELU" not in result.report.op_histogram
+    rewrites = plan_quantization(quantize_annotate_model(model)).rewrites
+    assert any(n.startswith("prelu: PReLU -> RELU, SUB, "
+                            + ("a Rescaling" if shared_axes else "MUL")) for n in rewrites)
+    path = tmp_path / "prelu.keras"
+    quantized.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
+                               quantized.predict(x, verbose=0), atol=1e-6)

@@ -20,6 +20,7 @@ __all__ = [
     "split_clamps",
     "split_activations",
     "split_layernorms",
+    "split_prelus",
     "split_separable",
     "splittable_layernorm",
     "averaging_pool",
@@ -754,5 +755,61 @@ def split_clamps(model):
                      + ("a - relu(a - b)" if name == "Minimum" else "a + relu(b - a)")
                      + " (its input is read elsewhere, and the converter would clip it there "
                      "to this op's output range)")
+
+    return _replace_layers(model, splits, replace)
+
+
+def _on_int8_grid(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to the per-tensor int8 grid TFLite's converter gives a constant
+    operand (asymmetric, over ``[min(values, 0), max(values, 0)]``), so that a QAT model
+    computes with the numbers the file holds."""
+    low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    if high == low:
+        return values
+    scale = (high - low) / 255.0
+    zero_point = np.round(-128.0 - low / scale)
+    q = np.clip(np.round(values / scale) + zero_point, -128, 127)
+    return ((q - zero_point) * scale).astype("float32")
+
+
+def split_prelus(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                 keep=lambda layer: False):
+    """Writes each PReLU as ``r + alpha * (x - r)`` with ``r = relu(x)``.
+
+    An ``alpha`` shared over every axis but the channels becomes a ``Rescaling(alpha)``
+    (a QAT model runs it as a 1x1 depthwise convolution with per-channel int8 weights);
+    any other ``alpha`` a MUL by a constant. RELU, SUB, that and ADD have int8 kernels
+    whose every tensor a QAT model can fake-quantize, where TFLite's PRELU takes its alpha
+    from a constant the fake-quant graph does not have (the converter then keeps it
+    float). ``alpha`` is kept, not trained.
+
+    Args:
+        model: a Functional model.
+        unwrap: the layer a graph layer stands for (a wrapper's inner layer).
+        rewrap: ``rewrap(original, new)`` wraps a new layer as the original was.
+        keep: layers to leave as they are.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per PReLU, or ``(model, [])``.
+    """
+    def splits(layer):
+        return isinstance(unwrap(layer), keras.layers.PReLU) and not keep(layer)
+
+    def replace(original, pending, *args, **kwargs):
+        base, x, ops = unwrap(original), args[0], keras.ops
+        alpha = np.asarray(base.get_weights()[0], "float32")
+        positive = ops.relu(x)
+        negative = x - positive
+        if all(d == 1 for d in alpha.shape[:-1]):
+            channels = alpha.shape[-1]
+            scaled = rewrap(original, keras.layers.Rescaling(
+                alpha.reshape(channels), np.zeros(channels, "float32"),
+                name=f"{base.name}_alpha"))(negative)
+            how = "a Rescaling by alpha"
+        else:
+            scaled = negative * _on_int8_grid(alpha)
+            how = "MUL by alpha"
+        return positive + scaled, (
+            f"{base.name}: PReLU -> RELU, SUB, {how}, ADD (alpha kept, not trained)")
 
     return _replace_layers(model, splits, replace)

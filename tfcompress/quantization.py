@@ -29,7 +29,9 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
 * a plain MultiHeadAttention (3-D inputs, no masks) becomes Dense projections, Reshape,
   Permute, two BATCH_MATMULs and a softmax, each quantized on its own;
 * an ELU, SELU, softplus or mish (a layer, an activation argument or a ``keras.ops``
-  call) becomes the ops ``tfcompress.convert`` writes for it (RELU, SUB, EXP, ADD...).
+  call) becomes the ops ``tfcompress.convert`` writes for it (RELU, SUB, EXP, ADD...);
+* a PReLU becomes RELU, SUB, a Rescaling by alpha (a MUL when alpha is per position) and
+  ADD, alpha kept as it is.
 
 What TFLite cannot run in int8 from a fake-quant graph (softplus, LSTM, masked
 attention, RMS-scaled LayerNormalization...) is refused with one line that names the layer, says
@@ -763,7 +765,7 @@ def _supported_layers() -> Tuple[str, ...]:
     weighted = layer_kinds.registered(lambda kind: kind.quantize_weights)
     affine = layer_kinds.registered(lambda kind: kind.normalization or kind.affine)
     separable = ("SeparableConv1D", "SeparableConv2D", "LayerNormalization",
-                 "MultiHeadAttention")
+                 "MultiHeadAttention", "PReLU")
     return tuple(cls.__name__ for cls in weighted) + separable + tuple(
         cls.__name__ for cls in affine) + (
         "the weightless layers of tfcompress.layer_kinds (activations, pooling, padding, "
@@ -863,6 +865,8 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
         if layer.axis not in (-1, rank - 1):
             return (f" (a BatchNormalization over axis {layer.axis}, not the channels of its "
                     f"{rank}-D input)", "")
+    if isinstance(layer, keras.layers.PReLU):
+        return None  # split into RELU, SUB, a Rescaling and ADD (_graph.split_prelus)
     if type(layer) is keras.layers.LayerNormalization:
         rank = len(node.input_tensors[0].shape) if node is not None else 3
         if _graph.splittable_layernorm(layer, rank):
@@ -1189,7 +1193,9 @@ def _prepare(model):
     # ELU, SELU, softplus, mish as RELU, SUB, EXP... (the converter keeps ELU in float).
     model, elus = _graph.split_activations(model, unwrap=_inner, rewrap=rewrap,
                                            keep=unannotated)
-    return model, notes + more + attention + pools + elus
+    # PReLU as RELU, SUB, a per-channel Rescaling and ADD (PRELU's alpha has no fake-quant).
+    model, prelus = _graph.split_prelus(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
+    return model, notes + more + attention + pools + elus + prelus
 
 
 class _Graph:
