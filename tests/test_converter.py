@@ -793,9 +793,13 @@ def _activation_models():
         L.Dense(32)(x))))
     yield "softplus_keras_ops", keras.Model(x, L.Dense(4)(ops.softplus(L.Dense(32)(x))))
     yield "mish_argument", keras.Model(x, L.Dense(4)(L.Dense(32, activation="mish")(x)))
+    # Not fully integer as Keras writes it (a float island): now softplus' ops and a SUB.
+    yield "log_sigmoid_argument", keras.Model(x, L.Dense(4)(L.Dense(32,
+                                                                    activation="log_sigmoid")(x)))
+    yield "celu_keras_ops", keras.Model(x, L.Dense(4)(ops.celu(L.Dense(32)(x), 0.5)))
 
 
-def test_elu_selu_softplus_and_mish_in_every_form_convert_fully_integer_and_close_to_keras():
+def test_elu_softplus_and_their_kin_in_every_form_convert_fully_integer_and_close_to_keras():
     # The converter kept ELU float: every int8 file with one was refused as not fully
     # integer (a DEQUANTIZE, ELU, QUANTIZE island). It wrote softplus as EXP, ADD, LOG on
     # one grid for exp(x): 11 output steps p99 from Keras (mish 7.5).

@@ -622,29 +622,42 @@ def softplus_ops(x):
     return positive + ops.log(ops.exp(x - positive - positive) + 1.0)
 
 
-def _mish_ops(x):
-    return x * keras.ops.tanh(softplus_ops(x))
+def _celu_ops(x, alpha: float = 1.0):
+    positive = keras.ops.relu(x)  # r + alpha * (exp((x - r) / alpha) - 1)
+    negative = x - positive
+    if alpha != 1.0:
+        negative = negative * (1.0 / alpha)
+    negative = keras.ops.exp(negative) - 1.0
+    return positive + (negative * alpha if alpha != 1.0 else negative)
 
 
 _FORMS = {  # activation -> (the ops that compute it, what the note calls them)
     "elu": (elu_ops, "RELU, SUB, EXP, SUB, ADD"),
     "selu": (lambda x: elu_ops(x, _SELU_ALPHA, _SELU_SCALE), "RELU, SUB, EXP, SUB, MUL, ADD"),
+    "celu": (_celu_ops, "RELU, SUB, MUL, EXP, SUB, MUL, ADD"),
     "softplus": (softplus_ops, "RELU, SUB, EXP, ADD, LOG, ADD"),
-    "mish": (_mish_ops, "RELU, SUB, EXP, ADD, LOG, ADD, TANH, MUL"),
+    "mish": (lambda x: x * keras.ops.tanh(softplus_ops(x)),
+             "RELU, SUB, EXP, ADD, LOG, ADD, TANH, MUL"),
+    "log_sigmoid": (lambda x: x - softplus_ops(x), "RELU, SUB, EXP, ADD, LOG, ADD, SUB"),
+    # These two convert as they are; a QAT model needs each inner tensor as an op.
+    "softsign": (lambda x: x / (keras.ops.abs(x) + 1.0), "ABS, ADD, DIV"),
+    "tanh_shrink": (lambda x: x - keras.ops.tanh(x), "TANH, SUB"),
 }
 # keras.ops nodes, by class name -> the activation they apply.
-_OPERATION_FORMS = {"Elu": "elu", "Selu": "selu", "Softplus": "softplus"}
+_OPERATION_FORMS = {"Elu": "elu", "Selu": "selu", "Celu": "celu", "Softplus": "softplus",
+                    "LogSigmoid": "log_sigmoid", "Softsign": "softsign",
+                    "TanhShrink": "tanh_shrink"}
 # Activations :func:`split_activations` writes as other ops.
 SPLIT_ACTIVATIONS = tuple(_FORMS)
 
 
 def activation_form(layer):
     """``(name, function)``: the activation ``layer`` applies to its output, where
-    :func:`split_activations` writes it as other ops (ELU, SELU, softplus, mish), and a
+    :func:`split_activations` writes it as other ops (:data:`SPLIT_ACTIVATIONS`), and a
     function of a symbolic tensor that computes it so; else None.
 
     An ``ELU`` layer, an ``Activation``, a weighted layer's ``activation`` argument (Dense,
-    Conv...), or a ``keras.ops`` node (``keras.ops.elu``, ``selu``, ``softplus``).
+    Conv...), or a ``keras.ops`` node (``keras.ops.elu``, ``selu``, ``softplus``...).
 
     >>> import keras
     >>> [activation_form(layer)[0] for layer in (keras.layers.ELU(alpha=0.5),
@@ -658,9 +671,9 @@ def activation_form(layer):
         return "elu", lambda x: elu_ops(x, alpha)
     if _compat.is_operation(layer):
         name = _OPERATION_FORMS.get(type(layer).__name__)
-        if name == "elu":
-            alpha = float(layer.alpha)
-            return "elu", lambda x: elu_ops(x, alpha)
+        if name in ("elu", "celu"):
+            alpha, form = float(layer.alpha), (elu_ops if name == "elu" else _celu_ops)
+            return name, lambda x: form(x, alpha)
         return (name, _FORMS[name][0]) if name is not None else None
     name = getattr(getattr(layer, "activation", None), "__name__", None)
     return (name, _FORMS[name][0]) if name in _FORMS else None
@@ -668,9 +681,9 @@ def activation_form(layer):
 
 def split_activations(model, *, unwrap=lambda layer: layer,
                       rewrap=lambda original, new: new, keep=lambda layer: False):
-    """Writes every ELU, SELU, softplus and mish of ``model`` (see
-    :func:`activation_form`) as ops with int8 TFLite kernels (:func:`elu_ops`,
-    :func:`softplus_ops`).
+    """Writes every ELU, SELU, CELU, softplus, mish, log_sigmoid, softsign and tanh_shrink
+    of ``model`` (see :func:`activation_form`) as ops with int8 TFLite kernels
+    (:func:`elu_ops`, :func:`softplus_ops`...).
 
     A weighted layer with that activation becomes the same layer with a linear one, then
     the ops. Operator nodes are always written (they are quantized when their input is).

@@ -256,6 +256,7 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     ("Rsqrt", dict(channelwise=True)),  # int8 RSQRT (a LayerNorm split for QAT)
     ("Exp", dict(channelwise=True)),  # int8 EXP (an ELU split for QAT)
     ("Log", dict(channelwise=True)),  # int8 LOG (a softplus split for QAT)
+    ("Absolute", dict(channelwise=True)),  # int8 ABS
     ("Matmul", dict(output_range="own")),  # int8 BATCH_MATMUL (an attention split for QAT)
     ("Max", _KEEPS_RANGE), ("Min", _KEEPS_RANGE), ("Amax", _KEEPS_RANGE),
     ("Amin", _KEEPS_RANGE),

@@ -916,10 +916,6 @@ def _operation_refusal(node) -> Optional[Tuple[str, str]]:
             return why
     if len(node.output_tensors) != 1:
         return f" (an operator node with {len(node.output_tensors)} outputs)", ""
-    if kind.merge == "elementwise" and type(op).__name__ in ("TrueDivide", "Divide") and \
-            len(node.input_tensors) > 1:
-        return (" (a division by a tensor: TFLite has no int8 DIV)",
-                "Divide by a constant, or multiply by a reciprocal computed another way.")
     return None
 
 
