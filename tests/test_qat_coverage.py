@@ -855,3 +855,45 @@ def test_a_division_by_a_tensor_is_an_int8_div_that_agrees():
     model = keras.Model(inputs, L.Dense(4, name="head")(h / (ops.abs(L.Dense(16)(h)) + 1.0)))
     result = _qat(model, _uniform((8,), -2, 2, n=32))
     assert result.report.op_histogram["DIV"] == 1
+
+
+def test_an_average_of_three_tensors_is_adds_then_a_mul_in_int8_and_reloads(tmp_path):
+    # Accepted by QAT before session 12, but its file held a float ADD and MUL (refused by
+    # convert as not fully integer): the ADD's output had no range.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    branches = [L.Dense(8, name=f"b{i}")(inputs) for i in range(3)]
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Average(name="avg")(branches)))
+    x = _uniform((8,), n=32)
+    qat = _one_step(quantize_model(model), x)
+    result = _agrees(qat, x)
+    assert result.report.op_histogram["ADD"] == 2 and result.report.op_histogram["MUL"] == 1
+    path = tmp_path / "avg.keras"
+    qat.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
+                               qat.predict(x, verbose=0), atol=1e-6)
+    _agrees(post_training.post_training_quantize(model, x, progress=False), x)
+
+
+MORE_OPERATIONS = {  # keras.ops calls QAT quantizes since session 12 -> an int8 op they give
+    "sqrt": (lambda h: ops.sqrt(ops.abs(h) + 0.1), "SQRT"),
+    "einsum": (lambda h: L.Flatten()(ops.einsum("btc,bsc->bts", h, L.Dense(8)(h))),
+               "BATCH_MATMUL"),
+    "stack": (lambda h: ops.stack([h, h * 2.0], axis=1), "PACK"),
+    # The output's int8 range saturates at the bounds: the converter needs no op at all.
+    "clip": (lambda h: ops.clip(h, -1.0, 1.0), None),
+    "hard_tanh": (lambda h: ops.hard_tanh(h), None),  # folded into the range, as clip
+    "tile": (lambda h: ops.tile(ops.expand_dims(h, 1), (1, 3, 1)), "TILE"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE_OPERATIONS))
+def test_more_keras_ops_are_quantized_as_their_int8_ops(name):
+    body, op = MORE_OPERATIONS[name]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8), name="x")
+    y = body(L.Dense(8, name="d")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(y) if len(y.shape) > 2
+                                                       else y))
+    result = _qat(model, _uniform((6, 8), -2, 2, n=32))
+    assert op is None or op in result.report.op_histogram, result.report.op_histogram

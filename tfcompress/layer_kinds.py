@@ -257,6 +257,12 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     ("Exp", dict(channelwise=True)),  # int8 EXP (an ELU split for QAT)
     ("Log", dict(channelwise=True)),  # int8 LOG (a softplus split for QAT)
     ("Absolute", dict(channelwise=True)),  # int8 ABS
+    ("Sqrt", dict(channelwise=True)),  # int8 SQRT
+    ("HardTanh", dict(channelwise=True, activation="hard_tanh")),  # RELU_N1_TO_1
+    ("Clip", dict(channelwise=True)),  # MINIMUM and MAXIMUM (requantized after a fake quant)
+    ("Einsum", dict(output_range="own")),  # BATCH_MATMUL, FULLY_CONNECTED...
+    ("Stack", dict(merge="concatenate")),  # PACK: one scale for every input, as CONCATENATION
+    ("Tile", _KEEPS_RANGE),
     ("Matmul", dict(output_range="own")),  # int8 BATCH_MATMUL (an attention split for QAT)
     ("Max", _KEEPS_RANGE), ("Min", _KEEPS_RANGE), ("Amax", _KEEPS_RANGE),
     ("Amin", _KEEPS_RANGE),

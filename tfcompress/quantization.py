@@ -1635,6 +1635,9 @@ def _rebuild(model, plan: QuantizePlan):
         elif step.action != "float" and isinstance(layer, _PAIRWISE_MERGES) and args and \
                 isinstance(args[0], (list, tuple)) and len(args[0]) > 2:
             out = layer(_pairwise(layer, list(args[0]), bits), **kwargs)
+        elif step.action != "float" and isinstance(layer, keras.layers.Average) and args and \
+                isinstance(args[0], (list, tuple)):
+            out = _average(layer, list(args[0]), bits)
         else:
             out = layer(*args, **kwargs)
         source = None
@@ -1681,6 +1684,18 @@ def _pairwise(layer, tensors: list, bits: Scheme) -> list:
         acc = type(layer)(name=f"{layer.name}_part{i}")([acc, tensor])
         acc = FakeQuant(bits.activation_bits, name=f"quant_{layer.name}_part{i}")(acc)
     return [acc, tensors[-1]]
+
+
+def _average(layer, tensors: list, bits: Scheme):
+    """An Average as TFLite runs it: ADDs (a quantizer each), then a MUL by 1/n.
+
+    Keras' Average converts to ADD and MUL; quantized as one layer, the ADD's output had no
+    range and the converter left it and the MUL in float."""
+    acc = tensors[0]
+    for i, tensor in enumerate(tensors[1:]):
+        acc = keras.layers.Add(name=f"{layer.name}_sum{i}")([acc, tensor])
+        acc = FakeQuant(bits.activation_bits, name=f"quant_{layer.name}_sum{i}")(acc)
+    return acc * (1.0 / len(tensors))
 
 
 def _straight_chain(model) -> Optional[list]:
