@@ -861,3 +861,18 @@ def test_a_minimum_that_alone_reads_its_input_is_left_as_it_is():
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     for a, b in zip(clone.predict(x, verbose=0), shared.predict(x, verbose=0)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_rms_normalization_converts_fully_integer():
+    # Keras' RMSNormalization left a float SQUARE in the int8 file (refused).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 16))
+    norm = keras.layers.RMSNormalization(name="rms")
+    h = norm(keras.layers.Dense(16)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+    norm.set_weights([np.random.default_rng(1).normal(1, 0.3, (16,)).astype("float32")])
+    x = np.random.default_rng(0).normal(size=(64, 6, 16)).astype("float32")
+    result = convert(model, representative_data=x, progress=False)
+    assert not result.report.non_integer_tensors(allow_io=())
+    assert "rms: RMSNormalization -> " in result.notes[0]
+    assert max(_p99_steps(result, model, x)) <= 8.0  # the zoo's bar; measured 2.2

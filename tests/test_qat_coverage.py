@@ -897,3 +897,18 @@ def test_more_keras_ops_are_quantized_as_their_int8_ops(name):
                                                        else y))
     result = _qat(model, _uniform((6, 8), -2, 2, n=32))
     assert op is None or op in result.report.op_histogram, result.report.op_histogram
+
+
+@pytest.mark.parametrize("how", ["qat", "ptq"])
+def test_rms_normalization_is_quantized_as_int8_ops_and_agrees(how):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 16), name="x")
+    norm = L.RMSNormalization(name="rms")
+    h = norm(L.Dense(16, name="d")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(L.Dense(8)(h))))
+    norm.set_weights([np.random.RandomState(1).normal(1, 0.3, (16,)).astype("float32")])
+    x = _uniform((6, 16), -2, 2, n=32)
+    quantized = (_one_step(quantize_model(model), x) if how == "qat"
+                 else post_training.post_training_quantize(model, x, progress=False))
+    result = _agrees(quantized, x)
+    assert "RSQRT" in result.report.op_histogram

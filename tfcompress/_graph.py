@@ -367,9 +367,12 @@ def _layernorm_axes(layer, rank: int) -> Tuple[int, ...]:
 
 def splittable_layernorm(layer, rank: int, *, any_axes: bool = False) -> bool:
     """Whether :func:`split_layernorms` writes ``layer`` as ops: a LayerNormalization
-    without RMS scaling over the last axis of a 2-D to 4-D input (``any_axes``: over any
-    axes but the batch)."""
-    if type(layer) is not keras.layers.LayerNormalization or getattr(layer, "rms_scaling", False):
+    without RMS scaling, or an RMSNormalization, over the last axis of a 2-D to 4-D input
+    (``any_axes``: over any axes but the batch)."""
+    if type(layer) is keras.layers.LayerNormalization:
+        if getattr(layer, "rms_scaling", False):
+            return False
+    elif type(layer) is not getattr(keras.layers, "RMSNormalization", None):
         return False
     axes = _layernorm_axes(layer, rank)
     return 0 not in axes if any_axes else (axes == (rank - 1,) and 2 <= rank <= 4)
@@ -419,6 +422,7 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
     def replace(original, pending, *args, **kwargs):
         base, x, ops = unwrap(original), args[0], keras.ops
         axes = _layernorm_axes(base, len(x.shape))
+        rms = type(base) is not keras.layers.LayerNormalization  # x / sqrt(mean(x * x) + eps)
         if axes == (len(x.shape) - 1,):
             # Means over the channels as FULLY_CONNECTED ops with weights 1/C (exact in
             # int8), epsilon as the variance's bias: TFLite's builtin int8 MEAN rounds
@@ -433,7 +437,7 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
                                 + ([np.array([bias], "float32")] if bias is not None else [])))
                 return rewrap(original, layer)(t)
 
-            centred = x - mean(x, "mean")
+            centred = x if rms else x - mean(x, "mean")
             l2 = normalize(base) if normalize is not None else None
             if l2 is not None:
                 epsilon = ops.ones_like(centred[..., :1]) * float(np.sqrt(channels * base.epsilon))
@@ -442,12 +446,13 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
                 y = centred * ops.rsqrt(mean(centred * centred, "variance", float(base.epsilon)))
         else:
             l2 = None
-            centred = x - ops.mean(x, axis=axes, keepdims=True)
+            centred = x if rms else x - ops.mean(x, axis=axes, keepdims=True)
             y = centred * ops.rsqrt(ops.mean(centred * centred, axis=axes, keepdims=True)
                                     + float(base.epsilon))
         shape = tuple(int(x.shape[a]) if a in axes else 1 for a in range(1, len(x.shape)))
         weights = {w.path.split("/")[-1]: w.numpy() for w in base.weights}
-        gamma = weights.get("gamma", np.ones(shape, "float32")).reshape(shape)
+        gamma = weights.get("scale" if rms else "gamma", np.ones(shape, "float32"))
+        gamma = np.broadcast_to(gamma, shape).astype("float32")
         if l2 is not None:  # y above is (x - mean) / sqrt(var + eps) / sqrt(C)
             gamma = gamma * np.float32(np.sqrt(channels))
         beta = weights.get("beta", np.zeros(shape, "float32")).reshape(shape)
@@ -459,9 +464,14 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
                  "L2_NORMALIZATION" if l2 is not None else
                  "means over the channels (Dense layers with weights 1/C, frozen), SUB, MUL, "
                  "RSQRT, MUL" if axes == (len(x.shape) - 1,) else "MEAN, SUB, MUL, RSQRT, MUL")
+        if rms:
+            means = ("L2_NORMALIZATION" if l2 is not None else "MUL, a mean over the channels "
+                     "(a Dense layer with weights 1/C, frozen), RSQRT, MUL"
+                     if axes == (len(x.shape) - 1,) else "MUL, MEAN, RSQRT, MUL")
         return rewrap(original, affine)(y), (
-            f"{base.name}: LayerNormalization -> {means} and a Rescaling by gamma and beta "
-            "(Keras' own form leaves a NEG float in an int8 file)")
+            f"{base.name}: {type(base).__name__} -> {means} and a Rescaling by gamma and beta "
+            "(Keras' own form " + ("leaves a float SQUARE" if rms else "leaves a NEG float")
+            + " in an int8 file)")
 
     return _replace_layers(model, splits, replace)
 

@@ -858,6 +858,10 @@ class _L2Normalize(keras.layers.Layer):
         return input_shape
 
 
+_NORMALIZATIONS = tuple(cls for cls in (keras.layers.LayerNormalization,
+                                        getattr(keras.layers, "RMSNormalization", None)) if cls)
+
+
 def _layernorms_decomposed(model, *, l2_samples=None):
     """``model`` with each LayerNormalization (not RMS-scaled) written as the int8 ops of
     :func:`tfcompress._graph.split_layernorms`, and a note; or ``(model, ())``.
@@ -867,7 +871,7 @@ def _layernorms_decomposed(model, *, l2_samples=None):
     an 8-bit variance (:func:`_wants_l2_norm`) divide by the L2 norm instead.
     """
     if not _compat.is_graph_model(model) or not any(
-            type(layer) is keras.layers.LayerNormalization for layer in _graph.all_layers(model)):
+            type(layer) in _NORMALIZATIONS for layer in _graph.all_layers(model)):
         return model, ()
     model = _graph.functional(model, purpose="conversion")
     l2 = _wants_l2_norm(model, l2_samples) if l2_samples else set()
@@ -876,8 +880,8 @@ def _layernorms_decomposed(model, *, l2_samples=None):
         normalize=lambda layer: (lambda t: _L2Normalize()(t)) if layer.name in l2 else None)
     if not notes:
         return model, ()
-    return clone, ("LayerNormalization converted as int8 ops (Keras' own form leaves a NEG "
-                   "float): " + "; ".join(notes),)
+    return clone, ("LayerNormalization / RMSNormalization converted as int8 ops (Keras' own "
+                   "forms leave a NEG or SQUARE float): " + "; ".join(notes),)
 
 
 def _int8_forms(model):
@@ -923,7 +927,7 @@ def _wants_l2_norm(model, samples) -> set:
     """
     calls: Dict[int, list] = {}
     for node in _compat.graph_nodes(model):
-        if type(node.operation) is keras.layers.LayerNormalization and len(node.input_tensors) == 1:
+        if type(node.operation) in _NORMALIZATIONS and len(node.input_tensors) == 1:
             calls.setdefault(id(node.operation), []).append((node.operation, node.input_tensors[0]))
     found = [c[0] for c in calls.values() if len(c) == 1  # a shared LayerNorm keeps the variance
              and _graph.splittable_layernorm(c[0][0], len(c[0][1].shape))]
@@ -941,7 +945,9 @@ def _wants_l2_norm(model, samples) -> set:
     chosen = set()
     for layer, values in zip(layers, inputs if len(layers) > 1 else [inputs]):
         values = np.asarray(values, np.float64)
-        variance = values.reshape(-1, values.shape[-1]).var(axis=1) + float(layer.epsilon)
+        rows = values.reshape(-1, values.shape[-1])
+        variance = (rows.var(axis=1) if type(layer) is keras.layers.LayerNormalization
+                    else np.mean(rows * rows, axis=1)) + float(layer.epsilon)
         if variance.max() / np.percentile(variance, 1) > 1.33 * np.sqrt(values.shape[-1]):
             chosen.add(layer.name)
     return chosen

@@ -793,7 +793,7 @@ _CANNOT = {
     **{name: "TFLite has no int8 kernel for it: the converter splits it into MEAN, "
              "SQUARED_DIFFERENCE, RSQRT, MUL and ADD ops whose ranges this QAT does not "
              "model; " + _FLOAT_INSTEAD
-       for name in ("GroupNormalization", "RMSNormalization",
+       for name in ("GroupNormalization",
                     "UnitNormalization", "SpectralNormalization")},
     **{name: "its weights are not fake-quantized by this QAT yet; " + _FLOAT_INSTEAD
        for name in ("Conv1DTranspose", "Conv3DTranspose", "Conv3D")},
@@ -867,7 +867,8 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
                     f"{rank}-D input)", "")
     if isinstance(layer, keras.layers.PReLU):
         return None  # split into RELU, SUB, a Rescaling and ADD (_graph.split_prelus)
-    if type(layer) is keras.layers.LayerNormalization:
+    if type(layer) is keras.layers.LayerNormalization or \
+            type(layer).__name__ == "RMSNormalization":
         rank = len(node.input_tensors[0].shape) if node is not None else 3
         if _graph.splittable_layernorm(layer, rank):
             return None
