@@ -810,7 +810,7 @@ def test_elu_softplus_and_their_kin_in_every_form_convert_fully_integer_and_clos
         assert not result.report.non_integer_tensors(allow_io=()), form
         ops = result.report.op_histogram
         assert "ELU" not in ops and ops["EXP"] == 1 and "MINIMUM" not in ops, (form, ops)
-        assert any(n.startswith("activations converted as int8 ops") for n in result.notes), form
+        assert any(n.startswith("activations and normalizations converted as int8 ops") for n in result.notes), form
         # The zoo's bar for an int8 file is 8 steps; measured 1.3 to 2.4.
         assert max(_p99_steps(result, model, x)) <= 4.0, form
     # The user's model keeps its activation; float files keep Keras' own.
@@ -876,3 +876,15 @@ def test_rms_normalization_converts_fully_integer():
     assert not result.report.non_integer_tensors(allow_io=())
     assert "rms: RMSNormalization -> " in result.notes[0]
     assert max(_p99_steps(result, model, x)) <= 8.0  # the zoo's bar; measured 2.2
+
+
+def test_unit_normalization_converts_to_one_int8_l2_normalization():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    h = keras.layers.UnitNormalization()(keras.layers.Dense(16)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(h))
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    result = convert(model, representative_data=x, progress=False)
+    assert not result.report.non_integer_tensors(allow_io=())
+    assert result.report.op_histogram.get("L2_NORMALIZATION") == 1
+    assert max(_p99_steps(result, model, x)) <= 4.0

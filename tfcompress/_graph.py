@@ -22,6 +22,7 @@ __all__ = [
     "split_layernorms",
     "split_prelus",
     "split_separable",
+    "split_unit_normalizations",
     "splittable_layernorm",
     "averaging_pool",
     "activation_form",
@@ -834,5 +835,31 @@ def split_prelus(model, *, unwrap=lambda layer: layer, rewrap=lambda original, n
             how = "MUL by alpha"
         return positive + scaled, (
             f"{base.name}: PReLU -> RELU, SUB, {how}, ADD (alpha kept, not trained)")
+
+    return _replace_layers(model, splits, replace)
+
+
+def split_unit_normalizations(model, *, normalize):
+    """Writes each ``UnitNormalization`` over the last axis as ``normalize(x)``: a function
+    of a symbolic tensor that divides it by its L2 norm as TFLite's L2_NORMALIZATION does.
+
+    Keras computes ``x * rsqrt(max(sum(x * x), eps))`` with ops the converter leaves in
+    float in an int8 file (a SQUARE); L2_NORMALIZATION is one int8 op.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    ranks = {id(node.operation): len(node.input_tensors[0].shape)
+             for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+
+    def splits(layer):
+        if type(layer) is not keras.layers.UnitNormalization or id(layer) not in ranks:
+            return False
+        axes = (layer.axis,) if isinstance(layer.axis, int) else tuple(layer.axis)
+        return tuple(a % ranks[id(layer)] for a in axes) == (ranks[id(layer)] - 1,)
+
+    def replace(original, pending, *args, **kwargs):
+        return normalize(args[0]), (f"{original.name}: UnitNormalization -> L2_NORMALIZATION "
+                                    "(Keras' form leaves a float SQUARE in an int8 file)")
 
     return _replace_layers(model, splits, replace)

@@ -233,7 +233,7 @@ def convert(
         rewritten, bn_notes = _batchnorms_as_depthwise(source.keras_model)
         rewritten, ln_notes = _layernorms_decomposed(
             rewritten, l2_samples=samples if mode == "int8" else None)
-        rewritten, elu_notes = _int8_forms(rewritten)
+        rewritten, elu_notes = _int8_forms(rewritten, l2_normalization=mode == "int8")
         bn_notes += ln_notes + elu_notes
         if bn_notes:
             source = dataclasses.replace(
@@ -884,25 +884,31 @@ def _layernorms_decomposed(model, *, l2_samples=None):
                    "forms leave a NEG or SQUARE float): " + "; ".join(notes),)
 
 
-def _int8_forms(model):
+def _int8_forms(model, *, l2_normalization: bool = True):
     """``model`` with the ops whose calibrated int8 form is float or wrong rewritten, and
     notes; or ``(model, ())``.
 
-    Each ELU, SELU, softplus and mish becomes ops with int8 kernels
+    Each ELU, SELU, softplus, mish... becomes ops with int8 kernels
     (:func:`tfcompress._graph.split_activations`: the converter keeps ELU in float and
-    loses softplus' precision); each minimum / maximum of a tensor that other ops read too becomes SUB /
-    ADD and RELU (:func:`tfcompress._graph.split_clamps`: the converter would clip that
-    tensor for its other readers).
+    loses softplus' precision); each minimum / maximum of a tensor that other ops read too
+    becomes SUB / ADD and RELU (:func:`tfcompress._graph.split_clamps`: the converter would
+    clip that tensor for its other readers); with ``l2_normalization``, each
+    UnitNormalization becomes one L2_NORMALIZATION
+    (:func:`tfcompress._graph.split_unit_normalizations`).
     """
     if not _compat.is_graph_model(model) or not any(
             _graph.activation_form(op) is not None or isinstance(op, keras.layers.Lambda)
-            or type(op).__name__ in _graph.CLAMPS
+            or type(op).__name__ in _graph.CLAMPS + ("UnitNormalization",)
             for op in _graph.all_operations(model)):
         return model, ()
     clone = _graph.functional(model, purpose="conversion", inline=True)
     clone, elus = _graph.split_activations(clone)
     clone, clamps = _graph.split_clamps(clone)
-    notes = ((("activations converted as int8 ops: "
+    if l2_normalization:  # int16x8 has no L2_NORMALIZATION
+        clone, units = _graph.split_unit_normalizations(
+            clone, normalize=lambda t: _L2Normalize()(t))
+        elus += units
+    notes = ((("activations and normalizations converted as int8 ops: "
                + "; ".join(elus)),) if elus else ()) + \
         ((("minimum / maximum rewritten: " + "; ".join(clamps)),) if clamps else ())
     return (clone, notes) if notes else (model, ())
