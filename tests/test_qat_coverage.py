@@ -912,3 +912,32 @@ def test_rms_normalization_is_quantized_as_int8_ops_and_agrees(how):
                  else post_training.post_training_quantize(model, x, progress=False))
     result = _agrees(quantized, x)
     assert "RSQRT" in result.report.op_histogram
+
+
+@pytest.mark.parametrize("use_scale, with_key", [(False, False), (True, True)])
+def test_dot_attention_layer_is_split_into_int8_ops_and_agrees(tmp_path, use_scale, with_key):
+    # keras.layers.Attention was refused by QAT until session 12.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8), name="x")
+    query, value = L.Dense(8, name="q")(inputs), L.Dense(8, name="v")(inputs)
+    attention = L.Attention(use_scale=use_scale, name="att")
+    pair = [query, value, L.Dense(8, name="k")(inputs)] if with_key else [query, value]
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(attention(pair))))
+    if use_scale:
+        attention.scale.assign(0.7)
+    x = _uniform((6, 8), -2, 2, n=32)
+    qat = _one_step(quantize_model(model), x)
+    result = _agrees(qat, x)
+    assert result.report.op_histogram["BATCH_MATMUL"] == 2
+    assert result.report.op_histogram["SOFTMAX"] == 1
+    path = tmp_path / "att.keras"
+    qat.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
+                               qat.predict(x, verbose=0), atol=1e-6)
+
+
+def test_an_attention_layer_with_a_causal_mask_is_refused_with_the_reason():
+    inputs = keras.Input((6, 8), name="x")
+    out = L.Attention(name="att")([inputs, inputs], use_causal_mask=True)
+    with pytest.raises(ValueError, match=r"'att' \(class Attention.*called with use_causal_mask"):
+        quantize_model(keras.Model(inputs, L.Dense(2)(L.Flatten()(out))))

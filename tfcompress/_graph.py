@@ -18,6 +18,8 @@ __all__ = [
     "split_attention",
     "split_average_pools",
     "split_clamps",
+    "split_dot_attention",
+    "dot_attention_refusal",
     "split_activations",
     "split_layernorms",
     "split_prelus",
@@ -861,5 +863,58 @@ def split_unit_normalizations(model, *, normalize):
     def replace(original, pending, *args, **kwargs):
         return normalize(args[0]), (f"{original.name}: UnitNormalization -> L2_NORMALIZATION "
                                     "(Keras' form leaves a float SQUARE in an int8 file)")
+
+    return _replace_layers(model, splits, replace)
+
+
+def dot_attention_refusal(layer, node) -> "str | None":
+    """Why :func:`split_dot_attention` cannot write this ``keras.layers.Attention`` node as
+    ops, or None."""
+    if layer.score_mode != "dot":
+        return f"score_mode={layer.score_mode!r} (only 'dot' is split into int8 ops)"
+    args, kwargs = _compat.node_arguments(node)
+    called = [k for k in ("mask", "return_attention_scores", "use_causal_mask") if kwargs.get(k)]
+    if called:
+        return f"called with {', '.join(called)} (only a plain call is split into int8 ops)"
+    if len(args) != 1 or not isinstance(args[0], (list, tuple)) or len(args[0]) not in (2, 3):
+        return "called on other than [query, value] or [query, value, key]"
+    if any(len(t.shape) != 3 for t in args[0]):
+        return "inputs that are not 3-D (batch, steps, features)"
+    return None
+
+
+def split_dot_attention(model, *, unwrap=lambda layer: layer,
+                        rewrap=lambda original, new: new, keep=lambda layer: False):
+    """Writes each plain ``keras.layers.Attention`` as ``softmax(q @ k^T * scale) @ v``:
+    TRANSPOSE, BATCH_MATMUL, (MUL,) SOFTMAX, BATCH_MATMUL, ops a QAT model quantizes one by
+    one.
+
+    Only ``score_mode="dot"``, called on ``[query, value]`` or ``[query, value, key]`` with
+    no mask, causal mask or attention scores returned; ``use_scale``'s learned scale is
+    kept as a constant; dropout is left out (inference).
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    plain = {id(node.operation) for node in _compat.graph_nodes(model)
+             if type(unwrap(node.operation)) is keras.layers.Attention
+             and len(getattr(node.operation, "_inbound_nodes", ())) == 1
+             and dot_attention_refusal(unwrap(node.operation), node) is None}
+
+    def splits(layer):
+        return id(layer) in plain and not keep(layer)
+
+    def replace(original, pending, *args, **kwargs):
+        base, ops = unwrap(original), keras.ops
+        query, value = args[0][0], args[0][1]
+        key = args[0][2] if len(args[0]) == 3 else value
+        scores = ops.matmul(query, ops.transpose(key, (0, 2, 1)))
+        if base.use_scale:
+            scores = scores * float(np.asarray(base.scale.numpy()).reshape(()))
+        weights = ops.softmax(scores, axis=-1)
+        return ops.matmul(weights, value), (
+            f"{base.name}: Attention -> TRANSPOSE, BATCH_MATMUL, "
+            + ("MUL by its scale, " if base.use_scale else "") + "SOFTMAX, BATCH_MATMUL"
+            + (" (dropout left out)" if base.dropout else ""))
 
     return _replace_layers(model, splits, replace)

@@ -765,7 +765,7 @@ def _supported_layers() -> Tuple[str, ...]:
     weighted = layer_kinds.registered(lambda kind: kind.quantize_weights)
     affine = layer_kinds.registered(lambda kind: kind.normalization or kind.affine)
     separable = ("SeparableConv1D", "SeparableConv2D", "LayerNormalization",
-                 "MultiHeadAttention", "PReLU")
+                 "RMSNormalization", "MultiHeadAttention", "Attention", "PReLU")
     return tuple(cls.__name__ for cls in weighted) + separable + tuple(
         cls.__name__ for cls in affine) + (
         "the weightless layers of tfcompress.layer_kinds (activations, pooling, padding, "
@@ -786,7 +786,9 @@ _CANNOT = {
     **{name: "the converter writes attention as BATCH_MATMUL, SOFTMAX and FULLY_CONNECTED "
              "ops whose ranges this QAT does not model yet (a plain MultiHeadAttention "
              "is split into them); " + _FLOAT_INSTEAD
-       for name in ("GroupQueryAttention", "EinsumDense", "Attention", "AdditiveAttention")},
+       for name in ("GroupQueryAttention", "EinsumDense", "AdditiveAttention")},
+    "Attention": "only a plain keras.layers.Attention (score_mode='dot', 3-D inputs, no "
+                 "masks) is split into the int8 ops TFLite runs; " + _FLOAT_INSTEAD,
     "MultiHeadAttention": "only a plain MultiHeadAttention (3-D query, value and key, no "
                           "masks, gate or sliding window) is split into the int8 ops "
                           "TFLite runs; " + _FLOAT_INSTEAD,
@@ -841,6 +843,9 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
     kind = layer_kinds.kind_of(layer)
     if type(layer) is keras.layers.MultiHeadAttention and node is not None:
         why = _graph.attention_refusal(layer, node)
+        return None if why is None else (f" ({why})", "")
+    if type(layer) is keras.layers.Attention and node is not None:
+        why = _graph.dot_attention_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
     if type(layer).__name__ in _CANNOT and not kind.quantize_weights:
         return "", ""
@@ -1190,9 +1195,11 @@ def _prepare(model):
     # ELU, SELU, softplus, mish as RELU, SUB, EXP... (the converter keeps ELU in float).
     model, elus = _graph.split_activations(model, unwrap=_inner, rewrap=rewrap,
                                            keep=unannotated)
+    model, dots = _graph.split_dot_attention(model, unwrap=_inner, rewrap=rewrap,
+                                             keep=unannotated)
     # PReLU as RELU, SUB, a per-channel Rescaling and ADD (PRELU's alpha has no fake-quant).
     model, prelus = _graph.split_prelus(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
-    return model, notes + more + attention + pools + elus + prelus
+    return model, notes + more + attention + dots + pools + elus + prelus
 
 
 class _Graph:
