@@ -941,3 +941,23 @@ def test_an_attention_layer_with_a_causal_mask_is_refused_with_the_reason():
     out = L.Attention(name="att")([inputs, inputs], use_causal_mask=True)
     with pytest.raises(ValueError, match=r"'att' \(class Attention.*called with use_causal_mask"):
         quantize_model(keras.Model(inputs, L.Dense(2)(L.Flatten()(out))))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fresh_transposed_convolutions_quantize_to_int8_and_agree(dims, use_bias):
+    # A Conv2DTranspose whose bias was all zeros (a freshly built model: PTQ) or absent
+    # converted with a float TRANSPOSE_CONV (refused); Conv1DTranspose was refused by QAT.
+    keras.utils.set_random_seed(0)
+    shape = (8, 8, 4) if dims == 2 else (8, 4)
+    conv, transposed = (L.Conv2D, L.Conv2DTranspose) if dims == 2 else (L.Conv1D,
+                                                                         L.Conv1DTranspose)
+    inputs = keras.Input(shape, name="x")
+    h = transposed(6, 3, strides=2, activation="relu", use_bias=use_bias, name="up")(
+        conv(4, 3, padding="same")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
+    x = _uniform(shape, n=32)
+    result = _agrees(post_training.post_training_quantize(model, x, progress=False), x)
+    assert result.report.op_histogram["TRANSPOSE_CONV"] == 1
+    if dims == 1 and use_bias:
+        _qat(model, x)

@@ -164,7 +164,7 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     (_L.Conv1D, dict(kernel="conv", mixes_channels=True, **_WEIGHTED)),
     (_L.Conv2D, dict(kernel="conv", mixes_channels=True, factorable=True, **_WEIGHTED)),
     (_L.Conv3D, dict(kernel="conv", mixes_channels=True)),
-    (_L.Conv1DTranspose, dict(kernel="conv_transpose", mixes_channels=True)),
+    (_L.Conv1DTranspose, dict(kernel="conv_transpose", mixes_channels=True, **_WEIGHTED)),
     (_L.Conv2DTranspose, dict(kernel="conv_transpose", mixes_channels=True, **_WEIGHTED)),
     (_L.Conv3DTranspose, dict(kernel="conv_transpose", mixes_channels=True)),
     (_L.SeparableConv1D, dict(kernel="separable", mixes_channels=True)),

@@ -375,6 +375,11 @@ def _serialize(obj):
     return keras.saving.serialize_keras_object(obj) if obj is not None else None
 
 
+# A bias far below any int32 bias step (input scale x weight scale, about 1e-6 and more):
+# the file's bias is 0, but the converter sees one (see QuantizeWrapper.call).
+_NO_BIAS = 1e-12
+
+
 @keras.saving.register_keras_serializable(package="tfcompress")
 class QuantizeWrapper(keras.layers.Wrapper):
     """Runs a Dense / Conv / DepthwiseConv with folded BatchNorm and fake-quant weights.
@@ -499,7 +504,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return list(shifts) if shifts is not None else []
 
     def _one_d(self) -> bool:
-        return _kernel_layout(self.layer) in ("conv", "depthwise") and self.layer.rank == 1
+        return _kernel_layout(self.layer) in ("conv", "depthwise", "conv_transpose") and \
+            self.layer.rank == 1
 
     def _op(self, x, kernel):
         layer = self.layer
@@ -514,6 +520,14 @@ class QuantizeWrapper(keras.layers.Wrapper):
             # per-channel int8 RESHAPE has no TFLite kernel.
             if len(kernel.shape) == 3:
                 kernel = ops.expand_dims(kernel, 0)
+            if layout == "conv_transpose":
+                output_padding = (None if layer.output_padding is None
+                                  else (0, layer.output_padding[0]))
+                y = ops.conv_transpose(ops.expand_dims(x, 1), kernel,
+                                       strides=(1, layer.strides[0]), padding=layer.padding,
+                                       output_padding=output_padding,
+                                       dilation_rate=(1, layer.dilation_rate[0]))
+                return ops.squeeze(y, 1)
             padding = layer.padding
             if padding == "causal":
                 left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
@@ -605,6 +619,11 @@ class QuantizeWrapper(keras.layers.Wrapper):
         y = self._op(inputs, self._quantize_kernel(kernel))
         if bias is not None:
             y = y + self._round_bias(bias, kernel)
+        if _kernel_layout(layer) == "conv_transpose":
+            # A bias of zeros (or none) makes TFLite's converter leave TRANSPOSE_CONV and
+            # its activation in float (measured: a freshly built Conv2DTranspose, PTQ); a
+            # bias of _NO_BIAS (0 on the int32 bias grid) keeps the op int8.
+            y = y + ops.full((y.shape[-1],), _NO_BIAS, dtype=y.dtype)
         if self._bias_shift is not None and tf.executing_eagerly() and bias is not None:
             # correct_bias(): how far weight rounding moves each output channel.
             exact = self._op(inputs, kernel) + (0.0 if bias is None else bias)
@@ -798,7 +817,7 @@ _CANNOT = {
        for name in ("GroupNormalization",
                     "UnitNormalization", "SpectralNormalization")},
     **{name: "its weights are not fake-quantized by this QAT yet; " + _FLOAT_INSTEAD
-       for name in ("Conv1DTranspose", "Conv3DTranspose", "Conv3D")},
+       for name in ("Conv3DTranspose", "Conv3D")},
 }
 
 
