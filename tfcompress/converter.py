@@ -908,7 +908,7 @@ def _int8_forms(model, *, l2_normalization: bool = True):
         clone, units = _graph.split_unit_normalizations(
             clone, normalize=lambda t: _L2Normalize()(t))
         elus += units
-    notes = ((("activations and normalizations converted as int8 ops: "
+    notes = ((("activations and normalizations converted as integer ops: "
                + "; ".join(elus)),) if elus else ()) + \
         ((("minimum / maximum rewritten: " + "; ".join(clamps)),) if clamps else ())
     return (clone, notes) if notes else (model, ())
