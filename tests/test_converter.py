@@ -810,7 +810,8 @@ def test_elu_softplus_and_their_kin_in_every_form_convert_fully_integer_and_clos
         assert not result.report.non_integer_tensors(allow_io=()), form
         ops = result.report.op_histogram
         assert "ELU" not in ops and ops["EXP"] == 1 and "MINIMUM" not in ops, (form, ops)
-        assert any(n.startswith("activations and normalizations converted as integer ops") for n in result.notes), form
+        assert any(n.startswith("activations and normalizations converted as integer ops")
+                   for n in result.notes), form
         # The zoo's bar for an int8 file is 8 steps; measured 1.3 to 2.4.
         assert max(_p99_steps(result, model, x)) <= 4.0, form
     # The user's model keeps its activation; float files keep Keras' own.
