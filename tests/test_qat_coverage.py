@@ -809,7 +809,8 @@ def test_elu_layer_and_conv_elu_are_quantized_as_int8_ops_and_reload(tmp_path):
     result = _agrees(qat, x)
     assert "ELU" not in result.report.op_histogram and result.report.op_histogram["EXP"] == 2
     rewrites = plan_quantization(quantize_annotate_model(model)).rewrites
-    assert any(n.startswith("conv: Conv2D(activation=elu) -> RELU, SUB, EXP") for n in rewrites), rewrites
+    assert any(n.startswith("conv: Conv2D(activation=elu) -> RELU, SUB, EXP")
+               for n in rewrites), rewrites
     assert any(n.startswith("elu: ELU -> RELU, SUB, EXP") for n in rewrites), rewrites
     path = tmp_path / "elu.keras"
     qat.save(path)
