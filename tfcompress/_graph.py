@@ -19,6 +19,7 @@ __all__ = [
     "split_average_pools",
     "split_clamps",
     "split_dot_attention",
+    "split_groupnorms",
     "dot_attention_refusal",
     "split_activations",
     "split_layernorms",
@@ -916,5 +917,48 @@ def split_dot_attention(model, *, unwrap=lambda layer: layer,
             f"{base.name}: Attention -> TRANSPOSE, BATCH_MATMUL, "
             + ("MUL by its scale, " if base.use_scale else "") + "SOFTMAX, BATCH_MATMUL"
             + (" (dropout left out)" if base.dropout else ""))
+
+    return _replace_layers(model, splits, replace)
+
+
+def split_groupnorms(model):
+    """Writes each GroupNormalization over the last axis as RESHAPE to ``(..., groups,
+    C / groups)``, a LayerNormalization over every axis but the batch and the groups
+    (without its own scale and offset), RESHAPE back and a per-channel
+    ``Rescaling(gamma, beta)``: what :func:`split_layernorms` then writes as int8 ops.
+    Keras' own form left float ops in an int8 file.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    ranks = {id(node.operation): len(node.input_tensors[0].shape)
+             for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+
+    def splits(layer):
+        if type(layer) is not keras.layers.GroupNormalization or id(layer) not in ranks:
+            return False
+        rank = ranks[id(layer)]
+        return layer.axis % rank == rank - 1 and rank >= 3
+
+    def replace(original, pending, *args, **kwargs):
+        x, groups = args[0], original.groups
+        shape = tuple(int(d) for d in x.shape[1:])
+        channels = shape[-1]
+        grouped = keras.layers.Reshape(shape[:-1] + (groups, channels // groups),
+                                       name=f"{original.name}_groups")(x)
+        rank = len(grouped.shape)
+        axes = [a for a in range(1, rank) if a != rank - 2]
+        normalized = keras.layers.LayerNormalization(
+            axis=axes, epsilon=original.epsilon, center=False, scale=False,
+            name=f"{original.name}_norm")(grouped)
+        back = keras.layers.Reshape(shape, name=f"{original.name}_channels")(normalized)
+        weights = {w.path.split("/")[-1]: w.numpy() for w in original.weights}
+        affine = keras.layers.Rescaling(
+            weights.get("gamma", np.ones(channels, "float32")).astype("float32"),
+            weights.get("beta", np.zeros(channels, "float32")).astype("float32"),
+            name=f"{original.name}_affine")
+        return affine(back), (f"{original.name}: GroupNormalization -> RESHAPE, a "
+                              "LayerNormalization per group, RESHAPE and a Rescaling by "
+                              "gamma and beta")
 
     return _replace_layers(model, splits, replace)

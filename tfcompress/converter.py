@@ -871,9 +871,11 @@ def _layernorms_decomposed(model, *, l2_samples=None):
     an 8-bit variance (:func:`_wants_l2_norm`) divide by the L2 norm instead.
     """
     if not _compat.is_graph_model(model) or not any(
-            type(layer) in _NORMALIZATIONS for layer in _graph.all_layers(model)):
+            type(layer) in _NORMALIZATIONS + (keras.layers.GroupNormalization,)
+            for layer in _graph.all_layers(model)):
         return model, ()
     model = _graph.functional(model, purpose="conversion")
+    model, group_notes = _graph.split_groupnorms(model)
     l2 = _wants_l2_norm(model, l2_samples) if l2_samples else set()
     clone, notes = _graph.split_layernorms(
         model, any_axes=True,
@@ -881,7 +883,7 @@ def _layernorms_decomposed(model, *, l2_samples=None):
     if not notes:
         return model, ()
     return clone, ("LayerNormalization / RMSNormalization converted as int8 ops (Keras' own "
-                   "forms leave a NEG or SQUARE float): " + "; ".join(notes),)
+                   "forms leave a NEG or SQUARE float): " + "; ".join(group_notes + notes),)
 
 
 def _int8_forms(model, *, l2_normalization: bool = True):
