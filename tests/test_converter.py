@@ -911,3 +911,17 @@ def test_group_normalization_converts_fully_integer(shape, groups):
     assert not result.report.non_integer_tensors(allow_io=())
     assert "gn: GroupNormalization -> RESHAPE" in result.notes[0]
     assert max(_p99_steps(result, model, x)) <= 8.0  # the zoo's bar; measured 2.3 to 3.3
+
+
+def test_a_negation_converts_as_an_int8_mul():
+    # `-x` left a float NEG island in the int8 file (refused as not fully integer).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(8)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4)(
+        keras.ops.concatenate([keras.ops.exp(-keras.ops.abs(h)), -h], -1)))
+    x = np.random.default_rng(0).uniform(-2, 2, size=(128, 8)).astype("float32")
+    result = convert(model, representative_data=x[:64], progress=False)
+    assert not result.report.non_integer_tensors(allow_io=())
+    assert "NEG" not in result.report.op_histogram
+    assert max(_p99_steps(result, model, x)) <= 4.0

@@ -962,3 +962,13 @@ def test_fresh_transposed_convolutions_quantize_to_int8_and_agree(dims, use_bias
     assert result.report.op_histogram["TRANSPOSE_CONV"] == 1
     if dims == 1 and use_bias:
         _qat(model, x)
+
+
+def test_a_negation_is_quantized_as_a_mul_by_minus_one():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    h = L.Dense(8, name="d")(inputs)
+    model = keras.Model(inputs, L.Dense(4, name="head")(
+        ops.concatenate([ops.exp(-ops.abs(h)), -h], -1)))
+    result = _qat(model, _uniform((8,), -2, 2, n=32))
+    assert "NEG" not in result.report.op_histogram

@@ -1216,9 +1216,10 @@ def _prepare(model):
                                            keep=unannotated)
     model, dots = _graph.split_dot_attention(model, unwrap=_inner, rewrap=rewrap,
                                              keep=unannotated)
+    model, negations = _graph.split_negations(model)  # -x as x * -1 (int8 has no NEG)
     # PReLU as RELU, SUB, a per-channel Rescaling and ADD (PRELU's alpha has no fake-quant).
     model, prelus = _graph.split_prelus(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
-    return model, notes + more + attention + dots + pools + elus + prelus
+    return model, notes + more + attention + dots + negations + pools + elus + prelus
 
 
 class _Graph:
