@@ -28,14 +28,16 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   gamma and beta (a 1x1 DepthwiseConv2D);
 * a plain MultiHeadAttention (3-D inputs, no masks) becomes Dense projections, Reshape,
   Permute, two BATCH_MATMULs and a softmax, each quantized on its own;
-* an ELU, SELU, softplus or mish (a layer, an activation argument or a ``keras.ops``
-  call) becomes the ops ``tfcompress.convert`` writes for it (RELU, SUB, EXP, ADD...);
+* an ELU, SELU, CELU, softplus, mish, log_sigmoid, softsign or tanh_shrink (a layer, an
+  activation argument or a ``keras.ops`` call) becomes the ops ``tfcompress.convert``
+  writes for it (RELU, SUB, EXP, ADD, LOG...); ``-x`` becomes ``x * -1``;
 * a PReLU becomes RELU, SUB, a Rescaling by alpha (a MUL when alpha is per position) and
-  ADD, alpha kept as it is.
+  ADD, alpha kept as it is; a plain dot-product ``keras.layers.Attention`` becomes
+  TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL; an Average becomes ADDs and a MUL.
 
-What TFLite cannot run in int8 from a fake-quant graph (softplus, LSTM, masked
-attention, RMS-scaled LayerNormalization...) is refused with one line that names the layer, says
-why and what to do.
+What TFLite cannot run in int8 from a fake-quant graph (LSTM, masked attention,
+GroupNormalization, RMS-scaled LayerNormalization...) is refused with one line that names
+the layer, says why and what to do.
 
 Which layer is which (weighted, BatchNorm, fusable activation, keeps its input's
 range...) comes from :mod:`tfcompress.layer_kinds`. :func:`quantize_apply` first makes
@@ -331,8 +333,9 @@ FIXED_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0)
                 "tanh": (-1.0, 127.0 / 128.0),
                 "log_softmax": (-255.0 / 16.0, 0.0)}  # scale 16/256, zero point 127
 # Activation functions that TF 2.21's converter writes as int8 ops from a fake-quant
-# graph (measured: LOGISTIC, TANH, HARD_SWISH, LOGISTIC + MUL, GELU, LEAKY_RELU...).
-# It keeps the others (elu, selu, softplus, hard_sigmoid's float ADD...) in float.
+# graph (measured: LOGISTIC, TANH, HARD_SWISH, LOGISTIC + MUL, GELU, LEAKY_RELU, EXP,
+# LOG_SOFTMAX...). It keeps ELU in float and writes softplus on one grid for exp(x):
+# those are split into other ops first (_SPLIT_ACTIVATIONS).
 INT8_ACTIVATIONS = ("linear", "relu", "relu6", "leaky_relu", "hard_tanh", "softmax",
                     "sigmoid", "tanh", "hard_silu", "hard_swish", "silu", "swish", "gelu",
                     "hard_sigmoid", "log_softmax", "exponential")
