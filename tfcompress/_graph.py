@@ -222,6 +222,12 @@ def _keeping_operations(clone_function=None, call_function=None, **kwargs) -> di
                 call_function=call if call_function is not None else None)
 
 
+def _input_shapes(model) -> Dict[int, tuple]:
+    """``{id(operation): input shape}`` for the nodes of ``model`` that read one tensor."""
+    return {id(node.operation): node.input_tensors[0].shape
+            for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+
+
 def _replace_layers(model, splits, replace) -> Tuple[object, List[str]]:
     """Clones ``model`` with each layer for which ``splits(layer)`` holds replaced.
 
@@ -343,8 +349,7 @@ def split_average_pools(model, *, unwrap=lambda layer: layer,
         The new model (weights copied; the model itself if nothing changed) and one note
         per pool.
     """
-    shapes = {id(node.operation): node.input_tensors[0].shape
-              for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+    shapes = _input_shapes(model)
 
     def splits(layer):
         return (id(layer) in shapes and not keep(layer)
@@ -417,8 +422,7 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
         The new model (weights copied; the model itself if nothing was split) and one
         note per split layer.
     """
-    ranks = {id(node.operation): len(node.input_tensors[0].shape)
-             for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+    ranks = {key: len(shape) for key, shape in _input_shapes(model).items()}
 
     def splits(layer):
         return (id(layer) in ranks and not keep(layer) and splittable_layernorm(
@@ -861,8 +865,7 @@ def split_unit_normalizations(model, *, normalize):
     Returns:
         ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
     """
-    ranks = {id(node.operation): len(node.input_tensors[0].shape)
-             for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+    ranks = {key: len(shape) for key, shape in _input_shapes(model).items()}
 
     def splits(layer):
         if type(layer) is not keras.layers.UnitNormalization or id(layer) not in ranks:
@@ -940,8 +943,7 @@ def split_groupnorms(model):
     Returns:
         ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
     """
-    ranks = {id(node.operation): len(node.input_tensors[0].shape)
-             for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+    ranks = {key: len(shape) for key, shape in _input_shapes(model).items()}
 
     def splits(layer):
         if type(layer) is not keras.layers.GroupNormalization or id(layer) not in ranks:
