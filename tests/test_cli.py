@@ -41,6 +41,18 @@ def test_convert_inspect_validate_round_trip(tmp_path, resnet8_h5, calib, cifar,
                     "--noprogress"]) == 1
 
 
+def test_validate_per_op_prints_each_op_against_its_float_op(models_dir, cifar, tmp_path, capsys):
+    test = tmp_path / "test.npz"
+    np.savez(test, x_test=cifar["x_test"][:16], y_test=cifar["y_test"][:16])
+    model = str(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite")
+    assert run_cli(["validate", model, f"--data={test}", "--max_op_steps=1", "--noprogress"]) == 0
+    out = capsys.readouterr().out
+    assert "each integer op vs its float op on the same inputs (" in out and "CONV_2D" in out
+    assert "max_op_steps=1.0" in out and "PASSED" in out
+    assert run_cli(["validate", model, f"--data={test}", "--max_op_steps=0", "--noprogress"]) == 1
+    assert "further than 0.0 steps from their float op" in capsys.readouterr().out
+
+
 def test_validate_coral_on_image_folder(models_dir, data_dir, capsys):
     assert run_cli(["validate", str(models_dir / "coral_mobilenet_v2_1.0_224_quant.tflite"),
                     f"--data={data_dir / 'samples' / 'imagenet_foolbox'}", "--label_offset=1",

@@ -125,3 +125,39 @@ def test_convert_repairs_a_float_move_and_says_so(monkeypatch):
     assert repaired.report.op_histogram == plain.report.op_histogram
     for want, got in zip(_outputs(plain.model_bytes, data[:8]), _outputs(repaired.model_bytes, data[:8])):
         assert all(np.array_equal(u, v) for u, v in zip(want, got))
+
+
+def test_one_op_model_runs_a_conv_alone_as_stored_and_in_real_values(models_dir):
+    path = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
+    report = inspector.inspect(path)
+    conv = next(op for op in report.ops if op.op == "CONV_2D")
+    stored = rewrite.one_op_model(path.read_bytes(), conv.index, real=False)
+    real = rewrite.one_op_model(path.read_bytes(), conv.index, real=True)
+    assert [op.op for op in inspector.inspect(stored).ops] == ["CONV_2D"]
+    info = report.tensors[conv.inputs[0]]
+    q = np.random.default_rng(0).integers(-128, 128, size=info.shape).astype("int8")
+    outs = {}
+    for name, model, value in (("stored", stored, q), ("real", real, (
+            q.astype("float32") - info.quantization.zero_point[0]) * info.quantization.scale[0])):
+        interpreter = runtime.make_interpreter(model, xnnpack=False)
+        (detail,) = interpreter.get_input_details()
+        assert detail["dtype"] == (np.int8 if name == "stored" else np.float32)
+        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+        interpreter.invoke()
+        outs[name] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    out = report.tensors[conv.outputs[0]].quantization
+    expected = np.clip(np.round(outs["real"] / out.scale[0] + out.zero_point[0]), -128, 127)
+    assert np.abs(outs["stored"].astype(int) - expected).max() <= 1
+
+
+
+def test_one_op_model_refuses_type_changes_in_real_values(tiny_dense):
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    buf = convert(tiny_dense, representative_data=x, input_type="float32", output_type="float32",
+                  progress=False).model_bytes
+    ops = inspector.inspect(buf).ops
+    for op in ops:
+        real = rewrite.one_op_model(buf, op.index, real=True)
+        assert (real is None) == (op.op in ("QUANTIZE", "DEQUANTIZE")), op.op
+        assert rewrite.one_op_model(buf, op.index, real=False) is not None
+    assert {"QUANTIZE", "DEQUANTIZE", "FULLY_CONNECTED"} <= {op.op for op in ops}

@@ -204,3 +204,97 @@ def test_a_second_output_far_from_its_reference_fails_the_default_checks():
     report = validate(good, x, reference=other, progress=False)
     assert not report.passed and report.xnnpack.error_steps["p99"] > 48
     assert report.xnnpack.float_agreement > 0.95  # the file's first output is still right
+
+
+def _with_changed_quantization(path, tensor_of_op, factor):
+    """The file at ``path`` with one tensor's scale multiplied by ``factor``:
+    ``tensor_of_op(graph, codes)`` picks the tensor index."""
+    import flatbuffers
+
+    from tfcompress import inspector
+    from tfcompress._compat_litert import tflite_schema as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(path.read_bytes()), 0))
+    graph = model.subgraphs[0]
+    codes = [inspector.op_name(c) for c in model.operatorCodes]
+    index, op_index = tensor_of_op(graph, codes)
+    q = graph.tensors[index].quantization
+    q.scale = [float(s) * factor for s in q.scale]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), op_index
+
+
+def test_every_op_of_the_published_files_is_within_a_step_of_its_float_op(models_dir, cifar, data_dir):
+    from PIL import Image
+
+    from tfcompress.validation import op_errors
+
+    errors = op_errors(models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite",
+                       cifar["x_test"][:8].astype("float32"), samples=4)
+    ops = [e.op for e in errors]
+    assert ops.count("CONV_2D") == 9 and "FULLY_CONNECTED" in ops and "SOFTMAX" in ops
+    assert max(e.reference_steps for e in errors) <= 1.0
+    assert max(e.xnnpack_steps for e in errors) <= 1.0
+    # The third-party MobileNetV2: every op within a step on both paths, while the file's
+    # two kernel paths end several steps apart at its softmax on the same images.
+    coral = models_dir / "coral_mobilenet_v2_1.0_224_quant.tflite"
+    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224)), np.uint8)
+                       for p in sorted((data_dir / "samples" / "imagenet_foolbox").glob("*.jpg"))[:4]])
+    errors = op_errors(coral, images, samples=4)
+    assert len(errors) == 66
+    assert max(max(e.reference_steps, e.xnnpack_steps) for e in errors) <= 1.0
+    from tfcompress import inspector
+
+    step = runtime.output_step(inspector.inspect(coral))
+    xnn = runtime.predict(runtime.make_interpreter(coral, xnnpack=True), images)[0]
+    ref = runtime.predict(runtime.make_interpreter(coral, xnnpack=False), images)[0]
+    assert np.abs(xnn - ref).max() / step > 2
+
+
+def test_an_op_whose_file_contradicts_itself_is_named(models_dir, cifar):
+    from tfcompress.validation import op_errors
+
+    def second_conv_bias(graph, codes):
+        convs = [i for i, op in enumerate(graph.operators) if codes[op.opcodeIndex] == "CONV_2D"]
+        return int(graph.operators[convs[1]].inputs[2]), convs[1]
+
+    # The int8 kernel derives the bias scale from its input and weight scales; the
+    # float op reads the stored one: a file whose two disagree computes another function.
+    broken, index = _with_changed_quantization(
+        models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite", second_conv_bias, 3.0)
+    errors = {e.index: e for e in op_errors(broken, cifar["x_test"][:4].astype("float32"))}
+    assert errors[index].reference_steps > 2 and errors[index].xnnpack_steps > 2
+    assert all(e.reference_steps <= 1 for i, e in errors.items() if i < index)
+    report = validate(broken, cifar["x_test"][:4].astype("float32"),
+                      thresholds=Thresholds(max_op_steps=1.0), progress=False)
+    assert not report.passed and report.per_op
+    assert f"worst #{index} CONV_2D" in report.failures[0], report.failures
+    assert f"#{index}" in report.summary().split("each integer op vs its float op")[1]
+
+
+def test_a_grid_too_narrow_for_its_values_shows_as_saturation(models_dir, cifar):
+    from tfcompress.validation import op_errors
+
+    def first_conv_output(graph, codes):
+        first = next(i for i, op in enumerate(graph.operators) if codes[op.opcodeIndex] == "CONV_2D")
+        return int(graph.operators[first].outputs[0]), first
+
+    path = models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite"
+    x = cifar["x_test"][:4].astype("float32")
+    before = {e.index: e for e in op_errors(path, x)}
+    narrow, index = _with_changed_quantization(path, first_conv_output, 0.1)
+    after = {e.index: e for e in op_errors(narrow, x)}
+    assert before[index].saturated < 0.001 and after[index].saturated > 0.01, (before[index], after[index])
+    assert after[index].reference_steps <= 1  # clipped on its grid, as the float op rounds
+
+
+def test_op_errors_skips_float_ops_and_refuses_no_samples(tiny_dense):
+    from tfcompress import convert
+    from tfcompress.validation import op_errors
+
+    float_file = convert(tiny_dense, mode="float32", progress=False).model_bytes
+    x = np.zeros((2,) + tuple(tiny_dense.input_shape[1:]), "float32")
+    assert op_errors(float_file, x) == ()
+    with pytest.raises(ValueError, match="`samples` must be at least 1. Received: samples=0"):
+        op_errors(float_file, x, samples=0)

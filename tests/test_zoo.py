@@ -169,3 +169,24 @@ def test_sampled_zoo_cell_neither_crashes_nor_fails(cell, cell_results):
         f"{result.get('stderr_tail', '')}")
     if result["status"] == "refused":
         assert result["message"], "a refusal says why"
+
+
+def test_a_failed_cell_carries_the_per_op_check_of_its_file(models_dir, cifar):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import zoo_benchmark
+
+    buf = (models_dir / "mlperf_tiny_resnet8_cifar10_int8.tflite").read_bytes()
+    x = cifar["x_test"][:8].astype("float32")
+    cell = zoo._Cell(None)
+    assert zoo._op_check(cell, buf, x, []) == [] and "op_check" not in cell.details
+    problems = zoo._op_check(cell, buf, x, ["reference: Keras QAT model vs file max 3.0 steps > 2.0"])
+    assert problems[1].startswith("per-op check: all ") and "within 1 step" in problems[1]
+    check = cell.details["op_check"]
+    assert check["ops"] >= 10 and check["beyond_one_step"] == []
+    results = {"cells": {"resnet8": {"qat": {"status": "failed", "details": cell.details}}}}
+    assert "1 of 1 have every op within 1 step" in zoo_benchmark.op_check_lines(results)[1]
+    check["reference_max_steps"] = 3.0  # as an op at fault would read
+    assert "an op further off in resnet8/qat" in zoo_benchmark.op_check_lines(results)[1]

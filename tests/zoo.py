@@ -107,6 +107,8 @@ INT8_P99_STEPS = 8.0     # int8 file vs Keras float; a plain int8 PTQ file of th
 QAT_MAX_STEPS = 2.0      # Keras QAT / PTQ model vs its int8 file (issue 15)
 CHANNEL_EXACT = 1e-4     # stripped vs masked model, relative to the output's magnitude
 _ROUNDING = 1e-3         # 2 steps measured in float32 can read 2.0000002
+OP_STEPS = 1.0           # one integer op vs its float op on the same inputs (op_errors)
+OP_CHECK_SAMPLES = 4     # samples the per-op check of a failed cell runs
 
 # How much data each cell uses. The calibration set is large enough that fresh inputs from
 # the same distribution stay inside the calibrated ranges: with 32 samples, a plain int8
@@ -1300,6 +1302,46 @@ def _annotated_where_possible(model, cell):
     return quantization.quantize_apply(annotated)
 
 
+def _op_check(cell: "_Cell", file_bytes: bytes, x, problems: List[str]) -> List[str]:
+    """``problems`` with the per-op check of a file whose end-to-end check failed.
+
+    :func:`tfcompress.validation.op_errors` runs each integer op alone on the file's
+    own inputs against its float op, on both kernel paths. A failed cell whose every op
+    is within a step says that the network amplifies correct rounding (two kernel paths
+    that each round correctly end apart); one op further off names the op at fault.
+    The cell stays failed either way: the end-to-end check is the issue's.
+    """
+    if not problems:
+        return problems
+    from tfcompress import validation
+
+    cell.at("check: each op against its float op (validation.op_errors)")
+    try:
+        errors = validation.op_errors(file_bytes, _for_tflite(_head(x, OP_CHECK_SAMPLES)),
+                                      samples=OP_CHECK_SAMPLES)
+    except (ValueError, RuntimeError) as exc:  # an op the check cannot run alone
+        cell.details["op_check"] = {"error": _first_line(exc)}
+        return problems + [f"per-op check not run: {_first_line(exc)}"]
+    if not errors:
+        return problems
+    worst = max(errors, key=lambda e: max(e.reference_steps, e.xnnpack_steps or 0.0))
+    ref = max(e.reference_steps for e in errors)
+    xnn = max((e.xnnpack_steps for e in errors if e.xnnpack_steps is not None), default=None)
+    cell.details["op_check"] = {
+        "ops": len(errors), "reference_max_steps": ref, "xnnpack_max_steps": xnn,
+        "max_saturated": max(e.saturated for e in errors),
+        "worst": f"#{worst.index} {worst.op} ({worst.layer})",
+        "beyond_one_step": [f"#{e.index} {e.op} ({e.layer}): {e.reference_steps:.0f} / "
+                            f"{e.xnnpack_steps} steps" for e in errors
+                            if max(e.reference_steps, e.xnnpack_steps or 0.0) > OP_STEPS][:10]}
+    if max(ref, xnn or 0.0) <= OP_STEPS:
+        return problems + [f"per-op check: all {len(errors)} integer ops within {OP_STEPS:.0f} "
+                           "step of their float op on both kernel paths"]
+    return problems + [f"per-op check: #{worst.index} {worst.op} ({worst.layer}) "
+                       f"{worst.reference_steps:.0f} / {worst.xnnpack_steps} steps from its "
+                       "float op (reference / XNNPACK)"]
+
+
 def _fully_integer(report, spec: ZooModel) -> Tuple[bool, List[str]]:
     allow = ("int32",) if spec.vocab else ()
     bad = report.non_integer_tensors(allow_io=allow)
@@ -1414,7 +1456,7 @@ def _op_convert(cell, spec, model, data, mode, workdir):
         worst = max(e["p99"] for e in errs.values())
         if worst > INT8_P99_STEPS:
             problems.append(f"p99 error vs Keras float {worst:.1f} steps > {INT8_P99_STEPS}")
-        return problems
+        return _op_check(cell, result.model_bytes, data["eval"], problems)
     if mode == "int16x8":
         report = result.report
         floats = [t.name for t in report.tensors if not t.is_constant and t.dtype == "float32"
@@ -1538,7 +1580,7 @@ def _qat_like(cell, spec, model, data, method, workdir):
                 f"{QAT_MAX_STEPS}" for p, e in errs.items() if not e["max"] <= QAT_MAX_STEPS + _ROUNDING]
     if not ok_int:
         problems.append(f"not fully integer: {', '.join(bad)}")
-    return problems
+    return _op_check(cell, result.model_bytes, data["eval"], problems)
 
 
 def _op_prune_sparse(cell, spec, model, data, workdir):
@@ -1678,7 +1720,7 @@ def _op_compress(cell, spec, model, data, workdir):
     cell.details["task"] = result.task
     if result.task != expected:
         problems.append(f"compress() took the {spec.task} model for a {result.task!r} task")
-    return problems
+    return _op_check(cell, result.tflite, data["eval"], problems)
 
 
 _RUNNERS = {

@@ -86,6 +86,10 @@ flags.DEFINE_float("min_xnnpack_agreement", None, "validate: fail below this XNN
 flags.DEFINE_float("max_error_steps_p99", None, "validate: fail above this p99 output error in steps.")
 flags.DEFINE_boolean("require_fully_integer", False, "validate: fail unless every tensor is integer.")
 flags.DEFINE_float("max_size_ratio", None, "validate: fail above this size over the float file.")
+flags.DEFINE_boolean("per_op", False, "validate: also run each integer op alone against its float op "
+                     "on the inputs the file gave it (steps per op, both kernel paths).")
+flags.DEFINE_float("max_op_steps", None, "validate: fail when an integer op is further than this "
+                   "from its float op, in steps of its output (implies --per_op).")
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
 flags.DEFINE_boolean("json", False, "inspect/validate: print JSON instead of text.")
 flags.DEFINE_string("json_out", None, "validate/benchmark: also write the report as JSON here.")
@@ -237,9 +241,11 @@ def cmd_validate(args: List[str]) -> int:
         min_xnnpack_agreement=FLAGS.min_xnnpack_agreement,
         max_error_steps_p99=FLAGS.max_error_steps_p99,
         require_fully_integer=FLAGS.require_fully_integer, max_size_ratio=FLAGS.max_size_ratio,
+        max_op_steps=FLAGS.max_op_steps,
     )
     result = validate(model, x, y=y, reference=FLAGS.reference, thresholds=thresholds,
-                      num_threads=FLAGS.num_threads, progress=FLAGS.progress and not FLAGS.json)
+                      num_threads=FLAGS.num_threads, per_op=FLAGS.per_op,
+                      progress=FLAGS.progress and not FLAGS.json)
     if FLAGS.json_out:
         result.save(FLAGS.json_out, overwrite=FLAGS.overwrite)
     if FLAGS.json:

@@ -8,6 +8,7 @@ converter's sparse output.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import flatbuffers
@@ -16,7 +17,7 @@ import numpy as np
 from tfcompress import inspector
 from tfcompress._compat_litert import tflite_schema
 
-__all__ = ["INTEGER_MOVES", "SPARSE_CONSUMERS", "SPARSE_MODES", "integer_moves",
+__all__ = ["INTEGER_MOVES", "SPARSE_CONSUMERS", "SPARSE_MODES", "integer_moves", "one_op_model",
            "tidy_sparse_weights"]
 
 SPARSE_CONSUMERS = ("CONV_2D",)  # ops that XNNPACK prepares with sparse (DENSIFY) weights
@@ -185,6 +186,110 @@ def integer_moves(model_bytes: bytes) -> Tuple[bytes, int]:
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output()), count
+
+
+def one_op_model(model_bytes: bytes, op_index: int, *, real: bool) -> Optional[bytes]:
+    """A file that runs one op of ``model_bytes`` (first subgraph) on its own.
+
+    The op keeps its options; its constant inputs are stored with it and every other
+    input becomes an input of the new file, in the op's input order. With ``real``, every
+    quantized tensor becomes float32 and quantized constants (weights, biases) hold their
+    real values ``scale * (q - zero_point)`` (per channel where the file quantizes per
+    channel): the float op the integer kernel approximates. Tensors without quantization
+    (shapes, axes, indices) keep their type.
+
+    Args:
+        model_bytes: a verified `.tflite` file.
+        op_index: the op's position in the first subgraph.
+        real: the op in real values (True) or as the file stores it (False).
+
+    Returns:
+        The new file, or None where one op cannot stand alone: an op that calls other
+        subgraphs or carries intermediate tensors (LSTM), sparse or 4-bit constants, an op
+        with no output, or, with ``real``, a type change (QUANTIZE, DEQUANTIZE, CAST),
+        which has no float counterpart.
+    """
+    schema = tflite_schema
+    model = _unpacked(model_bytes)  # shared between calls: read here, never changed
+    graph = model.subgraphs[0]
+    op = graph.operators[op_index]
+    code = inspector.op_name(model.operatorCodes[op.opcodeIndex])
+    if (code in ("WHILE", "IF", "CALL_ONCE", "CUSTOM", "DELEGATE") or op.intermediates is not None
+            and len(op.intermediates) or op.outputs is None or not len(op.outputs)
+            or real and code in ("QUANTIZE", "DEQUANTIZE", "CAST")):
+        return None
+    tensors = graph.tensors
+    order = [int(t) for t in list(op.inputs) + list(op.outputs) if int(t) >= 0]
+    new_index = {old: new for new, old in enumerate(dict.fromkeys(order))}
+    new_index[-1] = -1
+    buffers, new_tensors, inputs = [schema.BufferT()], [], []
+    for old in new_index:
+        if old < 0:
+            continue
+        t = tensors[old]
+        if t.sparsity is not None or inspector.numpy_dtype(t) is None:
+            return None
+        data = model.buffers[t.buffer].data if t.buffer else None
+        constant = data is not None and len(data) > 0
+        copy = schema.TensorT()
+        copy.name, copy.shape, copy.type = t.name, t.shape, t.type
+        copy.shapeSignature, copy.quantization = t.shapeSignature, t.quantization
+        quantized = _has_scale(t)
+        if real and quantized:
+            copy.type, copy.quantization = schema.TensorType.FLOAT32, None
+            if constant:
+                data = _real_values(t, data).tobytes()
+        if constant:
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(bytes(data), np.uint8)
+            buffers.append(buffer)
+            copy.buffer = len(buffers) - 1
+        else:
+            copy.buffer = 0
+            if old not in {int(o) for o in op.outputs}:
+                inputs.append(new_index[old])
+        new_tensors.append(copy)
+    single = schema.OperatorT()
+    single.opcodeIndex, single.builtinOptionsType = op.opcodeIndex, op.builtinOptionsType
+    single.builtinOptions, single.customOptions = op.builtinOptions, op.customOptions
+    single.inputs = [new_index[int(t)] for t in op.inputs]
+    single.outputs = [new_index[int(t)] for t in op.outputs]
+    sub = schema.SubGraphT()
+    sub.tensors, sub.operators, sub.inputs = new_tensors, [single], inputs
+    sub.outputs = [new_index[int(t)] for t in op.outputs]
+    out = schema.ModelT()
+    out.version, out.operatorCodes, out.subgraphs = 3, model.operatorCodes, [sub]
+    out.buffers, out.description = buffers, b"one op"
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(out.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+@functools.lru_cache(maxsize=2)
+def _unpacked(model_bytes: bytes):
+    """The object tree of a file, kept for the next call on the same bytes (one_op_model
+    is called once per op of a file)."""
+    return tflite_schema.ModelT.InitFromObj(tflite_schema.Model.GetRootAsModel(bytearray(model_bytes), 0))
+
+
+def _has_scale(t) -> bool:
+    q = t.quantization
+    return q is not None and q.scale is not None and len(q.scale) > 0
+
+
+def _real_values(t, data) -> np.ndarray:
+    """The float32 values of a quantized constant, per channel where it has several scales."""
+    q = t.quantization
+    values = np.frombuffer(bytes(data), inspector.numpy_dtype(t)).astype(np.float64)
+    shape = [int(d) for d in t.shape] if t.shape is not None else [values.size]
+    values = values.reshape(shape)
+    scale = np.asarray(q.scale, np.float64)
+    zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0] * len(scale), np.float64)
+    if len(scale) > 1:
+        view = [1] * len(shape)
+        view[int(q.quantizedDimension or 0)] = len(scale)
+        scale, zero = scale.reshape(view), zero.reshape(view)
+    return ((values - zero) * scale).astype(np.float32)
 
 
 def _dense_counterparts(model, codes, dense: bytes) -> dict:

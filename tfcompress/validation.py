@@ -24,15 +24,17 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfcompress import inspector, runtime
+from tfcompress import inspector, rewrite, runtime
 from tfcompress._io import atomic_write_bytes
 
 __all__ = [
     "LayerError",
+    "OpError",
     "PathResult",
     "Thresholds",
     "ValidationReport",
     "default_thresholds",
+    "op_errors",
     "per_layer_error",
     "validate",
 ]
@@ -53,6 +55,9 @@ class Thresholds:
             against the float reference, in output quantization steps.
         require_fully_integer: fail when any tensor is not integer.
         max_size_ratio: highest size of the file over the float `.tflite`.
+        max_op_steps: highest distance of any integer op from its float op on the same
+            inputs, in steps of the op's output (:func:`op_errors`; computing it runs
+            every op alone, so it is off unless set).
     """
 
     min_accuracy: Optional[float] = None
@@ -61,13 +66,14 @@ class Thresholds:
     max_error_steps_p99: Optional[float] = None
     require_fully_integer: bool = False
     max_size_ratio: Optional[float] = None
+    max_op_steps: Optional[float] = None
 
     def __post_init__(self):
         for name in _FRACTIONS:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
-        for name in ("max_error_steps_p99", "max_size_ratio"):
+        for name in ("max_error_steps_p99", "max_size_ratio", "max_op_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"`{name}` must be non-negative. Received: {name}={value}")
@@ -138,6 +144,7 @@ class ValidationReport:
     per_layer: Tuple[LayerError, ...]
     failures: Tuple[str, ...]
     checks: str = ""  # the thresholds applied, as text ("default: ..." when none were given)
+    per_op: Tuple["OpError", ...] = ()  # validate(per_op=True) or a max_op_steps threshold
 
     @property
     def passed(self) -> bool:
@@ -191,6 +198,14 @@ class ValidationReport:
             lines.append("per-layer quantization error (RMSE / scale, worst 5):")
             worst = sorted(self.per_layer, key=lambda e: -e.rmse_over_scale)[:5]
             lines += [f"  {e.op:<18} {e.layer:<40} {e.rmse_over_scale:.3f}" for e in worst]
+        if self.per_op:
+            worst = sorted(self.per_op, key=lambda e: -e.worst_steps)
+            lines.append(f"each integer op vs its float op on the same inputs ({len(self.per_op)} ops; "
+                         "steps reference / XNNPACK, worst 5):")
+            lines += [f"  #{e.index:<4} {e.op:<18} {e.layer:<36} {e.reference_steps:.0f} / "
+                      + ("-" if e.xnnpack_steps is None else f"{e.xnnpack_steps:.0f}")
+                      + (f"  ({100 * e.saturated:.1f}% clipped)" if e.saturated >= 0.001 else "")
+                      for e in worst[:5]]
         if self.checks:
             lines.append(f"checks: {self.checks}")
         lines.append("PASSED" if self.passed else "FAILED: " + "; ".join(self.failures))
@@ -214,6 +229,8 @@ def validate(
     per_layer: bool = True,
     per_layer_samples: int = 32,
     allow_io: Sequence[str] = ("uint8", "float32"),
+    per_op: bool = False,
+    per_op_samples: int = 8,
     progress: bool = True,
 ) -> ValidationReport:
     """Runs a `.tflite` on both kernel paths and compares it with what it should be.
@@ -238,6 +255,9 @@ def validate(
         per_layer_samples: samples used for the per-layer error.
         allow_io: dtypes accepted at the model's inputs/outputs when checking
             that the model is fully integer.
+        per_op: also run every integer op alone against its float op on the inputs the
+            file gave it (:func:`op_errors`); on by itself with ``max_op_steps``.
+        per_op_samples: samples used for the per-op check.
         progress: show progress bars.
 
     Returns:
@@ -289,6 +309,9 @@ def validate(
     layers: Tuple[LayerError, ...] = ()
     if per_layer and float_buf is not None:
         layers = per_layer_error(buf, float_buf, _head(x, per_layer_samples))
+    ops: Tuple[OpError, ...] = ()
+    if per_op or thresholds.max_op_steps is not None:
+        ops = op_errors(buf, x, samples=per_op_samples, num_threads=num_threads)
     result = ValidationReport(
         num_samples=len(top_x),
         size_bytes=len(buf),
@@ -304,6 +327,7 @@ def validate(
         per_layer=layers,
         failures=(),
         checks=checks,
+        per_op=ops,
     )
     return dataclasses.replace(result, failures=tuple(_failures(result, thresholds)))
 
@@ -413,6 +437,150 @@ def per_layer_error(model: inspector.ModelSource, float_model: inspector.ModelSo
     return tuple(errors)
 
 
+@dataclasses.dataclass(frozen=True)
+class OpError:
+    """How far one integer op is from the float op it stands for, on the same inputs.
+
+    Attributes:
+        index: the op's position in the file.
+        op: its TFLite name.
+        layer: the Keras layer it most likely came from.
+        reference_steps: largest distance, in steps of the op's output, between the
+            builtin kernel's output and the float op's output rounded to that grid.
+        xnnpack_steps: the same for the op run alone with XNNPACK applied (None when the
+            op could not be run alone); an op XNNPACK does not take runs the builtin kernel.
+        saturated: fraction of the float op's values more than two steps outside the
+            output grid (the kernel rounds them to its end: clipping at the calibrated
+            range counts as the grid's, not the kernel's). Two steps: inputs on different
+            grids, such as ``x - relu(x)``, reach a step or so past a grid that ends at 0.
+    """
+
+    index: int
+    op: str
+    layer: str
+    reference_steps: float
+    xnnpack_steps: Optional[float]
+    saturated: float
+
+    @property
+    def worst_steps(self) -> float:
+        """The larger of the two kernel paths' distances."""
+        return max(self.reference_steps, self.xnnpack_steps or 0.0)
+
+
+def op_errors(model: inspector.ModelSource, x, *, samples: int = 8,
+              num_threads: int = 1) -> Tuple[OpError, ...]:
+    """Every integer op of a file against its float op, each on the file's own inputs.
+
+    The file runs on the builtin kernels with all tensors kept. Each op with a quantized
+    output is then run alone (:func:`tfcompress.rewrite.one_op_model`): in float on the
+    real values of the very inputs the file gave it, and as stored, with XNNPACK, on
+    those inputs' integers. An int8 kernel that does its job is within a step or so of
+    the float op rounded to its output grid. End to end, a deep network amplifies those
+    single steps (two kernel paths that each round correctly can end tens of steps apart
+    at its outputs); this check says whether any op is wrong rather than how much the
+    network amplifies.
+
+    Args:
+        model: the `.tflite` file (bytes, path or ``VerifiedModel``).
+        x: input samples, as for :func:`validate`.
+        samples: how many of them to run (the first ones).
+        num_threads: interpreter threads.
+
+    Returns:
+        One :class:`OpError` per op checked, in file order. Ops without a quantized
+        output (DEQUANTIZE, float ops, index outputs) and ops that cannot run alone
+        (control flow, LSTM with intermediate tensors) are left out.
+    """
+    if samples < 1:
+        raise ValueError(f"`samples` must be at least 1. Received: samples={samples}")
+    buf = inspector.load(model)
+    report = buf.report
+    runtime.trial_run(buf, num_threads=num_threads)  # both paths, before one-op copies run
+    interpreter = runtime.make_interpreter(buf, xnnpack=False, num_threads=num_threads,
+                                           preserve_all_tensors=True, isolate=False)
+    details = runtime.input_details(interpreter)
+    xs = runtime.match_inputs(details, _head(x, samples))
+    runtime.check_shapes(details, xs)
+    wanted = {t for op in report.ops for t in op.inputs + op.outputs
+              if t >= 0 and not report.tensors[t].is_constant}
+    values: Dict[int, list] = {t: [] for t in wanted}
+    for i in range(len(xs[0])):
+        for detail, data in zip(details, xs):
+            interpreter.set_tensor(detail["index"], runtime.quantize(np.asarray(data[i:i + 1]), detail))
+        interpreter.invoke()
+        for t in wanted:
+            values[t].append(interpreter.get_tensor(t).copy())
+    errors = []
+    for op in report.ops:
+        outs = [t for t in op.outputs if t >= 0 and _grid(report.tensors[t]) is not None]
+        if not outs or len(outs) != len(op.outputs):
+            continue
+        ins = list(dict.fromkeys(t for t in op.inputs if t >= 0 and not report.tensors[t].is_constant))
+        if op.op == "QUANTIZE":  # a requantization (or the input's): the float op is identity
+            expected = [[_real(report.tensors[ins[0]], v) for v in values[ins[0]]]]
+        else:
+            real = rewrite.one_op_model(buf.bytes, op.index, real=True)
+            if real is None:
+                continue
+            expected = _run_alone(real, [[_real(report.tensors[t], v) for v in values[t]] for t in ins],
+                                  xnnpack=False, num_threads=num_threads)
+        stored = rewrite.one_op_model(buf.bytes, op.index, real=False)
+        alone = None if stored is None else _run_alone(
+            stored, [values[t] for t in ins], xnnpack=True, num_threads=num_threads)
+        worst_ref, worst_x, saturated, count = 0.0, None, 0, 0
+        for k, t in enumerate(outs):
+            scale, zero, low, high = _grid(report.tensors[t])
+            for s, f in enumerate(expected[k]):
+                exact = f.astype(np.float64) / scale + zero
+                rounded = np.clip(np.round(exact), low, high)
+                saturated += int(np.sum(np.abs(exact - rounded) > _CLIPPED_STEPS))
+                count += exact.size
+                worst_ref = max(worst_ref, float(np.max(np.abs(values[t][s].astype(np.float64) - rounded), initial=0)))
+                if alone is not None:
+                    worst_x = max(worst_x or 0.0, float(np.max(
+                        np.abs(alone[k][s].astype(np.float64) - rounded), initial=0)))
+        errors.append(OpError(op.index, op.op, op.layer, worst_ref, worst_x,
+                              saturated / count if count else 0.0))
+    return tuple(errors)
+
+
+_CLIPPED_STEPS = 2.0  # OpError.saturated counts float values further outside the grid
+
+
+def _grid(info: inspector.TensorInfo):
+    """``(scale, zero point, lowest, highest)`` of a per-tensor integer grid, or None."""
+    q = info.quantization
+    if q is None or q.per_channel or not q.scale or info.dtype not in ("int8", "uint8", "int16"):
+        return None
+    limits = np.iinfo(np.dtype(info.dtype))
+    return float(q.scale[0]), int(q.zero_point[0]), int(limits.min), int(limits.max)
+
+
+def _real(info: inspector.TensorInfo, value: np.ndarray) -> np.ndarray:
+    grid = _grid(info)
+    if grid is None:
+        return value
+    return ((value.astype(np.float64) - grid[1]) * grid[0]).astype(np.float32)
+
+
+def _run_alone(model_bytes: bytes, inputs: Sequence[Sequence[np.ndarray]], *, xnnpack: bool,
+               num_threads: int) -> list:
+    """Outputs ``[output][sample]`` of a one-op file fed ``inputs[input][sample]``."""
+    interpreter = runtime.make_interpreter(model_bytes, xnnpack=xnnpack, num_threads=num_threads,
+                                           isolate=False)
+    ins = interpreter.get_input_details()
+    outs = [d["index"] for d in interpreter.get_output_details()]
+    results = [[] for _ in outs]
+    for s in range(len(inputs[0]) if inputs else 1):
+        for detail, data in zip(ins, inputs):
+            interpreter.set_tensor(detail["index"], np.asarray(data[s], detail["dtype"]).reshape(detail["shape"]))
+        interpreter.invoke()
+        for k, t in enumerate(outs):
+            results[k].append(interpreter.get_tensor(t).copy())
+    return results
+
+
 def _failures(r: ValidationReport, t: Thresholds):
     paths = (("XNNPACK", r.xnnpack), ("reference kernels", r.reference))
     if t.min_accuracy is not None:
@@ -446,3 +614,9 @@ def _failures(r: ValidationReport, t: Thresholds):
             yield "max_size_ratio set but no reference given"
         elif r.size_ratio > t.max_size_ratio:
             yield f"size ratio {r.size_ratio:.3f} > {t.max_size_ratio}"
+    if t.max_op_steps is not None:
+        far = [e for e in r.per_op if e.worst_steps > t.max_op_steps]
+        if far:
+            e = max(far, key=lambda e: e.worst_steps)
+            yield (f"{len(far)} op(s) further than {t.max_op_steps} steps from their float op, "
+                   f"worst #{e.index} {e.op} ({e.layer}): {e.worst_steps:.0f} steps")

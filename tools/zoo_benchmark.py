@@ -140,6 +140,25 @@ def _message_key(cell: dict) -> str:
     return f"failed: {cell.get('reason')}"
 
 
+def op_check_lines(results: dict) -> list:
+    """One paragraph on the failed cells' per-op checks (tests/zoo.py `_op_check`)."""
+    checked = {f"{name}/{op}": cell["details"]["op_check"]
+               for name, cells in results["cells"].items() for op, cell in cells.items()
+               if cell.get("status") == "failed" and "ops" in cell.get("details", {}).get("op_check", {})}
+    if not checked:
+        return []
+    off = {k: v for k, v in checked.items()
+           if max(v["reference_max_steps"], v["xnnpack_max_steps"] or 0.0) > zoo.OP_STEPS}
+    text = (f"Per-op check of the failed cells (each integer op of the file run alone against "
+            f"its float op, on the inputs the file gave it, both kernel paths): "
+            f"{len(checked) - len(off)} of {len(checked)} have every op within "
+            f"{zoo.OP_STEPS:.0f} step")
+    text += (": their end-to-end distance is single-step rounding, amplified by the network."
+             if not off else "; an op further off in " + ", ".join(
+                 f"{k} ({v['worst']})" for k, v in off.items()) + ".")
+    return ["", text]
+
+
 def markdown(results: dict) -> list:
     # Every operation any kept cell ran (a --resume run may name fewer), in zoo.OPS order.
     present = {op for cells in results["cells"].values() for op in cells}
@@ -181,6 +200,7 @@ def markdown(results: dict) -> list:
              f"{len(results['source']['changed'])} files changed since HEAD); "
              f"{results.get('seconds', 0) / 60:.1f} min", ""]
     lines += _common.table(header, rows)
+    lines += op_check_lines(results)
     lines += ["", "Legend: V verified, R refused (a clean library exception), F failed (wrong "
               "result, or an exception the library did not raise itself), C crashed (killed by "
               "a signal or timed out), · not run; the number points into the list below. "
