@@ -15,6 +15,7 @@ __all__ = [
     "clone_model",
     "functional",
     "attention_refusal",
+    "recurrent_refusal",
     "split_attention",
     "split_average_pools",
     "split_clamps",
@@ -25,6 +26,7 @@ __all__ = [
     "split_layernorms",
     "split_negations",
     "split_prelus",
+    "split_recurrent",
     "split_separable",
     "split_unit_normalizations",
     "splittable_layernorm",
@@ -851,6 +853,134 @@ def split_prelus(model, *, unwrap=lambda layer: layer, rewrap=lambda original, n
             how = "MUL by alpha"
         return positive + scaled, (
             f"{base.name}: PReLU -> RELU, SUB, {how}, ADD (alpha kept, not trained)")
+
+    return _replace_layers(model, splits, replace)
+
+
+_RECURRENT = (keras.layers.LSTM, keras.layers.GRU)
+
+
+def recurrent_refusal(layer, node=None) -> "str | None":
+    """Why :func:`split_recurrent` cannot write this LSTM / GRU (node) as unrolled ops (a
+    short reason), or None when it can."""
+    if type(layer) not in _RECURRENT:
+        return f"a {type(layer).__name__}, not a keras.layers.LSTM or GRU"
+    options = [name for name in ("stateful", "go_backwards", "return_state")
+               if getattr(layer, name, False)]
+    if options:
+        return f"{', '.join(options)}=True: only a plain sequence-in layer is unrolled"
+    if type(layer) is keras.layers.GRU and not layer.reset_after:
+        return "reset_after=False (Keras 3's default, reset_after=True, is unrolled)"
+    if node is not None:
+        args, kwargs = _compat.node_arguments(node)
+        given = sorted(k for k, v in kwargs.items() if v is not None and k != "training")
+        if given or len(args) > 1:
+            return f"called with {', '.join(given) or 'more than one input'}: masks and " \
+                   "initial states are not unrolled"
+        shape = node.input_tensors[0].shape
+        if len(shape) != 3 or shape[1] is None:
+            return f"its input {tuple(shape)} has no fixed number of time steps"
+        if getattr(node.input_tensors[0], "_keras_mask", None) is not None:
+            return "its input carries a mask"
+    return None
+
+
+def split_recurrent(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                    keep=lambda layer: False) -> Tuple[object, List[str]]:
+    """Writes each plain LSTM / GRU as its cell unrolled over the time steps, in layers
+    and ops TFLite runs in int8.
+
+    The input projection of every step is one ``Dense`` on the whole sequence, the
+    recurrent one a ``Dense`` without bias called once per step after the first (its
+    output quantizer, and so its int8 grid, shared by the steps, as TFLite's converter
+    shares the weights); the gates are slices of their sum, the state updates MUL and
+    ADD ops. An LSTM step is ``c = f * c + i * g``, ``h = o * act(c)``; a GRU step
+    (``reset_after=True``) ``hh = act(x_h + r * h_h)``, ``h = hh + z * (h - hh)``. The first
+    step starts from zero states: an LSTM skips the recurrent terms, a GRU adds its
+    recurrent bias through Rescaling layers (kept, not trained).
+
+    Args:
+        model: a Functional model.
+        unwrap: the layer a graph layer stands for (a wrapper's inner layer).
+        rewrap: ``rewrap(original, new)`` wraps a new layer as the original was.
+        keep: layers to leave as they are.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    nodes = {id(node.operation): node for node in _compat.graph_nodes(model)}
+
+    def splits(layer):
+        node = nodes.get(id(layer))
+        return (type(unwrap(layer)) in _RECURRENT and not keep(layer) and node is not None
+                and recurrent_refusal(unwrap(layer), node) is None)
+
+    def replace(original, pending, *args, **kwargs):
+        base, x, ops = unwrap(original), args[0], keras.ops
+        lstm = type(base) is keras.layers.LSTM
+        units, gates = base.units, 4 if type(base) is keras.layers.LSTM else 3
+        weights = base.get_weights()
+        kernel, recurrent = weights[0], weights[1]
+        bias = weights[2] if base.use_bias else None
+        input_bias = None if bias is None else (bias if lstm else bias[0])
+        recurrent_bias = None if bias is None or lstm else bias[1]
+        count = iter(range(1 << 30))
+
+        def applied(function, what):
+            def apply(t):  # an Activation layer per call: QAT quantizes each like any other
+                return rewrap(original, keras.layers.Activation(
+                    function, name=f"{base.name}_{what}_{next(count)}"))(t)
+            return apply
+
+        activation = applied(base.cell.activation, "activation")
+        gate = applied(base.cell.recurrent_activation, "gate")
+
+        def dense(name, w, b):
+            layer = keras.layers.Dense(units * gates, use_bias=b is not None,
+                                       name=f"{base.name}_{name}")
+            pending.append((layer, [w] + ([b] if b is not None else [])))
+            return rewrap(original, layer)
+
+        def rescale(name, scale, offset):
+            return rewrap(original, keras.layers.Rescaling(
+                np.asarray(scale, "float32"), np.asarray(offset, "float32"),
+                name=f"{base.name}_{name}"))
+
+        projected = dense("input", kernel, input_bias)(x)
+        step_recurrent = dense("recurrent", recurrent, recurrent_bias)
+        outputs, h, c = [], None, None
+        for t in range(int(x.shape[1])):
+            p = projected[:, t, :]
+            part = (lambda z, k: z[:, k * units:(k + 1) * units])
+            if lstm:
+                z = p if h is None else p + step_recurrent(h)
+                i, f, g, o = (gate(part(z, 0)), gate(part(z, 1)),
+                              activation(part(z, 2)), gate(part(z, 3)))
+                c = i * g if c is None else f * c + i * g
+                h = o * activation(c)
+            elif h is None:  # zero state: the recurrent projection is its bias
+                if recurrent_bias is None:
+                    z, hh = gate(part(p, 0)), activation(part(p, 2))
+                else:
+                    zr = rescale("bias0", np.ones(2 * units), recurrent_bias[:2 * units])(
+                        p[:, :2 * units])
+                    z, r = gate(part(zr, 0)), gate(part(zr, 1))
+                    hh = activation(part(p, 2) + rescale(
+                        "reset0", recurrent_bias[2 * units:], np.zeros(units))(r))
+                h = hh - z * hh
+            else:
+                q = step_recurrent(h)
+                z = gate(part(p, 0) + part(q, 0))
+                r = gate(part(p, 1) + part(q, 1))
+                hh = activation(part(p, 2) + r * part(q, 2))
+                h = hh + z * (h - hh)
+            outputs.append(h)
+        out = ops.stack(outputs, axis=1) if base.return_sequences else h
+        return out, (f"{base.name}: {type(base).__name__} unrolled over {len(outputs)} time "
+                     "steps as Dense layers (input projection, shared recurrent projection), "
+                     "slices, " + ("LOGISTIC, TANH, MUL and ADD" if lstm else
+                                   "LOGISTIC, TANH, SUB, MUL and ADD")
+                     + " (TFLite's converter writes Keras' recurrent loop in float)")
 
     return _replace_layers(model, splits, replace)
 

@@ -33,9 +33,12 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   writes for it (RELU, SUB, EXP, ADD, LOG...); ``-x`` becomes ``x * -1``;
 * a PReLU becomes RELU, SUB, a Rescaling by alpha (a MUL when alpha is per position) and
   ADD, alpha kept as it is; a plain dot-product ``keras.layers.Attention`` becomes
-  TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL; an Average becomes ADDs and a MUL.
+  TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL; an Average becomes ADDs and a MUL;
+* a plain LSTM or GRU (fixed length, no mask or state) is unrolled: a Dense input
+  projection, a Dense recurrent projection shared by the steps (one range for all), the
+  gates as slices, activations, MUL and ADD (``_graph.split_recurrent``).
 
-What TFLite cannot run in int8 from a fake-quant graph (LSTM, masked attention,
+What TFLite cannot run in int8 from a fake-quant graph (SimpleRNN, masked attention,
 GroupNormalization, RMS-scaled LayerNormalization...) is refused with one line that names
 the layer, says why and what to do.
 
@@ -787,7 +790,7 @@ def _supported_layers() -> Tuple[str, ...]:
     weighted = layer_kinds.registered(lambda kind: kind.quantize_weights)
     affine = layer_kinds.registered(lambda kind: kind.normalization or kind.affine)
     separable = ("SeparableConv1D", "SeparableConv2D", "LayerNormalization",
-                 "RMSNormalization", "MultiHeadAttention", "Attention", "PReLU")
+                 "RMSNormalization", "MultiHeadAttention", "Attention", "PReLU", "LSTM", "GRU")
     return tuple(cls.__name__ for cls in weighted) + separable + tuple(
         cls.__name__ for cls in affine) + (
         "the weightless layers of tfcompress.layer_kinds (activations, pooling, padding, "
@@ -802,7 +805,7 @@ _FLOAT_INSTEAD = ("convert the float model with tfcompress.convert(model, "
 # Why quantization-aware training cannot model a layer class, and what to do instead.
 _CANNOT = {
     **{name: "a Keras 3 recurrent loop has no fake-quant form that TFLite's int8 kernels "
-             f"run; {_FLOAT_INSTEAD}"
+             f"run (a plain LSTM or GRU is unrolled into them); {_FLOAT_INSTEAD}"
        for name in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D",
                     "ConvLSTM2D", "ConvLSTM3D", "TimeDistributed")},
     **{name: "the converter writes attention as BATCH_MATMUL, SOFTMAX and FULLY_CONNECTED "
@@ -868,6 +871,9 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
         return None if why is None else (f" ({why})", "")
     if type(layer) is keras.layers.Attention and node is not None:
         why = _graph.dot_attention_refusal(layer, node)
+        return None if why is None else (f" ({why})", "")
+    if type(layer) in (keras.layers.LSTM, keras.layers.GRU):  # unrolled (split_recurrent)
+        why = _graph.recurrent_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
     if type(layer).__name__ in _CANNOT and not kind.quantize_weights:
         return "", ""
@@ -1206,9 +1212,13 @@ def _prepare(model):
     rewrap = (lambda original, new: QuantizeAnnotate(new) if _annotated(original) else new)
     keep = (lambda layer: getattr(layer, "quantize_config", None) is not None)
     model, notes = _graph.split_separable(model, unwrap=_inner, rewrap=rewrap, keep=keep)
+    unannotated = (lambda layer: keep(layer) or not _annotated(layer))
+    # A plain LSTM / GRU unrolled into Dense layers and int8 ops (first: its activations
+    # are split below like any other).
+    model, recurrent = _graph.split_recurrent(model, unwrap=_inner, rewrap=rewrap,
+                                              keep=unannotated)
     # A LayerNorm as the int8 ops convert() writes for it; only annotated ones (a float
     # LayerNorm stays one layer, converted in float).
-    unannotated = (lambda layer: keep(layer) or not _annotated(layer))
     model, more = _graph.split_layernorms(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
     model, attention = _graph.split_attention(model, unwrap=_inner, rewrap=rewrap,
                                               keep=unannotated)
@@ -1222,7 +1232,7 @@ def _prepare(model):
     model, negations = _graph.split_negations(model)  # -x as x * -1 (int8 has no NEG)
     # PReLU as RELU, SUB, a per-channel Rescaling and ADD (PRELU's alpha has no fake-quant).
     model, prelus = _graph.split_prelus(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
-    return model, notes + more + attention + dots + negations + pools + elus + prelus
+    return model, notes + recurrent + more + attention + dots + negations + pools + elus + prelus
 
 
 class _Graph:
@@ -1612,6 +1622,7 @@ def _rebuild(model, plan: QuantizePlan):
     graph = _Graph(model, plan.scheme)
     follows: Dict[str, Tuple[float, float]] = {}  # affine layer -> (scale, offset)
     grid_points: Dict[str, float] = {}  # model input -> the value its grid must hold
+    outputs: Dict[str, Optional[FakeQuant]] = {}  # plan step -> its output quantizer
     for node in graph.nodes:
         step = steps.get(node.operation.name)
         if step is not None and step.output == "input_image":
@@ -1678,10 +1689,15 @@ def _rebuild(model, plan: QuantizePlan):
         if step.output == "input_grid" and source is not None:
             # The same quantizer again, without updating its range from these values.
             out = source(out, training=False)
-        quantizer = _output_quantizer(step, bits)
-        if quantizer is not None and step.name in follows:
-            quantizer = FakeQuant(bits.activation_bits, follows=follows[step.name],
-                                  notes=quantizer.notes, name=quantizer.name)
+        # A layer called several times (an unrolled recurrent projection) has one output
+        # quantizer: one range for every call, as its outputs share TFLite's weights.
+        if step.name not in outputs:
+            quantizer = _output_quantizer(step, bits)
+            if quantizer is not None and step.name in follows:
+                quantizer = FakeQuant(bits.activation_bits, follows=follows[step.name],
+                                      notes=quantizer.notes, name=quantizer.name)
+            outputs[step.name] = quantizer
+        quantizer = outputs[step.name]
         if quantizer is None:
             if step.output in ("input_range", "input_grid") and source is not None:
                 ranges[id(out)] = source
