@@ -157,9 +157,9 @@ def test_subclassed_model_error_says_how_to_make_it_functional():
 
 
 def test_unsupported_layer_is_named_with_class_position_and_supported_list():
-    inputs = keras.Input((5, 4))
-    model = keras.Model(inputs, L.Dense(2)(L.SimpleRNN(3, name="rnn")(inputs)))
-    with pytest.raises(ValueError, match=r"'rnn' \(class SimpleRNN, position 1\) cannot be quantized\. "
+    inputs = keras.Input((5, 4, 2))
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(L.ConvLSTM1D(3, 2, name="rnn")(inputs))))
+    with pytest.raises(ValueError, match=r"'rnn' \(class ConvLSTM1D, position 1\) cannot be quantized\. "
                                          r"Supported: Dense, Conv1D"):
         quantize_model(model)
 

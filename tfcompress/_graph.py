@@ -857,20 +857,28 @@ def split_prelus(model, *, unwrap=lambda layer: layer, rewrap=lambda original, n
     return _replace_layers(model, splits, replace)
 
 
-_RECURRENT = (keras.layers.LSTM, keras.layers.GRU)
+_RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
+_MERGES = ("concat", "sum", "ave", "mul")
 
 
 def recurrent_refusal(layer, node=None) -> "str | None":
-    """Why :func:`split_recurrent` cannot write this LSTM / GRU (node) as unrolled ops (a
-    short reason), or None when it can."""
-    if type(layer) not in _RECURRENT:
-        return f"a {type(layer).__name__}, not a keras.layers.LSTM or GRU"
-    options = [name for name in ("stateful", "go_backwards", "return_state")
-               if getattr(layer, name, False)]
-    if options:
-        return f"{', '.join(options)}=True: only a plain sequence-in layer is unrolled"
-    if type(layer) is keras.layers.GRU and not layer.reset_after:
-        return "reset_after=False (Keras 3's default, reset_after=True, is unrolled)"
+    """Why :func:`split_recurrent` cannot write this LSTM / GRU / SimpleRNN, or a
+    Bidirectional of one (node), as unrolled ops (a short reason), or None when it can."""
+    if type(layer) is keras.layers.Bidirectional:
+        if layer.merge_mode not in _MERGES:
+            return f"merge_mode={layer.merge_mode!r} (unrolled: {', '.join(_MERGES)})"
+        directions = (layer.forward_layer, layer.backward_layer)
+    else:
+        directions = (layer,)
+    for one in directions:
+        if type(one) not in _RECURRENT:
+            return (f"a {type(one).__name__}, not a keras.layers.LSTM, GRU or SimpleRNN "
+                    "(or a Bidirectional of one)")
+        options = [name for name in ("stateful", "return_state") if getattr(one, name, False)]
+        if options:
+            return f"{', '.join(options)}=True: only a plain sequence-in layer is unrolled"
+        if type(one) is keras.layers.GRU and not one.reset_after:
+            return "reset_after=False (Keras 3's default, reset_after=True, is unrolled)"
     if node is not None:
         args, kwargs = _compat.node_arguments(node)
         given = sorted(k for k, v in kwargs.items() if v is not None and k != "training")
@@ -887,17 +895,20 @@ def recurrent_refusal(layer, node=None) -> "str | None":
 
 def split_recurrent(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
                     keep=lambda layer: False) -> Tuple[object, List[str]]:
-    """Writes each plain LSTM / GRU as its cell unrolled over the time steps, in layers
-    and ops TFLite runs in int8.
+    """Writes each plain LSTM / GRU / SimpleRNN, or a Bidirectional of them, as its cell
+    unrolled over the time steps, in layers and ops TFLite runs in int8.
 
     The input projection of every step is one ``Dense`` on the whole sequence, the
     recurrent one a ``Dense`` without bias called once per step after the first (its
     output quantizer, and so its int8 grid, shared by the steps, as TFLite's converter
     shares the weights); the gates are slices of their sum, the state updates MUL and
     ADD ops. An LSTM step is ``c = f * c + i * g``, ``h = o * act(c)``; a GRU step
-    (``reset_after=True``) ``hh = act(x_h + r * h_h)``, ``h = hh + z * (h - hh)``. The first
-    step starts from zero states: an LSTM skips the recurrent terms, a GRU adds its
-    recurrent bias through Rescaling layers (kept, not trained).
+    (``reset_after=True``) ``hh = act(x_h + r * h_h)``, ``h = hh + z * (h - hh)``; a
+    SimpleRNN step ``h = act(x_w + h_u)``. The first step starts from zero states: the
+    recurrent terms are skipped, except a GRU's recurrent bias, added by frozen Rescaling
+    layers (kept, not trained). ``go_backwards`` walks the steps from the end (outputs in
+    that order, as Keras returns them); a Bidirectional unrolls both directions, puts the
+    backward outputs back in time order and merges them as its ``merge_mode`` says.
 
     Args:
         model: a Functional model.
@@ -912,77 +923,109 @@ def split_recurrent(model, *, unwrap=lambda layer: layer, rewrap=lambda original
 
     def splits(layer):
         node = nodes.get(id(layer))
-        return (type(unwrap(layer)) in _RECURRENT and not keep(layer) and node is not None
-                and recurrent_refusal(unwrap(layer), node) is None)
+        base = unwrap(layer)
+        return ((type(base) in _RECURRENT or type(base) is keras.layers.Bidirectional)
+                and not keep(layer) and node is not None
+                and recurrent_refusal(base, node) is None)
 
     def replace(original, pending, *args, **kwargs):
         base, x, ops = unwrap(original), args[0], keras.ops
-        lstm = type(base) is keras.layers.LSTM
-        units, gates = base.units, 4 if type(base) is keras.layers.LSTM else 3
-        weights = base.get_weights()
-        kernel, recurrent = weights[0], weights[1]
-        bias = weights[2] if base.use_bias else None
-        input_bias = None if bias is None else (bias if lstm else bias[0])
-        recurrent_bias = None if bias is None or lstm else bias[1]
-        count = iter(range(1 << 30))
-
-        def applied(function, what):
-            def apply(t):  # an Activation layer per call: QAT quantizes each like any other
-                return rewrap(original, keras.layers.Activation(
-                    function, name=f"{base.name}_{what}_{next(count)}"))(t)
-            return apply
-
-        activation = applied(base.cell.activation, "activation")
-        gate = applied(base.cell.recurrent_activation, "gate")
-
-        def dense(name, w, b):
-            layer = keras.layers.Dense(units * gates, use_bias=b is not None,
-                                       name=f"{base.name}_{name}")
-            pending.append((layer, [w] + ([b] if b is not None else [])))
-            return rewrap(original, layer)
-
-        def rescale(name, scale, offset):
-            return rewrap(original, keras.layers.Rescaling(
-                np.asarray(scale, "float32"), np.asarray(offset, "float32"),
-                name=f"{base.name}_{name}"))
-
-        projected = dense("input", kernel, input_bias)(x)
-        step_recurrent = dense("recurrent", recurrent, recurrent_bias)
-        outputs, h, c = [], None, None
-        for t in range(int(x.shape[1])):
-            p = projected[:, t, :]
-            part = (lambda z, k: z[:, k * units:(k + 1) * units])
-            if lstm:
-                z = p if h is None else p + step_recurrent(h)
-                i, f, g, o = (gate(part(z, 0)), gate(part(z, 1)),
-                              activation(part(z, 2)), gate(part(z, 3)))
-                c = i * g if c is None else f * c + i * g
-                h = o * activation(c)
-            elif h is None:  # zero state: the recurrent projection is its bias
-                if recurrent_bias is None:
-                    z, hh = gate(part(p, 0)), activation(part(p, 2))
-                else:
-                    zr = rescale("bias0", np.ones(2 * units), recurrent_bias[:2 * units])(
-                        p[:, :2 * units])
-                    z, r = gate(part(zr, 0)), gate(part(zr, 1))
-                    hh = activation(part(p, 2) + rescale(
-                        "reset0", recurrent_bias[2 * units:], np.zeros(units))(r))
-                h = hh - z * hh
-            else:
-                q = step_recurrent(h)
-                z = gate(part(p, 0) + part(q, 0))
-                r = gate(part(p, 1) + part(q, 1))
-                hh = activation(part(p, 2) + r * part(q, 2))
-                h = hh + z * (h - hh)
-            outputs.append(h)
-        out = ops.stack(outputs, axis=1) if base.return_sequences else h
-        return out, (f"{base.name}: {type(base).__name__} unrolled over {len(outputs)} time "
-                     "steps as Dense layers (input projection, shared recurrent projection), "
-                     "slices, " + ("LOGISTIC, TANH, MUL and ADD" if lstm else
-                                   "LOGISTIC, TANH, SUB, MUL and ADD")
-                     + " (TFLite's converter writes Keras' recurrent loop in float)")
+        if type(base) is not keras.layers.Bidirectional:
+            outputs = _unrolled(base, x, base.name, original, pending, rewrap)
+            out = ops.stack(outputs, axis=1) if base.return_sequences else outputs[-1]
+            return out, _recurrent_note(base, len(outputs))
+        forward = _unrolled(base.forward_layer, x, f"{base.name}_forward", original, pending,
+                            rewrap)
+        backward = _unrolled(base.backward_layer, x, f"{base.name}_backward", original,
+                             pending, rewrap)
+        if base.return_sequences:
+            y, y_rev = ops.stack(forward, axis=1), ops.stack(backward[::-1], axis=1)
+        else:
+            y, y_rev = forward[-1], backward[-1]
+        out = (ops.concatenate([y, y_rev], axis=-1) if base.merge_mode == "concat" else
+               y + y_rev if base.merge_mode == "sum" else y * y_rev
+               if base.merge_mode == "mul" else (y + y_rev) * 0.5)
+        return out, (f"{base.name}: Bidirectional ({base.merge_mode}) of "
+                     + _recurrent_note(base.forward_layer, len(forward)))
 
     return _replace_layers(model, splits, replace)
+
+
+def _recurrent_note(layer, steps: int) -> str:
+    kind = type(layer).__name__
+    ops = {"LSTM": "LOGISTIC, TANH, MUL and ADD", "GRU": "LOGISTIC, TANH, SUB, MUL and ADD",
+           "SimpleRNN": "its activation and ADD"}[kind]
+    return (f"{layer.name}: {kind} unrolled over {steps} time steps as Dense layers (input "
+            f"projection, shared recurrent projection), slices, {ops} (TFLite's converter "
+            "writes Keras' recurrent loop in float)")
+
+
+def _unrolled(base, x, name: str, original, pending, rewrap) -> list:
+    """The outputs ``h`` of every step of the LSTM / GRU / SimpleRNN ``base`` on ``x``, in
+    the order it walks them (backwards for ``go_backwards``), as new layers and ops."""
+    kind = type(base)
+    units = base.units
+    gates = {keras.layers.LSTM: 4, keras.layers.GRU: 3, keras.layers.SimpleRNN: 1}[kind]
+    weights = base.get_weights()
+    kernel, recurrent = weights[0], weights[1]
+    bias = weights[2] if base.use_bias else None
+    gru = kind is keras.layers.GRU
+    input_bias = None if bias is None else (bias[0] if gru else bias)
+    recurrent_bias = bias[1] if gru and bias is not None else None
+    count = iter(range(1 << 30))
+
+    def applied(function, what):
+        def apply(t):  # an Activation layer per call: QAT quantizes each like any other
+            return rewrap(original, keras.layers.Activation(
+                function, name=f"{name}_{what}_{next(count)}"))(t)
+        return apply
+
+    activation = applied(base.cell.activation, "activation")
+    gate = applied(getattr(base.cell, "recurrent_activation", None), "gate")
+
+    def dense(what, w, b):
+        layer = keras.layers.Dense(units * gates, use_bias=b is not None, name=f"{name}_{what}")
+        pending.append((layer, [w] + ([b] if b is not None else [])))
+        return rewrap(original, layer)
+
+    def rescale(what, scale, offset):
+        return rewrap(original, keras.layers.Rescaling(
+            np.asarray(scale, "float32"), np.asarray(offset, "float32"), name=f"{name}_{what}"))
+
+    def part(z, k):
+        return z[:, k * units:(k + 1) * units]
+
+    projected = dense("input", kernel, input_bias)(x)
+    step_recurrent = dense("recurrent", recurrent, recurrent_bias)
+    steps = range(int(x.shape[1]))
+    outputs, h, c = [], None, None
+    for t in (reversed(steps) if base.go_backwards else steps):
+        p = projected[:, t, :]
+        if kind is keras.layers.SimpleRNN:
+            h = activation(p if h is None else p + step_recurrent(h))
+        elif kind is keras.layers.LSTM:
+            z = p if h is None else p + step_recurrent(h)
+            i, f, g, o = gate(part(z, 0)), gate(part(z, 1)), activation(part(z, 2)), gate(part(z, 3))
+            c = i * g if c is None else f * c + i * g
+            h = o * activation(c)
+        elif h is None:  # zero state: the recurrent projection is its bias
+            if recurrent_bias is None:
+                z, hh = gate(part(p, 0)), activation(part(p, 2))
+            else:
+                zr = rescale("bias0", np.ones(2 * units), recurrent_bias[:2 * units])(
+                    p[:, :2 * units])
+                z, r = gate(part(zr, 0)), gate(part(zr, 1))
+                hh = activation(part(p, 2) + rescale(
+                    "reset0", recurrent_bias[2 * units:], np.zeros(units))(r))
+            h = hh - z * hh
+        else:
+            q = step_recurrent(h)
+            z = gate(part(p, 0) + part(q, 0))
+            r = gate(part(p, 1) + part(q, 1))
+            hh = activation(part(p, 2) + r * part(q, 2))
+            h = hh + z * (h - hh)
+        outputs.append(h)
+    return outputs
 
 
 def split_unit_normalizations(model, *, normalize):

@@ -34,11 +34,12 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
 * a PReLU becomes RELU, SUB, a Rescaling by alpha (a MUL when alpha is per position) and
   ADD, alpha kept as it is; a plain dot-product ``keras.layers.Attention`` becomes
   TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL; an Average becomes ADDs and a MUL;
-* a plain LSTM or GRU (fixed length, no mask or state) is unrolled: a Dense input
-  projection, a Dense recurrent projection shared by the steps (one range for all), the
-  gates as slices, activations, MUL and ADD (``_graph.split_recurrent``).
+* a plain LSTM, GRU or SimpleRNN, or a Bidirectional of one (fixed length, no mask or
+  state) is unrolled: a Dense input projection, a Dense recurrent projection shared by
+  the steps (one range for all), the gates as slices, activations, MUL and ADD
+  (``_graph.split_recurrent``).
 
-What TFLite cannot run in int8 from a fake-quant graph (SimpleRNN, masked attention,
+What TFLite cannot run in int8 from a fake-quant graph (a masked LSTM, masked attention,
 GroupNormalization, RMS-scaled LayerNormalization...) is refused with one line that names
 the layer, says why and what to do.
 
@@ -790,7 +791,8 @@ def _supported_layers() -> Tuple[str, ...]:
     weighted = layer_kinds.registered(lambda kind: kind.quantize_weights)
     affine = layer_kinds.registered(lambda kind: kind.normalization or kind.affine)
     separable = ("SeparableConv1D", "SeparableConv2D", "LayerNormalization",
-                 "RMSNormalization", "MultiHeadAttention", "Attention", "PReLU", "LSTM", "GRU")
+                 "RMSNormalization", "MultiHeadAttention", "Attention", "PReLU", "LSTM", "GRU",
+                 "SimpleRNN", "Bidirectional")
     return tuple(cls.__name__ for cls in weighted) + separable + tuple(
         cls.__name__ for cls in affine) + (
         "the weightless layers of tfcompress.layer_kinds (activations, pooling, padding, "
@@ -805,7 +807,8 @@ _FLOAT_INSTEAD = ("convert the float model with tfcompress.convert(model, "
 # Why quantization-aware training cannot model a layer class, and what to do instead.
 _CANNOT = {
     **{name: "a Keras 3 recurrent loop has no fake-quant form that TFLite's int8 kernels "
-             f"run (a plain LSTM or GRU is unrolled into them); {_FLOAT_INSTEAD}"
+             f"run (a plain LSTM, GRU or SimpleRNN, or a Bidirectional of one, is unrolled "
+             f"into them); {_FLOAT_INSTEAD}"
        for name in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D",
                     "ConvLSTM2D", "ConvLSTM3D", "TimeDistributed")},
     **{name: "the converter writes attention as BATCH_MATMUL, SOFTMAX and FULLY_CONNECTED "
@@ -872,7 +875,8 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
     if type(layer) is keras.layers.Attention and node is not None:
         why = _graph.dot_attention_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
-    if type(layer) in (keras.layers.LSTM, keras.layers.GRU):  # unrolled (split_recurrent)
+    if type(layer) in (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN,
+                       keras.layers.Bidirectional):  # unrolled (_graph.split_recurrent)
         why = _graph.recurrent_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
     if type(layer).__name__ in _CANNOT and not kind.quantize_weights:
@@ -1284,6 +1288,11 @@ class _Graph:
         # TFLite gives a concatenation's inputs the output's scale; quantizing the
         # output alone computes exactly that (quantize(concat(a, b)) with one range).
         # MAXIMUM / MINIMUM want one scale too, and rounding commutes with them.
+        # A concatenation (or stack) read by another keeps its own range: the converter
+        # gives an unranged PACK the scale of its first input (measured: a Bidirectional
+        # LSTM's two stacks concatenated, 19 steps off, the later steps clipped).
+        if layer_kinds.kind_of(_inner(node.operation)).merge == "concatenate":
+            return False
         reader = self.reader(node)
         return reader is not None and (
             layer_kinds.kind_of(_inner(reader)).merge == "concatenate"
