@@ -567,8 +567,9 @@ def _real(info: inspector.TensorInfo, value: np.ndarray) -> np.ndarray:
 def _run_alone(model_bytes: bytes, inputs: Sequence[Sequence[np.ndarray]], *, xnnpack: bool,
                num_threads: int) -> list:
     """Outputs ``[output][sample]`` of a one-op file fed ``inputs[input][sample]``."""
-    interpreter = runtime.make_interpreter(model_bytes, xnnpack=xnnpack, num_threads=num_threads,
-                                           isolate=False)
+    # Tried in a child first where a fork is safe (a file from outside: an op alone may
+    # meet a kernel otherwise than inside its file).
+    interpreter = runtime.make_interpreter(model_bytes, xnnpack=xnnpack, num_threads=num_threads)
     ins = interpreter.get_input_details()
     outs = [d["index"] for d in interpreter.get_output_details()]
     results = [[] for _ in outs]
