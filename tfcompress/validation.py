@@ -93,7 +93,7 @@ def default_thresholds(*, with_reference: bool) -> Thresholds:
     """The checks of a validation that was given no thresholds.
 
     >>> default_thresholds(with_reference=False)
-    Thresholds(min_accuracy=None, min_float_agreement=None, min_xnnpack_agreement=0.95, max_error_steps_p99=None, require_fully_integer=False, max_size_ratio=None)
+    Thresholds(min_accuracy=None, min_float_agreement=None, min_xnnpack_agreement=0.95, max_error_steps_p99=None, require_fully_integer=False, max_size_ratio=None, max_op_steps=None)
     """
     return Thresholds(min_xnnpack_agreement=DEFAULT_MIN_XNNPACK_AGREEMENT,
                       max_error_steps_p99=DEFAULT_MAX_ERROR_STEPS_P99 if with_reference else None)
