@@ -6,6 +6,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
+# pytest-xdist workers: one per core of the 2-core CI machines; each test file stays on one worker.
+TEST_WORKERS ?= 2
 
 .PHONY: main test install clean
 
@@ -21,7 +23,7 @@ main: $(STAMP)
 	$(VENV)/bin/tfcompress demo --output_dir=results/demo --overwrite
 
 test: $(STAMP)
-	TFCOMPRESS_DATA_DIR=$${TFCOMPRESS_DATA_DIR:-$(abspath ../shared/data)} $(VENV)/bin/python -m pytest -q --durations=30
+	TFCOMPRESS_DATA_DIR=$${TFCOMPRESS_DATA_DIR:-$(abspath ../shared/data)} $(VENV)/bin/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) results

@@ -999,13 +999,13 @@ def _recurrent_model(kind, *, sequences=False, use_bias=True, activation="tanh",
     return keras.Model(inputs, L.Dense(3)(x))
 
 
-def _unrolled_and_trained(kind, options):
+def _unrolled_and_trained(kind, options, *, steps=6):
     from tfcompress import _graph
 
-    model = _recurrent_model(kind, **options)
-    x = _uniform((6, 5), n=32)
+    model = _recurrent_model(kind, steps=steps, **options)
+    x = _uniform((steps, 5), n=32)
     unrolled, notes = _graph.split_recurrent(model)
-    assert "rnn: " in notes[0] and "unrolled over 6 time steps" in notes[0]
+    assert "rnn: " in notes[0] and f"unrolled over {steps} time steps" in notes[0]
     assert not any(isinstance(layer, (L.RNN, L.Bidirectional)) for layer in unrolled.layers)
     np.testing.assert_allclose(unrolled.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
@@ -1017,7 +1017,8 @@ def _unrolled_and_trained(kind, options):
     ("lstm", {"activation": "relu"}), ("simple", {}), ("lstm", {"backwards": True}),
     ("gru", {"merge": "sum"}), ("simple", {"merge": "ave"})])
 def test_recurrent_layers_are_unrolled_into_int8_ops_and_agree(kind, options, tmp_path):
-    qat, x = _unrolled_and_trained(kind, options)
+    # Four steps keep the suite short; the Bidirectional LSTM and PTQ tests below use six.
+    qat, x = _unrolled_and_trained(kind, options, steps=4)
     result = _agrees(qat, x)
     assert {"FULLY_CONNECTED", "TANH" if kind != "lstm" or not options else "MUL"} <= set(
         result.report.op_histogram)
