@@ -531,6 +531,12 @@ REFUSALS = {
         "'emb' (class Embedding", "mask_zero=True"),
     "batchnorm_axis": (_refused(lambda x: L.BatchNormalization(axis=1, name="bn")(x)),
                        "'bn' (class BatchNormalization", "over axis 1"),
+    "pad_constant": (_refused(lambda x: ops.pad(x, ((0, 0), (1, 1), (0, 0)), constant_values=1.0)),
+                     "(class Pad, position", "constant_values=1.0"),
+    "groupnorm_axis": (_refused(lambda x: L.GroupNormalization(2, axis=1, name="gn")(x)),
+                       "'gn' (class GroupNormalization", "over axis 1"),
+    "time_distributed_model": (_refused(lambda x: L.TimeDistributed(keras.Sequential(
+        [L.Dense(3)]), name="td")(x)), "'td' (class TimeDistributed", "of a model"),
     "bicubic": (_refused(lambda x: L.Flatten()(L.Resizing(4, 4, interpolation="bicubic",
                                                           name="resize")(x)), shape=(6, 6, 2)),
                 "'resize' (class Resizing", "interpolation='bicubic'"),
@@ -896,6 +902,18 @@ MORE_OPERATIONS = {  # keras.ops calls QAT quantizes since session 12 -> an int8
 }
 
 
+MORE_OPERATIONS.update({  # since session 14
+    "sum": (lambda h: ops.sum(h, axis=1), "SUM"),
+    "square": (lambda h: ops.square(h), "MUL"),  # as h * h: the converter keeps SQUARE float
+    "pad": (lambda h: ops.pad(h, ((0, 0), (1, 2), (0, 0))), "PAD"),
+    "pad_reflect": (lambda h: ops.pad(h, ((0, 0), (2, 1), (0, 0)), mode="reflect"),
+                    "MIRROR_PAD"),
+    # One SLICE per output (an operator node of several outputs has no single range).
+    "split": (lambda h: ops.concatenate(ops.split(h, 2, axis=-1)[::-1], -1), "SLICE"),
+    "split_at": (lambda h: ops.concatenate(ops.split(h, [1, 4], axis=1)[::-1], 1), "SLICE"),
+})
+
+
 @pytest.mark.parametrize("name", sorted(MORE_OPERATIONS))
 def test_more_keras_ops_are_quantized_as_their_int8_ops(name):
     body, op = MORE_OPERATIONS[name]
@@ -1063,3 +1081,70 @@ def test_post_training_quantization_of_an_lstm_is_fully_int8_and_agrees():
     x = _uniform((6, 5), n=32)
     ptq = post_training.post_training_quantize(model, x, progress=False)
     _agrees(ptq, x)
+
+
+@pytest.mark.parametrize("how", ["qat", "ptq"])
+def test_a_group_normalization_is_quantized_as_int8_ops_and_agrees(how, tmp_path):
+    # Refused until session 14: written as RESHAPE, the LayerNorm ops over each group's
+    # axes (MEAN over several axes), RESHAPE and a Rescaling by gamma and beta.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="x")
+    norm = L.GroupNormalization(4, name="gn")
+    x = norm(L.Conv2D(8, 3, padding="same", name="conv")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x)))
+    norm.set_weights([np.linspace(0.5, 1.5, 8).astype("float32"),
+                      np.linspace(-0.3, 0.3, 8).astype("float32")])  # not 1 and 0
+    x = _uniform((8, 8, 3), n=32)
+    if how == "qat":
+        quantized = _one_step(quantize_model(model), x)
+        result = _agrees(quantized, x)
+    else:
+        # The PTQ file ends 3 steps from Keras on the builtin kernels (XNNPACK: 0) on 2 of
+        # 32 samples, while each of its 16 ops is within a step of its float op on both
+        # paths: the builtin CONV_2D, MUL, DEPTHWISE_CONV_2D and MEAN round ties otherwise
+        # and the pooled head adds those steps up. Checked op by op here.
+        from tfcompress.validation import op_errors
+
+        quantized = post_training.post_training_quantize(model, x, progress=False)
+        result = tc.convert(quantized, progress=False)
+        assert not result.report.non_integer_tensors()
+        errors, span = _errors(quantized, result.model_bytes, x)
+        assert span >= 10 and errors["xnnpack"] <= MAX_STEPS, errors
+        ops_checked = op_errors(result.model_bytes, x, samples=32)
+        assert len(ops_checked) == len(result.report.ops)
+        assert max(e.worst_steps for e in ops_checked) <= 1.0, ops_checked
+    assert {"FULLY_CONNECTED", "RSQRT", "RESHAPE", "TRANSPOSE"} <= set(result.report.op_histogram)
+    assert any("gn: GroupNormalization -> RESHAPE" in note for note in quantized.quantize_report.rewrites)
+    quantized.save(tmp_path / "q.keras")
+    reloaded = keras.models.load_model(tmp_path / "q.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), quantized.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+def _time_distributed_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 8, 8, 2), name="frames")
+    x = L.TimeDistributed(L.SeparableConv2D(4, 3, activation="relu"), name="td_conv")(inputs)
+    x = L.TimeDistributed(L.BatchNormalization(), name="td_bn")(x)
+    x = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_pool")(x)
+    x = L.TimeDistributed(L.Dense(6, activation="relu"), name="td_dense")(x)
+    return keras.Model(inputs, L.Dense(3)(L.Flatten()(x)))
+
+
+def test_time_distributed_layers_are_folded_into_the_batch_and_quantized(tmp_path):
+    # Refused until session 14: RESHAPE of the steps into the batch, the layer itself
+    # (then split, folded and quantized like any other), RESHAPE back.
+    from tfcompress import _graph
+
+    model = _time_distributed_model()
+    x = _uniform((4, 8, 8, 2), n=32)
+    split, notes = _graph.split_time_distributed(model)
+    assert len(notes) == 4 and "td_conv: TimeDistributed(SeparableConv2D) -> RESHAPE" in notes[0]
+    np.testing.assert_allclose(split.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    qat = _one_step(quantize_model(model), x)
+    result = _agrees(qat, x)
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(result.report.op_histogram)
+    qat.save(tmp_path / "qat.keras")
+    reloaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -21,13 +21,16 @@ __all__ = [
     "split_clamps",
     "split_dot_attention",
     "split_groupnorms",
+    "groupnorm_refusal",
     "dot_attention_refusal",
     "split_activations",
     "split_layernorms",
-    "split_negations",
+    "split_operator_forms",
     "split_prelus",
     "split_recurrent",
     "split_separable",
+    "split_time_distributed",
+    "time_distributed_refusal",
     "split_unit_normalizations",
     "splittable_layernorm",
     "averaging_pool",
@@ -274,6 +277,54 @@ _SEPARABLE = {
 }
 
 
+def time_distributed_refusal(layer, node=None) -> Optional[str]:
+    """Why :func:`split_time_distributed` leaves ``layer`` whole, or None when it splits it
+    (a TimeDistributed of a layer, on an input whose dimensions past the batch are known)."""
+    if not isinstance(layer, keras.layers.TimeDistributed):
+        return "not a TimeDistributed"
+    if isinstance(layer.layer, keras.Model):
+        return "a TimeDistributed of a model: call the model's layers in TimeDistributed each"
+    if node is not None and any(d is None for d in node.input_tensors[0].shape[1:]):
+        return (f"a TimeDistributed on an input of shape {tuple(node.input_tensors[0].shape)}: "
+                "the time steps and each step's shape must be known")
+    return None
+
+
+def split_time_distributed(model, *, unwrap=lambda layer: layer,
+                           rewrap=lambda original, new: new, keep=lambda layer: False):
+    """Writes each ``TimeDistributed(layer)`` as RESHAPE of the time steps into the batch,
+    ``layer`` itself (its weights copied, wrapped as the TimeDistributed was) and RESHAPE
+    back: the ops TFLite runs, with ``layer`` visible to the transforms that rebuild it.
+
+    Args:
+        model: a Functional model.
+        unwrap: the layer inside a wrapper (e.g. an annotation), or the layer itself.
+        rewrap: wraps the inner layer as its TimeDistributed was wrapped.
+        keep: layers to leave whole.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    nodes = {id(node.operation): node for node in _compat.graph_nodes(model)}
+
+    def splits(layer):
+        return (not keep(layer) and id(layer) in nodes
+                and time_distributed_refusal(unwrap(layer), nodes[id(layer)]) is None)
+
+    def replace(original, pending, *args, **kwargs):
+        base, x = unwrap(original), args[0]
+        steps, step_shape = int(x.shape[1]), tuple(int(d) for d in x.shape[2:])
+        inner = _compat.layer_from_config(base.layer)
+        if base.layer.weights:
+            pending.append((inner, base.layer.get_weights()))
+        y = rewrap(original, inner)(keras.ops.reshape(x, (-1,) + step_shape))
+        out = keras.ops.reshape(y, (-1, steps) + tuple(int(d) for d in y.shape[1:]))
+        return out, (f"{base.name}: TimeDistributed({type(base.layer).__name__}) -> RESHAPE of "
+                     f"the {steps} steps into the batch, {base.layer.name}, RESHAPE back")
+
+    return _replace_layers(model, splits, replace)
+
+
 def split_separable(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
                     keep=lambda layer: False) -> Tuple[object, List[str]]:
     """SeparableConv1D/2D -> DepthwiseConv1D/2D + 1x1 Conv1D/2D, the ops TFLite runs for it.
@@ -479,9 +530,11 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
             means = ("L2_NORMALIZATION" if l2 is not None else "MUL, a mean over the channels "
                      "(a Dense layer with weights 1/C, frozen), RSQRT, MUL"
                      if axes == (len(x.shape) - 1,) else "MUL, MEAN, RSQRT, MUL")
-        return rewrap(original, affine)(y), (
-            f"{base.name}: {type(base).__name__} -> {means} and a Rescaling by gamma and beta "
-            "(Keras' own form " + ("leaves a float SQUARE" if rms else "leaves a NEG float")
+        plain = not base.weights  # no gamma or beta (center=False, scale=False)
+        return (y if plain else rewrap(original, affine)(y)), (
+            f"{base.name}: {type(base).__name__} -> {means}"
+            + ("" if plain else " and a Rescaling by gamma and beta")
+            + " (Keras' own form " + ("leaves a float SQUARE" if rms else "leaves a NEG float")
             + " in an int8 file)")
 
     return _replace_layers(model, splits, replace)
@@ -1106,60 +1159,147 @@ def split_dot_attention(model, *, unwrap=lambda layer: layer,
     return _replace_layers(model, splits, replace)
 
 
-def split_groupnorms(model):
+# The longest group (positions x channels per group) normalized as one row of
+# FULLY_CONNECTED means: 127 * 128 * N must stay inside an int32 sum.
+_GROUP_ROW_LIMIT = 2 ** 31 // (128 * 127)
+
+
+def groupnorm_refusal(layer, rank: int) -> Optional[str]:
+    """Why :func:`split_groupnorms` leaves ``layer`` (input of rank ``rank``) whole, or
+    None when it splits it (a GroupNormalization over the channels, the last axis, of a
+    3-D or larger input)."""
+    if type(layer) is not keras.layers.GroupNormalization:
+        return "not a GroupNormalization"
+    if rank < 3 or layer.axis % rank != rank - 1:
+        return (f"a GroupNormalization over axis {layer.axis} of a {rank}-D input: only one "
+                "over the channels (the last axis) of a 3-D or larger input is written as "
+                "int8 ops")
+    return None
+
+
+def split_groupnorms(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                     keep=lambda layer: False):
     """Writes each GroupNormalization over the last axis as RESHAPE to ``(..., groups,
     C / groups)``, a LayerNormalization over every axis but the batch and the groups
     (without its own scale and offset), RESHAPE back and a per-channel
-    ``Rescaling(gamma, beta)``: what :func:`split_layernorms` then writes as int8 ops.
-    Keras' own form left float ops in an int8 file.
+    ``Rescaling(gamma, beta)``: what :func:`split_layernorms` (``any_axes=True``) then
+    writes as int8 ops. Keras' own form left float ops in an int8 file. Where a group
+    holds at most ``_GROUP_ROW_LIMIT`` values, each group is first moved to a row of its
+    own (RESHAPE, TRANSPOSE, RESHAPE) and normalized over that last axis.
+
+    Args:
+        model: a Functional model.
+        unwrap: the layer inside a wrapper (e.g. an annotation), or the layer itself.
+        rewrap: wraps each new layer as its GroupNormalization was wrapped.
+        keep: layers to leave whole.
 
     Returns:
         ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+        The LayerNormalization of layer ``g`` is named ``g_norm``.
     """
     ranks = {key: len(shape) for key, shape in _input_shapes(model).items()}
 
     def splits(layer):
-        if type(layer) is not keras.layers.GroupNormalization or id(layer) not in ranks:
-            return False
-        rank = ranks[id(layer)]
-        return layer.axis % rank == rank - 1 and rank >= 3
+        return (id(layer) in ranks and not keep(layer)
+                and groupnorm_refusal(unwrap(layer), ranks[id(layer)]) is None)
 
     def replace(original, pending, *args, **kwargs):
-        x, groups = args[0], original.groups
+        base, x = unwrap(original), args[0]
+        groups = base.groups
         shape = tuple(int(d) for d in x.shape[1:])
         channels = shape[-1]
-        grouped = keras.layers.Reshape(shape[:-1] + (groups, channels // groups),
-                                       name=f"{original.name}_groups")(x)
-        rank = len(grouped.shape)
-        axes = [a for a in range(1, rank) if a != rank - 2]
-        normalized = keras.layers.LayerNormalization(
-            axis=axes, epsilon=original.epsilon, center=False, scale=False,
-            name=f"{original.name}_norm")(grouped)
-        back = keras.layers.Reshape(shape, name=f"{original.name}_channels")(normalized)
-        weights = {w.path.split("/")[-1]: w.numpy() for w in original.weights}
-        affine = keras.layers.Rescaling(
+        size, width = int(np.prod(shape[:-1])), channels // groups
+        layer = (lambda new: rewrap(original, new))
+        if size * width <= _GROUP_ROW_LIMIT:
+            # Each group as one row, normalized over its last axis: the means are then
+            # FULLY_CONNECTED ops with weights 1/N, which both kernel paths compute alike
+            # (the builtin int8 MEAN over several axes rounds otherwise than XNNPACK's:
+            # measured 3 output steps apart after one GroupNorm, 0 and 1 with the rows).
+            rows = layer(keras.layers.Reshape((size, groups, width), name=f"{base.name}_groups"))(x)
+            rows = layer(keras.layers.Permute((2, 1, 3), name=f"{base.name}_group_major"))(rows)
+            rows = layer(keras.layers.Reshape((groups, size * width), name=f"{base.name}_rows"))(rows)
+            normalized = layer(keras.layers.LayerNormalization(
+                epsilon=base.epsilon, center=False, scale=False, name=f"{base.name}_norm"))(rows)
+            back = layer(keras.layers.Reshape((groups, size, width),
+                                              name=f"{base.name}_unrows"))(normalized)
+            back = layer(keras.layers.Permute((2, 1, 3), name=f"{base.name}_position_major"))(back)
+        else:  # a row this long would overflow the int32 sums of a FULLY_CONNECTED mean
+            grouped = layer(keras.layers.Reshape(shape[:-1] + (groups, width),
+                                                 name=f"{base.name}_groups"))(x)
+            rank = len(grouped.shape)
+            back = layer(keras.layers.LayerNormalization(
+                axis=[a for a in range(1, rank) if a != rank - 2], epsilon=base.epsilon,
+                center=False, scale=False, name=f"{base.name}_norm"))(grouped)
+        back = layer(keras.layers.Reshape(shape, name=f"{base.name}_channels"))(back)
+        weights = {w.path.split("/")[-1]: w.numpy() for w in base.weights}
+        affine = rewrap(original, keras.layers.Rescaling(
             weights.get("gamma", np.ones(channels, "float32")).astype("float32"),
             weights.get("beta", np.zeros(channels, "float32")).astype("float32"),
-            name=f"{original.name}_affine")
-        return affine(back), (f"{original.name}: GroupNormalization -> RESHAPE, a "
-                              "LayerNormalization per group, RESHAPE and a Rescaling by "
+            name=f"{base.name}_affine"))
+        return affine(back), (f"{base.name}: GroupNormalization -> RESHAPE"
+                              + (", TRANSPOSE" if size * width <= _GROUP_ROW_LIMIT else "")
+                              + ", a LayerNormalization per group, RESHAPE and a Rescaling by "
                               "gamma and beta")
 
     return _replace_layers(model, splits, replace)
 
 
-def split_negations(model):
-    """Writes each ``-x`` (a ``keras.ops.negative`` node) as ``x * -1``: TFLite's converter
-    keeps NEG in float in an int8 file (a DEQUANTIZE, NEG, QUANTIZE island), and MUL by a
-    constant is int8 (measured after a Dense: 1.2 output steps p99 from float).
+def _split_sections(op, x) -> List[Tuple[int, int]]:
+    """``(start, stop)`` along ``op.axis`` of each output of a ``keras.ops.split`` node."""
+    size = int(x.shape[op.axis])
+    if isinstance(op.indices_or_sections, int):
+        step = size // op.indices_or_sections
+        cuts = [step * i for i in range(1, op.indices_or_sections)]
+    else:
+        cuts = [int(i) for i in op.indices_or_sections]
+    bounds = [0] + [min(max(c, 0), size) for c in cuts] + [size]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _as_slices(op, x):
+    """The outputs of a split node as SLICE ops."""
+    axis = op.axis % len(x.shape)
+    outs = []
+    for start, stop in _split_sections(op, x):
+        begin = [0] * len(x.shape)
+        begin[axis] = start
+        size = [-1] * len(x.shape)
+        size[axis] = stop - start
+        outs.append(keras.ops.slice(x, begin, size))
+    return outs
+
+
+# Operator nodes written in other int8 ops: name -> (new form of its input, note).
+_OPERATOR_FORMS = {
+    # The converter keeps NEG and SQUARE in float in an int8 file (a DEQUANTIZE, NEG,
+    # QUANTIZE island); MUL is int8 (measured after a Dense: NEG as MUL 1.2 output steps
+    # p99 from float).
+    "Negative": (lambda op, x: x * -1.0, "NEG -> MUL by -1 (int8 has no NEG)"),
+    "Square": (lambda op, x: x * x, "SQUARE -> MUL of the tensor by itself (int8 has no "
+                                    "SQUARE)"),
+    # One output per node, each a SLICE that keeps the input's range, as SPLIT's do.
+    "Split": (_as_slices, "SPLIT -> one SLICE per output"),
+}
+
+
+def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)):
+    """Writes the ``keras.ops`` nodes named in ``names`` as other int8 ops:
+    ``-x`` (``keras.ops.negative``) as ``x * -1``, ``keras.ops.square(x)`` as ``x * x``,
+    ``keras.ops.split`` as one ``keras.ops.slice`` per output (an operator node of one
+    output, which QAT quantizes like any other).
 
     Returns:
         ``(model, notes)``: the rewritten model and one note per node, or ``(model, [])``.
     """
+    unknown = sorted(set(names) - set(_OPERATOR_FORMS))
+    if unknown:
+        raise ValueError(f"Unknown operator forms {unknown}. Allowed: {sorted(_OPERATOR_FORMS)}.")
+
     def splits(op):
-        return _compat.is_operation(op) and type(op).__name__ == "Negative"
+        return _compat.is_operation(op) and type(op).__name__ in names
 
     def replace(original, pending, *args, **kwargs):
-        return args[0] * -1.0, f"{original.name}: NEG -> MUL by -1 (int8 has no NEG)"
+        form, note = _OPERATOR_FORMS[type(original).__name__]
+        return form(original, args[0]), f"{original.name}: {note}"
 
     return _replace_layers(model, splits, replace)

@@ -900,13 +900,13 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     """
     if not _compat.is_graph_model(model) or not any(
             _graph.activation_form(op) is not None or isinstance(op, keras.layers.Lambda)
-            or type(op).__name__ in _graph.CLAMPS + ("UnitNormalization", "Negative")
+            or type(op).__name__ in _graph.CLAMPS + ("UnitNormalization", "Negative", "Square")
             for op in _graph.all_operations(model)):
         return model, ()
     clone = _graph.functional(model, purpose="conversion", inline=True)
     clone, elus = _graph.split_activations(clone)
     clone, clamps = _graph.split_clamps(clone)
-    clone, negations = _graph.split_negations(clone)
+    clone, negations = _graph.split_operator_forms(clone, names=("Negative", "Square"))
     elus += negations
     if l2_normalization:  # int16x8 has no L2_NORMALIZATION
         clone, units = _graph.split_unit_normalizations(

@@ -253,6 +253,8 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     ("Softmax", dict(activation="softmax")),
     ("LogSoftmax", dict(activation="log_softmax")),
     ("Mean", dict(output_range="own")),
+    ("Sum", dict(output_range="own")),  # int8 SUM
+    ("Pad", _KEEPS_RANGE),  # PAD / MIRROR_PAD keep the input's scale (zero pads only)
     ("Rsqrt", dict(channelwise=True)),  # int8 RSQRT (a LayerNorm split for QAT)
     ("Exp", dict(channelwise=True)),  # int8 EXP (an ELU split for QAT)
     ("Log", dict(channelwise=True)),  # int8 LOG (a softplus split for QAT)

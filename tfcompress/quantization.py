@@ -30,7 +30,10 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   Permute, two BATCH_MATMULs and a softmax, each quantized on its own;
 * an ELU, SELU, CELU, softplus, mish, log_sigmoid, softsign or tanh_shrink (a layer, an
   activation argument or a ``keras.ops`` call) becomes the ops ``tfcompress.convert``
-  writes for it (RELU, SUB, EXP, ADD, LOG...); ``-x`` becomes ``x * -1``;
+  writes for it (RELU, SUB, EXP, ADD, LOG...); ``-x`` becomes ``x * -1``,
+  ``keras.ops.square(x)`` ``x * x`` and ``keras.ops.split`` one slice per output;
+* a GroupNormalization over the channels becomes RESHAPE, the LayerNorm ops over each
+  group's axes (MEAN over several axes), RESHAPE and a Rescaling by gamma and beta;
 * a PReLU becomes RELU, SUB, a Rescaling by alpha (a MUL when alpha is per position) and
   ADD, alpha kept as it is; a plain dot-product ``keras.layers.Attention`` becomes
   TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL; an Average becomes ADDs and a MUL;
@@ -40,7 +43,7 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   (``_graph.split_recurrent``).
 
 What TFLite cannot run in int8 from a fake-quant graph (a masked LSTM, masked attention,
-GroupNormalization, RMS-scaled LayerNormalization...) is refused with one line that names
+UnitNormalization, RMS-scaled LayerNormalization...) is refused with one line that names
 the layer, says why and what to do.
 
 Which layer is which (weighted, BatchNorm, fusable activation, keeps its input's
@@ -810,7 +813,7 @@ _CANNOT = {
              f"run (a plain LSTM, GRU or SimpleRNN, or a Bidirectional of one, is unrolled "
              f"into them); {_FLOAT_INSTEAD}"
        for name in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D",
-                    "ConvLSTM2D", "ConvLSTM3D", "TimeDistributed")},
+                    "ConvLSTM2D", "ConvLSTM3D")},
     **{name: "the converter writes attention as BATCH_MATMUL, SOFTMAX and FULLY_CONNECTED "
              "ops whose ranges this QAT does not model yet (a plain MultiHeadAttention "
              "is split into them); " + _FLOAT_INSTEAD
@@ -823,8 +826,7 @@ _CANNOT = {
     **{name: "TFLite has no int8 kernel for it: the converter splits it into MEAN, "
              "SQUARED_DIFFERENCE, RSQRT, MUL and ADD ops whose ranges this QAT does not "
              "model; " + _FLOAT_INSTEAD
-       for name in ("GroupNormalization",
-                    "UnitNormalization", "SpectralNormalization")},
+       for name in ("UnitNormalization", "SpectralNormalization")},
     **{name: "its weights are not fake-quantized by this QAT yet; " + _FLOAT_INSTEAD
        for name in ("Conv3DTranspose", "Conv3D")},
 }
@@ -904,6 +906,13 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
                     f"{rank}-D input)", "")
     if isinstance(layer, keras.layers.PReLU):
         return None  # split into RELU, SUB, a Rescaling and ADD (_graph.split_prelus)
+    if isinstance(layer, keras.layers.TimeDistributed):
+        why = _graph.time_distributed_refusal(layer, node)
+        return None if why is None else (f" ({why})", "")
+    if type(layer) is keras.layers.GroupNormalization:
+        rank = len(node.input_tensors[0].shape) if node is not None else 4
+        why = _graph.groupnorm_refusal(layer, rank)
+        return None if why is None else (f" ({why})", "")
     if type(layer) is keras.layers.LayerNormalization or \
             type(layer).__name__ == "RMSNormalization":
         rank = len(node.input_tensors[0].shape) if node is not None else 3
@@ -954,6 +963,15 @@ def _operation_refusal(node) -> Optional[Tuple[str, str]]:
             return why
     if len(node.output_tensors) != 1:
         return f" (an operator node with {len(node.output_tensors)} outputs)", ""
+    if type(op).__name__ == "Pad":
+        args, kwargs = _compat.node_arguments(node)
+        fill = kwargs.get("constant_values", args[1] if len(args) > 1 else None)
+        if op.mode not in ("constant", "reflect", "symmetric"):
+            return (f" (a pad with mode={op.mode!r}: TFLite pads in int8 with constants or "
+                    "mirrored values)", "")
+        if op.mode == "constant" and fill not in (None, 0, 0.0):
+            return (f" (a pad with constant_values={fill!r}: its int8 form pads with the "
+                    "input's zero point, 0.0)", "")
     return None
 
 
@@ -1211,16 +1229,28 @@ def _check_scheme(scheme: str) -> None:
 def _prepare(model):
     """The annotated model as the plan sees it: Functional, SeparableConv1D/2D split."""
     model = _graph.functional(model, purpose="quantization", inline=True)
-    # What TFLite runs for a SeparableConv1D/2D, so that each half is quantized on its own;
-    # annotations carry over, a user QuantizeConfig keeps the layer whole.
     rewrap = (lambda original, new: QuantizeAnnotate(new) if _annotated(original) else new)
     keep = (lambda layer: getattr(layer, "quantize_config", None) is not None)
-    model, notes = _graph.split_separable(model, unwrap=_inner, rewrap=rewrap, keep=keep)
     unannotated = (lambda layer: keep(layer) or not _annotated(layer))
+    # TimeDistributed(layer) as RESHAPE, the layer on steps * batch, RESHAPE (first: the
+    # layer is then split and quantized like any other).
+    model, steps = _graph.split_time_distributed(model, unwrap=_inner, rewrap=rewrap,
+                                                 keep=unannotated)
+    # What TFLite runs for a SeparableConv1D/2D, so that each half is quantized on its own;
+    # annotations carry over, a user QuantizeConfig keeps the layer whole.
+    model, notes = _graph.split_separable(model, unwrap=_inner, rewrap=rewrap, keep=keep)
     # A plain LSTM / GRU unrolled into Dense layers and int8 ops (first: its activations
     # are split below like any other).
     model, recurrent = _graph.split_recurrent(model, unwrap=_inner, rewrap=rewrap,
                                               keep=unannotated)
+    # A GroupNorm as RESHAPE, a LayerNorm over the group's axes and a Rescaling, and that
+    # LayerNorm as ops (as convert() writes both).
+    model, groups = _graph.split_groupnorms(model, unwrap=_inner, rewrap=rewrap,
+                                            keep=unannotated)
+    grouped = {note.split(":")[0] + "_norm" for note in groups}
+    model, _ = _graph.split_layernorms(
+        model, unwrap=_inner, rewrap=rewrap, any_axes=True,
+        keep=lambda layer: unannotated(layer) or _inner(layer).name not in grouped)
     # A LayerNorm as the int8 ops convert() writes for it; only annotated ones (a float
     # LayerNorm stays one layer, converted in float).
     model, more = _graph.split_layernorms(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
@@ -1233,10 +1263,12 @@ def _prepare(model):
                                            keep=unannotated)
     model, dots = _graph.split_dot_attention(model, unwrap=_inner, rewrap=rewrap,
                                              keep=unannotated)
-    model, negations = _graph.split_negations(model)  # -x as x * -1 (int8 has no NEG)
+    # -x as x * -1, square as x * x (no int8 NEG / SQUARE), split as slices.
+    model, negations = _graph.split_operator_forms(model)
     # PReLU as RELU, SUB, a per-channel Rescaling and ADD (PRELU's alpha has no fake-quant).
     model, prelus = _graph.split_prelus(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
-    return model, notes + recurrent + more + attention + dots + negations + pools + elus + prelus
+    return model, (steps + notes + recurrent + groups + more + attention + dots + negations + pools
+                   + elus + prelus)
 
 
 class _Graph:
