@@ -533,6 +533,8 @@ REFUSALS = {
                        "'bn' (class BatchNormalization", "over axis 1"),
     "pad_constant": (_refused(lambda x: ops.pad(x, ((0, 0), (1, 1), (0, 0)), constant_values=1.0)),
                      "(class Pad, position", "constant_values=1.0"),
+    "unit_norm_axis": (_refused(lambda x: L.UnitNormalization(axis=1, name="un")(x)),
+                       "'un' (class UnitNormalization", "over the last axis only"),
     "groupnorm_axis": (_refused(lambda x: L.GroupNormalization(2, axis=1, name="gn")(x)),
                        "'gn' (class GroupNormalization", "over axis 1"),
     "time_distributed_model": (_refused(lambda x: L.TimeDistributed(keras.Sequential(
@@ -1148,3 +1150,45 @@ def test_time_distributed_layers_are_folded_into_the_batch_and_quantized(tmp_pat
     qat.save(tmp_path / "qat.keras")
     reloaded = keras.models.load_model(tmp_path / "qat.keras")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("how, head", [("qat", True), ("ptq", True), ("qat", False)])
+def test_a_unit_normalization_is_one_int8_l2_normalization(how, head, tmp_path):
+    # Refused until session 14. An embedding model ends in it (head=False): its output is
+    # then L2_NORMALIZATION's fixed grid, 1/128.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12,), name="x")
+    y = L.UnitNormalization(name="un")(L.Dense(16, name="d")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="head")(y) if head else y)
+    x = _uniform((12,), -2, 2, n=32)
+    quantized = (_one_step(quantize_model(model), x) if how == "qat" else
+                 post_training.post_training_quantize(model, x, progress=False))
+    result = _agrees(quantized, x)
+    assert "L2_NORMALIZATION" in result.report.op_histogram, result.report.op_histogram
+    assert not {"SQUARE", "SUM", "RSQRT"} & set(result.report.op_histogram)
+    if not head:
+        grid = result.report.outputs[0].quantization
+        assert (grid.scale, grid.zero_point) == ((1.0 / 128,), (0,)), grid
+    quantized.save(tmp_path / "q.keras")
+    reloaded = keras.models.load_model(tmp_path / "q.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), quantized.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("how, rank", [("qat", 2), ("ptq", 2), ("qat", 1)])
+def test_a_grouped_convolution_is_quantized_per_output_channel_and_agrees(how, rank):
+    # Refused until session 14 without a measured reason: TFLite's int8 CONV_2D runs
+    # groups (a Conv1D's too, as a CONV_2D of height 1) and the kernel's fake-quant is per
+    # output channel as for any convolution.
+    keras.utils.set_random_seed(0)
+    shape = (8, 8, 4) if rank == 2 else (12, 4)
+    conv = L.Conv2D if rank == 2 else L.Conv1D
+    inputs = keras.Input(shape, name="x")
+    h = conv(8, 3, groups=4, padding="same", activation="relu", name="grouped")(
+        conv(8, 1, name="pointwise")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
+    x = _uniform(shape, n=32)
+    quantized = (_one_step(quantize_model(model), x) if how == "qat" else
+                 post_training.post_training_quantize(model, x, progress=False))
+    result = _agrees(quantized, x)
+    assert result.report.op_histogram.get("CONV_2D") == 2, result.report.op_histogram

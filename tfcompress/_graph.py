@@ -32,6 +32,8 @@ __all__ = [
     "split_time_distributed",
     "time_distributed_refusal",
     "split_unit_normalizations",
+    "unit_normalization_refusal",
+    "L2Normalize",
     "splittable_layernorm",
     "averaging_pool",
     "activation_form",
@@ -1081,12 +1083,65 @@ def _unrolled(base, x, name: str, original, pending, rewrap) -> list:
     return outputs
 
 
-def split_unit_normalizations(model, *, normalize):
-    """Writes each ``UnitNormalization`` over the last axis as ``normalize(x)``: a function
-    of a symbolic tensor that divides it by its L2 norm as TFLite's L2_NORMALIZATION does.
+@keras.saving.register_keras_serializable(package="tfcompress")
+class L2Normalize(keras.layers.Layer):
+    """``x * rsqrt(max(sum(x * x), epsilon))`` over the last axis: the form of
+    ``tf.math.l2_normalize`` that TFLite's converter writes as one L2_NORMALIZATION op
+    (Keras' ``UnitNormalization`` takes the minimum after RSQRT, which it leaves as float
+    SQUARE, SUM, RSQRT and MINIMUM ops in an int8 file). Its int8 output has the fixed
+    grid of that kernel: scale 1/128, zero point 0.
 
-    Keras computes ``x * rsqrt(max(sum(x * x), eps))`` with ops the converter leaves in
-    float in an int8 file (a SQUARE); L2_NORMALIZATION is one int8 op.
+    Args:
+        epsilon: the smallest squared norm divided by.
+        **kwargs: base layer arguments (``name``...).
+
+    Example:
+        >>> import numpy as np
+        >>> y = L2Normalize()(np.array([[3.0, 4.0]], "float32"))
+        >>> np.round(keras.ops.convert_to_numpy(y).astype("float64"), 3).tolist()
+        [[0.6, 0.8]]
+    """
+
+    def __init__(self, *, epsilon: float = 1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def call(self, x):
+        ops = keras.ops
+        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True),
+                                         self.epsilon))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def unit_normalization_refusal(layer, rank: int) -> Optional[str]:
+    """Why :func:`split_unit_normalizations` leaves ``layer`` (input of rank ``rank``)
+    whole, or None when it writes it as :class:`L2Normalize` (over the last axis only)."""
+    if type(layer) is not keras.layers.UnitNormalization:
+        return "not a UnitNormalization"
+    axes = (layer.axis,) if isinstance(layer.axis, int) else tuple(layer.axis)
+    if tuple(a % rank for a in axes) != (rank - 1,):
+        return (f"a UnitNormalization over axis {layer.axis} of a {rank}-D input: TFLite's "
+                "L2_NORMALIZATION runs over the last axis only")
+    return None
+
+
+def split_unit_normalizations(model, *, normalize=None, unwrap=lambda layer: layer,
+                              rewrap=lambda original, new: new, keep=lambda layer: False):
+    """Writes each ``UnitNormalization`` over the last axis as :class:`L2Normalize` (or
+    ``normalize(x)``): one int8 L2_NORMALIZATION in TFLite.
+
+    Args:
+        model: a Functional model.
+        normalize: a function of a symbolic tensor that divides it by its L2 norm over the
+            last axis; None for an :class:`L2Normalize` layer wrapped by ``rewrap``.
+        unwrap: the layer inside a wrapper (e.g. an annotation), or the layer itself.
+        rewrap: wraps the new layer as its UnitNormalization was wrapped.
+        keep: layers to leave whole.
 
     Returns:
         ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
@@ -1094,14 +1149,15 @@ def split_unit_normalizations(model, *, normalize):
     ranks = {key: len(shape) for key, shape in _input_shapes(model).items()}
 
     def splits(layer):
-        if type(layer) is not keras.layers.UnitNormalization or id(layer) not in ranks:
-            return False
-        axes = (layer.axis,) if isinstance(layer.axis, int) else tuple(layer.axis)
-        return tuple(a % ranks[id(layer)] for a in axes) == (ranks[id(layer)] - 1,)
+        return (id(layer) in ranks and not keep(layer)
+                and unit_normalization_refusal(unwrap(layer), ranks[id(layer)]) is None)
 
     def replace(original, pending, *args, **kwargs):
-        return normalize(args[0]), (f"{original.name}: UnitNormalization -> L2_NORMALIZATION "
-                                    "(Keras' form leaves a float SQUARE in an int8 file)")
+        base = unwrap(original)
+        out = (normalize(args[0]) if normalize is not None else
+               rewrap(original, L2Normalize(name=f"{base.name}_l2"))(args[0]))
+        return out, (f"{base.name}: UnitNormalization -> L2_NORMALIZATION (Keras' form "
+                     "leaves a float SQUARE in an int8 file)")
 
     return _replace_layers(model, splits, replace)
 

@@ -848,16 +848,6 @@ def _batchnorms_as_depthwise(model):
                    "depthwise convolution, so that each channel gets its own int8 scale",)
 
 
-class _L2Normalize(keras.layers.Layer):
-    """``x / ||x||`` over the last axis: TFLite's L2_NORMALIZATION (used while converting)."""
-
-    def call(self, x):
-        return tf.math.l2_normalize(x, axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
 _NORMALIZATIONS = tuple(cls for cls in (keras.layers.LayerNormalization,
                                         getattr(keras.layers, "RMSNormalization", None)) if cls)
 
@@ -879,7 +869,7 @@ def _layernorms_decomposed(model, *, l2_samples=None):
     l2 = _wants_l2_norm(model, l2_samples) if l2_samples else set()
     clone, notes = _graph.split_layernorms(
         model, any_axes=True,
-        normalize=lambda layer: (lambda t: _L2Normalize()(t)) if layer.name in l2 else None)
+        normalize=lambda layer: (lambda t: _graph.L2Normalize()(t)) if layer.name in l2 else None)
     if not notes:
         return model, ()
     return clone, ("LayerNormalization / RMSNormalization converted as int8 ops (Keras' own "
@@ -909,8 +899,7 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     clone, negations = _graph.split_operator_forms(clone, names=("Negative", "Square"))
     elus += negations
     if l2_normalization:  # int16x8 has no L2_NORMALIZATION
-        clone, units = _graph.split_unit_normalizations(
-            clone, normalize=lambda t: _L2Normalize()(t))
+        clone, units = _graph.split_unit_normalizations(clone)
         elus += units
     notes = ((("activations and normalizations converted as integer ops: "
                + "; ".join(elus)),) if elus else ()) + \

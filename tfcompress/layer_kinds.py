@@ -46,7 +46,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import keras
 
-from tfcompress import _compat
+from tfcompress import _compat, _graph
 
 __all__ = [
     "ARGUMENT",
@@ -214,6 +214,8 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     (_L.Normalization, dict(affine=True)),
     # Layers that mix channels of one position, without weights.
     (_L.Softmax, dict(activation="softmax")),
+    # x / ||x|| over the last axis (TFLite's L2_NORMALIZATION, a fixed int8 output grid).
+    (_graph.L2Normalize, dict(activation="l2_normalize")),
     # Layers that move values around.
     (_L.Resizing, _KEEPS_INPUT),
     (_L.Flatten, dict(flattens=True, output_range="input")),

@@ -32,8 +32,9 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   activation argument or a ``keras.ops`` call) becomes the ops ``tfcompress.convert``
   writes for it (RELU, SUB, EXP, ADD, LOG...); ``-x`` becomes ``x * -1``,
   ``keras.ops.square(x)`` ``x * x`` and ``keras.ops.split`` one slice per output;
-* a GroupNormalization over the channels becomes RESHAPE, the LayerNorm ops over each
-  group's axes (MEAN over several axes), RESHAPE and a Rescaling by gamma and beta;
+* a UnitNormalization over the last axis becomes one L2_NORMALIZATION (output grid 1/128);
+* a GroupNormalization over the channels becomes RESHAPE and TRANSPOSE to one row per
+  group, the LayerNorm ops over each row, the way back and a Rescaling by gamma and beta;
 * a PReLU becomes RELU, SUB, a Rescaling by alpha (a MUL when alpha is per position) and
   ADD, alpha kept as it is; a plain dot-product ``keras.layers.Attention`` becomes
   TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL; an Average becomes ADDs and a MUL;
@@ -43,7 +44,7 @@ The QAT model computes what the fully-int8 `.tflite` will compute:
   (``_graph.split_recurrent``).
 
 What TFLite cannot run in int8 from a fake-quant graph (a masked LSTM, masked attention,
-UnitNormalization, RMS-scaled LayerNormalization...) is refused with one line that names
+SpectralNormalization, RMS-scaled LayerNormalization...) is refused with one line that names
 the layer, says why and what to do.
 
 Which layer is which (weighted, BatchNorm, fusable activation, keeps its input's
@@ -338,14 +339,15 @@ _NO_PRE_ACTIVATION = ("linear",) + layer_kinds.FUSABLE_ACTIVATIONS
 # 0): the quantizer after these activations uses them, so the converter adds no QUANTIZE.
 FIXED_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0),
                 "tanh": (-1.0, 127.0 / 128.0),
-                "log_softmax": (-255.0 / 16.0, 0.0)}  # scale 16/256, zero point 127
+                "log_softmax": (-255.0 / 16.0, 0.0),  # scale 16/256, zero point 127
+                "l2_normalize": (-1.0, 127.0 / 128.0)}  # L2_NORMALIZATION: 1/128, 0
 # Activation functions that TF 2.21's converter writes as int8 ops from a fake-quant
 # graph (measured: LOGISTIC, TANH, HARD_SWISH, LOGISTIC + MUL, GELU, LEAKY_RELU, EXP,
 # LOG_SOFTMAX...). It keeps ELU in float and writes softplus on one grid for exp(x):
 # those are split into other ops first (_SPLIT_ACTIVATIONS).
 INT8_ACTIVATIONS = ("linear", "relu", "relu6", "leaky_relu", "hard_tanh", "softmax",
                     "sigmoid", "tanh", "hard_silu", "hard_swish", "silu", "swish", "gelu",
-                    "hard_sigmoid", "log_softmax", "exponential")
+                    "hard_sigmoid", "log_softmax", "exponential", "l2_normalize")
 # Written as other int8 ops before planning (_graph.split_activations: RELU, SUB, EXP...).
 _SPLIT_ACTIVATIONS = _graph.SPLIT_ACTIVATIONS
 # x * sigmoid(x): TFLite runs LOGISTIC, whose int8 output has its fixed range, then MUL.
@@ -823,10 +825,11 @@ _CANNOT = {
     "MultiHeadAttention": "only a plain MultiHeadAttention (3-D query, value and key, no "
                           "masks, gate or sliding window) is split into the int8 ops "
                           "TFLite runs; " + _FLOAT_INSTEAD,
-    **{name: "TFLite has no int8 kernel for it: the converter splits it into MEAN, "
-             "SQUARED_DIFFERENCE, RSQRT, MUL and ADD ops whose ranges this QAT does not "
-             "model; " + _FLOAT_INSTEAD
-       for name in ("UnitNormalization", "SpectralNormalization")},
+    "SpectralNormalization": "a wrapper that divides its layer's kernel by a spectral norm "
+                             "it re-estimates at every training call; QAT fake-quantizes the "
+                             "kernels of plain layers: after training, give the inner layer "
+                             "its normalized kernel and quantize that model, or "
+                             + _FLOAT_INSTEAD,
     **{name: "its weights are not fake-quantized by this QAT yet; " + _FLOAT_INSTEAD
        for name in ("Conv3DTranspose", "Conv3D")},
 }
@@ -889,8 +892,6 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
             return (" (only a channels_last SeparableConv1D / SeparableConv2D is split and "
                     "quantized)"), ""
         return _activation_refusal(layer)
-    if kind.kernel == "conv" and getattr(layer, "rank", None) in (1, 2) and layer.groups != 1:
-        return f" (a grouped convolution, groups={layer.groups})", ""
     if kind.kernel in ("conv", "depthwise") and getattr(layer, "data_format",
                                                         "channels_last") != "channels_last":
         return (f" (data_format={layer.data_format!r}: TFLite runs channels_last "
@@ -908,6 +909,10 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
         return None  # split into RELU, SUB, a Rescaling and ADD (_graph.split_prelus)
     if isinstance(layer, keras.layers.TimeDistributed):
         why = _graph.time_distributed_refusal(layer, node)
+        return None if why is None else (f" ({why})", "")
+    if type(layer) is keras.layers.UnitNormalization:
+        rank = len(node.input_tensors[0].shape) if node is not None else 2
+        why = _graph.unit_normalization_refusal(layer, rank)
         return None if why is None else (f" ({why})", "")
     if type(layer) is keras.layers.GroupNormalization:
         rank = len(node.input_tensors[0].shape) if node is not None else 4
@@ -1251,6 +1256,9 @@ def _prepare(model):
     model, _ = _graph.split_layernorms(
         model, unwrap=_inner, rewrap=rewrap, any_axes=True,
         keep=lambda layer: unannotated(layer) or _inner(layer).name not in grouped)
+    # A UnitNormalization as one L2_NORMALIZATION (its fixed output grid follows).
+    model, units = _graph.split_unit_normalizations(model, unwrap=_inner, rewrap=rewrap,
+                                                    keep=unannotated)
     # A LayerNorm as the int8 ops convert() writes for it; only annotated ones (a float
     # LayerNorm stays one layer, converted in float).
     model, more = _graph.split_layernorms(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
@@ -1267,8 +1275,8 @@ def _prepare(model):
     model, negations = _graph.split_operator_forms(model)
     # PReLU as RELU, SUB, a per-channel Rescaling and ADD (PRELU's alpha has no fake-quant).
     model, prelus = _graph.split_prelus(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
-    return model, (steps + notes + recurrent + groups + more + attention + dots + negations + pools
-                   + elus + prelus)
+    return model, (steps + notes + recurrent + groups + units + more + attention + dots
+                   + negations + pools + elus + prelus)
 
 
 class _Graph:
