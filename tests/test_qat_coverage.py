@@ -535,6 +535,8 @@ REFUSALS = {
                      "(class Pad, position", "constant_values=1.0"),
     "unit_norm_axis": (_refused(lambda x: L.UnitNormalization(axis=1, name="un")(x)),
                        "'un' (class UnitNormalization", "over the last axis only"),
+    "split_batch": (_refused(lambda x: ops.concatenate(ops.split(x, 2, axis=0), 0)),
+                    "(class Split, position", "a split along axis 0"),
     "groupnorm_axis": (_refused(lambda x: L.GroupNormalization(2, axis=1, name="gn")(x)),
                        "'gn' (class GroupNormalization", "over axis 1"),
     "time_distributed_model": (_refused(lambda x: L.TimeDistributed(keras.Sequential(

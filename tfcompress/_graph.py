@@ -1351,8 +1351,17 @@ def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)
     if unknown:
         raise ValueError(f"Unknown operator forms {unknown}. Allowed: {sorted(_OPERATOR_FORMS)}.")
 
+    shapes = _input_shapes(model)
+
     def splits(op):
-        return _compat.is_operation(op) and type(op).__name__ in names
+        name = type(op).__name__
+        if not _compat.is_operation(op) or name not in names:
+            return False
+        if name == "Split":  # along a known axis past the batch only (else refused)
+            shape = shapes.get(id(op))
+            return (shape is not None and op.axis % len(shape) != 0
+                    and shape[op.axis] is not None)
+        return True
 
     def replace(original, pending, *args, **kwargs):
         form, note = _OPERATOR_FORMS[type(original).__name__]

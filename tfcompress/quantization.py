@@ -957,6 +957,10 @@ def _operation_refusal(node) -> Optional[Tuple[str, str]]:
     op = node.operation
     kind = layer_kinds.kind_of(op)
     known = ", ".join(layer_kinds.OPERATIONS)
+    if type(op).__name__ == "Split":  # the others are slices by now (_prepare)
+        return (f" (a split along axis {op.axis} of a tensor of shape "
+                f"{tuple(node.input_tensors[0].shape)}: only a split along a known axis past "
+                "the batch is written as slices)", "")
     if kind == layer_kinds.UNKNOWN:
         return (" (an operator node TFLite's int8 kernels are not known to run from a "
                 "fake-quant graph)",
