@@ -535,6 +535,8 @@ REFUSALS = {
                      "(class Pad, position", "constant_values=1.0"),
     "unit_norm_axis": (_refused(lambda x: L.UnitNormalization(axis=1, name="un")(x)),
                        "'un' (class UnitNormalization", "over the last axis only"),
+    "power_3": (_refused(lambda x: ops.power(x, 3)), "(class Power, position",
+                "not known to run"),
     "split_batch": (_refused(lambda x: ops.concatenate(ops.split(x, 2, axis=0), 0)),
                     "(class Split, position", "a split along axis 0"),
     "groupnorm_axis": (_refused(lambda x: L.GroupNormalization(2, axis=1, name="gn")(x)),
@@ -915,6 +917,14 @@ MORE_OPERATIONS.update({  # since session 14
     # One SLICE per output (an operator node of several outputs has no single range).
     "split": (lambda h: ops.concatenate(ops.split(h, 2, axis=-1)[::-1], -1), "SLICE"),
     "split_at": (lambda h: ops.concatenate(ops.split(h, [1, 4], axis=1)[::-1], 1), "SLICE"),
+    "unstack": (lambda h: ops.concatenate(ops.unstack(h, axis=1)[::-1], -1), "SLICE"),
+    "power_2": (lambda h: ops.power(h, 2), "MUL"),
+    # Values moved, not computed: each keeps its input's range.
+    "swapaxes": (lambda h: ops.swapaxes(h, 1, 2), "TRANSPOSE"),
+    "flip": (lambda h: ops.flip(h, axis=1), "REVERSE_V2"),
+    "take": (lambda h: ops.take(h, [0, 2, 2, 5], axis=1), "GATHER"),
+    "repeat": (lambda h: ops.repeat(h, 2, axis=1), None),
+    "roll": (lambda h: ops.roll(h, 2, axis=1), None),
 })
 
 

@@ -1325,24 +1325,42 @@ def _as_slices(op, x):
     return outs
 
 
-# Operator nodes written in other int8 ops: name -> (new form of its input, note).
+def _as_unstacked(op, x):
+    """The outputs of an unstack node as SLICE and SQUEEZE ops."""
+    axis = op.axis % len(x.shape)
+    outs = []
+    for i in range(int(x.shape[axis])):
+        begin = [0] * len(x.shape)
+        begin[axis] = i
+        size = [-1] * len(x.shape)
+        size[axis] = 1
+        outs.append(keras.ops.squeeze(keras.ops.slice(x, begin, size), axis=axis))
+    return outs
+
+
+# Operator nodes written in other int8 ops: name -> (new form from its arguments, note).
 _OPERATOR_FORMS = {
     # The converter keeps NEG and SQUARE in float in an int8 file (a DEQUANTIZE, NEG,
     # QUANTIZE island); MUL is int8 (measured after a Dense: NEG as MUL 1.2 output steps
     # p99 from float).
-    "Negative": (lambda op, x: x * -1.0, "NEG -> MUL by -1 (int8 has no NEG)"),
-    "Square": (lambda op, x: x * x, "SQUARE -> MUL of the tensor by itself (int8 has no "
-                                    "SQUARE)"),
+    "Negative": (lambda op, args: args[0] * -1.0, "NEG -> MUL by -1 (int8 has no NEG)"),
+    "Square": (lambda op, args: args[0] * args[0], "SQUARE -> MUL of the tensor by itself "
+                                                   "(int8 has no SQUARE)"),
+    "Power": (lambda op, args: args[0] * args[0], "POW by 2 -> MUL of the tensor by itself "
+                                                  "(int8 has no POW)"),
     # One output per node, each a SLICE that keeps the input's range, as SPLIT's do.
-    "Split": (_as_slices, "SPLIT -> one SLICE per output"),
+    "Split": (lambda op, args: _as_slices(op, args[0]), "SPLIT -> one SLICE per output"),
+    "Unstack": (lambda op, args: _as_unstacked(op, args[0]),
+                "UNPACK -> one SLICE and SQUEEZE per output"),
 }
 
 
 def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)):
     """Writes the ``keras.ops`` nodes named in ``names`` as other int8 ops:
-    ``-x`` (``keras.ops.negative``) as ``x * -1``, ``keras.ops.square(x)`` as ``x * x``,
-    ``keras.ops.split`` as one ``keras.ops.slice`` per output (an operator node of one
-    output, which QAT quantizes like any other).
+    ``-x`` (``keras.ops.negative``) as ``x * -1``, ``keras.ops.square(x)`` and
+    ``keras.ops.power(x, 2)`` as ``x * x``, ``keras.ops.split`` and ``keras.ops.unstack``
+    as one ``keras.ops.slice`` per output (an operator node of one output, which QAT
+    quantizes like any other).
 
     Returns:
         ``(model, notes)``: the rewritten model and one note per node, or ``(model, [])``.
@@ -1352,19 +1370,25 @@ def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)
         raise ValueError(f"Unknown operator forms {unknown}. Allowed: {sorted(_OPERATOR_FORMS)}.")
 
     shapes = _input_shapes(model)
+    arguments = {id(node.operation): _compat.node_arguments(node)
+                 for node in _compat.graph_nodes(model)}
 
     def splits(op):
         name = type(op).__name__
         if not _compat.is_operation(op) or name not in names:
             return False
-        if name == "Split":  # along a known axis past the batch only (else refused)
+        if name in ("Split", "Unstack"):  # along a known axis past the batch only
             shape = shapes.get(id(op))
             return (shape is not None and op.axis % len(shape) != 0
                     and shape[op.axis] is not None)
+        if name == "Power":  # x ** 2 only
+            args, kwargs = arguments.get(id(op), ((), {}))
+            exponent = args[1] if len(args) > 1 else kwargs.get("x2")
+            return isinstance(exponent, (int, float)) and float(exponent) == 2.0
         return True
 
     def replace(original, pending, *args, **kwargs):
         form, note = _OPERATOR_FORMS[type(original).__name__]
-        return form(original, args[0]), f"{original.name}: {note}"
+        return form(original, args), f"{original.name}: {note}"
 
     return _replace_layers(model, splits, replace)

@@ -272,6 +272,11 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     ("Amin", _KEEPS_RANGE),
     ("GetItem", _KEEPS_RANGE), ("Slice", _KEEPS_RANGE), ("Reshape", _KEEPS_RANGE),
     ("ExpandDims", _KEEPS_RANGE), ("Squeeze", _KEEPS_RANGE), ("Transpose", _KEEPS_RANGE),
+    # Values moved, not computed: TRANSPOSE, GATHER, and the converter's forms of repeat
+    # and roll keep the input's scale. REVERSE_V2 needs a fake quant after it (without
+    # one the converter left it float).
+    ("Swapaxes", _KEEPS_RANGE), ("Take", _KEEPS_RANGE), ("Repeat", _KEEPS_RANGE),
+    ("Roll", _KEEPS_RANGE), ("Flip", dict(output_range="own")),
 ]}
 
 

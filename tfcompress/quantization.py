@@ -957,8 +957,8 @@ def _operation_refusal(node) -> Optional[Tuple[str, str]]:
     op = node.operation
     kind = layer_kinds.kind_of(op)
     known = ", ".join(layer_kinds.OPERATIONS)
-    if type(op).__name__ == "Split":  # the others are slices by now (_prepare)
-        return (f" (a split along axis {op.axis} of a tensor of shape "
+    if type(op).__name__ in ("Split", "Unstack"):  # the others are slices by now
+        return (f" (a {type(op).__name__.lower()} along axis {op.axis} of a tensor of shape "
                 f"{tuple(node.input_tensors[0].shape)}: only a split along a known axis past "
                 "the batch is written as slices)", "")
     if kind == layer_kinds.UNKNOWN:
