@@ -1128,7 +1128,8 @@ def test_a_group_normalization_is_quantized_as_int8_ops_and_agrees(how, tmp_path
         assert len(ops_checked) == len(result.report.ops)
         assert max(e.worst_steps for e in ops_checked) <= 1.0, ops_checked
     assert {"FULLY_CONNECTED", "RSQRT", "RESHAPE", "TRANSPOSE"} <= set(result.report.op_histogram)
-    assert any("gn: GroupNormalization -> RESHAPE" in note for note in quantized.quantize_report.rewrites)
+    assert any("gn: GroupNormalization -> RESHAPE" in note
+               for note in quantized.quantize_report.rewrites)
     quantized.save(tmp_path / "q.keras")
     reloaded = keras.models.load_model(tmp_path / "q.keras")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), quantized.predict(x, verbose=0),

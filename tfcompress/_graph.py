@@ -1273,7 +1273,8 @@ def split_groupnorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
             # measured 3 output steps apart after one GroupNorm, 0 and 1 with the rows).
             rows = layer(keras.layers.Reshape((size, groups, width), name=f"{base.name}_groups"))(x)
             rows = layer(keras.layers.Permute((2, 1, 3), name=f"{base.name}_group_major"))(rows)
-            rows = layer(keras.layers.Reshape((groups, size * width), name=f"{base.name}_rows"))(rows)
+            rows = layer(keras.layers.Reshape((groups, size * width),
+                                              name=f"{base.name}_rows"))(rows)
             normalized = layer(keras.layers.LayerNormalization(
                 epsilon=base.epsilon, center=False, scale=False, name=f"{base.name}_norm"))(rows)
             back = layer(keras.layers.Reshape((groups, size, width),
