@@ -37,6 +37,7 @@ REGISTERED = (
     "FakeQuant",
     "FixedQuantizer",
     "HintDistillation",
+    "L2Normalize",
     "LabelAndTeacherLoss",
     "LastValueQuantizer",
     "MovingAverageQuantizer",
@@ -115,6 +116,7 @@ INSTANCES = {
     "FakeQuant": lambda: _cls("FakeQuant")(num_bits=16, decay=0.9, fixed_range=(-1.0, 2.0),
                                            name="fq"),
     "HintDistillation": lambda: _cls("HintDistillation")("t_conv", "s_conv"),
+    "L2Normalize": lambda: _cls("L2Normalize")(epsilon=1e-6, name="l2"),
     "LabelAndTeacherLoss": lambda: _cls("LabelAndTeacherLoss")(temperature=2.5, alpha=0.3,
                                                                from_logits=False),
     "PolynomialDecay": lambda: _cls("PolynomialDecay")(0.2, 0.9, begin_step=3, end_step=103,
@@ -145,7 +147,7 @@ INSTANCES = {
         _cls("Default8BitQuantizeConfig")(["kernel"], ["activation"], False), name="qv2"),
 }
 
-LAYERS = ("ChannelMask", "FakeQuant", "PruneLowMagnitude", "QuantizeAnnotate",
+LAYERS = ("ChannelMask", "FakeQuant", "L2Normalize", "PruneLowMagnitude", "QuantizeAnnotate",
           "QuantizeWrapper", "QuantizeWrapperV2")
 LOSSES = ("AttentionTransfer", "HintDistillation", "LabelAndTeacherLoss",
           "SoftTargetDistillation")
@@ -217,6 +219,10 @@ def _model_with(name):
         learned = model.get_layer("fq_learned")
         assert float(learned.max_value.numpy()) > 0.0 > float(learned.min_value.numpy())
         return model, x
+    if name == "L2Normalize":
+        inputs = keras.Input((6,))
+        model = keras.Model(inputs, L.Dense(2)(INSTANCES[name]()(L.Dense(4)(inputs))))
+        return model, rng.normal(size=(8, 6)).astype("float32")
     if name == "PruneLowMagnitude":
         from tfcompress.pruning import UpdatePruningStep
 
