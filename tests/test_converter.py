@@ -891,6 +891,25 @@ def test_unit_normalization_converts_to_one_int8_l2_normalization():
     assert max(_p99_steps(result, model, x)) <= 4.0
 
 
+@pytest.mark.parametrize("op, kernel", [
+    (lambda h: keras.ops.normalize(h, axis=-1), "L2_NORMALIZATION"),
+    (lambda h: keras.ops.logsumexp(h, axis=1), "LOG"),
+])
+def test_normalize_and_logsumexp_convert_fully_integer(op, kernel):
+    # As Keras writes them the int8 files held float ops (MINIMUM after RSQRT; IS_FINITE
+    # and SELECT): refused as not fully integer.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8))
+    h = op(keras.layers.Dense(8)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)
+                                                      if len(h.shape) > 2 else h))
+    x = np.random.default_rng(0).normal(size=(64, 6, 8)).astype("float32")
+    result = convert(model, representative_data=x, progress=False)
+    assert not result.report.non_integer_tensors(allow_io=())
+    assert kernel in result.report.op_histogram, result.report.op_histogram
+    assert max(_p99_steps(result, model, x)) <= 4.0
+
+
 @pytest.mark.parametrize("shape, groups", [((8, 8, 8), 4), ((10, 8), 2)])
 def test_group_normalization_converts_fully_integer(shape, groups):
     # Keras' GroupNormalization left float ops in the int8 file (refused).

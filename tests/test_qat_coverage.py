@@ -525,7 +525,9 @@ REFUSALS = {
                     "'d' (class Dense", "activation 'hard_shrink'"),
     # The node's name ('sin', 'sin_3', ...) depends on what ran before in the process.
     "sin_op": (_refused(lambda x: ops.sin(x)), "(class Sin, position",
-               "Operator nodes quantized: Add"),
+               "keeps it in float in an int8 file"),
+    "unknown_op": (_refused(lambda x: ops.arctan(x)), "(class Arctan, position",
+                   "Operator nodes quantized: Add"),
     "masked_embedding": (_refused(lambda x: L.GlobalAveragePooling1D()(
         L.Embedding(10, 4, mask_zero=True, name="emb")(x)), shape=(6,)),
         "'emb' (class Embedding", "mask_zero=True"),
@@ -537,6 +539,16 @@ REFUSALS = {
                        "'un' (class UnitNormalization", "over the last axis only"),
     "power_3": (_refused(lambda x: ops.power(x, 3)), "(class Power, position",
                 "not known to run"),
+    "prod": (_refused(lambda x: ops.prod(x, axis=1)), "(class Prod, position",
+             "REDUCE_PROD requantizes after every product"),
+    "erf": (_refused(lambda x: ops.erf(x)), "(class Erf, position",
+            "keeps it in float in an int8 file"),
+    "var_batch": (_refused(lambda x: x - ops.var(x)), "(class Var, position",
+                  "past the batch only; received axis=None"),
+    "norm_ord_1": (_refused(lambda x: ops.norm(x, ord=1, axis=-1)), "(class Norm, position",
+                   "received axis=[-1], ord=1"),
+    "normalize_axis": (_refused(lambda x: ops.normalize(x, axis=1)), "(class Normalize, position",
+                       "last axis only; received axis=1, order=2"),
     "split_batch": (_refused(lambda x: ops.concatenate(ops.split(x, 2, axis=0), 0)),
                     "(class Split, position", "a split along axis 0"),
     "groupnorm_axis": (_refused(lambda x: L.GroupNormalization(2, axis=1, name="gn")(x)),
@@ -925,6 +937,18 @@ MORE_OPERATIONS.update({  # since session 14
     "take": (lambda h: ops.take(h, [0, 2, 2, 5], axis=1), "GATHER"),
     "repeat": (lambda h: ops.repeat(h, 2, axis=1), None),
     "roll": (lambda h: ops.roll(h, 2, axis=1), None),
+})
+
+
+MORE_OPERATIONS.update({  # since session 15
+    "reciprocal": (lambda h: ops.reciprocal(ops.abs(h) + 1.0), "DIV"),
+    # Reductions written as int8 MEAN, SUB, MUL, SUM, SQRT, EXP, LOG ops for QAT.
+    "var": (lambda h: ops.var(h, axis=1), "MEAN"),
+    "var_keepdims": (lambda h: h - ops.var(h, axis=-1, keepdims=True), "MEAN"),
+    "std": (lambda h: h / (ops.std(h, axis=(1, 2), keepdims=True) + 1.0), "SQRT"),
+    "norm": (lambda h: h * ops.norm(h, axis=-1, keepdims=True), "SQRT"),
+    "logsumexp": (lambda h: ops.logsumexp(h, axis=1), "LOG"),
+    "normalize": (lambda h: ops.normalize(h, axis=-1), "L2_NORMALIZATION"),
 })
 
 

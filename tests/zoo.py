@@ -821,6 +821,225 @@ def _conv1d_transpose(size):
     return keras.Model(inputs, L.Conv1D(1, 1)(x), name="conv1d_transpose")
 
 
+# --- Session 15: more of the architectures people bring --------------------------------
+
+def _resnet50(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.ResNet50(input_shape=(96, 96, 3), weights=None, classes=10)
+    from keras.src.applications import resnet
+
+    def stack_fn(x):  # ResNet50's (v1: post-activation, biased convs) blocks, narrow
+        x = resnet.stack_residual_blocks_v1(x, 8, 2, stride1=1, name="conv2")
+        return resnet.stack_residual_blocks_v1(x, 16, 2, name="conv3")
+
+    return resnet.ResNet(stack_fn, False, True, weights=None, input_shape=(32, 32, 3),
+                         classes=10, name="resnet50_mini")
+
+
+def _densenet(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.DenseNet121(input_shape=(96, 96, 3), weights=None, classes=10)
+    # DenseNet's growth rate (32) is fixed in Keras: the same blocks, by hand, narrow.
+    L = keras.layers
+    inputs = keras.Input((32, 32, 3))
+    x = L.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = L.Activation("relu")(L.BatchNormalization(epsilon=1.001e-5)(x))
+    for block in range(2):
+        for _ in range(3):  # BN-ReLU-Conv1x1-BN-ReLU-Conv3x3, concatenated to the input
+            h = L.Activation("relu")(L.BatchNormalization(epsilon=1.001e-5)(x))
+            h = L.Conv2D(16, 1, use_bias=False)(h)
+            h = L.Activation("relu")(L.BatchNormalization(epsilon=1.001e-5)(h))
+            x = L.Concatenate()([x, L.Conv2D(8, 3, padding="same", use_bias=False)(h)])
+        if block == 0:  # transition: BN-ReLU-Conv1x1 (half the channels)-AvgPool
+            x = L.Activation("relu")(L.BatchNormalization(epsilon=1.001e-5)(x))
+            x = L.AveragePooling2D(2, strides=2)(L.Conv2D(x.shape[-1] // 2, 1, use_bias=False)(x))
+    x = L.Activation("relu")(L.BatchNormalization(epsilon=1.001e-5)(x))
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10, activation="softmax")(x), name="densenet_mini")
+
+
+def _inception_v3(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.InceptionV3(input_shape=(96, 96, 3), weights=None, classes=10)
+    from keras.src.applications.inception_v3 import conv2d_bn
+
+    # The stem and one block of each kind (35x35 "mixed", the 7x1 / 1x7 factorized one,
+    # and the strided reduction), narrow.
+    L = keras.layers
+    inputs = keras.Input((32, 32, 3))
+    x = conv2d_bn(inputs, 8, 3, 3, padding="same")
+    x = conv2d_bn(x, 8, 3, 3, strides=(2, 2))
+    b1 = conv2d_bn(x, 8, 1, 1)
+    b5 = conv2d_bn(conv2d_bn(x, 6, 1, 1), 8, 5, 5)
+    b3 = conv2d_bn(conv2d_bn(conv2d_bn(x, 8, 1, 1), 12, 3, 3), 12, 3, 3)
+    bp = conv2d_bn(L.AveragePooling2D(3, strides=1, padding="same")(x), 4, 1, 1)
+    x = L.concatenate([b1, b5, b3, bp])
+    b3 = conv2d_bn(x, 16, 3, 3, strides=(2, 2), padding="valid")
+    bp = L.MaxPooling2D(3, strides=2)(x)
+    x = L.concatenate([b3, bp])
+    b1 = conv2d_bn(x, 8, 1, 1)
+    b7 = conv2d_bn(conv2d_bn(conv2d_bn(x, 8, 1, 1), 8, 1, 7), 12, 7, 1)
+    x = L.concatenate([b1, b7])
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10, activation="softmax")(x), name="inception_v3_mini")
+
+
+def _convnext(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.ConvNeXtTiny(input_shape=(64, 64, 3), weights=None, classes=10)
+    from keras.src.applications import convnext
+
+    # Keras's own ConvNeXt: its Normalization preprocessing, LayerScale and
+    # StochasticDepth layers; LayerScale starts at 0.1 here (1e-6 in Keras) so that
+    # the random blocks count in the output.
+    return convnext.ConvNeXt([1, 1, 1, 1], [8, 16, 24, 32], layer_scale_init_value=0.1,
+                             default_size=32, input_shape=(32, 32, 3), classes=10,
+                             name="convnext_tiny_mini")
+
+
+def _nasnet(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.NASNetMobile(input_shape=(96, 96, 3), weights=None, classes=10)
+    from keras.src.applications import nasnet
+
+    return nasnet.NASNet(input_shape=(32, 32, 3), penultimate_filters=96, num_blocks=1,
+                         stem_block_filters=8, skip_reduction=False, weights=None, classes=10,
+                         name="nasnet_mini")
+
+
+def _vgg(size):
+    keras = _keras()
+    if size == "full":
+        return keras.applications.VGG16(input_shape=(64, 64, 3), weights=None, classes=10)
+    L = keras.layers
+    return keras.Sequential([
+        keras.Input((32, 32, 3)),
+        L.Conv2D(8, 3, padding="same", activation="relu"),
+        L.Conv2D(8, 3, padding="same", activation="relu"),
+        L.MaxPooling2D(),
+        L.Conv2D(16, 3, padding="same", activation="relu"),
+        L.BatchNormalization(),
+        L.MaxPooling2D(),
+        L.Flatten(),
+        L.Dense(32, activation="relu"),
+        L.Dropout(0.5),
+        L.Dense(10, activation="softmax"),
+    ], name="vgg_sequential")
+
+
+def _siamese(size):
+    keras = _keras()
+    L = keras.layers
+    left, right = keras.Input((28, 28, 1), name="left"), keras.Input((28, 28, 1), name="right")
+    encoder = [L.Conv2D(8, 3, strides=2, activation="relu"), L.MaxPooling2D(3), L.Flatten(),
+               L.Dense(16)]
+
+    def encode(x):  # the same layers (weights shared) on both inputs
+        for layer in encoder:
+            x = layer(x)
+        return x
+
+    distance = L.Lambda(lambda t: keras.ops.abs(t[0] - t[1]), name="l1")([encode(left),
+                                                                          encode(right)])
+    return keras.Model([left, right], L.Dense(1, activation="sigmoid")(distance), name="siamese")
+
+
+def _simple_rnn(size):
+    keras = _keras()
+    inputs = keras.Input((12, 6), name="frames")
+    x = keras.layers.SimpleRNN(16)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4)(x), name="simple_rnn")
+
+
+def _crnn(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 12, 1), name="spectrogram")
+    x = L.MaxPooling2D((1, 2))(L.Conv2D(8, 3, padding="same", activation="relu")(inputs))
+    x = L.Reshape((16, 6 * 8))(x)
+    x = L.GRU(12, return_sequences=True)(x)
+    x = L.GlobalMaxPooling1D()(x)
+    return keras.Model(inputs, L.Dense(5)(x), name="crnn")
+
+
+def _conv_lstm(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((4, 8, 8, 1), name="frames")
+    x = L.ConvLSTM2D(4, 3, padding="same")(inputs)
+    return keras.Model(inputs, L.Dense(3)(L.Flatten()(x)), name="conv_lstm")
+
+
+def _tcn(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((32, 3), name="series")
+    x = L.Conv1D(8, 1)(inputs)
+    for dilation in (1, 2, 4):  # causal dilated residual blocks
+        h = L.Conv1D(8, 3, padding="causal", dilation_rate=dilation, activation="relu")(x)
+        x = L.Add()([x, L.SpatialDropout1D(0.1)(h)])
+    return keras.Model(inputs, L.Dense(1)(x[:, -1, :]), name="tcn")
+
+
+def _tabular(size):
+    keras = _keras()
+    L = keras.layers
+    rng = np.random.default_rng(3)  # a Normalization with the statistics adapt() would set
+    norm = L.Normalization(mean=rng.normal(size=8), variance=rng.uniform(0.5, 2, 8))
+    return keras.Sequential([keras.Input((8,)), norm, L.Dense(32, activation="relu"),
+                             L.Dropout(0.2), L.Dense(16, activation="relu"), L.Dense(1)],
+                            name="tabular")
+
+
+def _wide_deep(size):
+    keras = _keras()
+    L = keras.layers
+    category = keras.Input((3,), dtype="int32", name="category")
+    numeric = keras.Input((5,), name="numeric")
+    deep = L.Flatten()(L.Embedding(20, 4)(category))
+    x = L.Concatenate()([deep, L.Dense(8, activation="relu")(numeric)])
+    x = L.Dense(16, activation="relu")(x)
+    wide = L.Dense(1)(numeric)
+    return keras.Model([category, numeric], L.Activation("sigmoid")(L.Add()([L.Dense(1)(x),
+                                                                            wide])),
+                       name="wide_deep")
+
+
+def _additive_attention(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((10, 8), name="tokens")
+    q = L.Dense(8)(inputs)
+    x = L.AdditiveAttention()([q, inputs])
+    return keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling1D()(x)),
+                       name="additive_attention")
+
+
+def _activations_mlp(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((12,), name="features")
+    x = inputs
+    for act in ("softplus", "selu", "mish", "silu", "softsign", "relu6"):
+        x = L.Dense(12, activation=act)(x)
+    x = L.ReLU(max_value=6.0, negative_slope=0.1, threshold=0.1)(x)
+    return keras.Model(inputs, L.Dense(4, activation="log_softmax")(x), name="activations_mlp")
+
+
+def _depthwise_conv1d(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((32, 6), name="signal")
+    x = L.DepthwiseConv1D(5, depth_multiplier=2, padding="same", activation="relu")(inputs)
+    x = L.Conv1D(8, 1, activation="relu")(x)
+    return keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling1D()(x)), name="depthwise_conv1d")
+
+
 # ---------------------------------------------------------------------------
 # Random architectures: models nobody wrote on purpose, from a seeded grammar of the
 # layers and idioms users combine (residual `+`, squeeze-excite `*`, BatchNorm before or
@@ -1067,6 +1286,38 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("time_distributed", _time_distributed, "classification", 2, from_logits=True,
              family="more", note="TimeDistributed Conv2D, pooling and Dense"),
     ZooModel("conv1d_transpose", _conv1d_transpose, "regression", family="more"),
+    ZooModel("resnet50", _resnet50, "classification", 10, family="more2",
+             note="ResNet50 (v1): post-activation bottlenecks"),
+    ZooModel("densenet", _densenet, "classification", 10, family="more2",
+             note="DenseNet121's blocks: BN-ReLU-Conv, concatenation"),
+    ZooModel("inception_v3", _inception_v3, "classification", 10, family="more2",
+             note="InceptionV3's branches, 1x7 / 7x1 convolutions"),
+    ZooModel("convnext", _convnext, "classification", 10, input_range=_IMAGE, family="more2",
+             note="keras.applications ConvNeXt: Normalization, LayerScale, StochasticDepth"),
+    ZooModel("nasnet", _nasnet, "classification", 10, family="more2",
+             note="keras.applications NASNet cells"),
+    ZooModel("vgg", _vgg, "classification", 10, family="more2",
+             note="a Sequential VGG-style CNN (full: VGG16)"),
+    ZooModel("siamese", _siamese, "binary", input_range=(0.0, 1.0), family="more2",
+             note="one encoder shared by two inputs, |a - b|"),
+    ZooModel("simple_rnn", _simple_rnn, "classification", 4, from_logits=True, family="more2"),
+    ZooModel("crnn", _crnn, "classification", 5, from_logits=True, family="more2",
+             note="Conv2D -> Reshape -> GRU(return_sequences) -> max over time"),
+    ZooModel("conv_lstm", _conv_lstm, "classification", 3, from_logits=True, family="more2",
+             note="ConvLSTM2D"),
+    ZooModel("tcn", _tcn, "regression", family="more2",
+             note="causal dilated Conv1D residual blocks, last step"),
+    ZooModel("tabular", _tabular, "regression", family="more2",
+             note="Sequential: Normalization(mean, variance) -> Dense MLP"),
+    ZooModel("wide_deep", _wide_deep, "binary", vocab=20, family="more2",
+             note="int32 categories (Embedding) and float features"),
+    ZooModel("additive_attention", _additive_attention, "classification", 3, from_logits=True,
+             family="more2", note="keras.layers.AdditiveAttention"),
+    ZooModel("activations_mlp", _activations_mlp, "classification", 4, from_logits=True,
+             family="more2", note="softplus, selu, mish, silu, softsign, ReLU(max, slope, "
+             "threshold), log_softmax"),
+    ZooModel("depthwise_conv1d", _depthwise_conv1d, "classification", 3, from_logits=True,
+             family="more2"),
 ] + [ZooModel(f"random_{seed}", _random_model(seed), family="random",
               note="a seeded random architecture", **_random_task(seed))
      for seed in range(RANDOM_MODELS)]}

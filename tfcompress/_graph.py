@@ -1339,6 +1339,25 @@ def _as_unstacked(op, x):
     return outs
 
 
+def _axes(op) -> Tuple[int, ...]:
+    return (op.axis,) if isinstance(op.axis, int) else tuple(op.axis)
+
+
+def _as_variance(op, x):
+    """``mean((x - mean(x)) ** 2)`` over ``op.axis``: MEAN, SUB, MUL, MEAN."""
+    ops = keras.ops
+    centered = x - ops.mean(x, axis=_axes(op), keepdims=True)
+    return ops.mean(centered * centered, axis=_axes(op), keepdims=op.keepdims)
+
+
+def _as_logsumexp(op, x):
+    """``log(sum(exp(x - max(x)))) + max(x)`` over ``op.axis`` (EXP of values <= 0)."""
+    ops = keras.ops
+    top = ops.max(x, axis=_axes(op), keepdims=True)
+    out = ops.log(ops.sum(ops.exp(x - top), axis=_axes(op), keepdims=True)) + top
+    return out if op.keepdims else ops.squeeze(out, axis=_axes(op))
+
+
 # Operator nodes written in other int8 ops: name -> (new form from its arguments, note).
 _OPERATOR_FORMS = {
     # The converter keeps NEG and SQUARE in float in an int8 file (a DEQUANTIZE, NEG,
@@ -1353,7 +1372,31 @@ _OPERATOR_FORMS = {
     "Split": (lambda op, args: _as_slices(op, args[0]), "SPLIT -> one SLICE per output"),
     "Unstack": (lambda op, args: _as_unstacked(op, args[0]),
                 "UNPACK -> one SLICE and SQUEEZE per output"),
+    # Reductions the converter writes with float-only ops (or as one op of no fake
+    # quant), written as int8 MEAN, SUB, MUL, SUM, SQRT, EXP, LOG ops with a range each.
+    "Var": (lambda op, args: _as_variance(op, args[0]), "variance -> MEAN, SUB, MUL, MEAN"),
+    "Std": (lambda op, args: keras.ops.sqrt(_as_variance(op, args[0])),
+            "standard deviation -> MEAN, SUB, MUL, MEAN, SQRT"),
+    "Norm": (lambda op, args: keras.ops.sqrt(keras.ops.sum(
+        args[0] * args[0], axis=_axes(op), keepdims=op.keepdims)), "norm -> MUL, SUM, SQRT"),
+    "Logsumexp": (lambda op, args: _as_logsumexp(op, args[0]),
+                  "logsumexp -> MAX, SUB, EXP, SUM, LOG, ADD"),
+    # keras.ops.normalize(order=2) is x * min(rsqrt(sum(x * x)), 1 / eps).
+    "Normalize": (lambda op, args: L2Normalize(epsilon=_normalize_epsilon(op) ** 2)(args[0]),
+                  "L2 normalize -> L2_NORMALIZATION"),
 }
+
+
+def _normalize_epsilon(op) -> float:
+    return float(op.epsilon if op.epsilon is not None else keras.config.epsilon())
+
+
+def _reduces_past_batch(op, shape) -> bool:
+    """Whether a reduction node reduces known axes past the batch only."""
+    if shape is None or op.axis is None:
+        return False
+    axes = [a % len(shape) for a in _axes(op)]
+    return 0 not in axes and all(shape[a] is not None for a in axes)
 
 
 def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)):
@@ -1361,7 +1404,9 @@ def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)
     ``-x`` (``keras.ops.negative``) as ``x * -1``, ``keras.ops.square(x)`` and
     ``keras.ops.power(x, 2)`` as ``x * x``, ``keras.ops.split`` and ``keras.ops.unstack``
     as one ``keras.ops.slice`` per output (an operator node of one output, which QAT
-    quantizes like any other).
+    quantizes like any other); ``var``, ``std``, ``norm`` (2-norm, Frobenius) and
+    ``logsumexp`` over axes past the batch as MEAN / SUM / SQRT / EXP / LOG nodes, and
+    ``normalize`` (L2, last axis) as :class:`L2Normalize`.
 
     Returns:
         ``(model, notes)``: the rewritten model and one note per node, or ``(model, [])``.
@@ -1386,6 +1431,15 @@ def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)
             args, kwargs = arguments.get(id(op), ((), {}))
             exponent = args[1] if len(args) > 1 else kwargs.get("x2")
             return isinstance(exponent, (int, float)) and float(exponent) == 2.0
+        if name in ("Var", "Std", "Logsumexp"):
+            return _reduces_past_batch(op, shapes.get(id(op)))
+        if name == "Norm":  # vector 2-norms and Frobenius norms only
+            two_norm = op.ord in (None, "fro") or (op.ord == 2 and isinstance(op.axis, int))
+            return two_norm and _reduces_past_batch(op, shapes.get(id(op)))
+        if name == "Normalize":  # L2 over the last axis only (L2_NORMALIZATION's)
+            shape = shapes.get(id(op))
+            return (op.order == 2 and shape is not None and isinstance(op.axis, int)
+                    and op.axis % len(shape) == len(shape) - 1 and len(shape) > 1)
         return True
 
     def replace(original, pending, *args, **kwargs):

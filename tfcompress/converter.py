@@ -876,6 +876,11 @@ def _layernorms_decomposed(model, *, l2_samples=None):
                    "forms leave a NEG or SQUARE float): " + "; ".join(group_notes + notes),)
 
 
+# keras.ops nodes whose calibrated int8 form is float (NEG, SQUARE; logsumexp's IS_FINITE
+# and SELECT; normalize's MINIMUM after RSQRT).
+_OPERATOR_FORMS = ("Negative", "Square", "Logsumexp")
+
+
 def _int8_forms(model, *, l2_normalization: bool = True):
     """``model`` with the ops whose calibrated int8 form is float or wrong rewritten, and
     notes; or ``(model, ())``.
@@ -884,19 +889,22 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     (:func:`tfcompress._graph.split_activations`: the converter keeps ELU in float and
     loses softplus' precision); each minimum / maximum of a tensor that other ops read too
     becomes SUB / ADD and RELU (:func:`tfcompress._graph.split_clamps`: the converter would
-    clip that tensor for its other readers); with ``l2_normalization``, each
-    UnitNormalization becomes one L2_NORMALIZATION
+    clip that tensor for its other readers); ``-x``, ``square``, ``logsumexp`` become
+    ops with int8 kernels; with ``l2_normalization``, each UnitNormalization and
+    ``keras.ops.normalize`` becomes one L2_NORMALIZATION
     (:func:`tfcompress._graph.split_unit_normalizations`).
     """
     if not _compat.is_graph_model(model) or not any(
             _graph.activation_form(op) is not None or isinstance(op, keras.layers.Lambda)
-            or type(op).__name__ in _graph.CLAMPS + ("UnitNormalization", "Negative", "Square")
+            or type(op).__name__ in _graph.CLAMPS + _OPERATOR_FORMS
+            + ("UnitNormalization", "Normalize")
             for op in _graph.all_operations(model)):
         return model, ()
     clone = _graph.functional(model, purpose="conversion", inline=True)
     clone, elus = _graph.split_activations(clone)
     clone, clamps = _graph.split_clamps(clone)
-    clone, negations = _graph.split_operator_forms(clone, names=("Negative", "Square"))
+    clone, negations = _graph.split_operator_forms(
+        clone, names=_OPERATOR_FORMS + (("Normalize",) if l2_normalization else ()))
     elus += negations
     if l2_normalization:  # int16x8 has no L2_NORMALIZATION
         clone, units = _graph.split_unit_normalizations(clone)

@@ -262,6 +262,7 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     ("Log", dict(channelwise=True)),  # int8 LOG (a softplus split for QAT)
     ("Absolute", dict(channelwise=True)),  # int8 ABS
     ("Sqrt", dict(channelwise=True)),  # int8 SQRT
+    ("Reciprocal", dict(channelwise=True)),  # int8 DIV of a constant 1
     ("HardTanh", dict(channelwise=True, activation="hard_tanh")),  # RELU_N1_TO_1
     ("Clip", dict(channelwise=True)),  # MINIMUM and MAXIMUM (requantized after a fake quant)
     ("Einsum", dict(output_range="own")),  # BATCH_MATMUL, FULLY_CONNECTED...

@@ -952,15 +952,40 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
     return None
 
 
+# Operator nodes refused for a measured reason (the others: not known to run).
+_FLOAT_IN_TFLITE = ("the TFLite converter keeps it in float in an int8 file (no int8 kernel "
+                    "for it)")
+_UNQUANTIZED_OPERATIONS = {
+    "Prod": ("TFLite's int8 REDUCE_PROD requantizes after every product: 3 output steps "
+             "from the fake-quant model, measured"),
+    **{name: _FLOAT_IN_TFLITE for name in ("Erf", "Sign", "Round", "Floor", "Ceil", "Sin", "Cos",
+                                            "Cumsum", "Cumprod", "Where", "Erfinv")},
+    # Split into int8 ops by _graph.split_operator_forms where their arguments allow.
+    "Var": "a variance is written as int8 ops over known axes past the batch only",
+    "Std": "a standard deviation is written as int8 ops over known axes past the batch only",
+    "Logsumexp": "a logsumexp is written as int8 ops over known axes past the batch only",
+    "Norm": ("a norm is written as int8 ops for a 2-norm or Frobenius norm over known axes "
+             "past the batch only"),
+    "Normalize": "keras.ops.normalize runs in int8 as an L2 normalization of the last axis only",
+}
+
+
 def _operation_refusal(node) -> Optional[Tuple[str, str]]:
     """``(why, todo)`` when an operator node cannot be quantized, else None."""
     op = node.operation
     kind = layer_kinds.kind_of(op)
     known = ", ".join(layer_kinds.OPERATIONS)
-    if type(op).__name__ in ("Split", "Unstack"):  # the others are slices by now
-        return (f" (a {type(op).__name__.lower()} along axis {op.axis} of a tensor of shape "
+    name = type(op).__name__
+    if name in ("Split", "Unstack"):  # the others are slices by now
+        return (f" (a {name.lower()} along axis {op.axis} of a tensor of shape "
                 f"{tuple(node.input_tensors[0].shape)}: only a split along a known axis past "
                 "the batch is written as slices)", "")
+    if kind == layer_kinds.UNKNOWN and name in _UNQUANTIZED_OPERATIONS:
+        arguments = {a: getattr(op, a) for a in ("axis", "ord", "order") if hasattr(op, a)}
+        received = ", ".join(f"{a}={v!r}" for a, v in arguments.items())
+        return (f" ({_UNQUANTIZED_OPERATIONS[name]}"
+                + (f"; received {received} on a tensor of shape "
+                   f"{tuple(node.input_tensors[0].shape)}" if received else "") + ")", "")
     if kind == layer_kinds.UNKNOWN:
         return (" (an operator node TFLite's int8 kernels are not known to run from a "
                 "fake-quant graph)",
