@@ -910,6 +910,22 @@ def test_normalize_and_logsumexp_convert_fully_integer(op, kernel):
     assert max(_p99_steps(result, model, x)) <= 4.0
 
 
+def test_a_layernorm_inside_a_nested_sequential_converts_fully_integer():
+    # Keras' ConvNeXt keeps its stem's LayerNorm in a nested Sequential: it stayed in
+    # Keras' form (a float NEG) in the int8 file.
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    stem = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(8, 2, strides=2),
+                             L.LayerNormalization(epsilon=1e-6)], name="stem")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(stem(inputs))))
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype("float32")
+    result = convert(model, representative_data=x, progress=False)
+    assert not result.report.non_integer_tensors(allow_io=())
+    assert "RSQRT" in result.report.op_histogram
+    assert max(_p99_steps(result, model, x)) <= 4.0
+
+
 @pytest.mark.parametrize("shape, groups", [((8, 8, 8), 4), ((10, 8), 2)])
 def test_group_normalization_converts_fully_integer(shape, groups):
     # Keras' GroupNormalization left float ops in the int8 file (refused).

@@ -9,6 +9,9 @@ as tfmot's no-op wrappers, and the weights of attention, embeddings, EinsumDense
 recurrent layers prune. Tiny widths, one training step, a few samples.
 """
 
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -319,7 +322,9 @@ def test_layers_whose_weights_are_not_prunable_are_no_ops_or_refused_one_by_one(
         wrapper = prune_low_magnitude(layer)
         wrapper.build((None, 4))
         assert wrapper.prunable_weights == [] and layer.get_prunable_weights() == []
-    for layer in (L.GroupNormalization(2), L.PReLU()):
+    from keras.src.applications.convnext import LayerScale
+
+    for layer in (L.GroupNormalization(2), L.PReLU(), LayerScale(0.1, 4)):
         with pytest.raises(ValueError, match=f"{type(layer).__name__} cannot be pruned: its "
                                              "weights are normalization"):
             prune_low_magnitude(layer)
@@ -447,3 +452,14 @@ def test_an_operation_class_registered_as_channelwise_passes_channels():
     assert [analyze(model).group_name(g) for g in analyze(model).groups] == ["p"]
     _, small = _channels_strip_exactly(model, _x(model))
     assert small.get_layer("p").units == 4
+
+
+def test_keras_convnext_prunes_around_its_layer_scales():
+    # Its LayerScale layers refused the whole model ("cannot be pruned").
+    sys.path.insert(0, str(Path(__file__).parent))
+    import zoo
+
+    model = zoo.ZOO["convnext"].build("small")
+    pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, 0))
+    scales = [layer for layer in _graph.all_layers(pruned) if "layer_scale" in layer.name]
+    assert scales and not any(isinstance(layer, PruneLowMagnitude) for layer in scales)

@@ -1001,6 +1001,40 @@ def test_dot_attention_layer_is_split_into_int8_ops_and_agrees(tmp_path, use_sca
                                qat.predict(x, verbose=0), atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["additive", "additive_no_scale", "concat"])
+@pytest.mark.parametrize("how", ["qat", "ptq"])
+def test_additive_attention_scores_are_split_into_int8_ops_and_agree(tmp_path, kind, how):
+    # AdditiveAttention and Attention(score_mode="concat") were refused until session 15.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8), name="x")
+    query, value = L.Dense(8, name="q")(inputs), L.Dense(8, name="v")(inputs)
+    attention = (L.Attention(score_mode="concat", use_scale=True, name="att") if kind == "concat"
+                 else L.AdditiveAttention(use_scale=kind == "additive", name="att"))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(attention([query, value]))))
+    if kind == "additive":
+        attention.scale.assign(np.linspace(-1.5, 1.5, 8).astype("float32"))
+    elif kind == "concat":
+        attention.scale.assign(0.6)
+        attention.concat_score_weight.assign(1.7)
+    x = _uniform((6, 8), -2, 2, n=32)
+    q = (_one_step(quantize_model(model), x) if how == "qat"
+         else post_training.post_training_quantize(model, x, progress=False))
+    # The split form is the layer's own computation.
+    np.testing.assert_allclose(q.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=0.5 if how == "ptq" else 10.0)
+    result = _agrees(q, x)
+    ops_used = result.report.op_histogram
+    # The learned per-feature scale is a FULLY_CONNECTED kernel (a MUL by a float vector
+    # ended 3 steps from the file: the converter quantizes that constant, QAT did not).
+    weighted = "FULLY_CONNECTED" if kind == "additive" else "SUM"
+    assert ops_used["TANH"] == 1 and ops_used["SOFTMAX"] == 1, ops_used
+    assert ops_used[weighted] == (4 if kind == "additive" else 1), ops_used
+    path = tmp_path / "att.keras"
+    q.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
+                               q.predict(x, verbose=0), atol=1e-6)
+
+
 def test_an_attention_layer_with_a_causal_mask_is_refused_with_the_reason():
     inputs = keras.Input((6, 8), name="x")
     out = L.Attention(name="att")([inputs, inputs], use_causal_mask=True)
@@ -1229,3 +1263,67 @@ def test_a_grouped_convolution_is_quantized_per_output_channel_and_agrees(how, r
                  post_training.post_training_quantize(model, x, progress=False))
     result = _agrees(quantized, x)
     assert result.report.op_histogram.get("CONV_2D") == 2, result.report.op_histogram
+
+
+# ---------------------------------------------------------------------------
+# Session 15: keras.applications ConvNeXt's own layers, no-op activations.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["qat", "ptq"])
+def test_convnext_layer_scale_and_stochastic_depth_are_quantized(tmp_path, how):
+    # LayerScale (a per-channel scale with a weight) was refused as an unknown layer.
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 8), name="x")
+    h = L.Dense(8, name="pw")(L.DepthwiseConv2D(3, padding="same", name="dw")(inputs))
+    scale = LayerScale(0.5, 8, name="scale")
+    h = StochasticDepth(0.1, name="drop")(scale(h))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(inputs + h)))
+    scale.gamma.assign(np.linspace(0.2, 1.5, 8).astype("float32"))
+    x = _uniform((6, 6, 8), -2, 2, n=32)
+    q = (_one_step(quantize_model(model), x) if how == "qat"
+         else post_training.post_training_quantize(model, x, progress=False))
+    assert "scale" in q.quantize_report.quantized
+    from tfcompress.validation import op_errors
+
+    result = tc.convert(q, progress=False)
+    assert not result.report.non_integer_tensors(allow_io=())
+    assert "DEPTHWISE_CONV_2D" in result.report.op_histogram
+    errors, span = _errors(q, result.model_bytes, x)
+    assert span >= 10 and errors["xnnpack"] <= MAX_STEPS, errors
+    # The QAT file ends 3 steps from Keras on the builtin kernels (XNNPACK: 0): their
+    # requantization rounds twice (a high multiply, then a rounding shift), which sends
+    # about 0.1 to 0.3% of each op's outputs one step off the exact rounding that
+    # XNNPACK and the fake-quant model compute (tools/kernel_rounding.py). Each op is
+    # within a step of its float op on both paths.
+    assert errors["reference"] <= 3.0 + 1e-3, errors
+    assert max(e.worst_steps for e in op_errors(result.model_bytes, x, samples=8)) <= 1.0
+    path = tmp_path / "q.keras"
+    q.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
+                               q.predict(x, verbose=0), atol=1e-6)
+
+
+def test_keras_convnext_quantizes_and_converts_fully_int8():
+    model = zoo.ZOO["convnext"].build("small")  # 32x32: its last stage is 1x1
+    x = zoo.ZOO["convnext"].inputs(model, 16)
+    qat = _one_step(quantize_model(model), x)
+    result = tc.convert(qat, progress=False)
+    assert not result.report.non_integer_tensors(allow_io=())
+
+
+def test_a_linear_activation_layer_takes_no_range_of_its_own():
+    # A second fake quant on the same tensor made the converter fail ("tfl.reshape has
+    # no TFLite builtin kernel") before a mean over 1x1, as in Keras' ConvNeXt.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((1, 1, 8), name="x")
+    h = L.Conv2D(8, 1, name="conv")(inputs)
+    h = h + L.Activation("linear", name="identity")(L.Dense(8, name="d")(h))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(h)))
+    x = _uniform((1, 1, 8), -2, 2, n=32)
+    qat = _one_step(quantize_model(model), x)
+    assert not any(isinstance(layer, FakeQuant) and "identity" in layer.name
+                   for layer in qat.layers)
+    _agrees(qat, x)

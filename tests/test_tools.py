@@ -180,6 +180,13 @@ def _check_fuzz(r, out):
     assert set(r["runs_per_command"].values()) == {20}
 
 
+def _check_kernel_rounding(r, out):
+    (row,) = r["rows"]
+    for path in ("xnnpack", "builtin"):
+        assert row[path]["ops"] == 3 and row[path]["outputs"] > 100, row
+        assert 0.0 <= row[path]["fraction_off"] < 0.05 and row[path]["worst_steps"] <= 1, row
+
+
 def _check_tfmot_port(r, out):
     assert r["summary"]["total"] == 2 and r["summary"]["passed"] == 2, r["tests"]
 
@@ -203,6 +210,8 @@ SMOKE = {
     "fuzz_tflite.py": (["--mutants=20", "--seed_files=data", "--parts=mutants"], _check_fuzz),
     # 2 s: every command once (--quick runs only `inspect --json`, 0.5 s).
     "inspect_benchmark.py": (["--repeats=1"], _check_inspect),
+    # 10 s: the zoo's regression MLP (three FULLY_CONNECTED ops) on 8 samples.
+    "kernel_rounding.py": (["--models=regression_mlp"], _check_kernel_rounding),
     # 2 s, TensorFlow-free. The compress part (25 s with --runs=5) is the compress() call of
     # tests/test_compression.py on the same digits CNN, with the same recipe, re-timed.
     "latency_benchmark.py": (["--parts=resnet8", "--runs=5", "--warmup=1"], _check_latency),

@@ -896,9 +896,10 @@ def _convnext(size):
     # Keras's own ConvNeXt: its Normalization preprocessing, LayerScale and
     # StochasticDepth layers; LayerScale starts at 0.1 here (1e-6 in Keras) so that
     # the random blocks count in the output.
+    size_hw = int(os.environ.get("ZOO_CONVNEXT_HW", "32"))
     return convnext.ConvNeXt([1, 1, 1, 1], [8, 16, 24, 32], layer_scale_init_value=0.1,
-                             default_size=32, input_shape=(32, 32, 3), classes=10,
-                             name="convnext_tiny_mini")
+                             default_size=32, input_shape=(size_hw, size_hw, 3),
+                             classes=10, name="convnext_tiny_mini")
 
 
 def _nasnet(size):

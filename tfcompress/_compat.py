@@ -170,6 +170,21 @@ def attention_parts(layer) -> dict:
     }
 
 
+def application_layers() -> dict:
+    """The layer classes keras.applications networks define (private modules), by name:
+    ``LayerScale`` and ``StochasticDepth`` of ConvNeXt; those this Keras lacks are left out.
+    """
+    found = {}
+    try:
+        from keras.src.applications import convnext  # private API
+    except ImportError:  # pragma: no cover - moved in another Keras
+        return found
+    for name in ("LayerScale", "StochasticDepth"):
+        if isinstance(getattr(convnext, name, None), type):
+            found[name] = getattr(convnext, name)
+    return found
+
+
 def run_graph(model, inputs, operation_fn):
     """Runs a Functional model's graph on ``inputs``, each layer through ``operation_fn``."""
     return model._run_through_graph(inputs, operation_fn=operation_fn)

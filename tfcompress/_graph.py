@@ -22,6 +22,7 @@ __all__ = [
     "split_dot_attention",
     "split_groupnorms",
     "groupnorm_refusal",
+    "ATTENTION_LAYERS",
     "dot_attention_refusal",
     "split_activations",
     "split_layernorms",
@@ -1162,11 +1163,15 @@ def split_unit_normalizations(model, *, normalize=None, unwrap=lambda layer: lay
     return _replace_layers(model, splits, replace)
 
 
+# The attention layers split_dot_attention writes as ops (exact classes).
+ATTENTION_LAYERS = (keras.layers.Attention, keras.layers.AdditiveAttention)
+
+
 def dot_attention_refusal(layer, node) -> "str | None":
     """Why :func:`split_dot_attention` cannot write this ``keras.layers.Attention`` node as
     ops, or None."""
-    if layer.score_mode != "dot":
-        return f"score_mode={layer.score_mode!r} (only 'dot' is split into int8 ops)"
+    if type(layer) is keras.layers.Attention and layer.score_mode not in ("dot", "concat"):
+        return f"score_mode={layer.score_mode!r} (only 'dot' and 'concat' are split into int8 ops)"
     args, kwargs = _compat.node_arguments(node)
     called = [k for k in ("mask", "return_attention_scores", "use_causal_mask") if kwargs.get(k)]
     if called:
@@ -1182,17 +1187,19 @@ def split_dot_attention(model, *, unwrap=lambda layer: layer,
                         rewrap=lambda original, new: new, keep=lambda layer: False):
     """Writes each plain ``keras.layers.Attention`` as ``softmax(q @ k^T * scale) @ v``:
     TRANSPOSE, BATCH_MATMUL, (MUL,) SOFTMAX, BATCH_MATMUL, ops a QAT model quantizes one by
-    one.
+    one. Additive scores (``keras.layers.AdditiveAttention``, ``Attention(score_mode=
+    "concat")``) are ``sum(scale * tanh(q + k))`` over the features, broadcast over the
+    query and key steps: RESHAPE, ADD, TANH, MUL, SUM.
 
-    Only ``score_mode="dot"``, called on ``[query, value]`` or ``[query, value, key]`` with
-    no mask, causal mask or attention scores returned; ``use_scale``'s learned scale is
-    kept as a constant; dropout is left out (inference).
+    Only calls on ``[query, value]`` or ``[query, value, key]`` with no mask, causal mask
+    or attention scores returned; ``use_scale``'s learned scale (and ``concat``'s score
+    weight) is kept as a constant; dropout is left out (inference).
 
     Returns:
         ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
     """
     plain = {id(node.operation) for node in _compat.graph_nodes(model)
-             if type(unwrap(node.operation)) is keras.layers.Attention
+             if type(unwrap(node.operation)) in ATTENTION_LAYERS
              and len(getattr(node.operation, "_inbound_nodes", ())) == 1
              and dot_attention_refusal(unwrap(node.operation), node) is None}
 
@@ -1203,13 +1210,32 @@ def split_dot_attention(model, *, unwrap=lambda layer: layer,
         base, ops = unwrap(original), keras.ops
         query, value = args[0][0], args[0][1]
         key = args[0][2] if len(args[0]) == 3 else value
-        scores = ops.matmul(query, ops.transpose(key, (0, 2, 1)))
-        if base.use_scale:
-            scores = scores * float(np.asarray(base.scale.numpy()).reshape(()))
+        scale = (keras.ops.convert_to_numpy(base.scale).astype("float32")
+                 if base.use_scale else None)
+        if type(base) is keras.layers.Attention and base.score_mode == "dot":
+            scores = ops.matmul(query, ops.transpose(key, (0, 2, 1)))
+            if scale is not None:
+                scores = scores * float(scale.reshape(()))
+            how = ("TRANSPOSE, BATCH_MATMUL, " + ("MUL by its scale, " if base.use_scale else ""))
+        else:  # additive: sum(tanh(q + k) * scale) over the features
+            summed = ops.expand_dims(query, 2) + ops.expand_dims(key, 1)
+            if type(base) is keras.layers.AdditiveAttention and scale is not None:
+                # The per-feature scale as a Dense(1) kernel: quantized as the file's
+                # FULLY_CONNECTED weights are (a MUL by a float vector is not).
+                weighting = keras.layers.Dense(1, use_bias=False, name=f"{base.name}_score")
+                scores = ops.squeeze(rewrap(original, weighting)(ops.tanh(summed)), axis=-1)
+                pending.append((weighting, [scale.reshape(-1, 1)]))
+            elif type(base) is keras.layers.AdditiveAttention:
+                scores = ops.sum(ops.tanh(summed), axis=-1)
+            else:  # Attention(score_mode="concat"): the scale is inside the tanh
+                scores = ops.sum(ops.tanh(summed * float(scale.reshape(())) if scale is not None
+                                          else summed), axis=-1)
+                weight = float(keras.ops.convert_to_numpy(base.concat_score_weight).reshape(()))
+                scores = scores * weight
+            how = "RESHAPE, ADD, TANH, SUM or FULLY_CONNECTED, "
         weights = ops.softmax(scores, axis=-1)
         return ops.matmul(weights, value), (
-            f"{base.name}: Attention -> TRANSPOSE, BATCH_MATMUL, "
-            + ("MUL by its scale, " if base.use_scale else "") + "SOFTMAX, BATCH_MATMUL"
+            f"{base.name}: {type(base).__name__} -> {how}SOFTMAX, BATCH_MATMUL"
             + (" (dropout left out)" if base.dropout else ""))
 
     return _replace_layers(model, splits, replace)

@@ -864,7 +864,7 @@ def _layernorms_decomposed(model, *, l2_samples=None):
             type(layer) in _NORMALIZATIONS + (keras.layers.GroupNormalization,)
             for layer in _graph.all_layers(model)):
         return model, ()
-    model = _graph.functional(model, purpose="conversion")
+    model = _graph.functional(model, purpose="conversion", inline=True)
     model, group_notes = _graph.split_groupnorms(model)
     l2 = _wants_l2_norm(model, l2_samples) if l2_samples else set()
     clone, notes = _graph.split_layernorms(

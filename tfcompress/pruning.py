@@ -272,7 +272,8 @@ def _unsupported_error(layer) -> ValueError:
     if isinstance(layer, _LEAVE_ALONE):
         return ValueError(
             f"Layer {layer.name!r} of class {type(layer).__name__} cannot be pruned: its "
-            "weights are normalization or activation parameters, which pruning never masks. "
+            "weights are normalization, scale or activation parameters, which pruning never "
+            "masks. "
             "Leave it unwrapped (a model-level `prune_low_magnitude(model)` leaves it as it "
             f"is). Supported: {', '.join(SUPPORTED_LAYERS)}.")
     subclass = next((c.__name__ for c in _SUPPORTED if isinstance(layer, c)), None)
@@ -312,6 +313,7 @@ def prunable_weights(layer) -> List:
 _LEAVE_ALONE = (
     keras.layers.BatchNormalization, keras.layers.LayerNormalization,
     keras.layers.GroupNormalization, keras.layers.PReLU, keras.layers.Normalization,
+    *[cls for name, cls in _compat.application_layers().items() if name == "LayerScale"],
 )
 
 

@@ -819,9 +819,10 @@ _CANNOT = {
     **{name: "the converter writes attention as BATCH_MATMUL, SOFTMAX and FULLY_CONNECTED "
              "ops whose ranges this QAT does not model yet (a plain MultiHeadAttention "
              "is split into them); " + _FLOAT_INSTEAD
-       for name in ("GroupQueryAttention", "EinsumDense", "AdditiveAttention")},
-    "Attention": "only a plain keras.layers.Attention (score_mode='dot', 3-D inputs, no "
-                 "masks) is split into the int8 ops TFLite runs; " + _FLOAT_INSTEAD,
+       for name in ("GroupQueryAttention", "EinsumDense")},
+    **{name: f"only a plain keras.layers.{name} (3-D inputs, no masks) is split into the "
+             "int8 ops TFLite runs; " + _FLOAT_INSTEAD
+       for name in ("Attention", "AdditiveAttention")},
     "MultiHeadAttention": "only a plain MultiHeadAttention (3-D query, value and key, no "
                           "masks, gate or sliding window) is split into the int8 ops "
                           "TFLite runs; " + _FLOAT_INSTEAD,
@@ -877,7 +878,7 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
     if type(layer) is keras.layers.MultiHeadAttention and node is not None:
         why = _graph.attention_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
-    if type(layer) is keras.layers.Attention and node is not None:
+    if type(layer) in _graph.ATTENTION_LAYERS and node is not None:
         why = _graph.dot_attention_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
     if type(layer) in (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN,
@@ -1010,7 +1011,8 @@ def _operation_refusal(node) -> Optional[Tuple[str, str]]:
 
 
 def _affine_parameters(layer, channels: int):
-    """``(scale, offset)`` per channel of a Rescaling / Normalization, or why not (a str)."""
+    """``(scale, offset)`` per channel of a Rescaling / Normalization / ConvNeXt LayerScale,
+    or why not (a str)."""
     def per_channel(value, what):
         v = np.asarray(value, "float32")
         if v.size == 1:
@@ -1031,6 +1033,9 @@ def _affine_parameters(layer, channels: int):
             return mean if isinstance(mean, str) else variance
         std = np.maximum(np.sqrt(variance), keras.backend.epsilon())
         scale, offset = (std, mean) if layer.invert else (1.0 / std, -mean / std)
+    elif type(layer) is _compat.application_layers().get("LayerScale"):
+        scale = per_channel(keras.ops.convert_to_numpy(layer.gamma), "gamma")
+        offset = np.zeros((channels,), "float32")
     else:
         return f"no affine parameters known for class {type(layer).__name__}"
     for value in (scale, offset):
@@ -1443,6 +1448,10 @@ def _output(graph: _Graph, fold: Dict[str, str], node) -> str:
     if quantize_config is None and layer_kinds.activation_name(base) in FIXED_RANGES:
         return layer_kinds.activation_name(base)
     kind = layer_kinds.kind_of(base)
+    if kind.activation is not None and layer_kinds.activation_name(base) == "linear":
+        # Activation("linear") writes no op: a range of its own would be a second one on
+        # the same tensor (the converter failed on one before a mean over 1x1).
+        kind = dataclasses.replace(kind, output_range="input")
     keeps_range = kind.output_range == "input" and not _whole_input_average_pool(
         base, node.input_tensors[0].shape)
     if graph.only_concatenated(node) and not keeps_range:
