@@ -177,3 +177,19 @@ def test_factor_plans_need_a_real_pair_not_just_the_names():
     h = L.Dense(4, use_bias=False, name="y_u")(inputs)
     model = keras.Model(inputs, [L.Dense(2, name="y_v")(h), L.Dense(1, name="other")(h)])
     assert lowrank.factor_plans(model) == ()  # its output is read by another layer too
+
+
+def test_a_shared_layer_is_factored_once_for_all_its_calls():
+    # A Dense shared by two inputs (a siamese encoder) got two pairs with one name:
+    # Keras' "The name 'enc_u' is used 2 times in the model".
+    keras.utils.set_random_seed(0)
+    left, right = keras.Input((16,), name="left"), keras.Input((16,), name="right")
+    shared = keras.layers.Dense(16, name="enc")
+    out = keras.layers.Dense(1, name="head")(keras.layers.Subtract()([shared(left), shared(right)]))
+    model = keras.Model([left, right], out)
+    small = lowrank.factorize(model, ranks={"enc": 16})  # full rank: the same function
+    names = [layer.name for layer in small.layers]
+    assert names.count("enc_u") == 1 and names.count("enc_v") == 1, names
+    x = [np.random.default_rng(i).normal(size=(8, 16)).astype("float32") for i in (0, 1)]
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-4)

@@ -463,3 +463,18 @@ def test_keras_convnext_prunes_around_its_layer_scales():
     pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, 0))
     scales = [layer for layer in _graph.all_layers(pruned) if "layer_scale" in layer.name]
     assert scales and not any(isinstance(layer, PruneLowMagnitude) for layer in scales)
+
+
+def test_attention_score_scales_are_left_alone_by_a_model_level_prune():
+    # AdditiveAttention's learned scale refused the whole model ("cannot be pruned").
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8))
+    q = L.Dense(8, name="q")(inputs)
+    h = L.AdditiveAttention(name="att")([q, inputs])
+    h = L.Attention(use_scale=True, score_mode="concat", name="att2")([h, inputs])
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(h)))
+    pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, 0))
+    kept = {layer.name: layer for layer in pruned.layers}
+    assert not isinstance(kept["att"], PruneLowMagnitude)
+    assert not isinstance(kept["att2"], PruneLowMagnitude)
+    assert isinstance(kept["prune_low_magnitude_q"], PruneLowMagnitude)

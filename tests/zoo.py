@@ -1028,7 +1028,7 @@ def _activations_mlp(size):
     x = inputs
     for act in ("softplus", "selu", "mish", "silu", "softsign", "relu6"):
         x = L.Dense(12, activation=act)(x)
-    x = L.ReLU(max_value=6.0, negative_slope=0.1, threshold=0.1)(x)
+    x = L.ReLU(max_value=6.0, negative_slope=0.1)(x)
     return keras.Model(inputs, L.Dense(4, activation="log_softmax")(x), name="activations_mlp")
 
 
@@ -1315,8 +1315,8 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("additive_attention", _additive_attention, "classification", 3, from_logits=True,
              family="more2", note="keras.layers.AdditiveAttention"),
     ZooModel("activations_mlp", _activations_mlp, "classification", 4, from_logits=True,
-             family="more2", note="softplus, selu, mish, silu, softsign, ReLU(max, slope, "
-             "threshold), log_softmax"),
+             family="more2", note="softplus, selu, mish, silu, softsign, ReLU(max, slope), "
+             "log_softmax"),
     ZooModel("depthwise_conv1d", _depthwise_conv1d, "classification", 3, from_logits=True,
              family="more2"),
 ] + [ZooModel(f"random_{seed}", _random_model(seed), family="random",

@@ -370,14 +370,18 @@ def factorize(model, *, energy: Optional[float] = None, ratio: Optional[float] =
             pending.append((new, layer.get_weights()))
         return new
 
+    pairs: Dict[str, tuple] = {}  # a layer called several times (shared) keeps one pair
+
     def call_function(layer, *args, **kwargs):
         plan = plans.get(layer.name)
         if plan is None:
             return layer(*args, **kwargs)
-        first, w1, second, w2 = _make_pair(by_name[layer.name], plan)
-        out = second(first(*args, **kwargs))
-        pending.extend([(first, w1), (second, w2)])
-        return out
+        if layer.name not in pairs:
+            first, w1, second, w2 = _make_pair(by_name[layer.name], plan)
+            pairs[layer.name] = (first, second)
+            pending.extend([(first, w1), (second, w2)])
+        first, second = pairs[layer.name]
+        return second(first(*args, **kwargs))
 
     clone = _graph.clone_model(model, clone_function=clone_function, call_function=call_function,
                                keep_operations=True)

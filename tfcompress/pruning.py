@@ -313,6 +313,7 @@ def prunable_weights(layer) -> List:
 _LEAVE_ALONE = (
     keras.layers.BatchNormalization, keras.layers.LayerNormalization,
     keras.layers.GroupNormalization, keras.layers.PReLU, keras.layers.Normalization,
+    keras.layers.Attention, keras.layers.AdditiveAttention,  # a learned score scale only
     *[cls for name, cls in _compat.application_layers().items() if name == "LayerScale"],
 )
 

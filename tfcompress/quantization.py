@@ -854,6 +854,10 @@ def _unsupported(layer, position, why: str = "", todo: str = "") -> ValueError:
 def _activation_refusal(layer) -> Optional[Tuple[str, str]]:
     """Why an activation TFLite keeps in float is refused (``(why, todo)``), else None."""
     name = layer_kinds.activation_name(layer)
+    if name.startswith("relu(") and float(getattr(layer, "threshold", 0.0) or 0.0) != 0.0:
+        return (f" (activation {name!r}: with a threshold the TFLite converter writes a "
+                "float comparison, SELECT and SUB)",
+                "Use threshold=0 (negative_slope and max_value run in int8).")
     if name in INT8_ACTIVATIONS + _SPLIT_ACTIVATIONS or name.startswith("relu("):
         return None  # ReLU variants: MIN / MAX
     why = (f" (activation {name!r}: the TFLite converter keeps it in float in an int8 "
@@ -1373,13 +1377,33 @@ class _Graph:
             or type(_inner(reader)).__name__ in ("Maximum", "Minimum"))
 
     def concatenates_kept_range(self, node) -> bool:
-        """A concatenation with an input from an op that keeps its input's range."""
+        """A concatenation with an input from an op that keeps its input's range, other
+        than an embedding lookup's: a table's range (its weights' grid) is no activation
+        range to give the others (a Dense's ReLU output concatenated with an Embedding
+        was clipped to the table's +-0.05 in the file, 15 steps off); the converter
+        requantizes the lookup onto the concatenation's own range instead."""
         for t in node.input_tensors:
             source = self.producers.get(id(t))
             if source is not None and self.quantized(source) and \
                     layer_kinds.kind_of(_inner(source)).output_range == "input" and \
-                    not isinstance(source, keras.layers.InputLayer):
+                    not isinstance(source, keras.layers.InputLayer) and \
+                    not self._from_embedding(t):
                 return True
+        return False
+
+    def _from_embedding(self, tensor) -> bool:
+        """Whether ``tensor`` is an embedding lookup, through ops that keep its range."""
+        for _ in range(64):
+            source = self.producers.get(id(tensor))
+            if source is None or isinstance(source, keras.layers.InputLayer):
+                return False
+            kind = layer_kinds.kind_of(_inner(source))
+            if kind.kernel == "embedding":
+                return True
+            node = _compat.producer_node(tensor)
+            if kind.output_range != "input" or node is None or len(node.input_tensors) != 1:
+                return False
+            tensor = node.input_tensors[0]
         return False
 
     def fused_after(self, node) -> bool:
