@@ -1367,3 +1367,21 @@ def test_an_embedding_concatenated_with_dense_features_keeps_their_range(how):
     concat = next(v for k, v in scales.items() if "cat" in k and "concat" in k)
     table = max(np.abs(model.get_layer("emb").get_weights()[0]).max(), 1e-9) / 128
     assert concat > 10 * table, (concat, table)  # the features' range, not the table's
+
+
+@pytest.mark.parametrize("how", ["qat", "ptq"])
+def test_inception_resnet_custom_scale_layer_is_an_int8_mul_and_add(how):
+    # Left in float by PTQ: convert then refused the file (a float MUL).
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 4), name="x")
+    h = L.Conv2D(8, 1, name="stem")(inputs)
+    h = CustomScaleLayer(0.17, name="scaled")([h, L.Conv2D(8, 3, padding="same", name="c")(h)])
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(
+        L.Activation("relu")(h))))
+    x = _uniform((6, 6, 4), -2, 2, n=32)
+    q = (_one_step(quantize_model(model), x) if how == "qat"
+         else post_training.post_training_quantize(model, x, progress=False))
+    result = _agrees(q, x)
+    assert {"MUL", "ADD"} <= set(result.report.op_histogram), result.report.op_histogram

@@ -10,6 +10,7 @@ layer runs without it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import warnings
 from typing import Optional, Tuple
@@ -172,16 +173,18 @@ def attention_parts(layer) -> dict:
 
 def application_layers() -> dict:
     """The layer classes keras.applications networks define (private modules), by name:
-    ``LayerScale`` and ``StochasticDepth`` of ConvNeXt; those this Keras lacks are left out.
+    ``LayerScale`` and ``StochasticDepth`` of ConvNeXt, ``CustomScaleLayer`` of
+    InceptionResNetV2; those this Keras lacks are left out.
     """
     found = {}
-    try:
-        from keras.src.applications import convnext  # private API
-    except ImportError:  # pragma: no cover - moved in another Keras
-        return found
-    for name in ("LayerScale", "StochasticDepth"):
-        if isinstance(getattr(convnext, name, None), type):
-            found[name] = getattr(convnext, name)
+    for module, names in (("convnext", ("LayerScale", "StochasticDepth")),
+                          ("inception_resnet_v2", ("CustomScaleLayer",))):
+        try:
+            module = importlib.import_module(f"keras.src.applications.{module}")  # private
+        except ImportError:  # pragma: no cover - moved in another Keras
+            continue
+        found.update({name: getattr(module, name) for name in names
+                      if isinstance(getattr(module, name, None), type)})
     return found
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "split_activations",
     "split_layernorms",
     "split_operator_forms",
+    "split_scaled_sums",
     "split_prelus",
     "split_recurrent",
     "split_separable",
@@ -1423,6 +1424,27 @@ def _reduces_past_batch(op, shape) -> bool:
         return False
     axes = [a % len(shape) for a in _axes(op)]
     return 0 not in axes and all(shape[a] is not None for a in axes)
+
+
+def split_scaled_sums(model, *, unwrap=lambda layer: layer, keep=lambda layer: False):
+    """Writes each InceptionResNetV2 ``CustomScaleLayer`` (``x + y * scale``) as the
+    operator nodes ``x + y * scale`` (MUL by a constant, ADD), which QAT quantizes one by
+    one; the layer itself is unknown to it.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    scaled_sum = _compat.application_layers().get("CustomScaleLayer")
+
+    def splits(layer):
+        return scaled_sum is not None and type(unwrap(layer)) is scaled_sum and not keep(layer)
+
+    def replace(original, pending, *args, **kwargs):
+        base = unwrap(original)
+        x, y = args[0]
+        return x + y * float(base.scale), f"{base.name}: CustomScaleLayer -> MUL, ADD"
+
+    return _replace_layers(model, splits, replace)
 
 
 def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)):

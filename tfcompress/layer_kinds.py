@@ -213,8 +213,9 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     (_L.Embedding, dict(kernel="embedding", quantize_weights=True, output_range="input")),
     (_L.Normalization, dict(affine=True)),
     # keras.applications' ConvNeXt: x * gamma per channel; identity at inference.
-    *[(cls, dict(affine=True) if name == "LayerScale" else _PASS)
-      for name, cls in _compat.application_layers().items()],
+    # InceptionResNetV2's CustomScaleLayer: x + y * scale.
+    *[(cls, {"LayerScale": dict(affine=True), "StochasticDepth": _PASS}.get(
+        name, dict(merge="elementwise"))) for name, cls in _compat.application_layers().items()],
     # Layers that mix channels of one position, without weights.
     (_L.Softmax, dict(activation="softmax")),
     # x / ||x|| over the last axis (TFLite's L2_NORMALIZATION, a fixed int8 output grid).

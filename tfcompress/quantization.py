@@ -1279,6 +1279,9 @@ def _prepare(model):
     # layer is then split and quantized like any other).
     model, steps = _graph.split_time_distributed(model, unwrap=_inner, rewrap=rewrap,
                                                  keep=unannotated)
+    # InceptionResNetV2's CustomScaleLayer as the operator nodes x + y * scale.
+    model, scaled = _graph.split_scaled_sums(model, unwrap=_inner, keep=unannotated)
+    steps = steps + scaled
     # What TFLite runs for a SeparableConv1D/2D, so that each half is quantized on its own;
     # annotations carry over, a user QuantizeConfig keeps the layer whole.
     model, notes = _graph.split_separable(model, unwrap=_inner, rewrap=rewrap, keep=keep)
