@@ -1385,3 +1385,51 @@ def test_inception_resnet_custom_scale_layer_is_an_int8_mul_and_add(how):
          else post_training.post_training_quantize(model, x, progress=False))
     result = _agrees(q, x)
     assert {"MUL", "ADD"} <= set(result.report.op_histogram), result.report.op_histogram
+
+
+@pytest.mark.parametrize("how", ["qat", "ptq"])
+def test_identical_relus_of_one_tensor_share_the_range_tflite_fuses(how, tmp_path):
+    # NASNet applies ReLU to its stem's output in four branches: the converter merges
+    # them and fuses the ReLU into the convolution, at the ReLU's range. Quantized on the
+    # convolution's own range first, 25% of the Keras values were one step off there.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3), name="x")
+    h = L.BatchNormalization(name="bn")(L.Conv2D(8, 3, strides=2, use_bias=False,
+                                                 name="stem")(inputs))
+    a = L.Conv2D(8, 1, name="a")(L.Activation("relu", name="relu_a")(h))
+    b = L.MaxPooling2D(3, strides=1, padding="same", name="pool")(
+        L.Activation("relu", name="relu_b")(h))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(
+        L.Concatenate(name="cat")([a, b]))))
+    x = _uniform((12, 12, 3), -1, 1, n=32)
+    q = (_one_step(quantize_model(model), x) if how == "qat"
+         else post_training.post_training_quantize(model, x, progress=False))
+    quantizers = [layer.name for layer in q.layers if isinstance(layer, FakeQuant)]
+    assert len({"quant_out_relu_a", "quant_out_relu_b"} & set(quantizers)) == 1, quantizers
+    assert not any("bn" in name for name in quantizers), quantizers  # fused: no range
+    result = _agrees(q, x)
+    assert "RELU" not in result.report.op_histogram  # fused into the CONV_2D
+    q.save(tmp_path / "q.keras")  # the shared quantizer is one layer called twice
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "q.keras").predict(
+        x, verbose=0), q.predict(x, verbose=0), atol=1e-6)
+    stripped = strip_quantization(q)
+    assert not any(isinstance(layer, FakeQuant) for layer in stripped.layers)
+
+
+@pytest.mark.parametrize("arguments", [{"max_value": 6.0, "negative_slope": 0.1},
+                                       {"negative_slope": 0.2}])
+def test_a_relu_layer_with_a_negative_slope_is_an_int8_leaky_relu(arguments):
+    # Keras writes it with a NEG: the converter kept it in float (refused as not fully
+    # integer) and QAT left a float MUL.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12,), name="x")
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.ReLU(**arguments, name="act")(
+        L.Dense(16, name="d")(inputs))))
+    x = _uniform((12,), -3, 3, n=64)
+    calibrated = tc.convert(model, representative_data=x, progress=False)
+    assert not calibrated.report.non_integer_tensors(allow_io=())
+    assert "LEAKY_RELU" in calibrated.report.op_histogram
+    for q in (_one_step(quantize_model(model), x),
+              post_training.post_training_quantize(model, x, progress=False)):
+        result = _agrees(q, x)
+        assert ("MINIMUM" in result.report.op_histogram) == ("max_value" in arguments)

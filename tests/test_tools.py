@@ -183,7 +183,7 @@ def _check_fuzz(r, out):
 def _check_kernel_rounding(r, out):
     (row,) = r["rows"]
     for path in ("xnnpack", "builtin"):
-        assert row[path]["ops"] == 3 and row[path]["outputs"] > 100, row
+        assert row[path]["ops"] >= 2 and row[path]["outputs"] > 100, row
         assert 0.0 <= row[path]["fraction_off"] < 0.05 and row[path]["worst_steps"] <= 1, row
 
 

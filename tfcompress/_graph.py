@@ -721,12 +721,21 @@ _FORMS = {  # activation -> (the ops that compute it, what the note calls them)
     "softsign": (lambda x: x / (keras.ops.abs(x) + 1.0), "ABS, ADD, DIV"),
     "tanh_shrink": (lambda x: x - keras.ops.tanh(x), "TANH, SUB"),
 }
+
+
+def _leaky_relu_clipped(x, slope: float, top: Optional[float]):
+    """``min(leaky_relu(x, slope), top)``: LEAKY_RELU and MINIMUM."""
+    y = keras.ops.leaky_relu(x, negative_slope=slope)
+    return y if top is None else keras.ops.minimum(y, top)
+
+
+_FORMS["leaky_relu_clipped"] = (None, "LEAKY_RELU, MINIMUM by max_value")  # ReLU's arguments
 # keras.ops nodes, by class name -> the activation they apply.
 _OPERATION_FORMS = {"Elu": "elu", "Selu": "selu", "Celu": "celu", "Softplus": "softplus",
                     "LogSigmoid": "log_sigmoid", "Softsign": "softsign",
                     "TanhShrink": "tanh_shrink"}
 # Activations :func:`split_activations` writes as other ops.
-SPLIT_ACTIVATIONS = tuple(_FORMS)
+SPLIT_ACTIVATIONS = tuple(name for name in _FORMS if _FORMS[name][0] is not None)
 
 
 def activation_form(layer):
@@ -747,6 +756,12 @@ def activation_form(layer):
     if isinstance(layer, keras.layers.ELU):
         alpha = float(layer.alpha)
         return "elu", lambda x: elu_ops(x, alpha)
+    if type(layer) is keras.layers.ReLU and float(layer.negative_slope or 0.0) != 0.0 \
+            and float(layer.threshold or 0.0) == 0.0:
+        # Keras writes a leaky ReLU(max_value) with a NEG the converter keeps in float.
+        slope = float(layer.negative_slope)
+        top = None if layer.max_value is None else float(layer.max_value)
+        return "leaky_relu_clipped", lambda x: _leaky_relu_clipped(x, slope, top)
     if _compat.is_operation(layer):
         name = _OPERATION_FORMS.get(type(layer).__name__)
         if name in ("elu", "celu"):

@@ -1410,8 +1410,30 @@ class _Graph:
         return False
 
     def fused_after(self, node) -> bool:
-        reader = self.reader(node)
-        return reader is not None and layer_kinds.is_fusable_activation(_inner(reader))
+        """Whether TFLite fuses the activation that reads this node's output into it: one
+        reader, or several applying the same activation (NASNet applies ReLU to one tensor
+        in four branches), which the converter merges into one op first (measured: the
+        stem convolution wrote the ReLU's range, and a Keras model that quantized the
+        convolution's output first had 25% of its values one step off)."""
+        return bool(self.fused_readers(node))
+
+    def fused_readers(self, node) -> list:
+        """The readers of this node's output that TFLite fuses into it (see fused_after)."""
+        after = self.readers.get(id(node.output_tensors[0]), [])
+        if not after or not all(self.quantized(r) and layer_kinds.is_fusable_activation(
+                _inner(r)) for r in after):
+            return []
+        names = {layer_kinds.activation_name(_inner(r)) for r in after}
+        return list(after) if len(names) == 1 else []
+
+    def shared_quantizer(self, node) -> Optional[str]:
+        """For one of several identical activations of one tensor, the first one's name:
+        they are one op in the file, so they share one output quantizer."""
+        source = _compat.producer_node(node.input_tensors[0]) if node.input_tensors else None
+        if source is None:
+            return None
+        readers = self.fused_readers(source)
+        return readers[0].name if len(readers) > 1 else None
 
 
 def _folds(graph: _Graph) -> Dict[str, str]:
@@ -1519,7 +1541,8 @@ def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
         if not graph.quantized(layer):
             return LayerPlan(**common, action="float", output="float")
         output = _output(graph, fold, node)
-        quantizer = f"quant_out_{layer.name}" if output in _QUANTIZED_OUTPUTS else None
+        target = graph.shared_quantizer(node) or layer.name
+        quantizer = f"quant_out_{target}" if output in _QUANTIZED_OUTPUTS else None
         return LayerPlan(**common, action="operation", output=output, quantizer=quantizer)
     if not _annotated(layer):
         return LayerPlan(layer.name, layer.name, type(layer).__name__, "float", layer.name,
@@ -1561,6 +1584,9 @@ def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
         output = ("fused_activation" if graph.fused_after(bn_node) else
                   "concat_output" if graph.only_concatenated(bn_node) else "learned")
         target = batchnorm
+    shared = graph.shared_quantizer(node)
+    if shared is not None:
+        target = shared
     quantizer = f"quant_out_{_short(target)}" if output in _QUANTIZED_OUTPUTS else None
     return LayerPlan(**common, action=action,
                      new_name=f"quant_{base.name}" if action in ("wrap", "affine") else base.name,
@@ -1805,13 +1831,14 @@ def _rebuild(model, plan: QuantizePlan):
             out = source(out, training=False)
         # A layer called several times (an unrolled recurrent projection) has one output
         # quantizer: one range for every call, as its outputs share TFLite's weights.
-        if step.name not in outputs:
+        key = step.quantizer or step.name  # identical activations share one quantizer
+        if key not in outputs:
             quantizer = _output_quantizer(step, bits)
             if quantizer is not None and step.name in follows:
                 quantizer = FakeQuant(bits.activation_bits, follows=follows[step.name],
                                       notes=quantizer.notes, name=quantizer.name)
-            outputs[step.name] = quantizer
-        quantizer = outputs[step.name]
+            outputs[key] = quantizer
+        quantizer = outputs[key]
         if quantizer is None:
             if step.output in ("input_range", "input_grid") and source is not None:
                 ranges[id(out)] = source
