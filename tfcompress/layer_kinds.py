@@ -157,6 +157,12 @@ _PASS = {"channelwise": True, "output_range": "input"}  # per channel, keeps the
 _KEEPS_INPUT = {"output_range": "input"}
 _WEIGHTED = {"fuses_activation": True, "quantize_weights": True}
 
+_APPLICATION_KINDS = {
+    "LayerScale": dict(affine=True),  # ConvNeXt: x * gamma per channel
+    "StochasticDepth": _PASS,  # ConvNeXt: the identity at inference
+    "CustomScaleLayer": dict(merge="elementwise"),  # InceptionResNetV2: x + y * scale
+}
+
 # Order matters only for listings (error messages name the classes in this order).
 _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     # Layers that mix channels.
@@ -212,10 +218,8 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     # A table read by index (GATHER keeps the table's range).
     (_L.Embedding, dict(kernel="embedding", quantize_weights=True, output_range="input")),
     (_L.Normalization, dict(affine=True)),
-    # keras.applications' ConvNeXt: x * gamma per channel; identity at inference.
-    # InceptionResNetV2's CustomScaleLayer: x + y * scale.
-    *[(cls, {"LayerScale": dict(affine=True), "StochasticDepth": _PASS}.get(
-        name, dict(merge="elementwise"))) for name, cls in _compat.application_layers().items()],
+    # keras.applications' own layers (private classes, where this Keras has them).
+    *[(cls, _APPLICATION_KINDS[name]) for name, cls in _compat.application_layers().items()],
     # Layers that mix channels of one position, without weights.
     (_L.Softmax, dict(activation="softmax")),
     # x / ||x|| over the last axis (TFLite's L2_NORMALIZATION, a fixed int8 output grid).

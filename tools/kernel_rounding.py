@@ -119,7 +119,8 @@ def _off(interpreter, op, a, w, b, o, details) -> tuple:
     if inputs.shape[-1] != weights.shape[1]:
         return 0, 0, 0.0
     acc = (inputs - int(qa["zero_points"][0])) @ weights.T + bias
-    multiplier = float(qa["scales"][0]) * np.asarray(qw["scales"], "float64") / float(qo["scales"][0])
+    multiplier = (float(qa["scales"][0]) * np.asarray(qw["scales"], "float64")
+                  / float(qo["scales"][0]))
     real = acc * multiplier + int(qo["zero_points"][0])
     exact = np.round(real)
     keep = ((exact > out.min()) & (exact < 127) & (exact > -128)
@@ -155,7 +156,9 @@ def main(argv):
 
     def cell(r):
         f = r["fraction_off"]
-        return "-" if f is None else f"{100 * f:.3f}% of {r['outputs']} ({r['ops']} ops, max {r['worst_steps']:.0f})"
+        if f is None:
+            return "-"
+        return f"{100 * f:.3f}% of {r['outputs']} ({r['ops']} ops, max {r['worst_steps']:.0f})"
 
     _common.write_results(Path(FLAGS.out), {"samples": FLAGS.samples, "rows": rows},
                           _common.table(["model", "XNNPACK off exact", "builtin off exact"],
