@@ -227,3 +227,28 @@ def test_reconstruct_needs_masks_and_the_original_layers():
     other = keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(8, 3, name="unrelated")])
     with pytest.raises(ValueError, match="no layer named 'block_a'"):
         channel_pruning.reconstruct(pruned, other, np.zeros((2, 12, 12, 3), "float32"))
+
+
+def test_every_layer_keeps_a_channel_when_its_group_spans_two_layers():
+    # NASNet concatenates two narrow convolutions and adds them to another: one group,
+    # whose weakest half was all of the weak convolution, rebuilt with filters=0
+    # (a TypeError in strip_pruning).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    weak = L.Conv2D(2, 1, name="weak")(inputs)
+    strong = L.Conv2D(2, 1, name="strong")(inputs)
+    other = L.Conv2D(4, 1, name="other")(inputs)  # the sum ties the four channels
+    x = L.BatchNormalization(name="bn")(L.Add()([L.Concatenate()([weak, strong]), other]))
+    model = keras.Model(inputs, L.Dense(5, name="head")(L.GlobalAveragePooling2D()(
+        L.Conv2D(4, 3, name="next")(x))))
+    for name, factor in (("weak", 0.01), ("strong", 10.0)):
+        layer = model.get_layer(name)
+        layer.set_weights([w * factor for w in layer.get_weights()])
+    pruned = prune_channels(model, pruning_schedule=ConstantSparsity(0.5, frequency=1))
+    x = _train(pruned)
+    small = strip_pruning(pruned)
+    by_name = {layer.name: layer for layer in small.layers}
+    assert by_name["weak"].filters >= 1 and by_name["strong"].filters >= 1
+    assert by_name["weak"].filters + by_name["strong"].filters < 4  # some were removed
+    np.testing.assert_allclose(small.predict(x[:8], verbose=0), pruned.predict(x[:8], verbose=0),
+                               rtol=1e-4, atol=1e-5)

@@ -513,6 +513,17 @@ class ChannelController:
             n_prune = min(int(round(sparsity * len(group))), len(group) - 1)
             order = np.argsort(score, kind="stable")
             pruned.update(group[i] for i in order[:n_prune])
+        # Every producing layer keeps a channel: a group can span several layers (NASNet
+        # concatenates two narrow convolutions), and its weakest half may be all of one,
+        # which would then be rebuilt with filters=0.
+        made: Dict[str, List[int]] = {}
+        for c, who in self.plan.producers.items():
+            for n, _ in who:
+                made.setdefault(n, []).append(c)
+        for n, classes in made.items():
+            if classes and all(c in pruned for c in classes):
+                pruned.discard(max(classes, key=lambda c: sum(
+                    norms[m][ch] for m, ch in self.plan.producers[c])))
         for m, lay in zip(self.masks, self.mask_layouts):
             m.mask.assign(np.array([0.0 if c in pruned else 1.0 for c in lay.tolist()],
                                    np.float32))
