@@ -118,6 +118,7 @@ SAMPLES = {"small": {"calib": 256, "eval": 16, "train": 16},
            "full": {"calib": 128, "eval": 8, "train": 8}}
 
 VOCAB_SMALL, VOCAB_FULL = 100, 2000  # token ids of the text model
+FREE_AXIS = 16  # the length the zoo feeds a free (None) input axis
 
 _CLEAN_TYPES = (ValueError, TypeError, NotImplementedError, RuntimeError, FileNotFoundError)
 
@@ -179,7 +180,7 @@ class ZooModel:
         rng = np.random.default_rng(seed)
         arrays = {}
         for spec in _input_specs(model):
-            shape = (n,) + tuple(spec["shape"][1:])
+            shape = (n,) + tuple(FREE_AXIS if d is None else d for d in spec["shape"][1:])
             if np.issubdtype(np.dtype(spec["dtype"]), np.integer):
                 arrays[spec["name"]] = rng.integers(0, self.vocab, size=shape).astype(spec["dtype"])
             else:
@@ -197,7 +198,7 @@ class ZooModel:
         out = []
         for task, shape in zip(tasks, shapes):
             if task == "classification":
-                out.append(rng.integers(0, shape[-1], size=(n,)).astype("int64"))
+                out.append(rng.integers(0, shape[-1], size=(n,) + shape[1:-1]).astype("int64"))
             elif task == "autoencoder":
                 out.append(np.asarray(x, dtype="float32"))
             elif task == "binary":  # one 0/1 label per sigmoid
@@ -1041,6 +1042,166 @@ def _depthwise_conv1d(size):
     return keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling1D()(x)), name="depthwise_conv1d")
 
 
+
+# --- session 16: the layers and idioms of tutorials and deployment code -----------------
+
+def _augment_cnn(size):
+    """The Keras image-classification tutorial: augmentation layers inside the model."""
+    keras = _keras()
+    L = keras.layers
+    side = 32 if size == "small" else 96
+    return keras.Sequential([
+        keras.Input((side, side, 3)), L.RandomFlip("horizontal"), L.RandomRotation(0.1),
+        L.RandomZoom(0.1), L.RandomContrast(0.1), L.Rescaling(1.0 / 255),
+        L.Conv2D(8, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+        L.Conv2D(16, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+        L.Dropout(0.2), L.Flatten(), L.Dense(32, activation="relu"), L.Dense(5)],
+        name="augment_cnn")
+
+
+def _lstm_autoencoder(size):
+    """A sequence autoencoder (anomaly detection): LSTM -> RepeatVector -> LSTM -> Dense."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((20, 3), name="series")
+    x = L.RepeatVector(20)(L.LSTM(16)(inputs))
+    x = L.LSTM(16, return_sequences=True)(x)
+    return keras.Model(inputs, L.TimeDistributed(L.Dense(3))(x), name="lstm_autoencoder")
+
+
+def _two_tower(size):
+    """A recommender: user and item embeddings, cosine similarity (Dot), sigmoid."""
+    keras = _keras()
+    L = keras.layers
+    user, item = keras.Input((1,), dtype="int32", name="user"), keras.Input((1,), dtype="int32",
+                                                                             name="item")
+    u = L.Flatten()(L.Embedding(40, 8)(user))
+    v = L.Dense(8, activation="relu")(L.Flatten()(L.Embedding(40, 8)(item)))
+    score = L.Dot(axes=1, normalize=True)([u, v])
+    return keras.Model([user, item], L.Dense(1, activation="sigmoid")(score), name="two_tower")
+
+
+def _seq1d_ops(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((40, 4), name="signal")
+    x = L.ZeroPadding1D(2)(inputs)
+    x = L.Conv1D(8, 5, strides=2, activation="relu")(x)
+    x = L.AveragePooling1D(2)(x)
+    x = L.UpSampling1D(2)(x)
+    x = L.Cropping1D((1, 1))(x)
+    x = L.MaxPooling1D(2)(L.Conv1D(8, 3, padding="same", activation="tanh")(x))
+    return keras.Model(inputs, L.Dense(3)(L.Flatten()(x)), name="seq1d_ops")
+
+
+def _noise_mlp(size):
+    """Regularization layers that are the identity at inference."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((10,), name="features")
+    x = L.GaussianNoise(0.1)(inputs)
+    x = L.Dense(16, activation="relu", kernel_regularizer="l2")(x)
+    x = L.BatchNormalization()(L.GaussianDropout(0.1)(x))
+    x = L.AlphaDropout(0.1)(L.Dense(16, activation="selu")(x))
+    x = L.ActivityRegularization(l1=1e-3)(x)
+    return keras.Model(inputs, L.Dense(3, activation="softmax")(x), name="noise_mlp")
+
+
+def _variable_length(size):
+    """A sequence model with a free time axis: Input((None, 8))."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((None, 8), name="frames")
+    x = L.Conv1D(12, 3, padding="same", activation="relu")(inputs)
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(4)(x), name="variable_length")
+
+
+def _any_size_cnn(size):
+    """A fully convolutional classifier with free spatial axes: Input((None, None, 3))."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((None, None, 3), name="image")
+    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = L.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = L.GlobalAveragePooling2D()(L.Conv2D(16, 1, activation="relu")(x))
+    return keras.Model(inputs, L.Dense(6)(x), name="any_size_cnn")
+
+
+def _inception_resnet_v2(size):
+    """InceptionResNetV2: scaled residual Inception blocks (its CustomScaleLayer)."""
+    keras = _keras()
+    if size == "full":
+        return keras.applications.InceptionResNetV2(input_shape=(96, 96, 3), weights=None,
+                                                    classes=10)
+    from keras.src.applications import inception_resnet_v2 as irv2
+
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = irv2.conv2d_bn(keras.layers.Rescaling(1.0 / 127.5, offset=-1)(inputs), 64, 3)
+    x = irv2.inception_resnet_block(x, 0.17, "block35", 1)
+    x = irv2.inception_resnet_block(x, 0.17, "block35", 2)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x),
+                       name="inception_resnet_v2")
+
+
+def _mobilenet_v3_minimalistic(size):
+    A = _keras().applications
+    side = 32 if size == "small" else 96
+    return A.MobileNetV3Small(input_shape=(side, side, 3), alpha=0.75 if size == "small" else 1.0,
+                              minimalistic=True, weights=None, classes=10)
+
+
+def _channels_first(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((3, 16, 16), name="chw")
+    x = L.Conv2D(8, 3, data_format="channels_first", activation="relu")(inputs)
+    x = L.MaxPooling2D(data_format="channels_first")(x)
+    x = L.BatchNormalization(axis=1)(L.Conv2D(8, 3, data_format="channels_first")(x))
+    x = L.GlobalAveragePooling2D(data_format="channels_first")(L.ReLU()(x))
+    return keras.Model(inputs, L.Dense(4)(x), name="channels_first")
+
+
+def _category_encoding(size):
+    """Integer features one-hot encoded inside the model (CategoryEncoding, Hashing)."""
+    keras = _keras()
+    L = keras.layers
+    codes = keras.Input((2,), dtype="int32", name="codes")
+    numeric = keras.Input((4,), name="numeric")
+    one_hot = L.CategoryEncoding(num_tokens=12, output_mode="multi_hot")(codes)
+    hashed = L.CategoryEncoding(num_tokens=8, output_mode="multi_hot")(
+        L.Hashing(num_bins=8)(codes))
+    x = L.Concatenate()([one_hot, hashed, numeric])
+    x = L.Dense(16, activation="relu")(x)
+    return keras.Model([codes, numeric], L.Dense(1)(x), name="category_encoding")
+
+
+def _causal_lm(size):
+    """A tiny decoder-only language model: causal MHA, per-token next-token logits."""
+    keras = _keras()
+    L = keras.layers
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    x = L.Embedding(50, 16)(tokens)
+    h = L.MultiHeadAttention(2, 8)(x, x, use_causal_mask=True)
+    x = L.LayerNormalization()(x + h)
+    x = L.LayerNormalization()(x + L.Dense(16)(L.Dense(32, activation="gelu")(x)))
+    return keras.Model(tokens, L.Dense(50)(x), name="causal_lm")
+
+
+def _separable_cnn(size):
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((24, 24, 3), name="image")
+    x = L.SeparableConv2D(8, 3, depth_multiplier=2, padding="same", activation="relu")(inputs)
+    x = L.SpatialDropout2D(0.1)(x)
+    x = L.PReLU(shared_axes=[1, 2])(L.Conv2D(12, 3, strides=2, dilation_rate=1)(x))
+    x = L.Conv2D(12, 3, dilation_rate=2, padding="same")(x)
+    x = L.Activation("relu6")(L.BatchNormalization(center=False, scale=False)(x))
+    x = L.GlobalMaxPooling2D()(x)
+    return keras.Model(inputs, L.Softmax()(L.Dense(5)(x)), name="separable_cnn")
+
+
 # ---------------------------------------------------------------------------
 # Random architectures: models nobody wrote on purpose, from a seeded grammar of the
 # layers and idioms users combine (residual `+`, squeeze-excite `*`, BatchNorm before or
@@ -1319,6 +1480,35 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
              "log_softmax"),
     ZooModel("depthwise_conv1d", _depthwise_conv1d, "classification", 3, from_logits=True,
              family="more2"),
+    ZooModel("augment_cnn", _augment_cnn, "classification", 5, from_logits=True,
+             input_range=_IMAGE, family="more3",
+             note="RandomFlip / Rotation / Zoom / Contrast, Rescaling, Dropout (the Keras tutorial)"),
+    ZooModel("lstm_autoencoder", _lstm_autoencoder, "autoencoder", family="more3",
+             note="LSTM -> RepeatVector -> LSTM(return_sequences) -> TimeDistributed(Dense)"),
+    ZooModel("two_tower", _two_tower, "binary", vocab=40, family="more3",
+             note="user / item Embedding, Dot(normalize=True)"),
+    ZooModel("seq1d_ops", _seq1d_ops, "classification", 3, from_logits=True, family="more3",
+             note="ZeroPadding1D, strided Conv1D, AveragePooling1D, UpSampling1D, Cropping1D"),
+    ZooModel("noise_mlp", _noise_mlp, "classification", 3, family="more3",
+             note="GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization"),
+    ZooModel("variable_length", _variable_length, "classification", 4, from_logits=True,
+             family="more3", note="Input((None, 8)): a free time axis"),
+    ZooModel("any_size_cnn", _any_size_cnn, "classification", 6, from_logits=True,
+             family="more3", note="Input((None, None, 3)): free spatial axes"),
+    ZooModel("inception_resnet_v2", _inception_resnet_v2, "classification", 10,
+             input_range=_IMAGE, family="more3",
+             note="InceptionResNetV2's scaled residual blocks (CustomScaleLayer)"),
+    ZooModel("mobilenet_v3_minimalistic", _mobilenet_v3_minimalistic, "classification", 10,
+             input_range=_IMAGE, family="more3", note="MobileNetV3Small(minimalistic=True)"),
+    ZooModel("channels_first", _channels_first, "classification", 4, from_logits=True,
+             family="more3", note="Conv2D / pooling / BatchNorm with data_format=channels_first"),
+    ZooModel("category_encoding", _category_encoding, "regression", vocab=12, family="more3",
+             note="CategoryEncoding(multi_hot), Hashing on int32 inputs"),
+    ZooModel("causal_lm", _causal_lm, "classification", 50, from_logits=True, vocab=50,
+             family="more3", note="causal MultiHeadAttention, per-token logits"),
+    ZooModel("separable_cnn", _separable_cnn, "classification", 5, family="more3",
+             note="SeparableConv2D(depth_multiplier=2), SpatialDropout2D, PReLU(shared_axes), "
+             "dilation, Softmax layer"),
 ] + [ZooModel(f"random_{seed}", _random_model(seed), family="random",
               note="a seeded random architecture", **_random_task(seed))
      for seed in range(RANDOM_MODELS)]}
@@ -1329,7 +1519,9 @@ def spec_for(name: str, size: str) -> ZooModel:
     if name not in ZOO:
         raise ValueError(f"Unknown zoo model {name!r}. Known: {sorted(ZOO)}")
     spec = ZOO[name]
-    if spec.vocab and size == "full":
+    # Only the text model grows its vocabulary at full size; the others keep their tables
+    # (ids past a table's end are not valid inputs).
+    if name == "transformer_text" and size == "full":
         spec = dataclasses.replace(spec, vocab=VOCAB_FULL)
     return spec
 

@@ -188,6 +188,13 @@ def application_layers() -> dict:
     return found
 
 
+def keras_layers(names) -> list:
+    """The ``keras.layers`` classes of ``names`` that this Keras has (the augmentation
+    layers came in several Keras 3 releases)."""
+    return [cls for cls in (getattr(keras.layers, name, None) for name in names)
+            if isinstance(cls, type)]
+
+
 def run_graph(model, inputs, operation_fn):
     """Runs a Functional model's graph on ``inputs``, each layer through ``operation_fn``."""
     return model._run_through_graph(inputs, operation_fn=operation_fn)

@@ -12,6 +12,7 @@ from tfcompress import _compat
 __all__ = [
     "all_layers",
     "all_operations",
+    "called_once",
     "clone_model",
     "functional",
     "attention_refusal",
@@ -24,6 +25,8 @@ __all__ = [
     "groupnorm_refusal",
     "ATTENTION_LAYERS",
     "dot_attention_refusal",
+    "dot_refusal",
+    "split_dots",
     "split_activations",
     "split_layernorms",
     "split_operator_forms",
@@ -235,6 +238,16 @@ def _input_shapes(model) -> Dict[int, tuple]:
     """``{id(operation): input shape}`` for the nodes of ``model`` that read one tensor."""
     return {id(node.operation): node.input_tensors[0].shape
             for node in _compat.graph_nodes(model) if len(node.input_tensors) == 1}
+
+
+def called_once(model) -> set:
+    """``{id(operation)}`` of the operations called once in ``model``'s graph (a layer
+    shared by two calls is left whole by the splits; calls in other models, such as the
+    model a weightless layer was reused from, do not count)."""
+    calls: Dict[int, int] = {}
+    for node in _compat.graph_nodes(model):
+        calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
+    return {key for key, count in calls.items() if count == 1}
 
 
 def _replace_layers(model, splits, replace) -> Tuple[object, List[str]]:
@@ -601,11 +614,12 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         note per split layer.
     """
     nodes = {id(node.operation): node for node in _compat.graph_nodes(model)}
+    once = called_once(model)
 
     def splits(layer):
         return (id(layer) in nodes and not keep(layer)
                 and type(unwrap(layer)) is keras.layers.MultiHeadAttention
-                and len(getattr(layer, "_inbound_nodes", ())) == 1
+                and id(layer) in once
                 and attention_refusal(unwrap(layer), nodes[id(layer)]) is None)
 
     def dense(original, pending, name, kernel, bias, scale=1.0):
@@ -1179,6 +1193,85 @@ def split_unit_normalizations(model, *, normalize=None, unwrap=lambda layer: lay
     return _replace_layers(model, splits, replace)
 
 
+def _dot_axes(layer, ranks) -> Tuple[int, int]:
+    axes = layer.axes if isinstance(layer.axes, (list, tuple)) else (layer.axes, layer.axes)
+    return tuple(int(a) % r for a, r in zip(axes, ranks))
+
+
+def dot_refusal(layer, node) -> Optional[str]:
+    """Why :func:`split_dots` leaves this ``keras.layers.Dot`` node whole, or None."""
+    if type(layer) is not keras.layers.Dot:
+        return "not a Dot layer"
+    tensors = node.input_tensors
+    if len(tensors) != 2:
+        return f"a Dot of {len(tensors)} tensors"
+    ranks = tuple(len(t.shape) for t in tensors)
+    if ranks not in ((2, 2), (3, 3)):
+        return (f"a Dot of tensors of ranks {ranks}: only two 2-D or two 3-D tensors are "
+                "written as int8 ops")
+    if 0 in _dot_axes(layer, ranks):
+        return "a Dot over the batch axis"
+    return None
+
+
+def split_dots(model, *, normalize=None, unwrap=lambda layer: layer,
+               rewrap=lambda original, new: new, keep=lambda layer: False):
+    """Writes each ``keras.layers.Dot`` of two 2-D or two 3-D tensors as int8 ops: MUL and
+    SUM (2-D), or TRANSPOSE and BATCH_MATMUL (3-D). With ``normalize=True`` each input is
+    first divided by its L2 norm over the dot axis, as :class:`L2Normalize` (one
+    L2_NORMALIZATION; Keras' form leaves float SQUARE ops in an int8 file) or as
+    ``normalize(x)``.
+
+    Args:
+        model: a Functional model.
+        normalize: a function of a symbolic tensor that divides it by its L2 norm over the
+            last axis; None for an :class:`L2Normalize` layer wrapped by ``rewrap``.
+        unwrap: the layer inside a wrapper (e.g. an annotation), or the layer itself.
+        rewrap: wraps a new layer as its Dot was wrapped.
+        keep: layers to leave whole.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    once = called_once(model)
+    plain = {id(node.operation) for node in _compat.graph_nodes(model)
+             if type(unwrap(node.operation)) is keras.layers.Dot and id(node.operation) in once
+             and dot_refusal(unwrap(node.operation), node) is None}
+
+    def splits(layer):
+        return id(layer) in plain and not keep(layer)
+
+    def replace(original, pending, *args, **kwargs):
+        base, ops = unwrap(original), keras.ops
+        x, y = args[0]
+        rank = len(x.shape)
+        axes = _dot_axes(base, (rank, rank))
+        epsilon = keras.config.epsilon() ** 2  # Keras: min(rsqrt(sum x^2), 1 / epsilon)
+
+        def last(t, axis):  # the dot axis moved last
+            return t if axis == rank - 1 else ops.transpose(t, (0, 2, 1))
+
+        def unit(t, i):
+            return (normalize(t) if normalize is not None else rewrap(original, L2Normalize(
+                epsilon=epsilon, name=f"{base.name}_l2_{i}"))(t))
+
+        if rank == 2:
+            if base.normalize:
+                x, y = unit(x, 0), unit(y, 1)
+            return ops.sum(x * y, axis=-1, keepdims=True), (
+                f"{base.name}: Dot -> " + ("L2_NORMALIZATION, " if base.normalize else "")
+                + "MUL, SUM")
+        if base.normalize:
+            x, y = unit(last(x, axes[0]), 0), unit(last(y, axes[1]), 1)
+            axes = (2, 2)
+        right = y if axes[1] == 1 else ops.transpose(y, (0, 2, 1))
+        return ops.matmul(last(x, axes[0]), right), (
+            f"{base.name}: Dot -> " + ("L2_NORMALIZATION, " if base.normalize else "")
+            + "TRANSPOSE, BATCH_MATMUL")
+
+    return _replace_layers(model, splits, replace)
+
+
 # The attention layers split_dot_attention writes as ops (exact classes).
 ATTENTION_LAYERS = (keras.layers.Attention, keras.layers.AdditiveAttention)
 
@@ -1214,9 +1307,9 @@ def split_dot_attention(model, *, unwrap=lambda layer: layer,
     Returns:
         ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
     """
+    once = called_once(model)
     plain = {id(node.operation) for node in _compat.graph_nodes(model)
-             if type(unwrap(node.operation)) in ATTENTION_LAYERS
-             and len(getattr(node.operation, "_inbound_nodes", ())) == 1
+             if type(unwrap(node.operation)) in ATTENTION_LAYERS and id(node.operation) in once
              and dot_attention_refusal(unwrap(node.operation), node) is None}
 
     def splits(layer):

@@ -157,6 +157,15 @@ _PASS = {"channelwise": True, "output_range": "input"}  # per channel, keeps the
 _KEEPS_INPUT = {"output_range": "input"}
 _WEIGHTED = {"fuses_activation": True, "quantize_weights": True}
 
+# Keras' random augmentation layers, the identity at inference (RandomCrop is not: it
+# crops at inference too).
+AUGMENTATION_LAYERS = (
+    "RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast", "RandomTranslation",
+    "RandomBrightness", "RandomShear", "RandomErasing", "RandomGaussianBlur",
+    "RandomPerspective", "RandomPosterization", "RandomSaturation", "RandomHue",
+    "RandomSharpness", "RandomColorDegeneration", "RandomColorJitter", "RandomInvert",
+    "RandomGrayscale", "RandomElasticTransform", "AugMix", "RandAugment", "MixUp", "CutMix")
+
 _APPLICATION_KINDS = {
     "LayerScale": dict(affine=True),  # ConvNeXt: x * gamma per channel
     "StochasticDepth": _PASS,  # ConvNeXt: the identity at inference
@@ -187,8 +196,9 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     (_L.SpatialDropout1D, _PASS),
     (_L.SpatialDropout2D, _PASS),
     (_L.SpatialDropout3D, _PASS),
-    (_L.GaussianNoise, dict(channelwise=True)),
-    (_L.GaussianDropout, dict(channelwise=True)),
+    (_L.GaussianNoise, _PASS),
+    (_L.GaussianDropout, _PASS),
+    (_L.AlphaDropout, _PASS),
     (_L.MaxPooling1D, _PASS),
     (_L.MaxPooling2D, _PASS),
     (_L.MaxPooling3D, dict(channelwise=True)),
@@ -212,7 +222,9 @@ _TABLE: Dict[type, LayerKind] = {cls: LayerKind(**props) for cls, props in [
     (_L.UpSampling2D, _PASS),
     (_L.UpSampling3D, dict(channelwise=True)),
     (_L.Identity, _PASS),
-    (_L.ActivityRegularization, dict(channelwise=True)),
+    (_L.ActivityRegularization, _PASS),
+    # Data augmentation: the identity at inference (the Keras tutorials put it in the model).
+    *[(cls, _PASS) for cls in _compat.keras_layers(AUGMENTATION_LAYERS)],
     # Per-channel affine preprocessing (x * scale + offset).
     (_L.Rescaling, dict(affine=True)),
     # A table read by index (GATHER keeps the table's range).

@@ -1300,6 +1300,9 @@ def _prepare(model):
     # A UnitNormalization as one L2_NORMALIZATION (its fixed output grid follows).
     model, units = _graph.split_unit_normalizations(model, unwrap=_inner, rewrap=rewrap,
                                                     keep=unannotated)
+    # A Dot as MUL / SUM or BATCH_MATMUL, a normalized one's inputs as L2_NORMALIZATION.
+    model, dots = _graph.split_dots(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
+    units = units + dots
     # A LayerNorm as the int8 ops convert() writes for it; only annotated ones (a float
     # LayerNorm stays one layer, converted in float).
     model, more = _graph.split_layernorms(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
