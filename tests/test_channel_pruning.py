@@ -152,6 +152,22 @@ def test_reshape_and_softmax_barriers_fix_channels():
                                                     "5 channels shared by d"]
 
 
+def test_channels_first_layers_are_barriers():
+    # Their channels are axis 1: the analysis (which follows the last axis) masked the
+    # wrong axis, and the first training step failed with a NumPy IndexError.
+    inputs = keras.Input((3, 8, 8))
+    x = L.Conv2D(6, 3, data_format="channels_first", name="cf")(inputs)
+    x = L.BatchNormalization(axis=1)(x)
+    x = L.GlobalAveragePooling2D(data_format="channels_first")(x)
+    x = L.Dense(5, activation="relu", name="hidden")(x)
+    plan = analyze(keras.Model(inputs, L.Dense(2)(x)))
+    assert plan.describe().splitlines() == ["5 channels shared by hidden"]
+    only_first = keras.Model(inputs, L.Flatten()(L.Conv2D(4, 3, data_format="channels_first")(
+        inputs)))
+    with pytest.raises(ValueError, match="channels_first"):
+        prune_channels(only_first)
+
+
 def test_sequential_models_are_accepted():
     model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(6, 3), L.ReLU(),
                               L.GlobalAveragePooling2D(), L.Dense(2)])

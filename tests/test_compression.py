@@ -598,3 +598,31 @@ def test_multi_label_and_logit_outputs_are_binary_by_their_own_thresholds():
     with pytest.raises(ValueError, match=r"task='binary' needs targets of 0 and 1"):
         compression.detect_task(logits, compression.CompressionData.from_any(
             (x, 2 * y, xt, 2 * yt)), task="binary")
+
+
+def _tagger():
+    """A per-token classifier: ids -> Embedding -> Conv1D -> a softmax per position."""
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((10,), dtype="int32", name="tokens")
+    h = keras.layers.Conv1D(16, 3, padding="same", activation="relu")(
+        keras.layers.Embedding(30, 8)(tokens))
+    return keras.Model(tokens, keras.layers.Dense(5, activation="softmax")(h))
+
+
+def test_labels_per_position_of_a_sequence_output_make_a_classification():
+    # A tagger's (or a language model's) labels have the output's shape without the class
+    # axis: they were taken for regression targets of the wrong shape and refused.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 30, (96, 10)).astype("int32")
+    y = (x % 5).astype("int64")  # learnable: the class of each token is its id mod 5
+    model = _tagger()
+    assert compression.detect_task(model, compression.CompressionData.from_any(
+        (x[:64], y[:64], x[64:], y[64:]))) == "classification"
+    recipe = {"name": "tagger", "distill": {"temperature": 2.0, "alpha": 0.5},
+              "quantize": {"method": "qat", "epochs": 1}, "validate": None, "benchmark": None}
+    result = compress(model, (x[:64], y[:64], x[64:], y[64:]), recipe=recipe, verbose=0)
+    assert result.task == "classification"
+    pred = tc.runtime.predict(tc.runtime.make_interpreter(result.tflite, xnnpack=True), x[64:])[0]
+    assert pred.shape == (32, 10, 5)
+    accuracy = float(np.mean(pred.argmax(-1) == y[64:]))
+    assert abs(accuracy - result.stages[-1]["accuracy"]) < 0.05, (accuracy, result.stages[-1])

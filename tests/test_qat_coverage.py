@@ -497,7 +497,23 @@ def _refused(body, shape=(6, 8)):
     return build
 
 
+def _refused_ids(body):
+    def build():
+        inputs = keras.Input((3,), dtype="int32", name="ids")
+        return keras.Model(inputs, L.Dense(2)(body(inputs)))
+    return build
+
+
 REFUSALS = {
+    # Integer preprocessing layers: a FakeQuant on their int64 output failed in fit().
+    "hashing": (_refused_ids(lambda x: L.Flatten()(L.Embedding(8, 2)(L.Hashing(
+        8, name="hash")(x)))), "'hash' (class Hashing", "apply it in the input pipeline"),
+    "integer_lookup": (_refused_ids(lambda x: L.Flatten()(L.Embedding(8, 2)(L.IntegerLookup(
+        vocabulary=[1, 2, 3], name="lookup")(x)))), "'lookup' (class IntegerLookup",
+        "TFLite runs in float or not at all"),
+    "category_encoding": (_refused_ids(lambda x: L.CategoryEncoding(
+        12, output_mode="multi_hot", name="enc")(x)), "'enc' (class CategoryEncoding",
+        "apply it in the input pipeline"),
     "gru_reset_before": (_refused(lambda x: L.GRU(4, reset_after=False, name="rnn")(x)),
                          "(class GRU", "reset_after=False"),
     "lstm_state": (_refused(lambda x: L.LSTM(4, return_state=True, name="rnn")(x)[0]),
@@ -1522,3 +1538,26 @@ def test_split_dots_computes_what_keras_dot_does():
             xs = [rng.normal(size=(3,) + s).astype("float32") for s in shapes]
             np.testing.assert_allclose(split.predict(xs, verbose=0),
                                        model.predict(xs, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+@keras.saving.register_keras_serializable(package="tfcompress_tests")
+class _Bucket(L.Layer):
+    """A weightless layer of no known kind whose output is integer (bucket ids)."""
+
+    def call(self, x):
+        return ops.cast(ops.clip(ops.floor(x * 2.0 + 4.0), 0, 7), "int32")
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(x.shape, dtype="int32")
+
+
+def test_an_integer_output_gets_no_fake_quant():
+    # Integer tensors are not activations: a FakeQuant after such a layer failed in fit().
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    ids = _Bucket(name="bucket")(inputs)
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(L.Embedding(8, 3, name="emb")(ids))))
+    qat = quantize_model(model)
+    step = plan_quantization(quantize_annotate_model(model)).layer("bucket")
+    assert step.quantizer is None
+    _one_step(qat, _uniform((4,), -2, 2, n=16))

@@ -298,3 +298,22 @@ def test_op_errors_skips_float_ops_and_refuses_no_samples(tiny_dense):
     assert op_errors(float_file, x) == ()
     with pytest.raises(ValueError, match="`samples` must be at least 1. Received: samples=0"):
         op_errors(float_file, x, samples=0)
+
+
+def test_labels_per_position_of_a_sequence_output_are_scored_per_position():
+    # A tagger's labels (samples, steps) were refused: "Expected one label per sample".
+    import keras
+
+    import tfcompress as tc
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6,), dtype="int32")
+    model = keras.Model(tokens, keras.layers.Dense(4)(keras.layers.Embedding(20, 8)(tokens)))
+    x = np.random.default_rng(0).integers(0, 20, (32, 6)).astype("int32")
+    result = tc.convert(model, representative_data=x, progress=False)
+    y = model.predict(x, verbose=0).argmax(-1)
+    y[:, 0] = (y[:, 0] + 1) % 4  # one position in six wrong
+    report = validate(result.model_bytes, x, y=y, progress=False, per_layer=False)
+    assert abs(report.xnnpack.accuracy - 5 / 6) < 0.05
+    with pytest.raises(ValueError, match=r"one per position of the output \(6,\)"):
+        validate(result.model_bytes, x, y=y[:, :3], progress=False, per_layer=False)

@@ -207,6 +207,8 @@ def _kind(layer, shared: bool, rank: int) -> str:
         return "barrier"
     if isinstance(layer, keras.layers.InputLayer):
         return "input"
+    if getattr(layer, "data_format", None) == "channels_first":
+        return "barrier"  # its channels are axis 1; the analysis follows the last axis
     kind = layer_kinds.kind_of(layer)
     if kind.mixes_channels:
         groups = getattr(layer, "groups", 1)
@@ -571,8 +573,8 @@ def prune_channels(model, *, pruning_schedule=None, criterion: str = "l2",
         raise ValueError(
             f"Model {model.name!r} has no channel that can be removed: every channel "
             "reaches a model output or input (also through an Add or `+`), an operation that "
-            "slices, reshapes or reduces the channel axis, or a layer that is not understood "
-            f"(supported: {', '.join(c.__name__ for c in layer_kinds.registered(_mixes))} as "
+            "slices, reshapes or reduces the channel axis, a channels_first layer, or a layer "
+            f"that is not understood (supported: {', '.join(c.__name__ for c in layer_kinds.registered(_mixes))} as "
             "producers).")
     if layers is not None:
         names = {plan.group_name(g) for g in plan.groups}

@@ -128,9 +128,12 @@ def _output_task(out: tuple, y: np.ndarray, y_test: np.ndarray, task: str, what:
                  sigmoid: bool = False) -> str:
     """``"classification"``, ``"binary"`` or ``"regression"`` for one output of shape
     ``out`` (``sigmoid``: the output is a sigmoid's)."""
-    labels = y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
-    classes = out[-1] if out else None
     targets = tuple(y.shape[1:])
+    # One label per sample, or one per position of a sequence output (a tagger, a
+    # language model's next-token logits: output (steps, classes), labels (steps,)).
+    labels = np.issubdtype(y.dtype, np.integer) and (
+        y.ndim == 1 or (len(out) >= 2 and targets == out[:-1]))
+    classes = out[-1] if out else None
     shaped = targets == out or (targets == () and out == (1,))
     if task == "binary" or (task == "auto" and sigmoid):
         if shaped and _zero_one(y) and _zero_one(y_test):
@@ -148,8 +151,9 @@ def _output_task(out: tuple, y: np.ndarray, y_test: np.ndarray, task: str, what:
             raise ValueError(f"Labels must be in [0, {classes}) for {what} with {classes} "
                              f"outputs. Received labels from {lo} to {hi}.")
     if task == "classification":
-        raise ValueError(f"task='classification' needs one integer label per sample and "
-                         f"{what} with more than one class. Received targets of shape "
+        raise ValueError(f"task='classification' needs one integer label per sample (or per "
+                         f"position of a sequence output) and {what} with more than one "
+                         f"class. Received targets of shape "
                          f"{y.shape} ({y.dtype}) for output {out}.")
     if shaped:
         return "regression"
@@ -262,8 +266,8 @@ def detect_task(model, data: "CompressionData", task="auto") -> str:
     """``"classification"``, ``"binary"``, ``"regression"`` or ``"multi_output"``, after
     checking the data fits the model.
 
-    ``"auto"``: a classifier when the targets are integer labels (one per sample) that
-    index the model's last axis; ``"binary"`` when the output is a sigmoid's and the
+    ``"auto"``: a classifier when the targets are integer labels (one per sample, or one
+    per position of a sequence output) that index the model's last axis; ``"binary"`` when the output is a sigmoid's and the
     targets are 0 and 1 in its shape (one label, or several: multi-label); a regression
     (an autoencoder too) when the targets have the shape of the model's output. A model with several outputs is ``"multi_output"``:
     each output is a classifier or a regression by the same rule (:func:`output_tasks`;
@@ -305,9 +309,12 @@ def _arrays(value, names: Sequence[str], field: str) -> Tuple[np.ndarray, ...]:
 
 
 def _target(a: np.ndarray, n: int) -> np.ndarray:
-    """Integer labels (one per sample) as int64, any other target as float32."""
+    """Integer labels as int64 (one per sample, flat; or one per position of a sequence
+    output, as given), any other target as float32."""
     if _integral(a) and a.size == n:
         return a.reshape(-1).astype("int64")
+    if _integral(a) and a.ndim >= 2 and np.issubdtype(a.dtype, np.integer):
+        return a.astype("int64")  # the task check decides: labels per position, or not
     return a.astype("float32")
 
 
@@ -523,7 +530,7 @@ def _count_params(model) -> int:
 def top1_accuracy(model, x, y, *, batch_size: int = 256) -> float:
     """Top-1 accuracy of a Keras classifier on ``(x, y)``."""
     pred = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), -1)
-    return float(np.mean(pred == np.asarray(y).reshape(-1)))
+    return float(np.mean(pred.reshape(-1) == np.asarray(y).reshape(-1)))  # per position too
 
 
 def _loss(recipe: Recipe, from_logits: bool, task: str = "classification"):
@@ -626,7 +633,7 @@ class _Run:
                 alpha = self.recipe.distill.alpha
                 targets.append(alpha * y.reshape(t.shape).astype("float32") + (1 - alpha) * t)
             else:
-                targets.append(np.concatenate([y[:, None].astype("float32"), t], -1))
+                targets.append(np.concatenate([y[..., None].astype("float32"), t], -1))
         target = targets[0] if len(targets) == 1 else targets
         if x is None:
             self._target = target

@@ -297,7 +297,8 @@ class LabelAndTeacherLoss(keras.losses.Loss):
         self.temperature, self.alpha, self.from_logits = temperature, alpha, from_logits
 
     def call(self, y_true, y_pred):
-        labels, teacher = ops.cast(y_true[:, 0], "int32"), y_true[:, 1:]
+        # Last axis: the label, then the teacher's output (per position of a sequence too).
+        labels, teacher = ops.cast(y_true[..., 0], "int32"), y_true[..., 1:]
         hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred,
                                                             from_logits=self.from_logits)
         soft = soft_target_loss(teacher, y_pred, temperature=self.temperature,

@@ -833,6 +833,14 @@ _CANNOT = {
                              + _FLOAT_INSTEAD,
     **{name: "its weights are not fake-quantized by this QAT yet; " + _FLOAT_INSTEAD
        for name in ("Conv3DTranspose", "Conv3D")},
+    # Measured with convert(): Hashing -> StringToHashBucketFast, the lookups -> hash
+    # tables, a multi-hot CategoryEncoding -> DenseBincount have no TFLite kernel at all;
+    # a one-hot CategoryEncoding and Discretization become float CAST, ONE_HOT, BUCKETIZE.
+    **{name: "a preprocessing layer that TFLite runs in float or not at all; apply it in the "
+             "input pipeline (tf.data) and give the model its output (an Embedding of ids, or "
+             "float features, is quantized)"
+       for name in ("Hashing", "HashedCrossing", "IntegerLookup", "StringLookup",
+                    "TextVectorization", "CategoryEncoding", "Discretization")},
 }
 
 
@@ -1590,6 +1598,8 @@ def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
     shared = graph.shared_quantizer(node)
     if shared is not None:
         target = shared
+    if not all("float" in str(t.dtype) for t in node.output_tensors):
+        output = "float"  # integer outputs (ids, indices) are not activations
     quantizer = f"quant_out_{_short(target)}" if output in _QUANTIZED_OUTPUTS else None
     return LayerPlan(**common, action=action,
                      new_name=f"quant_{base.name}" if action in ("wrap", "affine") else base.name,

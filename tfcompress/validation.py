@@ -298,9 +298,13 @@ def validate(
     top_f = runtime.top1(out_f) if out_f is not None else None
 
     def path_result(out, top):
+        scores, guesses, flat = out[0], top, labels
+        if labels is not None and labels.ndim > 1:  # one label per position of a sequence
+            scores = out[0].reshape(-1, out[0].shape[-1])
+            guesses, flat = np.argmax(scores, axis=1), labels.reshape(-1)
         return PathResult(
-            accuracy=None if labels is None else float(np.mean(top == labels)),
-            top5_accuracy=None if labels is None else _top_k(out[0], labels, 5),
+            accuracy=None if labels is None else float(np.mean(guesses == flat)),
+            top5_accuracy=None if labels is None else _top_k(scores, flat, 5),
             float_agreement=None if top_f is None else float(np.mean(top == top_f)),
             error_steps=None if out_f is None or not step else _error_stats(out, out_f, steps),
         )
@@ -333,24 +337,29 @@ def validate(
 
 
 def _checked_labels(y, n: int, out: np.ndarray) -> Optional[np.ndarray]:
-    """Integer labels, one per sample, that index the first output's classes."""
+    """Integer labels that index the first output's classes: one per sample (shape
+    ``(n,)``), or one per position of a sequence output (``out.shape[:-1]``: a tagger or
+    a language model's next-token logits), returned with that shape."""
     if y is None:
         return None
     labels = np.asarray(y)
-    if labels.size != n:
-        raise ValueError(f"Expected one label per sample ({n}). Received labels of shape "
-                         f"{labels.shape}.")
+    per_position = out.ndim >= 3 and labels.shape == out.shape[:-1]
+    if labels.size != n and not per_position:
+        raise ValueError(f"Expected one label per sample ({n}), or one per position of the "
+                         f"output {out.shape[1:-1]} (labels of shape {out.shape[:-1]}). "
+                         f"Received labels of shape {labels.shape}.")
+    shape = labels.shape if per_position else (n,)
     labels = labels.reshape(-1)
     if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isfinite(labels)) or not \
             np.all(labels == np.round(labels)):
         raise ValueError("Labels must be integer class indices. Received non-integer labels "
                          f"such as {labels[labels != np.round(labels)][:3].tolist()}.")
-    classes = int(np.prod(out.shape[1:]))
+    classes = int(out.shape[-1] if per_position else np.prod(out.shape[1:]))
     if labels.min() < 0 or labels.max() >= classes:
         raise ValueError(f"Labels must be in [0, {classes}) for a model with {classes} outputs. "
                          f"Received labels from {labels.min():g} to {labels.max():g}"
                          " (a model with a background class may need --label_offset=1).")
-    return labels.astype(np.int64)
+    return labels.astype(np.int64).reshape(shape)
 
 
 def _head(x, n):
