@@ -17,7 +17,7 @@ import pytest
 from keras import ops
 
 import tfcompress as tc
-from tfcompress import post_training, quantization, runtime
+from tfcompress import _graph, post_training, quantization, runtime
 from tfcompress.quantization import (FakeQuant, FreezeBatchNormStatistics, QuantizeWrapper,
                                      plan_quantization, quantize_annotate_model,
                                      quantize_model, quantize_report, strip_quantization)
@@ -526,8 +526,8 @@ REFUSALS = {
     "masked_lstm": (_refused(lambda x: L.LSTM(4, name="rnn")(L.Masking()(x))),
                     "(class LSTM", "mask"),
     "masked_attention": (_refused(lambda x: L.MultiHeadAttention(2, 4, name="mha")(
-        x, x, use_causal_mask=True)), "'mha' (class MultiHeadAttention",
-        "called with use_causal_mask"),
+        x, x, attention_mask=ops.ones((1, 6, 6), "bool"))), "'mha' (class MultiHeadAttention",
+        "called with attention_mask"),
     "einsum": (_refused(lambda x: L.EinsumDense("abc,cd->abd", (6, 4), name="ein")(x)),
                "'ein' (class EinsumDense", "BATCH_MATMUL"),
     "layer_norm_rms": (_refused(lambda x: L.LayerNormalization(rms_scaling=True, name="ln")(x)),
@@ -1054,10 +1054,11 @@ def test_additive_attention_scores_are_split_into_int8_ops_and_agree(tmp_path, k
                                q.predict(x, verbose=0), atol=1e-6)
 
 
-def test_an_attention_layer_with_a_causal_mask_is_refused_with_the_reason():
+def test_an_attention_layer_returning_its_scores_is_refused_with_the_reason():
     inputs = keras.Input((6, 8), name="x")
-    out = L.Attention(name="att")([inputs, inputs], use_causal_mask=True)
-    with pytest.raises(ValueError, match=r"'att' \(class Attention.*called with use_causal_mask"):
+    out, _ = L.Attention(name="att")([inputs, inputs], return_attention_scores=True)
+    with pytest.raises(ValueError,
+                       match=r"'att' \(class Attention.*called with return_attention_scores"):
         quantize_model(keras.Model(inputs, L.Dense(2)(L.Flatten()(out))))
 
 
@@ -1561,3 +1562,79 @@ def test_an_integer_output_gets_no_fake_quant():
     step = plan_quantization(quantize_annotate_model(model)).layer("bucket")
     assert step.quantizer is None
     _one_step(qat, _uniform((4,), -2, 2, n=16))
+
+
+def _causal_decoder():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((8,), dtype="int32", name="tokens")
+    x = L.Embedding(30, 16, name="emb")(tokens)
+    # No LayerNorm after it: its int8 RSQRT's single steps (11% of its value here) alone
+    # take PTQ to 3 output steps, with or without the mask (measured).
+    x = x + L.MultiHeadAttention(2, 8, name="mha")(x, x, use_causal_mask=True)
+    return keras.Model(tokens, L.Dense(30, name="logits")(x))
+
+
+def _future_changes_the_past(model_bytes, x) -> float:
+    """Max change of the outputs at positions 0..3 when tokens 4.. change (0 if causal)."""
+    interpreter = runtime.make_interpreter(model_bytes, xnnpack=True)
+    changed = x.copy()
+    changed[:, 4:] = (changed[:, 4:] + 7) % 30
+    a, b = runtime.predict(interpreter, x)[0], runtime.predict(interpreter, changed)[0]
+    return float(np.max(np.abs(a[:, :4] - b[:, :4])))
+
+
+def test_a_causal_multi_head_attention_keeps_its_mask_in_int8():
+    # Keras fills the masked scores with -1e9: the calibrated scale of the scores came out
+    # 9.3e35, every score quantized to one value, and the file attended to every position,
+    # future ones included (and still passed an end-to-end check on a small model).
+    model = _causal_decoder()
+    x = np.random.default_rng(0).integers(0, 30, (64, 8)).astype("int32")
+    calibrated = tc.convert(model, representative_data=x, progress=False)
+    assert "causal mask" in calibrated.summary()
+    assert _future_changes_the_past(calibrated.model_bytes, x[:16]) == 0.0
+    reference = model.predict(x, verbose=0)
+    out = runtime.predict(runtime.make_interpreter(calibrated.model_bytes, xnnpack=True), x)[0]
+    assert np.max(np.abs(out - reference)) <= 0.1 * np.max(np.abs(reference))
+    for q in (_one_step(quantize_model(model), x),
+              post_training.post_training_quantize(model, x, progress=False)):
+        result = _agrees(q, x, integer_inputs=True)
+        assert _future_changes_the_past(result.model_bytes, x[:16]) == 0.0
+
+
+def test_a_mask_fill_value_in_a_calibrated_range_is_refused():
+    # An attention_mask (here a constant lower triangle) is not rewritten: Keras' -1e9
+    # fill reaches a calibrated range, and the file would compute something else.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8), name="x")
+    mask = np.tril(np.ones((1, 6, 6), bool))
+    model = keras.Model(inputs, L.Dense(3)(L.MultiHeadAttention(2, 4)(
+        inputs, inputs, attention_mask=mask)))
+    with pytest.raises(tc.converter.ConversionError, match="a mask's fill value"):
+        tc.convert(model, representative_data=_uniform((6, 8), n=32), progress=False)
+
+
+def test_a_causal_attention_layer_keeps_its_mask_in_int8():
+    # The model of test_dot_attention_layer_is_split_into_int8_ops_and_agrees, causal.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8), name="x")
+    h = L.Attention(name="att")([L.Dense(8, name="q")(inputs), L.Dense(8, name="v")(inputs)],
+                                use_causal_mask=True)
+    model = keras.Model(inputs, L.Reshape((6, 3))(L.Dense(18, name="head")(L.Flatten()(h))))
+    x = _uniform((6, 8), -2, 2, n=32)
+    changed = x.copy()
+    changed[:, 4:] = -changed[:, 4:]
+    for result in [tc.convert(model, representative_data=x, progress=False)] + [
+            _agrees(q, x) for q in (_one_step(quantize_model(model), x),
+                                    post_training.post_training_quantize(model, x,
+                                                                         progress=False))]:
+        interpreter = runtime.make_interpreter(result.model_bytes, xnnpack=True)
+        a, b = runtime.predict(interpreter, x)[0], runtime.predict(interpreter, changed)[0]
+        assert not np.array_equal(a, b)
+    # The attention output at positions 0..3 does not see positions 4..5.
+    seen = keras.Model(inputs, h)
+    split, notes = _graph.split_dot_attention(seen)
+    assert "causal mask" in notes[0]
+    np.testing.assert_allclose(split.predict(x, verbose=0), seen.predict(x, verbose=0),
+                               atol=1e-5)
+    np.testing.assert_allclose(split.predict(x, verbose=0)[:, :4],  # hidden: < 1.1e-7
+                               split.predict(changed, verbose=0)[:, :4], rtol=1e-5)

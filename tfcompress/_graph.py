@@ -13,6 +13,7 @@ __all__ = [
     "all_layers",
     "all_operations",
     "called_once",
+    "causal_masked",
     "clone_model",
     "functional",
     "attention_refusal",
@@ -557,6 +558,12 @@ def split_layernorms(model, *, unwrap=lambda layer: layer, rewrap=lambda origina
     return _replace_layers(model, splits, replace)
 
 
+def _given(value) -> bool:
+    """Whether a call argument was given: not None or False (a mask may be an array,
+    whose truth value is ambiguous)."""
+    return value is not None and not (isinstance(value, (bool, np.bool_)) and not value)
+
+
 def _attention_inputs(node=None, args=(), kwargs=None):
     """``(query, value, key)`` tensors of a MultiHeadAttention node, or of a call with
     ``args`` and ``kwargs`` (key None when not given), and the other call arguments."""
@@ -579,15 +586,39 @@ def attention_refusal(layer, node) -> "str | None":
     key = value if key is None else key
     if any(t is None or len(t.shape) != 3 for t in (query, value, key)):
         return "only query, value and key of shape (batch, length, features) are split"
-    used = sorted(k for k, v in rest.items() if v not in (None, False))
+    used = sorted(k for k, v in rest.items() if _given(v)
+                  and k not in ("use_causal_mask", "training"))
     if used:
-        return f"called with {', '.join(used)} (masks and attention scores are not split)"
+        return (f"called with {', '.join(used)} (a causal mask is split; other masks and "
+                "attention scores are not)")
     parts = _compat.attention_parts(layer)
     if parts["use_gate"] or parts["sliding_window"] is not None:
         return "a gated or sliding-window attention"
     if parts["attention_axes"] not in (None, (1,), [1]):
         return f"attention_axes={parts['attention_axes']}"
     return None
+
+
+# How far below the lowest score of its row a causal mask puts the keys a query may not
+# see. Keras fills them with -1e9, which no int8 range holds (the calibrated scale came
+# out 9.3e35: every score one value, so the file attended to the future). Below the row's
+# lowest score, a hidden key weighs less than exp(-16) = 1.1e-7 of every seen key, whatever
+# the scores (a 512-key softmax's last int8 step is 1/256 / 512 = 7.6e-6); the scores'
+# range grows by 16 only.
+MASK_SHIFT = 16.0
+
+
+def causal_masked(scores, seen: np.ndarray):
+    """``scores`` where ``seen``, else the lowest score of the row minus ``MASK_SHIFT``:
+    MIN over the last axis, SUB, MUL by constant 0 / 1 masks and ADD, all int8 ops.
+
+    >>> s = np.array([[1.0, 2.0], [3.0, 4.0]], "float32")
+    >>> keras.ops.convert_to_numpy(causal_masked(s, np.tril(np.ones((2, 2), bool)))).tolist()
+    [[1.0, -15.0], [3.0, 4.0]]
+    """
+    keep = seen.astype("float32")
+    low = keras.ops.min(scores, axis=-1, keepdims=True) - MASK_SHIFT
+    return scores * keep + low * (1.0 - keep)
 
 
 def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
@@ -600,7 +631,8 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
     ``softmax(q @ k^T) @ v``, permuted back, and the output projection as a Dense: the
     FULLY_CONNECTED, RESHAPE, TRANSPOSE, BATCH_MATMUL and SOFTMAX ops TFLite runs in int8,
     each quantized on its own in a QAT model. Dropout on the attention weights is left
-    out (it only acts in training). Only plain self- or cross-attention splits (see
+    out (it only acts in training). Only plain self- or cross-attention splits, with or
+    without ``use_causal_mask`` (:func:`causal_masked` scores; see
     :func:`attention_refusal`).
 
     Args:
@@ -650,6 +682,11 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         v = project(value, "value")                           # (batch, heads, S, value_dim)
         k_t = rewrap(original, L.Permute((1, 3, 2), name=f"{base.name}_key_tt"))(k)
         scores = keras.ops.matmul(q, k_t)                     # (batch, heads, T, S)
+        causal = bool(_attention_inputs(args=args, kwargs=kwargs)[3].get("use_causal_mask"))
+        if causal:  # key j is seen from query i >= j
+            steps = (int(query.shape[1]), int(key.shape[1]))
+            seen = np.arange(steps[0])[:, None] >= np.arange(steps[1])[None, :]
+            scores = causal_masked(scores, seen[None, None])
         weights = rewrap(original, L.Softmax(axis=-1, name=f"{base.name}_softmax"))(scores)
         context = rewrap(original, L.Permute((2, 1, 3), name=f"{base.name}_context_t"))(
             keras.ops.matmul(weights, v))                      # (batch, T, heads, value_dim)
@@ -659,8 +696,11 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         out = dense(original, pending, f"{base.name}_output", kernel.reshape(-1, kernel.shape[-1]),
                     bias)(context)
         return out, (f"{base.name}: MultiHeadAttention -> Dense query/key/value projections, "
-                     "RESHAPE, TRANSPOSE, BATCH_MATMUL, SOFTMAX, BATCH_MATMUL and a Dense "
-                     "output projection, each quantized on its own"
+                     "RESHAPE, TRANSPOSE, BATCH_MATMUL, "
+                     + (f"the causal mask (MIN, SUB, MUL, ADD: hidden keys {MASK_SHIFT:g} below "
+                        "their row's lowest score), " if causal else "")
+                     + "SOFTMAX, BATCH_MATMUL and a Dense output projection, each quantized on "
+                     "its own"
                      + (" (attention dropout left out)" if parts["dropout"] else ""))
 
     return _replace_layers(model, splits, replace)
@@ -1282,7 +1322,7 @@ def dot_attention_refusal(layer, node) -> "str | None":
     if type(layer) is keras.layers.Attention and layer.score_mode not in ("dot", "concat"):
         return f"score_mode={layer.score_mode!r} (only 'dot' and 'concat' are split into int8 ops)"
     args, kwargs = _compat.node_arguments(node)
-    called = [k for k in ("mask", "return_attention_scores", "use_causal_mask") if kwargs.get(k)]
+    called = [k for k in ("mask", "return_attention_scores") if _given(kwargs.get(k))]
     if called:
         return f"called with {', '.join(called)} (only a plain call is split into int8 ops)"
     if len(args) != 1 or not isinstance(args[0], (list, tuple)) or len(args[0]) not in (2, 3):
@@ -1300,8 +1340,9 @@ def split_dot_attention(model, *, unwrap=lambda layer: layer,
     "concat")``) are ``sum(scale * tanh(q + k))`` over the features, broadcast over the
     query and key steps: RESHAPE, ADD, TANH, MUL, SUM.
 
-    Only calls on ``[query, value]`` or ``[query, value, key]`` with no mask, causal mask
-    or attention scores returned; ``use_scale``'s learned scale (and ``concat``'s score
+    Only calls on ``[query, value]`` or ``[query, value, key]`` with no mask or attention
+    scores returned (a causal mask as :func:`causal_masked` scores, as in
+    :func:`split_attention`); ``use_scale``'s learned scale (and ``concat``'s score
     weight) is kept as a constant; dropout is left out (inference).
 
     Returns:
@@ -1342,6 +1383,11 @@ def split_dot_attention(model, *, unwrap=lambda layer: layer,
                 weight = float(keras.ops.convert_to_numpy(base.concat_score_weight).reshape(()))
                 scores = scores * weight
             how = "RESHAPE, ADD, TANH, SUM or FULLY_CONNECTED, "
+        if kwargs.get("use_causal_mask"):  # as in split_attention
+            seen = (np.arange(int(query.shape[1]))[:, None]
+                    >= np.arange(int(value.shape[1]))[None, :])
+            scores = causal_masked(scores, seen[None])
+            how += "the causal mask (MIN, SUB, MUL, ADD), "
         weights = ops.softmax(scores, axis=-1)
         return ops.matmul(weights, value), (
             f"{base.name}: {type(base).__name__} -> {how}SOFTMAX, BATCH_MATMUL"

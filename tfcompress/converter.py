@@ -275,6 +275,7 @@ def convert(
             + ("Try float_fallback=False with the layer quantized or removed, or "
                "mode='dynamic'." if float_fallback else
                "Try another mode, or report the model.")) from None
+    _check_ranges(verified.report)
     try:
         _check_runs(verified, mode)
     except ConversionError as e:
@@ -429,6 +430,37 @@ def _check_runs(verified: inspector.VerifiedModel, mode: str) -> None:
             f"The {mode!r} file cannot run on {kernels}: {head}"
             + _degenerate_note(verified.report)
             + (" Try mode='int8'." if mode == "int16x8" else ""))
+
+
+# No activation of a working network spans this much: a quantized range this wide was
+# calibrated on a mask's fill value (-1e9) or an infinity.
+_ABSURD_RANGE = 1e8
+
+
+def _check_ranges(report: inspector.ModelReport) -> None:
+    """Refuses a file with an integer activation whose range is absurdly wide.
+
+    Measured: a MultiHeadAttention called with ``use_causal_mask=True`` (Keras fills the
+    masked scores with -1e9) converted with a scale of 9.3e35 on the scores: every score
+    quantized to one value, so the file attended uniformly to every position, the future
+    ones too, and still passed an end-to-end check on a small model.
+    """
+    wide = [t for t in report.tensors if not t.is_constant and t.quantization is not None
+            and t.dtype in ("int8", "int16") and t.quantization.scale
+            and max(t.quantization.scale) * (2 ** (8 if t.dtype == "int8" else 16))
+            > _ABSURD_RANGE]
+    if not wide:
+        return
+    t = wide[0]
+    span = max(t.quantization.scale) * (2 ** (8 if t.dtype == "int8" else 16))
+    raise ConversionError(
+        f"The calibrated range of tensor {t.name!r} (layer {inspector.layer_name(t.name)!r}) "
+        f"spans {span:.3g}: a mask's fill value (Keras writes -1e9 for masked attention "
+        "scores) or an infinity reached it, so every real value of it quantizes to the same "
+        f"integer and the file would compute something else ({len(wide)} such tensor(s)). "
+        "An attention mask: quantize_model / post_training_quantize write a causal "
+        "MultiHeadAttention as int8 ops that hold it; other masks: apply them outside the "
+        "model, or convert with mode='dynamic' or 'float16'.")
 
 
 def _run_problem(verified: inspector.VerifiedModel) -> Optional[Tuple[str, str]]:
@@ -912,17 +944,31 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     ops with int8 kernels; with ``l2_normalization``, each UnitNormalization and
     ``keras.ops.normalize`` becomes one L2_NORMALIZATION
     (:func:`tfcompress._graph.split_unit_normalizations`), and each input of a
-    ``Dot(normalize=True)`` too (:func:`tfcompress._graph.split_dots`).
+    ``Dot(normalize=True)`` too (:func:`tfcompress._graph.split_dots`). A
+    MultiHeadAttention called with ``use_causal_mask=True`` becomes the int8 ops of
+    :func:`tfcompress._graph.split_attention`, its mask an ADD of 0 or
+    ``-_graph.MASK_SHIFT`` (Keras' -1e9 fill has no int8 range).
     """
     if not _compat.is_graph_model(model) or not any(
             _graph.activation_form(op) is not None or isinstance(op, keras.layers.Lambda)
             or type(op).__name__ in _graph.CLAMPS + _OPERATOR_FORMS
             + ("UnitNormalization", "Normalize")
             or (isinstance(op, keras.layers.Dot) and op.normalize)
+            or isinstance(op, (keras.layers.MultiHeadAttention,) + _graph.ATTENTION_LAYERS)
             for op in _graph.all_operations(model)):
         return model, ()
     clone = _graph.functional(model, purpose="conversion", inline=True)
+    # A causal MultiHeadAttention as int8 ops with a mask int8 can hold (Keras' -1e9 fill
+    # made the scores' calibrated scale 9.3e35: every score one value).
+    causal = {id(node.operation) for node in _compat.graph_nodes(clone)
+              if isinstance(node.operation, (keras.layers.MultiHeadAttention,)
+                            + _graph.ATTENTION_LAYERS)
+              and _compat.node_arguments(node)[1].get("use_causal_mask")}
+    clone, attention = _graph.split_attention(clone, keep=lambda layer: id(layer) not in causal)
+    clone, dots = _graph.split_dot_attention(clone, keep=lambda layer: id(layer) not in causal)
+    attention += dots
     clone, elus = _graph.split_activations(clone)
+    elus = attention + elus
     clone, clamps = _graph.split_clamps(clone)
     clone, negations = _graph.split_operator_forms(
         clone, names=_OPERATOR_FORMS + (("Normalize",) if l2_normalization else ()))
