@@ -1007,3 +1007,16 @@ def test_a_negation_converts_as_an_int8_mul():
     assert not result.report.non_integer_tensors(allow_io=())
     assert "NEG" not in result.report.op_histogram
     assert max(_p99_steps(result, model, x)) <= 4.0
+
+
+def test_int16x8_of_a_model_with_integer_inputs_says_why_it_fails():
+    keras.utils.set_random_seed(0)
+    ids, numbers = keras.Input((3,), dtype="int32"), keras.Input((4,))
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(keras.layers.Embedding(10, 2)(ids)),
+                                    numbers])
+    model = keras.Model([ids, numbers], keras.layers.Dense(2)(x))
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, 10, (32, 3)).astype("int32"), rng.normal(size=(32, 4)).astype("float32")]
+    with pytest.raises(ConversionError, match=r"int16x8 takes float inputs only.*mode='int8'"):
+        convert(model, representative_data=data, mode="int16x8", progress=False)
+    assert convert(model, representative_data=data, progress=False).size_bytes

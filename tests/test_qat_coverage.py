@@ -1638,3 +1638,18 @@ def test_a_causal_attention_layer_keeps_its_mask_in_int8():
                                atol=1e-5)
     np.testing.assert_allclose(split.predict(x, verbose=0)[:, :4],  # hidden: < 1.1e-7
                                split.predict(changed, verbose=0)[:, :4], rtol=1e-5)
+
+
+def test_a_qat_model_with_free_input_axes_converts_at_the_datas_size_with_its_own_ranges():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3), name="image")
+    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    model = keras.Model(inputs, L.Dense(6)(L.GlobalAveragePooling2D()(x)))
+    x = _uniform((16, 16, 3), n=32)
+    qat = _one_step(quantize_model(model), x)
+    with pytest.raises(ValueError, match="pass representative_data"):
+        tc.convert(qat, progress=False)
+    result = tc.convert(qat, representative_data=x[:4], progress=False)
+    assert any("fixed to 'image' (None, 16, 16, 3)" in note for note in result.notes)
+    errors, _ = _errors(qat, result.model_bytes, x)
+    assert all(e <= MAX_STEPS for e in errors.values()), errors

@@ -317,3 +317,18 @@ def test_labels_per_position_of_a_sequence_output_are_scored_per_position():
     assert abs(report.xnnpack.accuracy - 5 / 6) < 0.05
     with pytest.raises(ValueError, match=r"one per position of the output \(6,\)"):
         validate(result.model_bytes, x, y=y[:, :3], progress=False, per_layer=False)
+
+
+def test_a_keras_reference_with_free_input_axes_takes_the_datas_size():
+    import keras
+
+    import tfcompress as tc
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, 8))
+    h = keras.layers.Conv1D(8, 3, padding="same", activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(h)))
+    x = np.random.default_rng(0).normal(size=(32, 12, 8)).astype("float32")
+    result = tc.convert(model, representative_data=x, progress=False)
+    report = validate(result.model_bytes, x, reference=model, progress=False, per_layer=False)
+    assert report.xnnpack.error_steps is not None and report.passed, report.failures

@@ -30,6 +30,9 @@ SAMPLED_CELLS = {
     ("two_in_two_out", "qat"): None,
     ("dense_autoencoder", "compress"): None,
     ("conv1d_audio", "int16x8"): None,       # checked against int8-rounded kernels
+    ("two_tower", "int8"): None,     # fixed: Dot(normalize=True) left float SQUARE ops
+    ("augment_cnn", "qat"): None,    # fixed: RandomFlip & co. took ranges of their own
+    ("causal_lm", "int8"): None,     # fixed: the causal mask's -1e9 made every score one value
     # Not strict: the p99 moves between processes (2.0 passes in the suite's process,
     # 2.1 fails in tools/zoo_benchmark.py's child process on 2026-12-03).
     ("lstm_kws", "int8"): pytest.mark.xfail(strict=False, reason=(

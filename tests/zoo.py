@@ -298,14 +298,14 @@ def _mobilenet_v2(size):
     return A.MobileNetV2(input_shape=(96, 96, 3), weights=None, classes=10)
 
 
-def _mobilenet_v3(model_type: str, preprocessing: bool):
+def _mobilenet_v3(model_type: str, preprocessing: bool, minimalistic: bool = False):
     def build(size):
         keras = _keras()
         if size == "full":
             fn = (keras.applications.MobileNetV3Small if model_type == "small"
                   else keras.applications.MobileNetV3Large)
             return fn(input_shape=(96, 96, 3), weights=None, include_preprocessing=preprocessing,
-                      classes=10)
+                      classes=10, minimalistic=minimalistic)
         from keras.src.applications import mobilenet_v3 as mv3
 
         def stack_fn(x, kernel, activation, se_ratio):
@@ -326,7 +326,7 @@ def _mobilenet_v3(model_type: str, preprocessing: bool):
 
         return mv3.MobileNetV3(stack_fn, 64, input_shape=(32, 32, 3), alpha=0.5,
                                model_type=model_type, weights=None, classes=10,
-                               include_preprocessing=preprocessing,
+                               include_preprocessing=preprocessing, minimalistic=minimalistic,
                                name=f"MobileNetV3{model_type.title()}_mini")
     return build
 
@@ -1145,13 +1145,6 @@ def _inception_resnet_v2(size):
                        name="inception_resnet_v2")
 
 
-def _mobilenet_v3_minimalistic(size):
-    A = _keras().applications
-    side = 32 if size == "small" else 96
-    return A.MobileNetV3Small(input_shape=(side, side, 3), alpha=0.75 if size == "small" else 1.0,
-                              minimalistic=True, weights=None, classes=10)
-
-
 def _channels_first(size):
     keras = _keras()
     L = keras.layers
@@ -1498,7 +1491,8 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("inception_resnet_v2", _inception_resnet_v2, "classification", 10,
              input_range=_IMAGE, family="more3",
              note="InceptionResNetV2's scaled residual blocks (CustomScaleLayer)"),
-    ZooModel("mobilenet_v3_minimalistic", _mobilenet_v3_minimalistic, "classification", 10,
+    ZooModel("mobilenet_v3_minimalistic", _mobilenet_v3("small", True, minimalistic=True),
+             "classification", 10,
              input_range=_IMAGE, family="more3", note="MobileNetV3Small(minimalistic=True)"),
     ZooModel("channels_first", _channels_first, "classification", 4, from_logits=True,
              family="more3", note="Conv2D / pooling / BatchNorm with data_format=channels_first"),
@@ -1862,11 +1856,16 @@ def _head(x, n: int):
     return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
 
 
+def _free_axes(model) -> bool:
+    """Whether an input of ``model`` has a free axis past the batch (``Input((None, 8))``)."""
+    return any(d is None for spec in _input_specs(model) for d in spec["shape"][1:])
+
+
 def _op_convert(cell, spec, model, data, mode, workdir):
     import tfcompress as tc
 
     kwargs = {"mode": mode, "progress": False}
-    if mode in ("int8", "int16x8"):
+    if mode in ("int8", "int16x8") or _free_axes(model):  # the data fixes free axes
         kwargs["representative_data"] = data["calib"]
     cell.at(f"op: convert(mode={mode!r})")
     result = tc.convert(model, **kwargs)
@@ -2009,7 +2008,9 @@ def _qat_like(cell, spec, model, data, method, workdir):
         cell.at("op: post_training_quantize")
         qmodel = post_training_quantize(model, data["calib"], progress=False)
     cell.at("op: convert(QAT/PTQ model)")
-    result = tc.convert(qmodel, progress=False, float_fallback=method == "qat_float")
+    # A model with free input axes takes their sizes from data, as convert() asks.
+    result = tc.convert(qmodel, progress=False, float_fallback=method == "qat_float",
+                        representative_data=data["calib"] if _free_axes(model) else None)
     cell.details["size_bytes"] = result.size_bytes
     if method == "qat_float":
         cell.details["float_ops"] = [n for n in result.notes if n.startswith("float_fallback")]

@@ -143,7 +143,9 @@ def convert(
         representative_data: calibration data, required by ``int8`` and
             ``int16x8`` (see :mod:`tfcompress.calibration` for the forms), except
             for a quantization-aware model from :mod:`tfcompress.quantization`,
-            whose fake-quant ranges are used instead.
+            whose fake-quant ranges are used instead. A Keras model with free input
+            axes (``keras.Input((None, 8))``) takes their sizes from it, in every
+            mode (a quantization-aware one keeps its own ranges).
         mode: ``"int8"`` (full integer, every op from the int8 builtin set),
             ``"int16x8"`` (int16 activations, int8 weights), ``"float16"``,
             ``"dynamic"`` (int8 weights, float activations) or ``"float32"``.
@@ -210,12 +212,15 @@ def convert(
         raise ValueError(f"`batch_size` must be a positive integer or None. Received: batch_size={batch_size!r}")
 
     source = _resolve(model, batch_size=batch_size, signature_key=signature_key)
+    free = source
     source = _fixed_input_sizes(source, representative_data, batch_size=batch_size,
                                 num_samples=num_calibration_samples, preprocess=preprocess,
                                 image_size=image_size)
     samples: list = []
-    # A QAT model carries its own ranges (fake-quant ops): no calibration needed.
-    qat = representative_data is None and source.keras_model is not None and _is_qat(source.keras_model)
+    # A QAT model carries its own ranges (fake-quant ops): no calibration needed. Data
+    # given for one with free input axes only fixes their sizes.
+    qat = (representative_data is None or source is not free) and \
+        source.keras_model is not None and _is_qat(source.keras_model)
     if mode == "int16x8" and source.keras_model is not None and _is_qat(source.keras_model):
         # TFLite cannot take int16 ranges from fake-quant ops (it writes int32 biases that
         # its int16 kernels reject): calibrate the float model the QAT model stands for.
@@ -370,6 +375,16 @@ def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, sam
         raise ConversionError(_explain(str(e), mode, source.keras_model)) from None
     except RuntimeError as e:  # the calibrator's quantizer raises plain RuntimeErrors
         head = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+        integer = [spec.name for spec in source.specs
+                   if np.issubdtype(np.dtype(spec.dtype), np.integer)]
+        if mode == "int16x8" and integer and "recorded during calibration" in head:
+            # Measured on every zoo model with int32 ids (wide & deep, two-tower, a causal
+            # decoder): the 16x8 quantizer asks for a range of the integer input itself.
+            raise ConversionError(
+                f"Conversion to 'int16x8' failed: TFLite's 16x8 quantizer wants a calibrated "
+                f"range for the integer input(s) {integer} (ids, categories) and records "
+                f"none ({head}). int16x8 takes float inputs only; use mode='int8', which "
+                "keeps integer inputs as they are.") from None
         raise ConversionError(
             f"Conversion to {mode!r} failed while quantizing: {head}. "
             + ("int16x8 covers fewer ops than int8; try mode='int8'."

@@ -268,7 +268,7 @@ def validate(
     # Both kernel paths tried in a child first (one fork, before a Keras reference loads
     # TensorFlow, after which forking is unsafe): a crashing kernel becomes an error.
     runtime.trial_run(buf, num_threads=num_threads)
-    float_buf = _float_reference(reference)
+    float_buf = _float_reference(reference, x)
     if float_buf is not None:
         _check_reference_matches(report, float_buf.report)
         runtime.trial_run(float_buf, kernels=("xnnpack",), num_threads=num_threads)
@@ -405,7 +405,9 @@ def _check_reference_matches(model: inspector.ModelReport, ref: inspector.ModelR
                 "converted from.")
 
 
-def _float_reference(reference) -> Optional[inspector.VerifiedModel]:
+def _float_reference(reference, x=None) -> Optional[inspector.VerifiedModel]:
+    """The float file of ``reference``; a Keras model's free input axes (``Input((None,
+    8))``) take the sizes of ``x``, as the file under validation has them."""
     if reference is None:
         return None
     if isinstance(reference, (bytes, bytearray, memoryview, inspector.VerifiedModel)) or (
@@ -415,7 +417,8 @@ def _float_reference(reference) -> Optional[inspector.VerifiedModel]:
     # TensorFlow boundary: only a Keras / SavedModel reference loads the converter.
     from tfcompress.converter import convert
 
-    return inspector.load(convert(reference, mode="float32", progress=False).model_bytes)
+    return inspector.load(convert(reference, mode="float32", progress=False,
+                                  representative_data=x).model_bytes)
 
 
 def per_layer_error(model: inspector.ModelSource, float_model: inspector.ModelSource,
