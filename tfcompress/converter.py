@@ -175,7 +175,9 @@ def convert(
             inference is as fast as the dense file, not faster, gives the same
             outputs, and takes the dense weights' memory. Other ops' weights stay
             dense, because XNNPACK cannot prepare them (an int8 FULLY_CONNECTED fed
-            by DENSIFY fails at ``invoke``).
+            by DENSIFY fails at ``invoke``). Where the sparse file would change which
+            ops XNNPACK takes, or its outputs differ from the dense file's on either
+            kernel path, the dense file is returned and ``result.notes`` says why.
         float_fallback: in int8 mode, let the ops that TFLite has no int8 kernel for
             (or that a QAT model left in float, e.g. an unannotated
             LayerNormalization or MultiHeadAttention) run in float32, between
