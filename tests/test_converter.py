@@ -1020,3 +1020,24 @@ def test_int16x8_of_a_model_with_integer_inputs_says_why_it_fails():
     with pytest.raises(ConversionError, match=r"int16x8 takes float inputs only.*mode='int8'"):
         convert(model, representative_data=data, mode="int16x8", progress=False)
     assert convert(model, representative_data=data, progress=False).size_bytes
+
+
+def test_a_graph_the_converter_fails_at_batch_one_converts_with_a_free_batch_axis():
+    # The Keras time-series Transformer example ends Conv1D(filters=1) -> + inputs ->
+    # GlobalAveragePooling1D(data_format="channels_first"): TFLite's converter fails at
+    # batch 1 ("'tf.Transpose' op x should be of the same rank with y") in every mode.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((20, 1))
+    x = keras.layers.Conv1D(1, 1)(keras.layers.Conv1D(4, 1, activation="relu")(inputs)) + inputs
+    x = keras.layers.GlobalAveragePooling1D(data_format="channels_first")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    x = np.random.default_rng(0).uniform(-2, 2, (64, 20, 1)).astype("float32")
+    reference = model.predict(x, verbose=0)
+    for mode in ("float32", "int8"):
+        result = convert(model, mode=mode, representative_data=x, progress=False)
+        assert any("free batch axis" in note for note in result.notes)
+        for xnnpack in (True, False):
+            out = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=xnnpack),
+                                  x)[0]
+            tolerance = 1e-5 if mode == "float32" else 0.05 * np.max(np.abs(reference))
+            assert np.max(np.abs(out - reference)) <= tolerance, (mode, xnnpack)

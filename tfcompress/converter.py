@@ -61,6 +61,10 @@ class ConversionError(ValueError):
     """The model could not be converted in the requested mode."""
 
 
+class _BatchOneFailure(ConversionError):
+    """The converter's rank mismatch of a transpose, which a free batch axis avoids."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ConversionResult:
     """A converted model and what is known about it.
@@ -199,6 +203,28 @@ def convert(
         ConversionError: the converter failed; the message names the op and
             the layer it came from when it can.
     """
+    options = dict(representative_data=representative_data, mode=mode, input_type=input_type,
+                   output_type=output_type, num_calibration_samples=num_calibration_samples,
+                   preprocess=preprocess, image_size=image_size, signature_key=signature_key,
+                   progress=progress, sparse=sparse, float_fallback=float_fallback)
+    try:
+        return _convert(model, batch_size=batch_size, **options)
+    except _BatchOneFailure:
+        if batch_size != 1:
+            raise
+    # Measured: Conv1D(filters=1) -> ADD -> a mean over its one channel (the Keras
+    # time-series Transformer example) fails the converter at batch 1 ("'tf.Transpose' op
+    # x should be of the same rank with y") and converts with a free batch axis.
+    result = _convert(model, batch_size=None, **options)
+    return dataclasses.replace(result, notes=result.notes + (
+        "converted with a free batch axis: TFLite's converter failed on this graph at batch "
+        "1 (a 'tf.Transpose' of mismatched ranks); the file runs at batch 1 all the same",))
+
+
+def _convert(model, *, representative_data, mode, input_type, output_type,
+             num_calibration_samples, preprocess, image_size, batch_size, signature_key,
+             progress, sparse, float_fallback) -> ConversionResult:
+    """:func:`convert`, at one ``batch_size``."""
     if mode not in MODES:
         raise ValueError(
             f"Unknown conversion mode. Received: mode={mode!r}. Allowed: "
@@ -374,7 +400,9 @@ def _run_converter(source: "_Source", *, mode: str, sparse: bool, qat: bool, sam
         with _compat.quiet_stdout(), _export_safe_names(source.keras_model):
             return converter.convert()
     except _compat.ConverterError as e:
-        raise ConversionError(_explain(str(e), mode, source.keras_model)) from None
+        error = (_BatchOneFailure if "should be of the same rank" in str(e) else
+                 ConversionError)
+        raise error(_explain(str(e), mode, source.keras_model)) from None
     except RuntimeError as e:  # the calibrator's quantizer raises plain RuntimeErrors
         head = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         integer = [spec.name for spec in source.specs
