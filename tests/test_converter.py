@@ -214,6 +214,22 @@ def test_result_is_frozen(tiny_dense):
     assert converter.MODES == ("int8", "int16x8", "float16", "dynamic", "float32")
 
 
+def _zero_smallest(model, sparsity):
+    """Zeroes the ``sparsity`` fraction of smallest weights of every kernel (magnitude pruning)."""
+    for layer in model.layers:
+        if getattr(layer, "kernel", None) is not None:
+            w = layer.kernel.numpy()
+            layer.kernel.assign(np.where(np.abs(w) > np.quantile(np.abs(w), sparsity), w, 0))
+
+
+def _assert_same_outputs(dense, sparse, x):
+    """The two files' outputs on ``x`` are bit-identical on both kernel paths."""
+    for xnnpack in (True, False):
+        a = runtime.predict(runtime.make_interpreter(dense.model_bytes, xnnpack=xnnpack), x)
+        b = runtime.predict(runtime.make_interpreter(sparse.model_bytes, xnnpack=xnnpack), x)
+        np.testing.assert_array_equal(a[0], b[0])
+
+
 def _magnitude_pruned_cnn(sparsity):
     import keras
 
@@ -223,10 +239,7 @@ def _magnitude_pruned_cnn(sparsity):
     x = keras.layers.Conv2D(64, 3, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(16)(x))
-    for layer in model.layers:
-        if hasattr(layer, "kernel"):
-            w = layer.kernel.numpy()
-            layer.kernel.assign(np.where(np.abs(w) > np.quantile(np.abs(w), sparsity), w, 0))
+    _zero_smallest(model, sparsity)
     return model
 
 
@@ -244,10 +257,7 @@ def test_sparse_weights_shrink_the_file_and_change_no_output():
     assert dense.report.zero_weight_fraction > 0.75
     delegation = runtime.delegation(sparse.model_bytes)
     assert len(delegation.partitions) == 1 and not delegation.left
-    for xnnpack in (True, False):
-        a = runtime.predict(runtime.make_interpreter(dense.model_bytes, xnnpack=xnnpack), x)
-        b = runtime.predict(runtime.make_interpreter(sparse.model_bytes, xnnpack=xnnpack), x)
-        np.testing.assert_array_equal(a[0], b[0])
+    _assert_same_outputs(dense, sparse, x)
 
 
 def test_sparse_on_a_dense_model_changes_nothing():
@@ -305,10 +315,7 @@ def test_float32_sparse_weights_give_the_same_outputs():
     dense = convert(model, mode="float32", progress=False)
     sparse = convert(model, mode="float32", sparse=True, progress=False)
     assert sparse.size_bytes < 0.5 * dense.size_bytes
-    for xnnpack in (True, False):
-        a = runtime.predict(runtime.make_interpreter(dense.model_bytes, xnnpack=xnnpack), x)
-        b = runtime.predict(runtime.make_interpreter(sparse.model_bytes, xnnpack=xnnpack), x)
-        np.testing.assert_array_equal(a[0], b[0])
+    _assert_same_outputs(dense, sparse, x)
 
 
 @pytest.mark.parametrize("inputs", [13, 8])
@@ -327,10 +334,7 @@ def test_sparse_dense_layers_with_few_inputs_keep_the_dense_files_outputs(inputs
     sparse = convert(model, representative_data=x, progress=False, sparse=True)
     assert not any(t.sparsity is not None for t in sparse.verified.tree.subgraphs[0].tensors)
     assert sparse.notes and "dense" in sparse.summary()
-    for xnnpack in (True, False):
-        a = runtime.predict(runtime.make_interpreter(dense.model_bytes, xnnpack=xnnpack), x)
-        b = runtime.predict(runtime.make_interpreter(sparse.model_bytes, xnnpack=xnnpack), x)
-        np.testing.assert_array_equal(a[0], b[0])
+    _assert_same_outputs(dense, sparse, x)
 
 
 def test_sparse_weights_that_change_what_xnnpack_takes_give_way_to_the_dense_file():
@@ -341,10 +345,7 @@ def test_sparse_weights_that_change_what_xnnpack_takes_give_way_to_the_dense_fil
     inputs = keras.Input((16, 8))
     x = keras.layers.Conv1D(12, 3, padding="same", activation="relu")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling1D()(x)))
-    for layer in model.layers:
-        if getattr(layer, "kernel", None) is not None:
-            w = layer.kernel.numpy()
-            layer.kernel.assign(np.where(np.abs(w) > np.quantile(np.abs(w), 0.8), w, 0))
+    _zero_smallest(model, 0.8)
     x = np.random.default_rng(1).uniform(-1, 1, (256, 16, 8)).astype("float32")
     dense = convert(model, representative_data=x, progress=False)
     sparse = convert(model, representative_data=x, progress=False, sparse=True)
@@ -354,10 +355,7 @@ def test_sparse_weights_that_change_what_xnnpack_takes_give_way_to_the_dense_fil
     if "DENSIFY" not in sparse.report.op_histogram:
         assert "XNNPACK leaves" in sparse.summary()
     fresh = np.random.default_rng(2).uniform(-1, 1, (64, 16, 8)).astype("float32")
-    for xnnpack in (True, False):
-        a = runtime.predict(runtime.make_interpreter(dense.model_bytes, xnnpack=xnnpack), fresh)
-        b = runtime.predict(runtime.make_interpreter(sparse.model_bytes, xnnpack=xnnpack), fresh)
-        np.testing.assert_array_equal(a[0], b[0])
+    _assert_same_outputs(dense, sparse, fresh)
 
 
 def test_a_weightless_layer_called_by_another_model_too_is_still_rewritten():

@@ -1254,18 +1254,15 @@ def dot_refusal(layer, node) -> Optional[str]:
     return None
 
 
-def split_dots(model, *, normalize=None, unwrap=lambda layer: layer,
-               rewrap=lambda original, new: new, keep=lambda layer: False):
+def split_dots(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+               keep=lambda layer: False):
     """Writes each ``keras.layers.Dot`` of two 2-D or two 3-D tensors as int8 ops: MUL and
     SUM (2-D), or TRANSPOSE and BATCH_MATMUL (3-D). With ``normalize=True`` each input is
     first divided by its L2 norm over the dot axis, as :class:`L2Normalize` (one
-    L2_NORMALIZATION; Keras' form leaves float SQUARE ops in an int8 file) or as
-    ``normalize(x)``.
+    L2_NORMALIZATION; Keras' form leaves float SQUARE ops in an int8 file).
 
     Args:
         model: a Functional model.
-        normalize: a function of a symbolic tensor that divides it by its L2 norm over the
-            last axis; None for an :class:`L2Normalize` layer wrapped by ``rewrap``.
         unwrap: the layer inside a wrapper (e.g. an annotation), or the layer itself.
         rewrap: wraps a new layer as its Dot was wrapped.
         keep: layers to leave whole.
@@ -1292,8 +1289,7 @@ def split_dots(model, *, normalize=None, unwrap=lambda layer: layer,
             return t if axis == rank - 1 else ops.transpose(t, (0, 2, 1))
 
         def unit(t, i):
-            return (normalize(t) if normalize is not None else rewrap(original, L2Normalize(
-                epsilon=epsilon, name=f"{base.name}_l2_{i}"))(t))
+            return rewrap(original, L2Normalize(epsilon=epsilon, name=f"{base.name}_l2_{i}"))(t)
 
         if rank == 2:
             if base.normalize:
