@@ -181,7 +181,11 @@ class ZooModel:
         arrays = {}
         for spec in _input_specs(model):
             shape = (n,) + tuple(FREE_AXIS if d is None else d for d in spec["shape"][1:])
-            if np.issubdtype(np.dtype(spec["dtype"]), np.integer):
+            if np.issubdtype(np.dtype(spec["dtype"]), np.integer) and not self.vocab:
+                low, high = self.input_range  # integer pixels (a uint8 image input)
+                arrays[spec["name"]] = rng.integers(low, high + 1, size=shape).astype(
+                    spec["dtype"])
+            elif np.issubdtype(np.dtype(spec["dtype"]), np.integer):
                 arrays[spec["name"]] = rng.integers(0, self.vocab, size=shape).astype(spec["dtype"])
             else:
                 low, high = self.input_range
@@ -1195,6 +1199,138 @@ def _separable_cnn(size):
     return keras.Model(inputs, L.Softmax()(L.Dense(5)(x)), name="separable_cnn")
 
 
+
+# --- session 17: masks, recurrent variants, mixed precision, odd inputs and outputs ----
+
+def _masking_lstm(size):
+    """Padded float sequences: Masking(0.0) -> LSTM (time series of uneven length)."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((12, 4), name="series")
+    x = L.LSTM(8)(L.Masking(mask_value=0.0)(inputs))
+    return keras.Model(inputs, L.Dense(3)(x), name="masking_lstm")
+
+
+def _text_birnn(size):
+    """TensorFlow's "text classification with an RNN" tutorial, narrow."""
+    keras = _keras()
+    L = keras.layers
+    tokens = keras.Input((16,), dtype="int32", name="tokens")
+    x = L.Embedding(40, 8, mask_zero=True)(tokens)
+    x = L.Bidirectional(L.LSTM(8, return_sequences=True))(x)
+    x = L.Bidirectional(L.LSTM(4))(x)
+    x = L.Dropout(0.5)(L.Dense(8, activation="relu")(x))
+    return keras.Model(tokens, L.Dense(1)(x), name="text_birnn")
+
+
+def _masked_mean(size):
+    """Embedding(mask_zero=True) -> GlobalAveragePooling1D: the mean over real tokens."""
+    keras = _keras()
+    L = keras.layers
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    x = L.GlobalAveragePooling1D()(L.Embedding(30, 8, mask_zero=True)(tokens))
+    return keras.Model(tokens, L.Dense(4)(x), name="masked_mean")
+
+
+def _mixed_precision(size):
+    """A CNN trained under the mixed_float16 policy, its softmax in float32 (the guide)."""
+    keras = _keras()
+    L = keras.layers
+    policy = "mixed_float16"
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = L.Conv2D(8, 3, activation="relu", dtype=policy)(inputs)
+    x = L.BatchNormalization(dtype=policy)(L.Conv2D(16, 3, strides=2, dtype=policy)(x))
+    x = L.GlobalAveragePooling2D(dtype=policy)(L.ReLU(dtype=policy)(x))
+    x = L.Dense(5, dtype=policy)(x)
+    return keras.Model(inputs, L.Activation("softmax", dtype="float32")(x),
+                       name="mixed_precision")
+
+
+def _gru_variants(size):
+    """GRU(reset_after=False) (TF1's form), go_backwards, and an LSTM's returned states."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((10, 5), name="frames")
+    x = L.GRU(8, reset_after=False, return_sequences=True)(inputs)
+    y = L.GRU(8, go_backwards=True)(x)
+    _, h, c = L.LSTM(6, return_state=True)(x)
+    return keras.Model(inputs, L.Dense(3)(L.Concatenate()([y, h, c])), name="gru_variants")
+
+
+def _seq2seq(size):
+    """The Keras character-level seq2seq example: encoder states start the decoder LSTM."""
+    keras = _keras()
+    L = keras.layers
+    encoder_in = keras.Input((10, 6), name="encoder_in")
+    decoder_in = keras.Input((8, 7), name="decoder_in")
+    _, h, c = L.LSTM(12, return_state=True)(encoder_in)
+    x = L.LSTM(12, return_sequences=True)(decoder_in, initial_state=[h, c])
+    return keras.Model([encoder_in, decoder_in], L.Dense(7)(x), name="seq2seq")
+
+
+def _squeeze_regression(size):
+    """A regression head whose output has no feature axis: shape (batch,)."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((10,), name="features")
+    x = L.Dense(1)(L.Dense(16, activation="relu")(inputs))
+    return keras.Model(inputs, L.Reshape(())(x), name="squeeze_regression")
+
+
+def _uint8_image(size):
+    """Raw uint8 pixels in, Rescaling(1/255) inside (image pipelines that skip the cast)."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3), dtype="uint8", name="pixels")
+    x = L.Rescaling(1.0 / 255)(inputs)
+    x = L.MaxPooling2D()(L.Conv2D(8, 3, activation="relu")(x))
+    return keras.Model(inputs, L.Dense(4)(L.GlobalAveragePooling2D()(x)), name="uint8_image")
+
+
+def _einsum_dense(size):
+    """EinsumDense used directly: per-head projections and a 2-axis contraction."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((6, 8), name="tokens")
+    x = L.EinsumDense("abc,cde->abde", output_shape=(6, 2, 4), bias_axes="de")(inputs)
+    x = L.EinsumDense("abde,dec->abc", output_shape=(6, 8), bias_axes="c",
+                      activation="relu")(x)
+    return keras.Model(inputs, L.Dense(3)(L.Flatten()(x)), name="einsum_dense")
+
+
+def _metric_embedding(size):
+    """A face / metric-learning embedder: CNN -> Dense -> UnitNormalization."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((24, 24, 1), name="face")
+    x = L.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = L.GlobalAveragePooling2D()(L.Conv2D(16, 3, activation="relu")(x))
+    return keras.Model(inputs, L.UnitNormalization()(L.Dense(8)(x)), name="metric_embedding")
+
+
+def _stacked_nested(size):
+    """A Functional model inside a Sequential inside a Functional one, reused twice."""
+    keras = _keras()
+    L = keras.layers
+    inner_in = keras.Input((12,))
+    inner = keras.Model(inner_in, L.Dense(12, activation="relu")(inner_in), name="inner")
+    middle = keras.Sequential([keras.Input((12,)), inner, L.Dense(8, activation="tanh")],
+                              name="middle")
+    inputs = keras.Input((12,), name="features")
+    x = L.Dense(12)(middle(inputs))
+    return keras.Model(inputs, L.Dense(3)(L.Add()([middle(L.Dense(12)(inputs)), x[:, :8]])),
+                       name="stacked_nested")
+
+
+def _fixed_batch(size):
+    """An Input with a fixed batch size: Input((10,), batch_size=4)."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((10,), batch_size=4, name="features")
+    return keras.Model(inputs, L.Dense(3)(L.Dense(16, activation="relu")(inputs)),
+                       name="fixed_batch")
+
+
 # ---------------------------------------------------------------------------
 # Random architectures: models nobody wrote on purpose, from a seeded grammar of the
 # layers and idioms users combine (residual `+`, squeeze-excite `*`, BatchNorm before or
@@ -1503,6 +1639,30 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("separable_cnn", _separable_cnn, "classification", 5, family="more3",
              note="SeparableConv2D(depth_multiplier=2), SpatialDropout2D, PReLU(shared_axes), "
              "dilation, Softmax layer"),
+    ZooModel("masking_lstm", _masking_lstm, "classification", 3, from_logits=True,
+             family="more4", note="Masking(0.0) -> LSTM"),
+    ZooModel("text_birnn", _text_birnn, "binary", from_logits=True, vocab=40, family="more4",
+             note="Embedding(mask_zero=True) -> 2 Bidirectional LSTMs (the TF tutorial)"),
+    ZooModel("masked_mean", _masked_mean, "classification", 4, from_logits=True, vocab=30,
+             family="more4", note="Embedding(mask_zero=True) -> GlobalAveragePooling1D"),
+    ZooModel("mixed_precision", _mixed_precision, "classification", 5, family="more4",
+             note="layers with the mixed_float16 policy, float32 softmax"),
+    ZooModel("gru_variants", _gru_variants, "classification", 3, from_logits=True,
+             family="more4", note="GRU(reset_after=False), GRU(go_backwards), LSTM states"),
+    ZooModel("seq2seq", _seq2seq, "classification", 7, from_logits=True, family="more4",
+             note="encoder LSTM states as the decoder's initial_state"),
+    ZooModel("squeeze_regression", _squeeze_regression, "regression", family="more4",
+             note="output shape (batch,)"),
+    ZooModel("uint8_image", _uint8_image, "classification", 4, from_logits=True,
+             input_range=_IMAGE, family="more4", note="uint8 input, Rescaling(1/255)"),
+    ZooModel("einsum_dense", _einsum_dense, "classification", 3, from_logits=True,
+             family="more4", note="EinsumDense abc,cde->abde and abde,dec->abc"),
+    ZooModel("metric_embedding", _metric_embedding, "regression", input_range=(0.0, 1.0),
+             family="more4", note="CNN -> Dense -> UnitNormalization"),
+    ZooModel("stacked_nested", _stacked_nested, "classification", 3, from_logits=True,
+             family="more4", note="Functional in Sequential in Functional, called twice"),
+    ZooModel("fixed_batch", _fixed_batch, "classification", 3, from_logits=True,
+             family="more4", note="Input((10,), batch_size=4)"),
 ] + [ZooModel(f"random_{seed}", _random_model(seed), family="random",
               note="a seeded random architecture", **_random_task(seed))
      for seed in range(RANDOM_MODELS)]}

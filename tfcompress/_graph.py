@@ -30,6 +30,7 @@ __all__ = [
     "split_dots",
     "split_activations",
     "split_layernorms",
+    "split_masking",
     "split_operator_forms",
     "split_scaled_sums",
     "split_prelus",
@@ -990,7 +991,8 @@ _MERGES = ("concat", "sum", "ave", "mul")
 def recurrent_refusal(layer, node=None) -> "str | None":
     """Why :func:`split_recurrent` cannot write this LSTM / GRU / SimpleRNN, or a
     Bidirectional of one (node), as unrolled ops (a short reason), or None when it can."""
-    if type(layer) is keras.layers.Bidirectional:
+    bidirectional = type(layer) is keras.layers.Bidirectional
+    if bidirectional:
         if layer.merge_mode not in _MERGES:
             return f"merge_mode={layer.merge_mode!r} (unrolled: {', '.join(_MERGES)})"
         directions = (layer.forward_layer, layer.backward_layer)
@@ -1000,28 +1002,37 @@ def recurrent_refusal(layer, node=None) -> "str | None":
         if type(one) not in _RECURRENT:
             return (f"a {type(one).__name__}, not a keras.layers.LSTM, GRU or SimpleRNN "
                     "(or a Bidirectional of one)")
-        options = [name for name in ("stateful", "return_state") if getattr(one, name, False)]
-        if options:
-            return f"{', '.join(options)}=True: only a plain sequence-in layer is unrolled"
-        if type(one) is keras.layers.GRU and not one.reset_after:
-            return "reset_after=False (Keras 3's default, reset_after=True, is unrolled)"
+        if getattr(one, "stateful", False):
+            return "stateful=True: only a layer that starts from its initial state is unrolled"
+        if bidirectional and getattr(layer, "return_state", False):
+            return "a Bidirectional with return_state=True (unrolled: without states)"
     if node is not None:
         args, kwargs = _compat.node_arguments(node)
-        given = sorted(k for k, v in kwargs.items() if v is not None and k != "training")
-        if given or len(args) > 1:
-            return f"called with {', '.join(given) or 'more than one input'}: masks and " \
-                   "initial states are not unrolled"
+        given = sorted(k for k, v in kwargs.items()
+                       if v is not None and k not in ("training", "mask", "initial_state"))
+        if given or len(args) > 2:
+            return f"called with {', '.join(given) or 'more than two inputs'}"
+        if bidirectional and (kwargs.get("initial_state") is not None or len(args) > 1):
+            return "a Bidirectional called with initial_state (unrolled: from zero states)"
         shape = node.input_tensors[0].shape
         if len(shape) != 3 or shape[1] is None:
             return f"its input {tuple(shape)} has no fixed number of time steps"
-        if getattr(node.input_tensors[0], "_keras_mask", None) is not None:
-            return "its input carries a mask"
+        mask = _recurrent_mask(kwargs)
+        if mask is not None and tuple(mask.shape[1:]) != (shape[1],):
+            return f"a mask of shape {tuple(mask.shape)} (unrolled: one flag per time step)"
     return None
+
+
+def _recurrent_mask(kwargs):
+    """The mask a recurrent layer's call reads: its ``mask`` argument, which Keras fills
+    from the input's mask only when the sequence is the one tensor given (with an
+    ``initial_state`` too, Keras reads no mask)."""
+    return kwargs.get("mask")
 
 
 def split_recurrent(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
                     keep=lambda layer: False) -> Tuple[object, List[str]]:
-    """Writes each plain LSTM / GRU / SimpleRNN, or a Bidirectional of them, as its cell
+    """Writes each LSTM / GRU / SimpleRNN, or a Bidirectional of them, as its cell
     unrolled over the time steps, in layers and ops TFLite runs in int8.
 
     The input projection of every step is one ``Dense`` on the whole sequence, the
@@ -1029,12 +1040,19 @@ def split_recurrent(model, *, unwrap=lambda layer: layer, rewrap=lambda original
     output quantizer, and so its int8 grid, shared by the steps, as TFLite's converter
     shares the weights); the gates are slices of their sum, the state updates MUL and
     ADD ops. An LSTM step is ``c = f * c + i * g``, ``h = o * act(c)``; a GRU step
-    (``reset_after=True``) ``hh = act(x_h + r * h_h)``, ``h = hh + z * (h - hh)``; a
-    SimpleRNN step ``h = act(x_w + h_u)``. The first step starts from zero states: the
-    recurrent terms are skipped, except a GRU's recurrent bias, added by frozen Rescaling
-    layers (kept, not trained). ``go_backwards`` walks the steps from the end (outputs in
-    that order, as Keras returns them); a Bidirectional unrolls both directions, puts the
-    backward outputs back in time order and merges them as its ``merge_mode`` says.
+    (``reset_after=True``) ``hh = act(x_h + r * h_h)``, ``h = hh + z * (h - hh)``, with
+    ``reset_after=False`` ``hh = act(x_h + (r * h) U_h)``; a SimpleRNN step
+    ``h = act(x_w + h_u)``. Without ``initial_state`` the first step starts from zero
+    states: the recurrent terms are skipped, except a GRU's recurrent bias, added by
+    frozen Rescaling layers (kept, not trained). ``go_backwards`` walks the steps from the
+    end (outputs in that order, as Keras returns them); a Bidirectional unrolls both
+    directions, puts the backward outputs back in time order and merges them as its
+    ``merge_mode`` says.
+
+    A mask (``Embedding(mask_zero=True)``, ``Masking``, or ``mask=``) is applied as Keras
+    applies it: at a masked step the states and the output keep their previous values
+    (SELECT_V2), or the output is zero where ``zero_output_for_mask`` (a Bidirectional
+    returning sequences). ``return_state=True`` returns the final states after the output.
 
     Args:
         model: a Functional model.
@@ -1056,14 +1074,20 @@ def split_recurrent(model, *, unwrap=lambda layer: layer, rewrap=lambda original
 
     def replace(original, pending, *args, **kwargs):
         base, x, ops = unwrap(original), args[0], keras.ops
+        mask = _recurrent_mask(kwargs)
+        initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
+        masked = " (masked)" if mask is not None else ""
         if type(base) is not keras.layers.Bidirectional:
-            outputs = _unrolled(base, x, base.name, original, pending, rewrap)
+            outputs, states = _unrolled(base, x, base.name, original, pending, rewrap,
+                                        mask=mask, initial=initial)
             out = ops.stack(outputs, axis=1) if base.return_sequences else outputs[-1]
-            return out, _recurrent_note(base, len(outputs))
-        forward = _unrolled(base.forward_layer, x, f"{base.name}_forward", original, pending,
-                            rewrap)
-        backward = _unrolled(base.backward_layer, x, f"{base.name}_backward", original,
-                             pending, rewrap)
+            if base.return_state:
+                out = [out] + states
+            return out, _recurrent_note(base, len(outputs)) + masked
+        forward, _ = _unrolled(base.forward_layer, x, f"{base.name}_forward", original,
+                               pending, rewrap, mask=mask)
+        backward, _ = _unrolled(base.backward_layer, x, f"{base.name}_backward", original,
+                                pending, rewrap, mask=mask)
         if base.return_sequences:
             y, y_rev = ops.stack(forward, axis=1), ops.stack(backward[::-1], axis=1)
         else:
@@ -1072,7 +1096,7 @@ def split_recurrent(model, *, unwrap=lambda layer: layer, rewrap=lambda original
                y + y_rev if base.merge_mode == "sum" else y * y_rev
                if base.merge_mode == "mul" else (y + y_rev) * 0.5)
         return out, (f"{base.name}: Bidirectional ({base.merge_mode}) of "
-                     + _recurrent_note(base.forward_layer, len(forward)))
+                     + _recurrent_note(base.forward_layer, len(forward)) + masked)
 
     return _replace_layers(model, splits, replace)
 
@@ -1086,9 +1110,11 @@ def _recurrent_note(layer, steps: int) -> str:
             "writes Keras' recurrent loop in float)")
 
 
-def _unrolled(base, x, name: str, original, pending, rewrap) -> list:
-    """The outputs ``h`` of every step of the LSTM / GRU / SimpleRNN ``base`` on ``x``, in
-    the order it walks them (backwards for ``go_backwards``), as new layers and ops."""
+def _unrolled(base, x, name: str, original, pending, rewrap, *, mask=None,
+              initial=None) -> Tuple[list, list]:
+    """The outputs of every step of the LSTM / GRU / SimpleRNN ``base`` on ``x``, in the
+    order it walks them (backwards for ``go_backwards``), and its final states, as new
+    layers and ops; ``mask``: ``(batch, steps)`` flags, ``initial``: its initial states."""
     kind = type(base)
     units = base.units
     gates = {keras.layers.LSTM: 4, keras.layers.GRU: 3, keras.layers.SimpleRNN: 1}[kind]
@@ -1096,9 +1122,11 @@ def _unrolled(base, x, name: str, original, pending, rewrap) -> list:
     kernel, recurrent = weights[0], weights[1]
     bias = weights[2] if base.use_bias else None
     gru = kind is keras.layers.GRU
-    input_bias = None if bias is None else (bias[0] if gru else bias)
-    recurrent_bias = bias[1] if gru and bias is not None else None
+    reset_after = gru and base.reset_after
+    input_bias = None if bias is None else (bias[0] if reset_after else bias)
+    recurrent_bias = bias[1] if reset_after and bias is not None else None
     count = iter(range(1 << 30))
+    ops = keras.ops
 
     def applied(function, what):
         def apply(t):  # an Activation layer per call: QAT quantizes each like any other
@@ -1110,7 +1138,7 @@ def _unrolled(base, x, name: str, original, pending, rewrap) -> list:
     gate = applied(getattr(base.cell, "recurrent_activation", None), "gate")
 
     def dense(what, w, b):
-        layer = keras.layers.Dense(units * gates, use_bias=b is not None, name=f"{name}_{what}")
+        layer = keras.layers.Dense(w.shape[-1], use_bias=b is not None, name=f"{name}_{what}")
         pending.append((layer, [w] + ([b] if b is not None else [])))
         return rewrap(original, layer)
 
@@ -1122,18 +1150,38 @@ def _unrolled(base, x, name: str, original, pending, rewrap) -> list:
         return z[:, k * units:(k + 1) * units]
 
     projected = dense("input", kernel, input_bias)(x)
-    step_recurrent = dense("recurrent", recurrent, recurrent_bias)
+    if gru and not reset_after:  # (r * h) meets its own third of the recurrent kernel
+        step_recurrent = dense("recurrent", recurrent[:, :2 * units], None)
+        step_candidate = dense("recurrent_candidate", recurrent[:, 2 * units:], None)
+    else:
+        step_recurrent = dense("recurrent", recurrent, recurrent_bias)
+    if initial is not None:
+        initial = list(initial) if isinstance(initial, (list, tuple)) else [initial]
+    h, c = (initial[0], initial[1] if kind is keras.layers.LSTM else None) \
+        if initial is not None else (None, None)
+    flags = None if mask is None else ops.expand_dims(mask, -1)
+    zero_output = mask is not None and bool(getattr(base, "zero_output_for_mask", False))
     steps = range(int(x.shape[1]))
-    outputs, h, c = [], None, None
+    outputs, output = [], None
     for t in (reversed(steps) if base.go_backwards else steps):
         p = projected[:, t, :]
+        new_c = None
         if kind is keras.layers.SimpleRNN:
-            h = activation(p if h is None else p + step_recurrent(h))
+            new_h = activation(p if h is None else p + step_recurrent(h))
         elif kind is keras.layers.LSTM:
             z = p if h is None else p + step_recurrent(h)
             i, f, g, o = gate(part(z, 0)), gate(part(z, 1)), activation(part(z, 2)), gate(part(z, 3))
-            c = i * g if c is None else f * c + i * g
-            h = o * activation(c)
+            new_c = i * g if c is None else f * c + i * g
+            new_h = o * activation(new_c)
+        elif not reset_after:
+            if h is None:
+                z, hh = gate(part(p, 0)), activation(part(p, 2))
+                new_h = hh - z * hh
+            else:
+                q = step_recurrent(h)
+                z, r = gate(part(p, 0) + part(q, 0)), gate(part(p, 1) + part(q, 1))
+                hh = activation(part(p, 2) + step_candidate(r * h))
+                new_h = hh + z * (h - hh)
         elif h is None:  # zero state: the recurrent projection is its bias
             if recurrent_bias is None:
                 z, hh = gate(part(p, 0)), activation(part(p, 2))
@@ -1143,15 +1191,51 @@ def _unrolled(base, x, name: str, original, pending, rewrap) -> list:
                 z, r = gate(part(zr, 0)), gate(part(zr, 1))
                 hh = activation(part(p, 2) + rescale(
                     "reset0", recurrent_bias[2 * units:], np.zeros(units))(r))
-            h = hh - z * hh
+            new_h = hh - z * hh
         else:
             q = step_recurrent(h)
             z = gate(part(p, 0) + part(q, 0))
             r = gate(part(p, 1) + part(q, 1))
             hh = activation(part(p, 2) + r * part(q, 2))
-            h = hh + z * (h - hh)
-        outputs.append(h)
-    return outputs
+            new_h = hh + z * (h - hh)
+        if flags is None:
+            h, c, output = new_h, new_c, new_h
+        else:  # Keras' masked step: a masked sample keeps its states and its last output
+            seen = flags[:, t]
+            same = initial is None and not zero_output  # the output chain is h's own
+            kept = 0.0 if zero_output or output is None else output
+            output_t = None if same else ops.where(seen, new_h, kept)
+            h = ops.where(seen, new_h, 0.0 if h is None else h)
+            if new_c is not None:
+                c = ops.where(seen, new_c, 0.0 if c is None else c)
+            output = h if same else output_t
+        outputs.append(output)
+    states = [h, c] if kind is keras.layers.LSTM else [h]
+    return outputs, states
+
+
+def split_masking(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                  keep=lambda layer: False) -> Tuple[object, List[str]]:
+    """Writes each ``keras.layers.Masking`` as the SELECT of its input or 0 that TFLite runs
+    in int8: ``where(any(x != mask_value), x, 0)`` over the last axis (Keras multiplies by
+    the mask cast to float: a float CAST and MUL). The mask it gives the layers after it
+    is Keras' own ``any(x != mask_value)`` node, left in the graph (its float comparison is
+    written as int8 ops by :func:`split_operator_forms`).
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    def splits(layer):
+        return type(unwrap(layer)) is keras.layers.Masking and not keep(layer)
+
+    def replace(original, pending, *args, **kwargs):
+        base, x, ops = unwrap(original), args[0], keras.ops
+        seen = ops.any(ops.not_equal(x, float(base.mask_value)), axis=-1, keepdims=True)
+        return ops.where(seen, x, 0.0), (
+            f"{base.name}: Masking (x * cast(mask)) -> SELECT_V2 of x or 0 where any feature "
+            f"differs from {base.mask_value}")
+
+    return _replace_layers(model, splits, replace)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -1561,7 +1645,31 @@ _OPERATOR_FORMS = {
     # keras.ops.normalize(order=2) is x * min(rsqrt(sum(x * x)), 1 / eps).
     "Normalize": (lambda op, args: L2Normalize(epsilon=_normalize_epsilon(op) ** 2)(args[0]),
                   "L2 normalize -> L2_NORMALIZATION"),
+    # A float tensor compared with a constant (Masking's mask): the converter compares in
+    # float after a DEQUANTIZE; GREATER of an int8 ABS against 0 is an integer op.
+    "NotEqual": (lambda op, args: _as_not_equal(args), "NOT_EQUAL of a float tensor and a "
+                 "constant -> ABS of their difference, GREATER than 0 (an int8 comparison)"),
 }
+
+
+def _as_not_equal(args):
+    x, value = (args[0], args[1]) if _is_float_tensor(args[0]) else (args[1], args[0])
+    value = float(np.asarray(value))
+    return keras.ops.greater(keras.ops.abs(x if value == 0.0 else x - value), 0.0)
+
+
+def _is_float_tensor(x) -> bool:
+    return keras.backend.is_keras_tensor(x) and "float" in str(x.dtype)
+
+
+def _float_against_constant(args) -> bool:
+    """Whether a comparison node compares one float tensor with one scalar constant."""
+    if len(args) != 2:
+        return False
+    tensors = [a for a in args if keras.backend.is_keras_tensor(a)]
+    constants = [a for a in args if not keras.backend.is_keras_tensor(a)]
+    return (len(tensors) == 1 and _is_float_tensor(tensors[0]) and len(constants) == 1
+            and np.ndim(constants[0]) == 0 and np.isfinite(float(np.asarray(constants[0]))))
 
 
 def _normalize_epsilon(op) -> float:
@@ -1634,6 +1742,8 @@ def split_operator_forms(model, *, names: Sequence[str] = tuple(_OPERATOR_FORMS)
         if name == "Norm":  # vector 2-norms and Frobenius norms only
             two_norm = op.ord in (None, "fro") or (op.ord == 2 and isinstance(op.axis, int))
             return two_norm and _reduces_past_batch(op, shapes.get(id(op)))
+        if name == "NotEqual":  # a float tensor against a constant only
+            return _float_against_constant(arguments.get(id(op), ((), {}))[0])
         if name == "Normalize":  # L2 over the last axis only (L2_NORMALIZATION's)
             shape = shapes.get(id(op))
             return (op.order == 2 and shape is not None and isinstance(op.axis, int)

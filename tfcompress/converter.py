@@ -861,6 +861,32 @@ def _unrolled(model):
                 "recurrent loop, and only a fixed length can be unrolled. Give the model's "
                 "input a fixed number of time steps, e.g. keras.Input((49, 10)).")
         steps.add(int(shape[1]))
+    # Masked layers as tfcompress writes them: Keras' own unrolled loop zeroes a
+    # go_backwards layer's masked outputs in the wrong order (a masked Bidirectional
+    # returning sequences: float32 file 0.12 of the output's magnitude from Keras).
+    flat = _graph.functional(model, purpose="conversion", inline=True)  # nested layers too
+    masked = {id(node.operation) for node in _compat.graph_nodes(flat)
+              if any(node.operation is r for r in recurrent)
+              and _compat.node_arguments(node)[1].get("mask") is not None}
+    notes: tuple = ()
+    if masked:
+        model = flat
+        unsplit = [layer.name for layer in recurrent if id(layer) in masked and
+                   _graph.recurrent_refusal(layer, _node_of(model, layer)) is not None]
+        if unsplit:
+            layer = next(r for r in recurrent if r.name == unsplit[0])
+            raise ConversionError(
+                f"Recurrent layer {layer.name!r} ({type(layer).__name__}) reads a mask and "
+                f"cannot be unrolled with it: "
+                f"{_graph.recurrent_refusal(layer, _node_of(model, layer))}. Keras' own "
+                "unrolled loop applies the mask of a backward layer in the wrong order, so "
+                "tfcompress writes masked layers itself. Build the Embedding with "
+                "mask_zero=False (or drop the Masking layer), or call the layer plainly.")
+        model, split = _graph.split_recurrent(model, keep=lambda layer: id(layer) not in masked)
+        notes = tuple(split)
+        recurrent = [r for r in recurrent if id(r) not in masked]
+        if not recurrent:
+            return model, notes
     pending = []
 
     def clone_function(layer):
@@ -879,8 +905,13 @@ def _unrolled(model):
     clone = _graph.clone_model(model, clone_function=clone_function)
     for new, weights in pending:
         new.set_weights(weights)
-    return clone, (f"recurrent layers {names} unrolled over {', '.join(map(str, sorted(steps)))} "
-                   "time steps (TFLite's converter crashes on Keras 3's recurrent loop)",)
+    return clone, notes + (
+        f"recurrent layers {names} unrolled over {', '.join(map(str, sorted(steps)))} "
+        "time steps (TFLite's converter crashes on Keras 3's recurrent loop)",)
+
+
+def _node_of(model, layer):
+    return next((node for node in _compat.graph_nodes(model) if node.operation is layer), None)
 
 
 def _batchnorms_as_depthwise(model):
@@ -974,7 +1005,7 @@ def _layernorms_decomposed(model, *, l2_samples=None):
 
 # keras.ops nodes whose calibrated int8 form is float (NEG, SQUARE; logsumexp's IS_FINITE
 # and SELECT; normalize's MINIMUM after RSQRT).
-_OPERATOR_FORMS = ("Negative", "Square", "Logsumexp")
+_OPERATOR_FORMS = ("Negative", "Square", "Logsumexp", "NotEqual")
 
 
 def _int8_forms(model, *, l2_normalization: bool = True):
@@ -997,7 +1028,7 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     if not _compat.is_graph_model(model) or not any(
             _graph.activation_form(op) is not None or isinstance(op, keras.layers.Lambda)
             or type(op).__name__ in _graph.CLAMPS + _OPERATOR_FORMS
-            + ("UnitNormalization", "Normalize")
+            + ("UnitNormalization", "Normalize", "Masking")
             or (isinstance(op, keras.layers.Dot) and op.normalize)
             or isinstance(op, (keras.layers.MultiHeadAttention,) + _graph.ATTENTION_LAYERS)
             for op in _graph.all_operations(model)):
@@ -1013,7 +1044,8 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     clone, dots = _graph.split_dot_attention(clone, keep=lambda layer: id(layer) not in causal)
     attention += dots
     clone, elus = _graph.split_activations(clone)
-    elus = attention + elus
+    clone, masking = _graph.split_masking(clone)
+    elus = attention + masking + elus
     clone, clamps = _graph.split_clamps(clone)
     clone, negations = _graph.split_operator_forms(
         clone, names=_OPERATOR_FORMS + (("Normalize",) if l2_normalization else ()))

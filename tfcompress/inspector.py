@@ -232,6 +232,12 @@ def _fmt_quant(q: Optional[QuantParams]) -> str:
 # Ops whose output is an index or a shape whatever their inputs.
 _INDEX_PRODUCERS = {"SHAPE", "ARG_MAX", "ARG_MIN", "CAST", "RANGE", "SIZE"}
 _INDEX_DTYPES = ("int32", "int64", "bool")
+# Ops whose bool output is integer work when their inputs are integers (masks).
+_COMPARISONS = {"EQUAL", "NOT_EQUAL", "GREATER", "GREATER_EQUAL", "LESS", "LESS_EQUAL"}
+
+
+def _is_quantized_int(info: TensorInfo) -> bool:
+    return info.dtype in ("int8", "uint8") or (info.dtype == "int16" and bool(info.quantization))
 
 
 def _is_index_tensor(report: ModelReport, index: int, _seen=None) -> bool:
@@ -239,8 +245,10 @@ def _is_index_tensor(report: ModelReport, index: int, _seen=None) -> bool:
 
     Such tensors are legitimate in a fully-integer file: shapes (SHAPE), ARG_MAX
     outputs, token ids read by GATHER and the integer arithmetic Keras does on them
-    (``Embedding`` wraps negative ids: LESS, ADD, SELECT). An integer tensor computed
-    from float or quantized values by anything but a cast or an arg-max is not.
+    (``Embedding`` wraps negative ids: LESS, ADD, SELECT), and bool masks compared from
+    quantized values by an integer kernel (GREATER of an int8 tensor and a constant). An
+    integer tensor computed from float values, or from quantized ones by anything but a
+    comparison, a cast or an arg-max, is not.
     """
     seen = {} if _seen is None else _seen
     if index in seen:
@@ -254,6 +262,9 @@ def _is_index_tensor(report: ModelReport, index: int, _seen=None) -> bool:
             ok = info.is_constant or index in {t.index for t in report.inputs}
         elif producers[0].op in _INDEX_PRODUCERS:
             ok = True
+        elif producers[0].op in _COMPARISONS:  # int8 compared in int8: a mask
+            ok = all(_is_quantized_int(report.tensors[t]) or _is_index_tensor(report, t, seen)
+                     for t in producers[0].inputs if t >= 0)
         else:
             ok = all(_is_index_tensor(report, t, seen) for t in producers[0].inputs if t >= 0)
     seen[index] = ok

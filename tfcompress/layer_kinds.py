@@ -298,6 +298,12 @@ OPERATIONS: Dict[str, LayerKind] = {name: LayerKind(**props) for name, props in 
     # one the converter left it float).
     ("Swapaxes", _KEEPS_RANGE), ("Take", _KEEPS_RANGE), ("Repeat", _KEEPS_RANGE),
     ("Roll", _KEEPS_RANGE), ("Flip", dict(output_range="own")),
+    # Masks: comparisons of int8 (or integer) tensors and their logic give bool tensors
+    # (no range); SELECT_V2 requantizes its two value inputs to its output's range.
+    *[(name, dict(output_range="own")) for name in (
+        "Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "Any", "All",
+        "LogicalAnd", "LogicalOr", "LogicalNot", "LogicalXor")],
+    ("Where", dict(merge="elementwise")),
 ]}
 
 

@@ -897,6 +897,12 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
                        keras.layers.Bidirectional):  # unrolled (_graph.split_recurrent)
         why = _graph.recurrent_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
+    if node is not None and _compat.node_arguments(node)[1].get("mask") is not None:
+        return (" (called with a mask, from an Embedding(mask_zero=True) or a Masking layer "
+                f"before it: a masked {type(layer).__name__} has no int8 form here; masks are "
+                "written as int8 ops for LSTM, GRU and SimpleRNN layers only)",
+                "Build the Embedding with mask_zero=False (or drop the Masking layer) and "
+                "let the model learn the padding, or keep this layer in float.")
     if type(layer).__name__ in _CANNOT and not kind.quantize_weights:
         return "", ""
     if kind.kernel == "separable":  # split into the two halves TFLite runs
@@ -938,9 +944,6 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
             return None
         return (" (only a LayerNormalization over the last axis of a 2-D to 4-D input, "
                 "without rms_scaling, is written as int8 ops)", "")
-    if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
-        return (" (an Embedding with mask_zero=True: the layers after it use the mask, which "
-                "the converter writes as float ops)", "Build it with mask_zero=False.")
     if isinstance(layer, keras.layers.Resizing) and (
             layer.interpolation not in ("nearest", "bilinear") or layer.crop_to_aspect_ratio
             or layer.pad_to_aspect_ratio):
@@ -972,7 +975,7 @@ _UNQUANTIZED_OPERATIONS = {
     "Prod": ("TFLite's int8 REDUCE_PROD requantizes after every product: 3 output steps "
              "from the fake-quant model, measured"),
     **{name: _FLOAT_IN_TFLITE for name in ("Erf", "Sign", "Round", "Floor", "Ceil", "Sin", "Cos",
-                                            "Cumsum", "Cumprod", "Where", "Erfinv")},
+                                            "Cumsum", "Cumprod", "Erfinv")},
     # Split into int8 ops by _graph.split_operator_forms where their arguments allow.
     "Var": "a variance is written as int8 ops over known axes past the batch only",
     "Std": "a standard deviation is written as int8 ops over known axes past the batch only",
@@ -1295,8 +1298,11 @@ def _prepare(model):
     model, notes = _graph.split_separable(model, unwrap=_inner, rewrap=rewrap, keep=keep)
     # A plain LSTM / GRU unrolled into Dense layers and int8 ops (first: its activations
     # are split below like any other).
+    # Masking as SELECT_V2 (Keras' own mask stays for the recurrent layers after it).
+    model, masking = _graph.split_masking(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
     model, recurrent = _graph.split_recurrent(model, unwrap=_inner, rewrap=rewrap,
                                               keep=unannotated)
+    recurrent = masking + recurrent
     # A GroupNorm as RESHAPE, a LayerNorm over the group's axes and a Rescaling, and that
     # LayerNorm as ops (as convert() writes both).
     model, groups = _graph.split_groupnorms(model, unwrap=_inner, rewrap=rewrap,
@@ -1384,6 +1390,10 @@ class _Graph:
         # gives an unranged PACK the scale of its first input (measured: a Bidirectional
         # LSTM's two stacks concatenated, 19 steps off, the later steps clipped).
         if layer_kinds.kind_of(_inner(node.operation)).merge == "concatenate":
+            return False
+        if type(node.operation).__name__ == "Where":
+            # The converter leaves a SELECT_V2 whose output has no range of its own in
+            # float (a masked LSTM's outputs stacked: "no int8 kernel for select_v2").
             return False
         reader = self.reader(node)
         return reader is not None and (
@@ -1552,6 +1562,8 @@ def _layer_plan(graph: _Graph, fold: Dict[str, str], node) -> LayerPlan:
         if not graph.quantized(layer):
             return LayerPlan(**common, action="float", output="float")
         output = _output(graph, fold, node)
+        if not all("float" in str(t.dtype) for t in node.output_tensors):
+            output = "float"  # masks (bool) and integers are not activations
         target = graph.shared_quantizer(node) or layer.name
         quantizer = f"quant_out_{target}" if output in _QUANTIZED_OUTPUTS else None
         return LayerPlan(**common, action="operation", output=output, quantizer=quantizer)
