@@ -268,3 +268,15 @@ def test_every_layer_keeps_a_channel_when_its_group_spans_two_layers():
     assert by_name["weak"].filters + by_name["strong"].filters < 4  # some were removed
     np.testing.assert_allclose(small.predict(x[:8], verbose=0), pruned.predict(x[:8], verbose=0),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_an_output_of_the_batch_axis_alone_is_analyzed():
+    # Dense(1) -> Reshape(()) (a regression output of shape (batch,)): a TypeError
+    # ("int() argument ... not 'NoneType'") until session 17.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10,))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Reshape(())(keras.layers.Dense(1)(hidden)))
+    plan = analyze(model)
+    hidden = {c for c, who in plan.producers.items() if who[0][0] == "hidden"}
+    assert len(hidden) == 16 and not hidden & plan.fixed  # prunable: the output is not

@@ -1076,3 +1076,42 @@ def test_a_graph_the_converter_fails_at_batch_one_converts_with_a_free_batch_axi
                                   x)[0]
             tolerance = 1e-5 if mode == "float32" else 0.05 * np.max(np.abs(reference))
             assert np.max(np.abs(out - reference)) <= tolerance, (mode, xnnpack)
+
+
+@pytest.mark.parametrize("scope", ["layers", "global"])
+def test_a_mixed_precision_model_converts_and_quantizes_in_float32(scope):
+    # Every convert / QAT cell of a mixed_float16 model was refused until session 17:
+    # "tf.Conv2D has no TFLite builtin kernel" (float16 compute ops).
+    from tfcompress.quantization import quantize_model
+
+    L = keras.layers
+    policy = "mixed_float16"
+    previous = keras.config.dtype_policy()
+    if scope == "global":
+        keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        own = {"dtype": policy} if scope == "layers" else {}
+        inputs = keras.Input((8, 8, 3))
+        x = L.Conv2D(4, 3, activation="relu", **own)(inputs)
+        x = L.Dense(3, **own)(L.GlobalAveragePooling2D(**own)(x))
+        model = keras.Model(inputs, L.Activation("softmax", dtype="float32")(x))
+        x = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 3)).astype("float32")
+        f32 = convert(model, mode="float32", progress=False)
+        assert any("mixed precision (mixed_float16) rebuilt in float32" in n for n in f32.notes)
+        out = runtime.predict(runtime.make_interpreter(f32.model_bytes), x)[0]
+        np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=2e-3)  # float16 Keras
+        int8 = convert(model, representative_data=x, progress=False)
+        assert not int8.report.non_integer_tensors()
+        qat = quantize_model(model)
+        assert not keras_mixed(qat)
+        assert not convert(qat, representative_data=x, progress=False).report \
+            .non_integer_tensors()
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def keras_mixed(model):
+    from tfcompress import _compat
+
+    return _compat.mixed_policies(model)

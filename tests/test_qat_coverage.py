@@ -1790,3 +1790,13 @@ def test_a_qat_model_with_free_input_axes_converts_at_the_datas_size_with_its_ow
     assert any("fixed to 'image' (None, 16, 16, 3)" in note for note in result.notes)
     errors, _ = _errors(qat, result.model_bytes, x)
     assert all(e <= MAX_STEPS for e in errors.values()), errors
+
+
+def test_a_uint8_input_computed_on_in_float_is_refused_with_what_to_do():
+    # Was a TypeError inside fit() ("DataType uint8 not in list of allowed values").
+    inputs = keras.Input((8, 8, 3), dtype="uint8", name="pixels")
+    x = L.Conv2D(4, 3)(L.Rescaling(1.0 / 255, name="scale")(inputs))
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(x)))
+    with pytest.raises(ValueError, match=r"Input 'pixels' is uint8 and layer 'scale' "
+                                         r"\(class Rescaling\).*input_type='uint8'"):
+        quantize_model(model)

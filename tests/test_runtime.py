@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tfcompress import inspector, runtime
@@ -124,3 +125,29 @@ def test_bad_thread_counts_are_refused_before_any_child(models_dir, monkeypatch)
         with pytest.raises(ValueError, match=f"num_threads` must be at least 1. Received: "
                                              f"num_threads={n}"):
             runtime.make_interpreter(inspector.load(models_dir / RESNET8), num_threads=n)
+
+
+def test_a_file_with_a_fixed_batch_runs_any_number_of_samples():
+    # keras.Input((10,), batch_size=4): validate and compress fed one sample at a time
+    # and failed ("Dimension mismatch. Got 1 but expected 4") until session 17.
+    import keras
+
+    import tfcompress as tc
+    from tfcompress import validation
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10,), batch_size=4)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(
+        inputs)))
+    x = np.random.default_rng(0).uniform(-1, 1, (10, 10)).astype("float32")  # 4 + 4 + 2
+    f32 = tc.convert(model, mode="float32", progress=False)
+    interpreter = runtime.make_interpreter(f32.model_bytes)
+    assert runtime.fixed_batch(runtime.input_details(interpreter)) == 4
+    out = runtime.predict(interpreter, x)[0]
+    assert out.shape == (10, 3)
+    padded = np.concatenate([x, x[-1:], x[-1:]])  # Keras runs whole batches of 4 too
+    np.testing.assert_allclose(out, model.predict(padded, batch_size=4, verbose=0)[:10],
+                               atol=1e-5)
+    int8 = tc.convert(model, representative_data=x, progress=False)
+    report = validation.validate(int8.model_bytes, x, reference=model)
+    assert report.num_samples == 10 and report.passed

@@ -295,6 +295,68 @@ def layer_from_config(layer, config: Optional[dict] = None):
     return type(layer).from_config(config)
 
 
+def mixed_policies(model) -> list:
+    """The mixed precision policies (``"mixed_float16"``...) of ``model``'s layers."""
+    names = set()
+    for layer in [model] + flatten_layers(model):
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None and policy.compute_dtype != "float32" \
+                and policy.variable_dtype == "float32":
+            names.add(policy.name)
+    return sorted(names)
+
+
+@contextlib.contextmanager
+def float32_policy():
+    """Keras' global dtype policy set to ``"float32"`` inside the block (the layers that
+    transforms create compute in float32 under a global ``mixed_float16`` policy too)."""
+    previous = keras.config.dtype_policy()
+    if previous.name == "float32":
+        yield
+        return
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_copy(model):
+    """``model`` rebuilt from its config with every layer's dtype policy ``"float32"``
+    (its float32 variables copied), or ``model`` itself when no layer computes in another
+    dtype. A mixed precision model (``mixed_float16``) computes in float16 with float32
+    variables; TFLite's converter has no kernel for its float16 ops.
+
+    Raises:
+        ValueError: the model cannot be rebuilt from its config (a subclassed model).
+    """
+    def as_float32(config):
+        if isinstance(config, dict):
+            if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and str(
+                    config.get("config", {}).get("name", "")).startswith("mixed_"):
+                return {**config, "config": {**config["config"], "name": "float32"}}
+            return {k: as_float32(v) for k, v in config.items()}
+        if isinstance(config, list):
+            return [as_float32(v) for v in config]
+        return config
+
+    mixed = mixed_policies(model)
+    if not mixed:
+        return model
+    try:
+        copy = keras.saving.deserialize_keras_object(
+            as_float32(keras.saving.serialize_keras_object(model)), safe_mode=False)
+        copy.set_weights(model.get_weights())
+    except Exception as e:  # noqa: BLE001 - any failure of the rebuild is the same refusal
+        raise ValueError(
+            f"Model {model.name!r} computes in {', '.join(mixed)} (mixed precision), which "
+            "TFLite's converter cannot run, and could not be rebuilt in float32 from its "
+            f"config ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Build it again "
+            "after keras.mixed_precision.set_global_policy('float32') and copy the weights "
+            "with set_weights().") from None
+    return copy
+
+
 def load_keras_model(path, *, compile: bool = False):
     """``keras.models.load_model`` that also reads ``.h5`` files written by TF 2.x Keras.
 
@@ -327,6 +389,8 @@ __all__ = [
     "KERAS_VERSION",
     "TF_VERSION",
     "flatten_layers",
+    "float32_copy",
+    "float32_policy",
     "graph_nodes",
     "is_concrete_function",
     "is_graph_model",
@@ -335,6 +399,7 @@ __all__ = [
     "is_tf_function",
     "layer_from_config",
     "load_keras_model",
+    "mixed_policies",
     "node_arguments",
     "producer",
     "producer_node",

@@ -349,7 +349,12 @@ def analyze(model) -> ChannelPlan:
     batchnorm_after = {}
 
     def fresh(tensor, *, fixed: bool) -> np.ndarray:
-        nodes = uf.new(int(tensor.shape[-1]) if tensor.shape else 1)
+        # A tensor of the batch axis alone (an output reshaped to (batch,)), or of an
+        # unknown last axis, has no channels to prune: one node.
+        channels = tensor.shape[-1] if len(tensor.shape) > 1 else None
+        nodes = uf.new(int(channels) if channels is not None else 1)
+        if channels is None:
+            fixed = True
         if fixed:
             fixed_nodes.extend(nodes.tolist())
         return nodes

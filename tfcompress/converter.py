@@ -208,14 +208,16 @@ def convert(
                    preprocess=preprocess, image_size=image_size, signature_key=signature_key,
                    progress=progress, sparse=sparse, float_fallback=float_fallback)
     try:
-        return _convert(model, batch_size=batch_size, **options)
+        with _compat.float32_policy():
+            return _convert(model, batch_size=batch_size, **options)
     except _BatchOneFailure:
         if batch_size != 1:
             raise
     # Measured: Conv1D(filters=1) -> ADD -> a mean over its one channel (the Keras
     # time-series Transformer example) fails the converter at batch 1 ("'tf.Transpose' op
     # x should be of the same rank with y") and converts with a free batch axis.
-    result = _convert(model, batch_size=None, **options)
+    with _compat.float32_policy():
+        result = _convert(model, batch_size=None, **options)
     return dataclasses.replace(result, notes=result.notes + (
         "converted with a free batch axis: TFLite's converter failed on this graph at batch "
         "1 (a 'tf.Transpose' of mismatched ranks); the file runs at batch 1 all the same",))
@@ -747,6 +749,14 @@ def _keras_source(model, batch_size) -> _Source:
     specs = [
         calibration.InputSpec(t.name, tuple(t.shape), _spec_dtype(t.dtype)) for t in inputs
     ]
+    mixed = _compat.mixed_policies(model)
+    if mixed:  # float16 compute ops have no TFLite kernels; the variables are float32
+        try:
+            model = _compat.float32_copy(model)
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
+        notes += (f"mixed precision ({', '.join(mixed)}) rebuilt in float32 for conversion "
+                  "(its float32 weights copied)",)
     target, unroll_notes = _unrolled(model)
     notes += unroll_notes
     if batch_size is not None and all(s.shape[0] in (None, batch_size) for s in specs):
@@ -1223,7 +1233,15 @@ def _check_fully_integer(report: inspector.ModelReport, *, allow_io, keras_model
         lines.append(f"tensor {t.name!r} is {t.dtype} at {where}")
     names = [layer.name for layer in _graph.all_layers(keras_model)] if keras_model is not None else []
     hint = ""
-    if names and bad:
+    inputs = {t.index for t in report.inputs}
+    cast = next((t for t in bad if t.index in inputs and getattr(consumers.get(t.index), "op",
+                                                                  None) == "CAST"), None)
+    if cast is not None:
+        hint = (f" Input {cast.name!r} is {cast.dtype} and cast to float inside the model: "
+                "give the model a float32 input (keras.Input(shape, dtype='float32'), same "
+                "values) and convert with input_type='uint8' to have the file take uint8 "
+                "values.")
+    if names and bad and not hint:
         op = consumers.get(bad[0].index)
         close = difflib.get_close_matches(op.layer, names, n=1) if op else []
         if close:

@@ -1818,6 +1818,10 @@ def _rebuild(model, plan: QuantizePlan):
             name = step.quantizer if step is not None and step.quantizer else f"quant_{source.name}"
             if left_in_float:
                 name = f"quant_{origin.get(id(source), source.name)}_out"
+                # A float layer called twice, or with several outputs: one name each.
+                taken = {q.name for q in ranges.values()}
+                name = next(f"{name}_{k}" if k else name for k in range(len(taken) + 1)
+                            if (f"{name}_{k}" if k else name) not in taken)
             quantizer = FakeQuant(bits.activation_bits, grid_point=grid_points.get(source.name),
                                   name=name)
             quantized_inputs[id(tensor)] = quantizer(tensor)
@@ -2032,6 +2036,31 @@ _UNKNOWN_CLASS = (
     "`quantize_model` and `quantize_apply`.")
 
 
+def _check_integer_inputs(model) -> None:
+    """Refuses integer inputs that a layer computes on in float (uint8 pixels into a
+    Rescaling): QAT quantizes float activations, and the file would start with a CAST."""
+    if not _compat.is_graph_model(model):
+        return
+    readers: Dict[int, list] = {}
+    for node in _compat.graph_nodes(model):
+        for t in node.input_tensors:
+            readers.setdefault(id(t), []).append(node.operation)
+    for tensor in model.inputs:
+        if "int" not in str(tensor.dtype):
+            continue
+        for reader in readers.get(id(tensor), []):
+            base = _inner(reader)
+            kind = layer_kinds.kind_of(base)
+            if kind.affine or kind.kernel in ("dense", "conv", "depthwise", "separable",
+                                              "conv_transpose") or kind.normalization:
+                raise ValueError(
+                    f"Input {tensor.name!r} is {tensor.dtype} and layer {base.name!r} (class "
+                    f"{type(base).__name__}) computes on it in float: an int8 model cannot "
+                    "start with a float CAST. Give the model a float32 input "
+                    "(keras.Input(shape, dtype='float32'), same values) and convert with "
+                    "input_type='uint8' to have the file take uint8 pixels.")
+
+
 def quantize_apply(model, scheme="default_8bit", quantized_layer_name_prefix: str = "quant_"):
     """Turns an annotated model into a QAT model (tfmot's name and arguments).
 
@@ -2069,9 +2098,14 @@ def quantize_apply(model, scheme="default_8bit", quantized_layer_name_prefix: st
     if not isinstance(model, keras.Model):
         raise ValueError("`model` must be a Sequential or Functional Keras model with "
                          f"annotated layers. Received: {type(model).__name__}")
-    prepared, split_notes = _prepare(model)
-    _check_annotations(prepared)
-    qat = _like_original(_rebuild(prepared, _make_plan(prepared, scheme, split_notes)), model)
+    # Fake quantization runs in float32 (a mixed_float16 model computes in float16).
+    with _compat.float32_policy():
+        model = _compat.float32_copy(model)
+        _check_integer_inputs(model)
+        prepared, split_notes = _prepare(model)
+        _check_annotations(prepared)
+        qat = _like_original(_rebuild(prepared, _make_plan(prepared, scheme, split_notes)),
+                             model)
     if quantized_layer_name_prefix != "quant_":
         for layer in qat.layers:
             if isinstance(layer, (QuantizeWrapper, QuantizeWrapperV2)) and \

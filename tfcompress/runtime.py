@@ -40,6 +40,7 @@ __all__ = [
     "TRIAL_TIMEOUT_S",
     "delegation",
     "dequantize",
+    "fixed_batch",
     "input_details",
     "input_name",
     "intermediate_outputs",
@@ -50,6 +51,7 @@ __all__ = [
     "predict",
     "quantize",
     "random_inputs",
+    "sample_groups",
     "top1",
     "trial_run",
 ]
@@ -167,20 +169,45 @@ def predict(
                          f"{[len(a) for a in xs]}.")
     results: List[List[np.ndarray]] = [[] for _ in outputs]
     bar = _progbar(n, progress)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        for detail, data in zip(inputs, xs):
-            batch = quantize(np.asarray(data[start:stop]), detail)
+    done = 0
+    for group, count in sample_groups(inputs, xs, batch_size=batch_size):
+        for detail, data in zip(inputs, group):
+            batch = quantize(data, detail)
             if tuple(detail["shape"]) != batch.shape:
                 interpreter.resize_tensor_input(detail["index"], batch.shape)
                 interpreter.allocate_tensors()
             interpreter.set_tensor(detail["index"], batch)
         interpreter.invoke()
         for i, detail in enumerate(outputs):
-            results[i].append(dequantize(interpreter.get_tensor(detail["index"]), detail))
+            results[i].append(dequantize(interpreter.get_tensor(detail["index"]), detail)[:count])
+        done += count
         if bar is not None:
-            bar.update(stop)
+            bar.update(done)
     return [np.concatenate(r, axis=0) for r in results]
+
+
+def fixed_batch(details: Sequence[dict]) -> int:
+    """The batch size a file's inputs fix (``keras.Input((10,), batch_size=4)``: 4), or 1
+    for a free batch axis or one of size 1."""
+    sizes = {int(np.asarray(d.get("shape_signature", d["shape"]))[0]) for d in details
+             if len(d["shape"])}
+    fixed = [size for size in sizes if size > 1]
+    return max(fixed) if fixed else 1
+
+
+def sample_groups(details: Sequence[dict], xs: Sequence[np.ndarray], *, batch_size: int = 1):
+    """Yields ``(arrays, count)``: ``batch_size`` samples of every input at a time, or the
+    file's fixed batch (:func:`fixed_batch`), the last group padded with copies of its
+    last sample; ``count`` says how many of its samples are real."""
+    size = fixed_batch(details)
+    size = batch_size if size == 1 else size
+    n = len(xs[0])
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        group = [np.asarray(a[start:stop]) for a in xs]
+        if fixed_batch(details) > 1 and stop - start < size:
+            group = [np.concatenate([g, np.repeat(g[-1:], size - len(g), axis=0)]) for g in group]
+        yield group, stop - start
 
 
 def input_name(detail: dict) -> str:
@@ -382,8 +409,9 @@ def intermediate_outputs(
 ) -> Dict[str, np.ndarray]:
     """Real values of every op output for the samples in ``x``, keyed by tensor name.
 
-    Runs one sample per ``invoke`` with all tensors preserved (builtin kernels by
-    default, since a delegate hides its intermediate tensors).
+    Runs one sample per ``invoke`` (a file with a fixed batch: that many, the last group
+    padded) with all tensors preserved (builtin kernels by default, since a delegate hides
+    its intermediate tensors).
     """
     verified = inspector.load(model)
     report = verified.report
@@ -395,9 +423,9 @@ def intermediate_outputs(
               if t >= 0 and report.tensors[t].dtype in ("float32", "int8", "uint8", "int16")
               and report.tensors[t].shape]
     collected: Dict[str, List[np.ndarray]] = {}
-    for i in range(len(xs[0])):
-        for detail, data in zip(inputs, xs):
-            interpreter.set_tensor(detail["index"], quantize(np.asarray(data[i:i + 1]), detail))
+    for group, _ in sample_groups(inputs, xs):  # one sample per invoke, or the fixed batch
+        for detail, data in zip(inputs, group):
+            interpreter.set_tensor(detail["index"], quantize(data, detail))
         interpreter.invoke()
         for t in wanted:
             info = report.tensors[t]

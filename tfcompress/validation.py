@@ -517,9 +517,9 @@ def op_errors(model: inspector.ModelSource, x, *, samples: int = 8,
     wanted = {t for op in report.ops for t in op.inputs + op.outputs
               if t >= 0 and not report.tensors[t].is_constant}
     values: Dict[int, list] = {t: [] for t in wanted}
-    for i in range(len(xs[0])):
-        for detail, data in zip(details, xs):
-            interpreter.set_tensor(detail["index"], runtime.quantize(np.asarray(data[i:i + 1]), detail))
+    for group, _ in runtime.sample_groups(details, xs):  # one sample, or the fixed batch
+        for detail, data in zip(details, group):
+            interpreter.set_tensor(detail["index"], runtime.quantize(data, detail))
         interpreter.invoke()
         for t in wanted:
             values[t].append(interpreter.get_tensor(t).copy())
