@@ -545,9 +545,10 @@ REFUSALS = {
                "keeps it in float in an int8 file"),
     "unknown_op": (_refused(lambda x: ops.arctan(x)), "(class Arctan, position",
                    "Operator nodes quantized: Add"),
-    "masked_mean": (_refused(lambda x: L.GlobalAveragePooling1D(name="mean")(
-        L.Embedding(10, 4, mask_zero=True)(x)), shape=(6,)),
-        "'mean' (class GlobalAveragePooling1D", "called with a mask"),
+    "masked_mean_channels_first": (_refused(lambda x: L.GlobalAveragePooling1D(
+        data_format="channels_first", name="mean")(L.Embedding(10, 4, mask_zero=True)(x)),
+        shape=(6,)), "'mean' (class GlobalAveragePooling1D",
+        "called with a mask, from an Embedding(mask_zero=True)"),
     "batchnorm_axis": (_refused(lambda x: L.BatchNormalization(axis=1, name="bn")(x)),
                        "'bn' (class BatchNormalization", "over axis 1"),
     "pad_constant": (_refused(lambda x: ops.pad(x, ((0, 0), (1, 1), (0, 0)), constant_values=1.0)),
@@ -1800,3 +1801,79 @@ def test_a_uint8_input_computed_on_in_float_is_refused_with_what_to_do():
     with pytest.raises(ValueError, match=r"Input 'pixels' is uint8 and layer 'scale' "
                                          r"\(class Rescaling\).*input_type='uint8'"):
         quantize_model(model)
+
+
+def _masked_mean_model(keepdims=False):
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((7,), dtype="int32", name="tokens")
+    x = L.Embedding(6, 4, mask_zero=True, embeddings_initializer=keras.initializers
+                    .RandomUniform(-1.0, 1.0))(tokens)
+    x = L.GlobalAveragePooling1D(keepdims=keepdims, name="mean")(L.Dense(5, name="d")(x))
+    return keras.Model(tokens, L.Dense(3, name="head")(L.Flatten()(x) if keepdims else x))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_a_masked_mean_is_written_as_int8_ops_and_agrees(keepdims):
+    # GlobalAveragePooling1D after Embedding(mask_zero=True) was refused (Keras divides
+    # by the mask's count in float): now SELECT_V2, SUM, GATHER of 1/count, MUL.
+    model = _masked_mean_model(keepdims)
+    x = _tokens(n=32)
+    x[-1, 0] = 1  # Keras' mean of nothing is 0 / 0
+    split, notes = _graph.split_masked_means(model)
+    assert notes and "masked mean" in notes[0]
+    np.testing.assert_allclose(split.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    result = _agrees(_one_step(quantize_model(model), x), x, integer_inputs=True)
+    assert {"SELECT_V2", "SUM", "GATHER"} <= set(result.report.op_histogram)
+    int8 = tc.convert(model, representative_data=x, progress=False)
+    assert not int8.report.non_integer_tensors(allow_io=("int32",))
+
+
+@keras.saving.register_keras_serializable(package="test_qat_coverage")
+class _ResidualBlock(keras.layers.Layer):
+    """A user's block: its weights are its sublayers'."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = L.Conv2D(filters, 3, padding="same", activation="relu")
+        self.project = L.Conv2D(filters, 1)
+        self.norm = L.BatchNormalization()
+
+    def call(self, x, training=None):
+        return ops.relu(x + self.norm(self.project(self.conv(x)), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+@keras.saving.register_keras_serializable(package="test_qat_coverage")
+class _ScaledBlock(_ResidualBlock):
+    """A block with a weight of its own (not inlined: it has no layer to stand for it)."""
+
+    def build(self, input_shape):
+        self.gain = self.add_weight(shape=(), initializer="ones", name="gain")
+
+    def call(self, x, training=None):
+        return super().call(x, training=training) * self.gain
+
+
+def test_a_block_written_as_a_custom_layer_is_quantized_as_its_layers(tmp_path):
+    # A Layer subclass holding Conv2D / BatchNorm layers was refused ("give it a
+    # QuantizeConfig") until session 17; it is now quantized as the calls it makes.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4), name="x")
+    x = _ResidualBlock(4, name="block")(L.Conv2D(4, 3, padding="same", name="stem")(inputs))
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x)))
+    x = _uniform((8, 8, 4), n=32)
+    qat = _one_step(quantize_model(model), x)
+    assert "block" not in {layer.name for layer in qat.layers}  # its three layers instead
+    assert sum(isinstance(layer, QuantizeWrapper) for layer in qat.layers) == 4
+    _agrees(qat, x)
+    qat.save(tmp_path / "qat.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "qat.keras").predict(
+        x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)
+    inputs = keras.Input((8, 8, 4), name="x")
+    owned = keras.Model(inputs, L.Flatten()(_ScaledBlock(4, name="scaled")(inputs)))
+    with pytest.raises(ValueError, match=r"'scaled' \(class _ScaledBlock.*QuantizeConfig"):
+        quantize_model(owned)

@@ -33,6 +33,10 @@ SAMPLED_CELLS = {
     ("two_tower", "int8"): None,     # fixed: Dot(normalize=True) left float SQUARE ops
     ("augment_cnn", "qat"): None,    # fixed: RandomFlip & co. took ranges of their own
     ("causal_lm", "int8"): None,     # fixed: the causal mask's -1e9 made every score one value
+    ("text_birnn", "float32"): None,  # fixed: Keras' unroll=True misapplied a backward mask
+    ("masking_lstm", "qat"): None,    # fixed: masked recurrent layers were refused
+    ("mixed_precision", "int8"): None,  # fixed: mixed_float16 ops had no TFLite kernel
+    ("fixed_batch", "validate"): None,  # fixed: one sample fed to a batch-4 file
     # Not strict: the p99 moves between processes (2.0 passes in the suite's process,
     # 2.1 fails in tools/zoo_benchmark.py's child process on 2026-12-03).
     ("lstm_kws", "int8"): pytest.mark.xfail(strict=False, reason=(

@@ -1331,6 +1331,118 @@ def _fixed_batch(size):
                        name="fixed_batch")
 
 
+
+# --- session 17 (2): blocks written as custom layers, attention pooling, generators -----
+
+_RESIDUAL_BLOCK = None
+
+
+def _residual_block_class():
+    """A user's custom block: a Layer subclass holding Conv2D / BatchNorm sublayers."""
+    global _RESIDUAL_BLOCK
+    if _RESIDUAL_BLOCK is None:
+        keras = _keras()
+
+        @keras.saving.register_keras_serializable(package="zoo")
+        class ResidualBlock(keras.layers.Layer):
+            def __init__(self, filters, **kwargs):
+                super().__init__(**kwargs)
+                self.filters = filters
+                self.conv1 = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")
+                self.conv2 = keras.layers.Conv2D(filters, 3, padding="same")
+                self.norm = keras.layers.BatchNormalization()
+
+            def call(self, x, training=None):
+                return keras.ops.relu(x + self.norm(self.conv2(self.conv1(x)),
+                                                    training=training))
+
+            def get_config(self):
+                return {**super().get_config(), "filters": self.filters}
+
+        _RESIDUAL_BLOCK = ResidualBlock
+    return _RESIDUAL_BLOCK
+
+
+def _custom_block(size):
+    keras = _keras()
+    L = keras.layers
+    block = _residual_block_class()
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = block(8, name="block")(x)
+    return keras.Model(inputs, L.Dense(4)(L.GlobalAveragePooling2D()(x)), name="custom_block")
+
+
+def _attention_pooling(size):
+    """A BiGRU text / signal classifier pooled by learned attention weights over time."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((12, 6), name="frames")
+    h = L.Bidirectional(L.GRU(8, return_sequences=True))(inputs)
+    weights = L.Softmax(axis=1)(L.Dense(1)(L.Dense(8, activation="tanh")(h)))
+    pooled = keras.ops.sum(h * weights, axis=1)
+    return keras.Model(inputs, L.Dense(3)(pooled), name="attention_pooling")
+
+
+def _dcgan_generator(size):
+    """A DCGAN generator: Dense -> Reshape -> strided Conv2DTranspose, BN, LeakyReLU, tanh."""
+    keras = _keras()
+    L = keras.layers
+    noise = keras.Input((16,), name="noise")
+    x = L.Reshape((4, 4, 16))(L.LeakyReLU(0.2)(L.BatchNormalization()(
+        L.Dense(4 * 4 * 16, use_bias=False)(noise))))
+    x = L.Conv2DTranspose(8, 4, strides=2, padding="same", use_bias=False)(x)
+    x = L.LeakyReLU(0.2)(L.BatchNormalization()(x))
+    x = L.Conv2DTranspose(1, 4, strides=2, padding="same", activation="tanh")(x)
+    return keras.Model(noise, x, name="dcgan_generator")
+
+
+def _mlp_mixer(size):
+    """An MLP-Mixer block: token mixing by a Dense over the patch axis (Permute)."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = L.Reshape((16, 8))(L.Conv2D(8, 4, strides=4)(inputs))  # 16 patches x 8 channels
+    y = L.Permute((2, 1))(L.LayerNormalization()(x))
+    y = L.Dense(16)(L.Dense(16, activation="gelu")(y))
+    x = L.Add()([x, L.Permute((2, 1))(y)])
+    z = L.Dense(8)(L.Dense(16, activation="gelu")(L.LayerNormalization()(x)))
+    x = L.GlobalAveragePooling1D()(L.Add()([x, z]))
+    return keras.Model(inputs, L.Dense(5)(x), name="mlp_mixer")
+
+
+def _conv1d_lstm(size):
+    """Human activity recognition: Conv1D -> MaxPooling1D -> LSTM -> Dense."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((32, 3), name="accelerometer")
+    x = L.MaxPooling1D(2)(L.Conv1D(8, 5, activation="relu")(inputs))
+    x = L.Dropout(0.2)(L.LSTM(8)(x))
+    return keras.Model(inputs, L.Dense(4, activation="softmax")(x), name="conv1d_lstm")
+
+
+def _center_crop(size):
+    """Preprocessing in the model: CenterCrop, Resizing, then a small CNN."""
+    keras = _keras()
+    L = keras.layers
+    inputs = keras.Input((20, 20, 3), name="image")
+    x = L.Resizing(12, 12)(L.CenterCrop(16, 16)(inputs))
+    x = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, activation="relu")(x))
+    return keras.Model(inputs, L.Dense(3)(x), name="center_crop")
+
+
+def _clip_ops(size):
+    """keras.ops calls on activations: clip, minimum / maximum with constants, softmax."""
+    keras = _keras()
+    L = keras.layers
+    ops = keras.ops
+    inputs = keras.Input((10,), name="features")
+    h = L.Dense(12)(inputs)
+    x = ops.concatenate([ops.clip(h, -1.0, 1.0), ops.minimum(h, 0.5),
+                         ops.maximum(h * 0.5, -0.25), ops.softmax(h)], axis=-1)
+    return keras.Model(inputs, L.Dense(3)(x), name="clip_ops")
+
+
 # ---------------------------------------------------------------------------
 # Random architectures: models nobody wrote on purpose, from a seeded grammar of the
 # layers and idioms users combine (residual `+`, squeeze-excite `*`, BatchNorm before or
@@ -1663,6 +1775,20 @@ ZOO: Dict[str, ZooModel] = {m.name: m for m in [
              family="more4", note="Functional in Sequential in Functional, called twice"),
     ZooModel("fixed_batch", _fixed_batch, "classification", 3, from_logits=True,
              family="more4", note="Input((10,), batch_size=4)"),
+    ZooModel("custom_block", _custom_block, "classification", 4, from_logits=True,
+             family="more5", note="a Layer subclass with Conv2D / BatchNorm sublayers"),
+    ZooModel("attention_pooling", _attention_pooling, "classification", 3, from_logits=True,
+             family="more5", note="BiGRU, softmax over time, weighted sum"),
+    ZooModel("dcgan_generator", _dcgan_generator, "regression", family="more5",
+             note="Dense, Reshape, strided Conv2DTranspose, BatchNorm, LeakyReLU, tanh"),
+    ZooModel("mlp_mixer", _mlp_mixer, "classification", 5, from_logits=True, family="more5",
+             note="token mixing through Permute, LayerNorm, GELU"),
+    ZooModel("conv1d_lstm", _conv1d_lstm, "classification", 4, family="more5",
+             note="Conv1D -> MaxPooling1D -> LSTM (activity recognition)"),
+    ZooModel("center_crop", _center_crop, "classification", 3, from_logits=True,
+             input_range=_IMAGE, family="more5", note="CenterCrop, Resizing in the model"),
+    ZooModel("clip_ops", _clip_ops, "classification", 3, from_logits=True, family="more5",
+             note="ops.clip, minimum / maximum with constants, ops.softmax"),
 ] + [ZooModel(f"random_{seed}", _random_model(seed), family="random",
               note="a seeded random architecture", **_random_task(seed))
      for seed in range(RANDOM_MODELS)]}

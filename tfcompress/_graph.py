@@ -16,6 +16,7 @@ __all__ = [
     "causal_masked",
     "clone_model",
     "functional",
+    "inlinable_layer",
     "attention_refusal",
     "recurrent_refusal",
     "split_attention",
@@ -31,6 +32,8 @@ __all__ = [
     "split_activations",
     "split_layernorms",
     "split_masking",
+    "split_masked_means",
+    "masked_mean_refusal",
     "split_operator_forms",
     "split_scaled_sums",
     "split_prelus",
@@ -68,7 +71,7 @@ def all_operations(model):
             yield from all_operations(op)
 
 
-def functional(model, *, purpose: str, inline: bool = False):
+def functional(model, *, purpose: str, inline: bool = False, inline_layers=None):
     """Returns ``model`` as a Functional model (a Sequential is rewritten as one).
 
     Args:
@@ -78,6 +81,9 @@ def functional(model, *, purpose: str, inline: bool = False):
             ``Lambda`` layers whose function runs on symbolic tensors (keras.ops calls,
             operators) by the operations it calls, so that a transform sees (and can
             rewrite) every layer and operation of the graph.
+        inline_layers: ``inline_layers(layer)`` says which user blocks
+            (:func:`inlinable_layer`) to replace by the layer calls and operations of
+            their ``call`` (a call that needs real tensors keeps its block whole).
 
     Raises:
         ValueError: a subclassed model, or a Sequential model that was never built.
@@ -103,7 +109,39 @@ def functional(model, *, purpose: str, inline: bool = False):
                       for layer in model.layers):
         model = clone_model(model, clone_function=lambda layer: layer,
                                          call_function=_inline_call)
+    for _ in range(8):  # a block inside a block: one level per pass
+        if not inline_layers or not any(inlinable_layer(layer) and inline_layers(layer)
+                                        for layer in model.layers):
+            break
+        model = clone_model(model, clone_function=lambda layer: layer,
+                            call_function=lambda layer, *args, **kwargs: _inline_block(
+                                layer, inline_layers, *args, **kwargs))
     return model
+
+
+def inlinable_layer(layer) -> bool:
+    """Whether ``layer`` is a user's block: a Layer subclass (not a Keras or tfcompress
+    class, not a model) whose weights all belong to the layers it holds (a residual block
+    of Conv2D and BatchNormalization). :func:`functional` can write it as the calls its
+    ``call`` makes, so that each transform sees those layers."""
+    module = type(layer).__module__
+    if not isinstance(layer, keras.layers.Layer) or isinstance(layer, keras.Model) or \
+            module.startswith(("keras.", "keras_", "tfcompress.", "tf_keras.")):
+        return False
+    inner = _compat.flatten_layers(layer)
+    held = {id(w) for sub in inner for w in sub.weights}
+    return bool(inner) and all(id(w) in held for w in layer.weights)
+
+
+def _inline_block(layer, inline_layers, *args, **kwargs):
+    if inlinable_layer(layer) and inline_layers(layer):
+        try:
+            out = layer.call(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - a call that needs real tensors stays whole
+            return layer(*args, **kwargs)
+        if all(isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(out)):
+            return out
+    return layer(*args, **kwargs)
 
 
 def _inline_call(layer, *args, **kwargs):
@@ -1212,6 +1250,59 @@ def _unrolled(base, x, name: str, original, pending, rewrap, *, mask=None,
         outputs.append(output)
     states = [h, c] if kind is keras.layers.LSTM else [h]
     return outputs, states
+
+
+def masked_mean_refusal(layer, node) -> Optional[str]:
+    """Why :func:`split_masked_means` leaves this GlobalAveragePooling1D called with a mask
+    whole (a short reason), or None when it writes it as int8 ops."""
+    if type(layer) is not keras.layers.GlobalAveragePooling1D:
+        return f"a masked {type(layer).__name__}"
+    if layer.data_format != "channels_last":
+        return f"a masked mean with data_format={layer.data_format!r}"
+    shape = node.input_tensors[0].shape
+    if len(shape) != 3 or shape[1] is None:
+        return f"a masked mean over an input of shape {tuple(shape)} (steps must be known)"
+    return None
+
+
+def split_masked_means(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                       keep=lambda layer: False) -> Tuple[object, List[str]]:
+    """Writes each GlobalAveragePooling1D called with a mask (after an
+    ``Embedding(mask_zero=True)`` or a ``Masking`` layer) as int8 ops: the SUM of
+    ``where(mask, x, 0)`` over the steps, times the reciprocal of the number of unmasked
+    steps, read from a frozen table by that count (an int32 SUM of the mask: GATHER, as an
+    ``Embedding`` lookup). Keras divides by the count in float (a CAST). A sample with
+    every step masked gives 0 (Keras: 0 / 0, NaN).
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    nodes = {id(node.operation): node for node in _compat.graph_nodes(model)}
+
+    def splits(layer):
+        node = nodes.get(id(layer))
+        return (not keep(layer) and node is not None
+                and _compat.node_arguments(node)[1].get("mask") is not None
+                and masked_mean_refusal(unwrap(layer), node) is None)
+
+    def replace(original, pending, *args, **kwargs):
+        base, x, ops = unwrap(original), args[0], keras.ops
+        mask, steps = kwargs["mask"], int(args[0].shape[1])
+        total = ops.sum(ops.where(ops.expand_dims(mask, -1), x, 0.0), axis=1,
+                        keepdims=base.keepdims)
+        count = ops.sum(ops.where(mask, 1, 0), axis=1)
+        table = keras.layers.Embedding(steps + 1, 1, trainable=False,
+                                       name=f"{base.name}_reciprocal")
+        pending.append((table, [np.array([[0.0]] + [[1.0 / k] for k in range(1, steps + 1)],
+                                         "float32")]))
+        reciprocal = rewrap(original, table)(count)
+        if base.keepdims:
+            reciprocal = ops.expand_dims(reciprocal, 1)
+        return total * reciprocal, (
+            f"{base.name}: masked mean -> SELECT_V2, SUM, an int32 count of the mask, GATHER "
+            "of its reciprocal (a frozen table) and MUL")
+
+    return _replace_layers(model, splits, replace)
 
 
 def split_masking(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,

@@ -1030,7 +1030,10 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     ops with int8 kernels; with ``l2_normalization``, each UnitNormalization and
     ``keras.ops.normalize`` becomes one L2_NORMALIZATION
     (:func:`tfcompress._graph.split_unit_normalizations`), and each input of a
-    ``Dot(normalize=True)`` too (:func:`tfcompress._graph.split_dots`). A
+    ``Dot(normalize=True)`` too (:func:`tfcompress._graph.split_dots`). A ``Masking``
+    layer's float comparison becomes an int8 one (:func:`tfcompress._graph.split_masking`)
+    and a masked GlobalAveragePooling1D int8 ops (:func:`tfcompress._graph.split_masked_means`:
+    Keras divides by a float CAST of the mask). A
     MultiHeadAttention called with ``use_causal_mask=True`` becomes the int8 ops of
     :func:`tfcompress._graph.split_attention`, its mask an ADD of 0 or
     ``-_graph.MASK_SHIFT`` (Keras' -1e9 fill has no int8 range).
@@ -1038,7 +1041,7 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     if not _compat.is_graph_model(model) or not any(
             _graph.activation_form(op) is not None or isinstance(op, keras.layers.Lambda)
             or type(op).__name__ in _graph.CLAMPS + _OPERATOR_FORMS
-            + ("UnitNormalization", "Normalize", "Masking")
+            + ("UnitNormalization", "Normalize", "Masking", "GlobalAveragePooling1D")
             or (isinstance(op, keras.layers.Dot) and op.normalize)
             or isinstance(op, (keras.layers.MultiHeadAttention,) + _graph.ATTENTION_LAYERS)
             for op in _graph.all_operations(model)):
@@ -1055,7 +1058,8 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     attention += dots
     clone, elus = _graph.split_activations(clone)
     clone, masking = _graph.split_masking(clone)
-    elus = attention + masking + elus
+    clone, means = _graph.split_masked_means(clone)
+    elus = attention + masking + means + elus
     clone, clamps = _graph.split_clamps(clone)
     clone, negations = _graph.split_operator_forms(
         clone, names=_OPERATOR_FORMS + (("Normalize",) if l2_normalization else ()))

@@ -687,6 +687,11 @@ class QuantizeAnnotate(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         quantizers.remember_config(quantize_config)
         self.quantize_config = quantize_config
+        # Masks pass as the layer passes them (an Embedding(mask_zero=True) before an LSTM).
+        self.supports_masking = bool(getattr(layer, "supports_masking", False))
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
 
     def build(self, input_shape, *args, **kwargs):
         if not self.layer.built and not args and not kwargs and not isinstance(
@@ -897,10 +902,12 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
                        keras.layers.Bidirectional):  # unrolled (_graph.split_recurrent)
         why = _graph.recurrent_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
-    if node is not None and _compat.node_arguments(node)[1].get("mask") is not None:
+    if node is not None and _compat.node_arguments(node)[1].get("mask") is not None and \
+            _graph.masked_mean_refusal(layer, node) is not None:
         return (" (called with a mask, from an Embedding(mask_zero=True) or a Masking layer "
-                f"before it: a masked {type(layer).__name__} has no int8 form here; masks are "
-                "written as int8 ops for LSTM, GRU and SimpleRNN layers only)",
+                f"before it: {_graph.masked_mean_refusal(layer, node)} has no int8 form here; "
+                "masks are written as int8 ops for LSTM, GRU, SimpleRNN and "
+                "GlobalAveragePooling1D layers only)",
                 "Build the Embedding with mask_zero=False (or drop the Masking layer) and "
                 "let the model learn the padding, or keep this layer in float.")
     if type(layer).__name__ in _CANNOT and not kind.quantize_weights:
@@ -1302,7 +1309,9 @@ def _prepare(model):
     model, masking = _graph.split_masking(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
     model, recurrent = _graph.split_recurrent(model, unwrap=_inner, rewrap=rewrap,
                                               keep=unannotated)
-    recurrent = masking + recurrent
+    model, means = _graph.split_masked_means(model, unwrap=_inner, rewrap=rewrap,
+                                             keep=unannotated)
+    recurrent = masking + recurrent + means
     # A GroupNorm as RESHAPE, a LayerNorm over the group's axes and a Rescaling, and that
     # LayerNorm as ops (as convert() writes both).
     model, groups = _graph.split_groupnorms(model, unwrap=_inner, rewrap=rewrap,
@@ -2185,8 +2194,20 @@ def quantize_model(to_quantize, quantized_layer_name_prefix: str = "quant_", *,
     if not isinstance(to_quantize, keras.Model):
         raise ValueError("`to_quantize` must be a Sequential or Functional Keras model. "
                          f"Received: {type(to_quantize).__name__}")
+    # A user's block of Keras layers (a Layer subclass whose weights are its sublayers')
+    # is quantized as the layers it calls, unless its class is registered or configured.
+    if _compat.is_graph_model(to_quantize) and any(
+            _graph.inlinable_layer(layer) and _inlines(layer)
+            for layer in _compat.flatten_layers(to_quantize)):
+        to_quantize = _graph.functional(to_quantize, purpose="quantization", inline=True,
+                                        inline_layers=_inlines)
     return quantize_apply(quantize_annotate_model(to_quantize), scheme=scheme,
                           quantized_layer_name_prefix=quantized_layer_name_prefix)
+
+
+def _inlines(layer) -> bool:
+    return (layer_kinds.kind_of(layer) == layer_kinds.UNKNOWN
+            and getattr(layer, "quantize_config", None) is None)
 
 
 def strip_quantization(model):
