@@ -478,3 +478,39 @@ def test_attention_score_scales_are_left_alone_by_a_model_level_prune():
     assert not isinstance(kept["att"], PruneLowMagnitude)
     assert not isinstance(kept["att2"], PruneLowMagnitude)
     assert isinstance(kept["prune_low_magnitude_q"], PruneLowMagnitude)
+
+
+@keras.saving.register_keras_serializable(package="test_pruning_coverage")
+class _Block(keras.layers.Layer):
+    """A user's block: its weights are its sublayers'."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.inner = keras.layers.Dense(units, activation="relu")
+        self.outer = keras.layers.Dense(units)
+
+    def call(self, x):
+        return x + self.outer(self.inner(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_a_block_written_as_a_custom_layer_is_pruned_as_its_layers():
+    # "Layer 'block' of class _Block cannot be pruned" until session 17.
+    from tfcompress import channel_pruning
+    from tfcompress.pruning import prune_low_magnitude, strip_pruning
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(_Block(8, name="block")(inputs)))
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+    pruned = prune_low_magnitude(model)
+    assert sum(hasattr(layer, "apply_masks") for layer in pruned.layers) == 3
+    np.testing.assert_allclose(strip_pruning(pruned).predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-6)
+    plan = channel_pruning.analyze(model)
+    inner = {c for c, who in plan.producers.items() if who[0][0] == model.get_layer(
+        "block").inner.name}
+    assert len(inner) == 8 and not inner & plan.fixed  # the block's hidden channels

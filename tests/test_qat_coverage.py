@@ -529,8 +529,8 @@ REFUSALS = {
     "masked_attention": (_refused(lambda x: L.MultiHeadAttention(2, 4, name="mha")(
         x, x, attention_mask=ops.ones((1, 6, 6), "bool"))), "'mha' (class MultiHeadAttention",
         "called with attention_mask"),
-    "einsum": (_refused(lambda x: L.EinsumDense("abc,cd->abd", (6, 4), name="ein")(x)),
-               "'ein' (class EinsumDense", "BATCH_MATMUL"),
+    "einsum": (_refused(lambda x: L.EinsumDense("abc,bd->acd", (8, 4), name="ein")(x)),
+               "'ein' (class EinsumDense", "no matrix product"),
     "layer_norm_rms": (_refused(lambda x: L.LayerNormalization(rms_scaling=True, name="ln")(x)),
                        "'ln' (class LayerNormalization", "without rms_scaling"),
     "layer_norm_axis": (_refused(lambda x: L.LayerNormalization(axis=1, name="ln")(x)),
@@ -1877,3 +1877,24 @@ def test_a_block_written_as_a_custom_layer_is_quantized_as_its_layers(tmp_path):
     owned = keras.Model(inputs, L.Flatten()(_ScaledBlock(4, name="scaled")(inputs)))
     with pytest.raises(ValueError, match=r"'scaled' \(class _ScaledBlock.*QuantizeConfig"):
         quantize_model(owned)
+
+
+@pytest.mark.parametrize("equation, output_shape, bias_axes", [
+    ("abc,cd->abd", (6, 4), "d"), ("abc,cde->abde", (6, 2, 4), "e"),
+    ("abde,dec->abc", (6, 8), "c"), ("...c,cd->...d", (4,), None)])
+def test_an_einsum_dense_matrix_product_is_quantized_as_a_dense(equation, output_shape,
+                                                                 bias_axes, tmp_path):
+    # Refused until session 17 (only MultiHeadAttention's were split).
+    keras.utils.set_random_seed(0)
+    shape = (6, 2, 4) if equation.startswith("abde") else (6, 8)
+    inputs = keras.Input(shape, name="x")
+    layer = L.EinsumDense(equation, output_shape, bias_axes=bias_axes, activation="relu",
+                          bias_initializer="random_normal", name="ein")
+    model = keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(layer(inputs))))
+    x = _uniform(shape, n=32)
+    split, notes = _graph.split_einsum_dense(model)
+    assert notes and "EinsumDense" in notes[0]
+    np.testing.assert_allclose(split.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    result = _qat(model, x)
+    assert "BATCH_MATMUL" not in result.report.op_histogram

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
@@ -32,6 +34,10 @@ __all__ = [
     "split_activations",
     "split_layernorms",
     "split_masking",
+    "split_einsum_dense",
+    "einsum_dense_refusal",
+    "einsum_matmul",
+    "EinsumMatmul",
     "split_masked_means",
     "masked_mean_refusal",
     "split_operator_forms",
@@ -1301,6 +1307,100 @@ def split_masked_means(model, *, unwrap=lambda layer: layer, rewrap=lambda origi
         return total * reciprocal, (
             f"{base.name}: masked mean -> SELECT_V2, SUM, an int32 count of the mask, GATHER "
             "of its reciprocal (a frozen table) and MUL")
+
+    return _replace_layers(model, splits, replace)
+
+
+@dataclasses.dataclass(frozen=True)
+class EinsumMatmul:
+    """An EinsumDense equation ``X C, C O -> X O``: a matrix product, reshaped."""
+
+    ellipsis: str   # "..." when the equation starts with one, else ""
+    free: str       # X: input axes that pass to the output (the batch axis first)
+    contracted: str  # C: the input's trailing axes, the kernel's leading ones
+    out: str        # O: the kernel's trailing axes, the output's trailing ones
+
+    def equation(self, contracted: str, out: str) -> str:
+        e, x = self.ellipsis, self.free
+        return f"{e}{x}{contracted},{contracted}{out}->{e}{x}{out}"
+
+
+def einsum_matmul(layer) -> Optional[EinsumMatmul]:
+    """The matrix-product reading of an EinsumDense, or None when it is something else."""
+    found = re.fullmatch(r"(\.\.\.)?([a-z]*),([a-z]+)->(\.\.\.)?([a-z]*)",
+                         layer.equation.replace(" ", ""))
+    if found is None or bool(found.group(1)) != bool(found.group(4)):
+        return None
+    ellipsis, inputs, kernel, output = (found.group(1) or "", found.group(2), found.group(3),
+                                        found.group(5))
+    contracted = "".join(c for c in inputs if c in kernel and c not in output)
+    free, out = inputs[:len(inputs) - len(contracted)], kernel[len(contracted):]
+    if (not contracted or not out or inputs != free + contracted or kernel != contracted + out
+            or output != free + out or (not ellipsis and not free)
+            or len(set(inputs + kernel)) != len(free + contracted + out)
+            or getattr(layer, "lora_enabled", False)
+            or getattr(layer, "quantization_mode", None) is not None
+            or "input_shape" not in _compat.built_input_shapes(layer)):
+        return None
+    return EinsumMatmul(ellipsis, free, contracted, out)
+
+
+def einsum_dense_refusal(layer, node=None) -> Optional[str]:
+    """Why :func:`split_einsum_dense` leaves this EinsumDense whole, or None."""
+    if type(layer) is not keras.layers.EinsumDense:
+        return "not an EinsumDense"
+    split = einsum_matmul(layer)
+    if split is None:
+        return (f"an EinsumDense {layer.equation!r} that is no matrix product (the input's "
+                "trailing axes contracted with the kernel's leading ones, e.g. 'abc,cde->abde')")
+    if node is not None and any(d is None for d in node.input_tensors[0].shape[1:]):
+        return (f"an EinsumDense on an input of shape {tuple(node.input_tensors[0].shape)} "
+                "(the axes past the batch must be known)")
+    return None
+
+
+def split_einsum_dense(model, *, unwrap=lambda layer: layer, rewrap=lambda original, new: new,
+                       keep=lambda layer: False) -> Tuple[object, List[str]]:
+    """Writes each EinsumDense that is a matrix product (``"abc,cde->abde"``) as the
+    Dense layer it computes: RESHAPE of the contracted axes into one, a Dense (the kernel
+    reshaped; a bias over some output axes broadcast to all of them) and RESHAPE to the
+    output axes, which TFLite runs as FULLY_CONNECTED and QAT quantizes like any Dense.
+
+    Returns:
+        ``(model, notes)``: the rewritten model and one note per layer, or ``(model, [])``.
+    """
+    nodes = {id(node.operation): node for node in _compat.graph_nodes(model)}
+
+    def splits(layer):
+        node = nodes.get(id(layer))
+        return (not keep(layer) and node is not None
+                and einsum_dense_refusal(unwrap(layer), node) is None)
+
+    def replace(original, pending, *args, **kwargs):
+        base, x = unwrap(original), args[0]
+        split = einsum_matmul(base)
+        kernel = base.kernel.numpy()
+        n_in = len(split.contracted)
+        out_shape = kernel.shape[n_in:]
+        rows, units = int(np.prod(kernel.shape[:n_in])), int(np.prod(out_shape))
+        weights = [kernel.reshape(rows, units)]
+        if base.bias is not None:  # broadcast over the output axes it does not name
+            axes = [split.out.index(a) for a in base.bias_axes]
+            bias = base.bias.numpy().reshape([out_shape[i] if i in axes else 1
+                                              for i in range(len(out_shape))])
+            weights.append(np.broadcast_to(bias, out_shape).reshape(units).astype("float32"))
+        dense = keras.layers.Dense(units, activation=base.activation, use_bias=base.bias is not None,
+                                   name=f"{base.name}_dense")
+        pending.append((dense, weights))
+        kept = tuple(x.shape[1:len(x.shape) - n_in])
+        if n_in > 1:
+            x = rewrap(original, keras.layers.Reshape(kept + (rows,), name=f"{base.name}_in"))(x)
+        y = rewrap(original, dense)(x)
+        if len(out_shape) > 1:
+            y = rewrap(original, keras.layers.Reshape(kept + tuple(out_shape),
+                                                      name=f"{base.name}_out"))(y)
+        return y, (f"{base.name}: EinsumDense {base.equation!r} -> RESHAPE, Dense "
+                   f"({rows} -> {units}), RESHAPE (a FULLY_CONNECTED)")
 
     return _replace_layers(model, splits, replace)
 

@@ -193,8 +193,11 @@ class ChannelPlan:
 
 
 def _functional(model):
-    # Nested Sequential / Functional models are inlined, so their channels prune too.
-    return _graph.functional(model, purpose="channel pruning", inline=True)
+    # Nested Sequential / Functional models, and a user's blocks of Keras layers that
+    # layer_kinds does not describe, are inlined, so their channels prune too.
+    return _graph.functional(model, purpose="channel pruning", inline=True,
+                             inline_layers=lambda layer: layer_kinds.kind_of(layer)
+                             == layer_kinds.UNKNOWN)
 
 
 def _unwrap(layer):

@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import re
 import string
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -124,44 +123,10 @@ def _is_dense(layer) -> bool:
     return not _is_einsum(layer) and layer_kinds.kind_of(layer).kernel == "dense"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Einsum:
-    """An EinsumDense equation ``X C, C O -> X O``: a matrix product, reshaped."""
-
-    ellipsis: str   # "..." when the equation starts with one, else ""
-    free: str       # X: input axes that pass to the output (the batch axis first)
-    contracted: str  # C: the input's trailing axes, the kernel's leading ones
-    out: str        # O: the kernel's trailing axes, the output's trailing ones
-
-    def equation(self, contracted: str, out: str) -> str:
-        e, x = self.ellipsis, self.free
-        return f"{e}{x}{contracted},{contracted}{out}->{e}{x}{out}"
-
-
-def _einsum(layer) -> Optional[_Einsum]:
-    """The matrix-product reading of an EinsumDense, or None when it is something else."""
-    found = re.fullmatch(r"(\.\.\.)?([a-z]*),([a-z]+)->(\.\.\.)?([a-z]*)",
-                         layer.equation.replace(" ", ""))
-    if found is None or bool(found.group(1)) != bool(found.group(4)):
-        return None
-    ellipsis, inputs, kernel, output = (found.group(1) or "", found.group(2), found.group(3),
-                                        found.group(5))
-    contracted = "".join(c for c in inputs if c in kernel and c not in output)
-    free, out = inputs[:len(inputs) - len(contracted)], kernel[len(contracted):]
-    if (not contracted or not out or inputs != free + contracted or kernel != contracted + out
-            or output != free + out or (not ellipsis and not free)
-            or len(set(inputs + kernel)) != len(free + contracted + out)
-            or getattr(layer, "lora_enabled", False)
-            or getattr(layer, "quantization_mode", None) is not None
-            or "input_shape" not in _compat.built_input_shapes(layer)):
-        return None
-    return _Einsum(ellipsis, free, contracted, out)
-
-
 def _matrix(layer, method: str) -> np.ndarray:
     k = layer.kernel.numpy()
     if _is_einsum(layer):
-        split = _einsum(layer)
+        split = _graph.einsum_matmul(layer)
         rows = int(np.prod(k.shape[:len(split.contracted)]))
         return k.reshape(rows, -1)
     if _is_dense(layer):
@@ -180,7 +145,7 @@ _EINSUM_CONDITION = ("EinsumDense (a matrix product: the input's trailing axes c
 
 def _factorable(layer) -> bool:
     if _is_einsum(layer):
-        return _einsum(layer) is not None and len(layer.kernel.shape) >= 2
+        return _graph.einsum_matmul(layer) is not None and len(layer.kernel.shape) >= 2
     kind = layer_kinds.kind_of(layer)
     if not kind.factorable:
         return False
@@ -230,7 +195,7 @@ def _plan(layer, *, method, energy, ratio) -> Optional[FactorPlan]:
 
 
 def _einsum_pair(layer, plan: FactorPlan):
-    split = _einsum(layer)
+    split = _graph.einsum_matmul(layer)
     kernel = layer.kernel.numpy()
     a, b = svd_factors(_matrix(layer, "einsum"), plan.rank)
     used = set(layer.equation)
@@ -419,7 +384,7 @@ def _einsum_pair_plan(first, second) -> Optional[FactorPlan]:
             and _factorable(second)) or first.bias is not None or \
             layer_kinds.activation_name(first) != "linear":
         return None
-    a, b = _einsum(first), _einsum(second)
+    a, b = _graph.einsum_matmul(first), _graph.einsum_matmul(second)
     if len(a.out) != 1 or len(b.contracted) != 1 or a.free != b.free:
         return None
     u, v = tuple(first.kernel.shape), tuple(second.kernel.shape)
@@ -524,7 +489,7 @@ def count_macs(model) -> int:
             continue
         kernel = layer.kernel.shape
         positions = int(np.prod([d for d in out_shape[1:-1]])) if len(out_shape) > 2 else 1
-        split = _einsum(layer) if _is_einsum(layer) else None
+        split = _graph.einsum_matmul(layer) if _is_einsum(layer) else None
         if split is not None:  # the output's trailing axes are the kernel's
             positions = int(np.prod(out_shape[1:len(out_shape) - len(split.out)]))
         total += positions * int(np.prod(kernel))  # depthwise kernels too: (kh, kw, in, mult)

@@ -675,6 +675,13 @@ def prune_low_magnitude(target, pruning_schedule=None, block_size=(1, 1),
             raise ValueError(_NOT_PRUNABLE_TYPE.format(input=type(target).__name__))
         if pruning_policy is not None:
             pruning_policy.ensure_model_supports_pruning(target)
+        if layers is None and pruning_policy is None and any(
+                _graph.inlinable_layer(layer) and not _is_supported(layer)
+                for layer in target.layers):
+            # A user's block of Keras layers (a Layer subclass whose weights are its
+            # sublayers') is pruned as the layers it calls.
+            target = _graph.functional(target, purpose="pruning", inline=True,
+                                       inline_layers=lambda layer: not _is_supported(layer))
         chosen = None if layers is None else _check_layer_names(target, layers)
 
         def wrap(layer):

@@ -824,7 +824,9 @@ _CANNOT = {
     **{name: "the converter writes attention as BATCH_MATMUL, SOFTMAX and FULLY_CONNECTED "
              "ops whose ranges this QAT does not model yet (a plain MultiHeadAttention "
              "is split into them); " + _FLOAT_INSTEAD
-       for name in ("GroupQueryAttention", "EinsumDense")},
+       for name in ("GroupQueryAttention",)},
+    "EinsumDense": "only an EinsumDense that is a matrix product is written as the Dense it "
+                   "computes (FULLY_CONNECTED); " + _FLOAT_INSTEAD,
     **{name: f"only a plain keras.layers.{name} (3-D inputs, no masks) is split into the "
              "int8 ops TFLite runs; " + _FLOAT_INSTEAD
        for name in ("Attention", "AdditiveAttention")},
@@ -897,6 +899,9 @@ def _refusal(layer, node=None) -> Optional[Tuple[str, str]]:
         return None if why is None else (f" ({why})", "")
     if type(layer) in _graph.ATTENTION_LAYERS and node is not None:
         why = _graph.dot_attention_refusal(layer, node)
+        return None if why is None else (f" ({why})", "")
+    if type(layer) is keras.layers.EinsumDense:  # a Dense (_graph.split_einsum_dense)
+        why = _graph.einsum_dense_refusal(layer, node)
         return None if why is None else (f" ({why})", "")
     if type(layer) in (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN,
                        keras.layers.Bidirectional):  # unrolled (_graph.split_recurrent)
@@ -1305,6 +1310,10 @@ def _prepare(model):
     model, notes = _graph.split_separable(model, unwrap=_inner, rewrap=rewrap, keep=keep)
     # A plain LSTM / GRU unrolled into Dense layers and int8 ops (first: its activations
     # are split below like any other).
+    # An EinsumDense matrix product as RESHAPE, Dense, RESHAPE (then quantized as a Dense).
+    model, einsums = _graph.split_einsum_dense(model, unwrap=_inner, rewrap=rewrap,
+                                               keep=unannotated)
+    notes = notes + einsums
     # Masking as SELECT_V2 (Keras' own mask stays for the recurrent layers after it).
     model, masking = _graph.split_masking(model, unwrap=_inner, rewrap=rewrap, keep=unannotated)
     model, recurrent = _graph.split_recurrent(model, unwrap=_inner, rewrap=rewrap,
