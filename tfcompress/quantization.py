@@ -2057,8 +2057,13 @@ _UNKNOWN_CLASS = (
 def _check_integer_inputs(model) -> None:
     """Refuses integer inputs that a layer computes on in float (uint8 pixels into a
     Rescaling): QAT quantizes float activations, and the file would start with a CAST."""
-    if not _compat.is_graph_model(model):
+    try:
+        inputs = list(model.inputs) if _compat.is_graph_model(model) else []
+    except (AttributeError, ValueError):  # an unbuilt Sequential: refused further on
+        inputs = []
+    if not any("int" in str(t.dtype) for t in inputs):
         return
+    model = _graph.functional(model, purpose="quantization")  # a Sequential's graph
     readers: Dict[int, list] = {}
     for node in _compat.graph_nodes(model):
         for t in node.input_tensors:
