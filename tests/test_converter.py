@@ -1115,3 +1115,43 @@ def keras_mixed(model):
     from tfcompress import _compat
 
     return _compat.mixed_policies(model)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_int16x8_sums_are_written_as_means_because_the_int16_sum_kernel_is_wrong(axis):
+    # TFLite's int16 SUM: 41% (axis 1) and 68% (last axis) of the output's magnitude off on
+    # both kernel paths, silently, until session 17 (found on an attention-pooling model).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 16))
+    model = keras.Model(inputs, keras.layers.Dense(3)(
+        keras.ops.sum(keras.layers.Dense(16)(inputs), axis=axis)))
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 12, 16)).astype("float32")
+    result = convert(model, representative_data=x, mode="int16x8", progress=False)
+    assert "SUM" not in result.report.op_histogram
+    assert any("SUM -> MEAN times the count" in n for n in result.notes)
+    expected = model.predict(x[:16], verbose=0)
+    for xnnpack in (True, False):
+        out = runtime.predict(runtime.make_interpreter(result.model_bytes, xnnpack=xnnpack),
+                              x[:16])[0]
+        assert np.abs(out - expected).max() <= 0.02 * np.abs(expected).max()
+
+
+def test_an_int16_sum_left_in_a_file_is_refused():
+    report = inspector.load(_int16_sum_file()).report
+    with pytest.raises(ConversionError, match="TFLite's int16 SUM kernel computes it wrong"):
+        converter._check_int16_sums(report)
+
+
+def _int16_sum_file() -> bytes:
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 8))
+    model = keras.Model(inputs, keras.ops.sum(inputs * 2.0, axis=1))
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 4, 8)).astype("float32")
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([s[None]] for s in x)
+    conv.target_spec.supported_ops = [
+        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    return conv.convert()
