@@ -1073,7 +1073,10 @@ def _int8_forms(model, *, l2_normalization: bool = True):
                             + _graph.ATTENTION_LAYERS)
               and _compat.node_arguments(node)[1].get("use_causal_mask")}
     clone, attention = _graph.split_attention(clone, keep=lambda layer: id(layer) not in causal)
-    clone, dots = _graph.split_dot_attention(clone, keep=lambda layer: id(layer) not in causal)
+    # In int16x8 an AdditiveAttention too: its score is a SUM, which becomes a MEAN below.
+    split_too = () if l2_normalization else (keras.layers.AdditiveAttention,)
+    clone, dots = _graph.split_dot_attention(
+        clone, keep=lambda layer: id(layer) not in causal and not isinstance(layer, split_too))
     attention += dots
     clone, elus = _graph.split_activations(clone)
     clone, masking = _graph.split_masking(clone)
