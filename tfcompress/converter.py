@@ -1084,7 +1084,10 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     elus = attention + masking + means + elus
     clone, clamps = _graph.split_clamps(clone)
     clone, negations = _graph.split_operator_forms(
-        clone, names=_OPERATOR_FORMS + (("Normalize",) if l2_normalization else ("Sum",)))
+        clone, names=_OPERATOR_FORMS + (("Normalize",) if l2_normalization else ()))
+    if not l2_normalization:  # int16x8: after the forms above, which write sums too
+        clone, sums = _graph.split_operator_forms(clone, names=("Sum",))
+        negations += sums
     elus += negations
     if l2_normalization:  # int16x8 has no L2_NORMALIZATION
         clone, units = _graph.split_unit_normalizations(clone)
