@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
@@ -16,6 +17,7 @@ __all__ = [
     "all_operations",
     "called_once",
     "causal_masked",
+    "padding_masked",
     "clone_model",
     "functional",
     "inlinable_layer",
@@ -328,7 +330,11 @@ def _replace_layers(model, splits, replace) -> Tuple[object, List[str]]:
         notes.append(note)
         return out
 
-    clone = clone_model(model, clone_function=clone_function, call_function=call_function)
+    with warnings.catch_warnings():
+        # The layers a rewrite adds (a Reshape of masked values) drop masks they do not
+        # use, and Keras warns: the rewrites pass the masks they need explicitly.
+        warnings.filterwarnings("ignore", message=".*does not support masking.*")
+        clone = clone_model(model, clone_function=clone_function, call_function=call_function)
     for new, weights in pending:
         new.set_weights(weights)
     return clone, notes
@@ -632,10 +638,14 @@ def attention_refusal(layer, node) -> "str | None":
     if any(t is None or len(t.shape) != 3 for t in (query, value, key)):
         return "only query, value and key of shape (batch, length, features) are split"
     used = sorted(k for k, v in rest.items() if _given(v)
-                  and k not in ("use_causal_mask", "training"))
+                  and k not in ("use_causal_mask", "training") + _PADDING_MASKS)
     if used:
-        return (f"called with {', '.join(used)} (a causal mask is split; other masks and "
-                "attention scores are not)")
+        return (f"called with {', '.join(used)} (a causal mask and the padding masks of "
+                "Embedding(mask_zero=True) are split; other masks and attention scores are "
+                "not)")
+    for name, mask in _padding_masks(query, value, _attention_inputs(node)[2], rest).items():
+        if not keras.backend.is_keras_tensor(mask) or len(mask.shape) != 2:
+            return f"a {name} that is not one flag per step of each sample"
     parts = _compat.attention_parts(layer)
     if parts["use_gate"] or parts["sliding_window"] is not None:
         return "a gated or sliding-window attention"
@@ -651,6 +661,49 @@ def attention_refusal(layer, node) -> "str | None":
 # the scores (a 512-key softmax's last int8 step is 1/256 / 512 = 7.6e-6); the scores'
 # range grows by 16 only.
 MASK_SHIFT = 16.0
+# The masks Keras gives a MultiHeadAttention from its inputs' masks (mask_zero=True).
+_PADDING_MASKS = ("query_mask", "value_mask", "key_mask")
+
+
+def _padding_masks(query, value, key, rest) -> dict:
+    """The padding masks Keras applies in a MultiHeadAttention call: those given, else the
+    masks its query, value and key tensors carry (Keras fills them in at call time; the
+    graph node does not record them)."""
+    tensors = {"query_mask": query, "value_mask": value, "key_mask": key}
+    masks = {}
+    for name in _PADDING_MASKS:
+        mask = rest.get(name)
+        if not _given(mask) and tensors[name] is not None:
+            mask = getattr(tensors[name], "_keras_mask", None)
+        if _given(mask):
+            masks[name] = mask
+    return masks
+
+
+def _attention_mask(masks, steps, causal: bool):
+    """Keras' combined attention mask ``(batch, 1, T, S)`` (bool) from the padding masks
+    and the causal one, or None when the call has no padding mask."""
+    ops = keras.ops
+    if not masks:
+        return None
+    mask = None
+    if "query_mask" in masks:
+        mask = ops.expand_dims(masks["query_mask"], -1)                  # (batch, T, 1)
+    for name in ("value_mask", "key_mask"):
+        if name in masks:
+            columns = ops.expand_dims(masks[name], 1)                    # (batch, 1, S)
+            mask = columns if mask is None else ops.logical_and(mask, columns)
+    if causal:
+        seen = np.arange(steps[0])[:, None] >= np.arange(steps[1])[None, :]
+        mask = ops.logical_and(mask, seen[None])
+    return ops.expand_dims(mask, 1)
+
+
+def padding_masked(scores, mask):
+    """``scores`` where ``mask``, else the lowest score of the row minus ``MASK_SHIFT``
+    (SELECT_V2 of a tensor mask; :func:`causal_masked` for a constant one)."""
+    low = keras.ops.min(scores, axis=-1, keepdims=True) - MASK_SHIFT
+    return keras.ops.where(mask, scores, low)
 
 
 def causal_masked(scores, seen: np.ndarray):
@@ -727,9 +780,13 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
         v = project(value, "value")                           # (batch, heads, S, value_dim)
         k_t = rewrap(original, L.Permute((1, 3, 2), name=f"{base.name}_key_tt"))(k)
         scores = keras.ops.matmul(q, k_t)                     # (batch, heads, T, S)
-        causal = bool(_attention_inputs(args=args, kwargs=kwargs)[3].get("use_causal_mask"))
-        if causal:  # key j is seen from query i >= j
-            steps = (int(query.shape[1]), int(key.shape[1]))
+        _, _, given_key, rest = _attention_inputs(args=args, kwargs=kwargs)
+        causal = bool(rest.get("use_causal_mask"))
+        steps = (int(query.shape[1]), int(key.shape[1]))
+        padding = _attention_mask(_padding_masks(query, value, given_key, rest), steps, causal)
+        if padding is not None:  # Embedding(mask_zero=True): Keras' mask, as a SELECT_V2
+            scores = padding_masked(scores, padding)
+        elif causal:  # key j is seen from query i >= j
             seen = np.arange(steps[0])[:, None] >= np.arange(steps[1])[None, :]
             scores = causal_masked(scores, seen[None, None])
         weights = rewrap(original, L.Softmax(axis=-1, name=f"{base.name}_softmax"))(scores)
@@ -742,7 +799,10 @@ def split_attention(model, *, unwrap=lambda layer: layer, rewrap=lambda original
                     bias)(context)
         return out, (f"{base.name}: MultiHeadAttention -> Dense query/key/value projections, "
                      "RESHAPE, TRANSPOSE, BATCH_MATMUL, "
-                     + (f"the causal mask (MIN, SUB, MUL, ADD: hidden keys {MASK_SHIFT:g} below "
+                     + (f"the padding{' and causal' if causal else ''} mask (MIN, SUB, "
+                        f"SELECT_V2: hidden keys {MASK_SHIFT:g} below their row's lowest "
+                        "score), " if padding is not None else
+                        f"the causal mask (MIN, SUB, MUL, ADD: hidden keys {MASK_SHIFT:g} below "
                         "their row's lowest score), " if causal else "")
                      + "SOFTMAX, BATCH_MATMUL and a Dense output projection, each quantized on "
                      "its own"

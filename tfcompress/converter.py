@@ -921,6 +921,17 @@ def _unrolled(model):
         "time steps (TFLite's converter crashes on Keras 3's recurrent loop)",)
 
 
+def _masked_attention(node) -> bool:
+    """Whether an attention node is causal, or a MultiHeadAttention given padding masks."""
+    kwargs = _compat.node_arguments(node)[1]
+    if isinstance(node.operation, keras.layers.MultiHeadAttention) and (any(
+            kwargs.get(k) is not None for k in ("query_mask", "value_mask", "key_mask"))
+            or any(getattr(t, "_keras_mask", None) is not None for t in node.input_tensors)):
+        return True
+    return isinstance(node.operation, (keras.layers.MultiHeadAttention,)
+                      + _graph.ATTENTION_LAYERS) and bool(kwargs.get("use_causal_mask"))
+
+
 def _check_int16_sums(report: inspector.ModelReport) -> None:
     """Refuses a SUM of int16 values: TFLite's int16 SUM kernel is wrong (41% and 68% of
     the output's magnitude measured, over a middle and the last axis, on both kernel
@@ -1068,10 +1079,9 @@ def _int8_forms(model, *, l2_normalization: bool = True):
     clone = _graph.functional(model, purpose="conversion", inline=True)
     # A causal MultiHeadAttention as int8 ops with a mask int8 can hold (Keras' -1e9 fill
     # made the scores' calibrated scale 9.3e35: every score one value).
+    # So is a MultiHeadAttention with the padding masks of Embedding(mask_zero=True).
     causal = {id(node.operation) for node in _compat.graph_nodes(clone)
-              if isinstance(node.operation, (keras.layers.MultiHeadAttention,)
-                            + _graph.ATTENTION_LAYERS)
-              and _compat.node_arguments(node)[1].get("use_causal_mask")}
+              if _masked_attention(node)}
     clone, attention = _graph.split_attention(clone, keep=lambda layer: id(layer) not in causal)
     # In int16x8 an AdditiveAttention too: its score is a SUM, which becomes a MEAN below.
     split_too = () if l2_normalization else (keras.layers.AdditiveAttention,)
