@@ -884,8 +884,10 @@ def _unrolled(model):
         model = flat
         unsplit = [layer.name for layer in recurrent if id(layer) in masked and
                    _graph.recurrent_refusal(layer, _node_of(model, layer)) is not None]
-        if unsplit:
-            layer = next(r for r in recurrent if r.name == unsplit[0])
+        masked -= {id(layer) for layer in recurrent if layer.name in unsplit}
+        wrong = [name for name in unsplit if _backward_zeroed(model.get_layer(name))]
+        if wrong:
+            layer = next(r for r in recurrent if r.name == wrong[0])
             raise ConversionError(
                 f"Recurrent layer {layer.name!r} ({type(layer).__name__}) reads a mask and "
                 f"cannot be unrolled with it: "
@@ -894,6 +896,8 @@ def _unrolled(model):
                 "tfcompress writes masked layers itself. Build the Embedding with "
                 "mask_zero=False (or drop the Masking layer), or call the layer plainly.")
         model, split = _graph.split_recurrent(model, keep=lambda layer: id(layer) not in masked)
+        # (a masked layer split_recurrent cannot write, that Keras' unroll gets right,
+        # stays with Keras' unroll below)
         notes = tuple(split)
         recurrent = [r for r in recurrent if id(r) not in masked]
         if not recurrent:
@@ -945,6 +949,16 @@ def _check_int16_sums(report: inspector.ModelReport) -> None:
                 f"{op.layer!r}), and TFLite's int16 SUM kernel computes it wrong (41% of the "
                 "output's magnitude off, measured). Write the sum as keras.ops.mean(...) "
                 "times the count, over axes past the batch, or use mode='int8'.")
+
+
+def _backward_zeroed(layer) -> bool:
+    """Whether Keras' ``unroll=True`` loop gets ``layer``'s masked outputs wrong: a
+    go_backwards direction that zeroes masked outputs (a Bidirectional returning
+    sequences forces that)."""
+    directions = ((layer.forward_layer, layer.backward_layer)
+                  if isinstance(layer, keras.layers.Bidirectional) else (layer,))
+    return any(one.go_backwards and getattr(one, "zero_output_for_mask", False)
+               for one in directions)
 
 
 def _node_of(model, layer):
