@@ -545,6 +545,10 @@ REFUSALS = {
                "keeps it in float in an int8 file"),
     "unknown_op": (_refused(lambda x: ops.arctan(x)), "(class Arctan, position",
                    "Operator nodes quantized: Add"),
+    # Keras applies the inputs' masks at call time; the split form would ignore them.
+    "masked_dot_attention": (_refused(lambda x: (lambda e: L.Flatten()(L.Attention(
+        name="att")([e, e])))(L.Embedding(10, 4, mask_zero=True)(x)), shape=(6,)),
+        "'att' (class Attention", "inputs that carry a mask"),
     "masked_mean_channels_first": (_refused(lambda x: L.GlobalAveragePooling1D(
         data_format="channels_first", name="mean")(L.Embedding(10, 4, mask_zero=True)(x)),
         shape=(6,)), "'mean' (class GlobalAveragePooling1D",

@@ -1660,6 +1660,10 @@ def dot_attention_refusal(layer, node) -> "str | None":
         return "called on other than [query, value] or [query, value, key]"
     if any(len(t.shape) != 3 for t in args[0]):
         return "inputs that are not 3-D (batch, steps, features)"
+    if any(getattr(t, "_keras_mask", None) is not None for t in args[0]):
+        # Keras applies its inputs' masks (Embedding(mask_zero=True)) at call time; the
+        # node records none, and the split form would ignore them.
+        return "inputs that carry a mask (from Embedding(mask_zero=True) or Masking)"
     return None
 
 
